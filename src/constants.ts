@@ -1,0 +1,38 @@
+/**
+ * Every tunable and default in one place. Logic files import from here so that no magic number
+ * hides in a code path; the README's flag and environment tables document the same values.
+ */
+
+/** File descriptor of dockerd's status pipe ("signal-parent"): `0\n` on success, `1\n<err>` on failure. */
+export const STATUS_FD = 3;
+/** File descriptor of the socket dockerd 28+ pre-binds and passes with `-use-listen-fd`. */
+export const LISTEN_FD = 4;
+
+/** Listen backlog we ask for; the kernel caps it at net.core.somaxconn, as Go's listen(-1) does. */
+export const LISTEN_BACKLOG = 65535;
+
+/** Go's default TCP keepalive on accepted connections (idle and interval). */
+export const CLIENT_KEEPALIVE_MS = 15_000;
+
+/** Docker's UDP "conntrack" idle timeout: a flow with no datagram either way for this long expires. */
+export const UDP_IDLE_TIMEOUT_MS = 90_000;
+/** Default bound on concurrent UDP flows (each costs one socket); docker-proxy has none. */
+export const UDP_MAX_FLOWS = 16_384;
+/** Datagrams buffered per flow while its upstream socket is still connecting. */
+export const UDP_PENDING_PER_FLOW = 64;
+/** Datagrams that may sit in libuv's send queue of one socket before we drop instead of queueing. */
+export const UDP_SEND_QUEUE_MAX = 1024;
+/** Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP); docker-proxy's buffer size. */
+export const UDP_MAX_PAYLOAD = 65_507;
+/** Bounds of the flow-expiry sweep period (it is a tenth of the idle timeout, clamped). */
+export const UDP_SWEEP_MIN_MS = 50;
+export const UDP_SWEEP_MAX_MS = 1_000;
+
+/** Repeated errors of one kind are logged once, then at most once per window with a count. */
+export const LOG_RATE_WINDOW_MS = 10_000;
+
+/** After SIGINT/SIGTERM the process exits at the latest after this long (dockerd waits forever). */
+export const SHUTDOWN_HARD_DEADLINE_MS = 900;
+
+/** Prefix of every environment variable we read. */
+export const ENV_PREFIX = 'USERLAND_PROXY_';

@@ -1,0 +1,59 @@
+/**
+ * Settings docker mode takes from the environment: dockerd passes its own environment but no
+ * extra flags, so this is the only way to tune a proxy it spawns.
+ */
+import { ENV_PREFIX, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS } from './constants.js';
+import { parseDuration } from './duration.js';
+import { ProxyError } from './errors.js';
+import { parseLogLevel, type LogLevel } from './logger.js';
+
+/** Docker-mode settings from the environment. */
+export interface DockerEnv {
+  logFile: string | undefined;
+  logLevel: LogLevel;
+  udpIdleTimeoutMs: number;
+  udpMaxFlows: number;
+}
+
+/** The variables read, their meaning and default (the README table mirrors this). */
+export const DOCKER_ENV_VARS = {
+  LOG_FILE: 'append JSON log lines to this file (default: stderr, which dockerd discards)',
+  LOG_LEVEL: 'trace|debug|info|warn|error|fatal|silent (default info)',
+  UDP_IDLE_TIMEOUT: `UDP flow idle timeout, e.g. 90s, 500ms (default ${UDP_IDLE_TIMEOUT_MS / 1000}s)`,
+  UDP_MAX_FLOWS: `maximum concurrent UDP flows (default ${UDP_MAX_FLOWS})`,
+} as const;
+
+function bad(name: string, value: string, why: string): never {
+  throw new ProxyError('UPROXY_ERR_BAD_ENV', `invalid ${ENV_PREFIX}${name} "${value}": ${why}`);
+}
+
+/** Reads and validates the docker-mode variables; throws a one-line ProxyError naming the value. */
+export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
+  const get = (name: keyof typeof DOCKER_ENV_VARS): string | undefined => {
+    const v = env[`${ENV_PREFIX}${name}`];
+    return v === undefined || v === '' ? undefined : v;
+  };
+  const level = get('LOG_LEVEL');
+  const idle = get('UDP_IDLE_TIMEOUT');
+  const flows = get('UDP_MAX_FLOWS');
+  let udpIdleTimeoutMs = UDP_IDLE_TIMEOUT_MS;
+  if (idle !== undefined) {
+    try {
+      udpIdleTimeoutMs = parseDuration(idle);
+    } catch (err) {
+      bad('UDP_IDLE_TIMEOUT', idle, (err as Error).message);
+    }
+    if (udpIdleTimeoutMs < 10) bad('UDP_IDLE_TIMEOUT', idle, 'must be at least 10ms');
+  }
+  let udpMaxFlows = UDP_MAX_FLOWS;
+  if (flows !== undefined) {
+    if (!/^\d+$/.test(flows) || Number(flows) < 1 || Number(flows) > 1_000_000) bad('UDP_MAX_FLOWS', flows, 'must be an integer 1-1000000');
+    udpMaxFlows = Number(flows);
+  }
+  return {
+    logFile: get('LOG_FILE'),
+    logLevel: level === undefined ? 'info' : parseLogLevel(level, `${ENV_PREFIX}LOG_LEVEL`),
+    udpIdleTimeoutMs,
+    udpMaxFlows,
+  };
+}

@@ -1,0 +1,15 @@
+/**
+ * Durations in environment variables and config: `250ms`, `90s`, `5m`, `1h`, or a bare number of
+ * seconds. Anything else is rejected with a message that names the value.
+ */
+
+const UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+
+/** Parses a duration into milliseconds; throws an Error naming the bad text. */
+export function parseDuration(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
+  if (!m) throw new Error(`invalid duration "${text}" (use e.g. 500ms, 90s, 5m)`);
+  const ms = Number(m[1]) * (UNITS[m[2] ?? 's'] as number);
+  if (!Number.isFinite(ms) || ms > 2 ** 31 - 1) throw new Error(`duration "${text}" is too large`);
+  return Math.round(ms);
+}

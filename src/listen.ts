@@ -1,0 +1,127 @@
+/**
+ * Opening the host side: bind and listen ourselves, or adopt the socket dockerd 28+ passes on fd 4.
+ *
+ * Own sockets behave like Go's: the family follows the host IP, IPv6 sockets are IPv6-only (so a
+ * `0.0.0.0:P` and a `[::]:P` proxy coexist), TCP gets SO_REUSEADDR (libuv's default) and a backlog
+ * capped by somaxconn. Failures read like docker-proxy's (`listen tcp4 127.0.0.1:80: bind:
+ * address already in use`) so that dockerd shows users a familiar message.
+ */
+import type { Socket as UdpSocket } from 'node:dgram';
+import { fstatSync } from 'node:fs';
+import type { Server } from 'node:net';
+import { joinHostPort, type IpAddress } from './address.js';
+import { LISTEN_BACKLOG, LISTEN_FD } from './constants.js';
+import { ProxyError } from './errors.js';
+
+/** Go's (lower-case strerror) wording for the errno codes a bind or listen can fail with. */
+const STRERROR: Record<string, string> = {
+  EADDRINUSE: 'address already in use',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EADDRNOTAVAIL: 'cannot assign requested address',
+  EINVAL: 'invalid argument',
+  EAFNOSUPPORT: 'address family not supported by protocol',
+  EMFILE: 'too many open files',
+  ENFILE: 'too many open files in system',
+  ENOBUFS: 'no buffer space available',
+  ENOMEM: 'cannot allocate memory',
+};
+
+/** Options of the listen functions. */
+export interface ListenOptions {
+  host: IpAddress;
+  port: number;
+  /** Adopt fd 4 instead of binding (-use-listen-fd). */
+  useListenFd: boolean;
+}
+
+function bindError(proto: 'tcp' | 'udp', opts: ListenOptions, err: NodeJS.ErrnoException): ProxyError {
+  const net = `${proto}${opts.host.family}`;
+  const reason = STRERROR[err.code ?? ''] ?? err.message;
+  let msg = `listen ${net} ${joinHostPort(opts.host.address, opts.port)}: bind: ${reason}`;
+  if (err.code === 'EACCES' && opts.port < 1024) {
+    msg += ' (ports below 1024 need root or CAP_NET_BIND_SERVICE)';
+  }
+  return new ProxyError('UPROXY_ERR_LISTEN', msg);
+}
+
+/** Checks that fd 4 exists and is a socket before handing it to libuv. */
+function checkListenFd(kind: string): void {
+  let isSocket = false;
+  try {
+    isSocket = fstatSync(LISTEN_FD).isSocket();
+  } catch {
+    throw new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd given but fd ${LISTEN_FD} is not open`);
+  }
+  if (!isSocket) {
+    throw new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd given but fd ${LISTEN_FD} is not a ${kind} socket`);
+  }
+}
+
+/** Starts a TCP server listening on the host address, or on the listening socket in fd 4. */
+export function listenTcp(server: Server, opts: ListenOptions): Promise<void> {
+  if (opts.useListenFd) checkListenFd('listening TCP');
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      server.off('listening', onListening);
+      if (opts.useListenFd) {
+        reject(new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is not a usable listening TCP socket: ${STRERROR[err.code ?? ''] ?? err.message}`));
+      } else {
+        reject(bindError('tcp', opts, err));
+      }
+    };
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    try {
+      if (opts.useListenFd) {
+        // libuv calls listen() again on the adopted socket; ask for the largest backlog so the
+        // daemon's somaxconn backlog is not lowered to Node's default 511.
+        server.listen({ fd: LISTEN_FD, backlog: LISTEN_BACKLOG });
+      } else {
+        server.listen({ host: opts.host.address, port: opts.port, ipv6Only: opts.host.family === 6, backlog: LISTEN_BACKLOG });
+      }
+    } catch (err) {
+      onError(err as NodeJS.ErrnoException);
+    }
+  });
+}
+
+/** Binds a UDP socket on the host address, or adopts the bound socket in fd 4. */
+export function bindUdp(socket: UdpSocket, opts: ListenOptions): Promise<void> {
+  if (opts.useListenFd) checkListenFd('bound UDP');
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      socket.off('listening', onListening);
+      if (opts.useListenFd) {
+        reject(new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is not a usable bound UDP socket: ${STRERROR[err.code ?? ''] ?? err.message}`));
+      } else {
+        reject(bindError('udp', opts, err));
+      }
+    };
+    const onListening = (): void => {
+      socket.off('error', onError);
+      if (opts.useListenFd) {
+        // Replies are sent with the address family of the socket; refuse a mismatch up front.
+        const family = socket.address().family === 'IPv6' ? 6 : 4;
+        if (family !== opts.host.family) {
+          reject(new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is an IPv${family} socket but -host-ip ${opts.host.address} is IPv${opts.host.family}`));
+          return;
+        }
+      }
+      resolve();
+    };
+    socket.once('error', onError);
+    socket.once('listening', onListening);
+    try {
+      if (opts.useListenFd) socket.bind({ fd: LISTEN_FD });
+      else socket.bind({ address: opts.host.address, port: opts.port, exclusive: true });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      onError(e.code === 'ERR_INVALID_FD_TYPE' ? Object.assign(new Error('not a UDP socket'), { code: 'ENOTSOCK' }) : e);
+    }
+  });
+}

@@ -1,0 +1,129 @@
+/**
+ * Logging with pino: JSON lines, lifecycle at info, per connection at debug, never per chunk.
+ *
+ * In docker mode dockerd gives us /dev/null as stdout/stderr, so logging there is wasted work and
+ * pino is not even loaded (startup and memory are features when one process runs per port).
+ * `USERLAND_PROXY_LOG_FILE` names a file to append to instead; SIGHUP reopens it (logrotate).
+ */
+import { fstatSync, statSync } from 'node:fs';
+import { LOG_RATE_WINDOW_MS } from './constants.js';
+import { ProxyError } from './errors.js';
+
+/** Log levels, pino's names. */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+/** One of LOG_LEVELS. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+type LogFn = (obj: object, msg: string) => void;
+
+/** The logging surface the rest of the code uses (a subset of pino's). */
+export interface Log {
+  trace: LogFn;
+  debug: LogFn;
+  info: LogFn;
+  warn: LogFn;
+  error: LogFn;
+  fatal: LogFn;
+  /** True when debug lines are written: guard per-connection logging with it. */
+  readonly debugEnabled: boolean;
+  /** Reopens the destination file (after logrotate moved it). */
+  reopen(): void;
+  /** Writes out anything buffered. */
+  flush(): void;
+}
+
+/** Options of createLogger. */
+export interface LoggerOptions {
+  level: LogLevel;
+  /** Append to this file; when absent, write to stderr unless stderr is /dev/null. */
+  file?: string | undefined;
+  /** Bound into every line (e.g. the mapping). */
+  base?: Record<string, unknown>;
+}
+
+const noop: LogFn = () => {};
+
+/** A logger that drops everything, at no cost. */
+export const silentLog: Log = {
+  trace: noop, debug: noop, info: noop, warn: noop, error: noop, fatal: noop,
+  debugEnabled: false,
+  reopen: () => {},
+  flush: () => {},
+};
+
+/** True when fd 2 is /dev/null (dockerd's setup), i.e. stderr output would be discarded. */
+function stderrIsDevNull(): boolean {
+  try {
+    const s = fstatSync(2);
+    const n = statSync('/dev/null');
+    return s.isCharacterDevice() && s.rdev === n.rdev;
+  } catch {
+    return true;
+  }
+}
+
+/** Parses a level name; throws a one-line error naming the value. */
+export function parseLogLevel(text: string, source: string): LogLevel {
+  if ((LOG_LEVELS as readonly string[]).includes(text)) return text as LogLevel;
+  throw new ProxyError('UPROXY_ERR_BAD_ENV', `invalid ${source} "${text}": use one of ${LOG_LEVELS.join(', ')}`);
+}
+
+/** Creates the process logger; loads pino only when something will be written. */
+export async function createLogger(opts: LoggerOptions): Promise<Log> {
+  if (opts.level === 'silent' || (!opts.file && stderrIsDevNull())) return silentLog;
+  const { pino } = await import('pino');
+  let dest;
+  try {
+    dest = pino.destination({ dest: opts.file ?? 2, sync: true, append: true, mkdir: false });
+  } catch (err) {
+    throw new ProxyError('UPROXY_ERR_LOG', `cannot open log file ${opts.file}: ${(err as Error).message}`);
+  }
+  const logger = pino(
+    {
+      level: opts.level,
+      base: { pid: process.pid, ...opts.base },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    dest,
+  );
+  return {
+    trace: logger.trace.bind(logger),
+    debug: logger.debug.bind(logger),
+    info: logger.info.bind(logger),
+    warn: logger.warn.bind(logger),
+    error: logger.error.bind(logger),
+    fatal: logger.fatal.bind(logger),
+    debugEnabled: logger.isLevelEnabled('debug'),
+    reopen: () => dest.reopen(),
+    flush: () => dest.flushSync(),
+  };
+}
+
+/**
+ * Logs a repeating error once, then at most once per window with the number suppressed in
+ * between, so an accept storm or a dead target cannot flood the log.
+ */
+export class RateLimitedLog {
+  readonly #log: Log;
+  readonly #windowMs: number;
+  readonly #state = new Map<string, { last: number; suppressed: number }>();
+
+  constructor(log: Log, windowMs = LOG_RATE_WINDOW_MS) {
+    this.#log = log;
+    this.#windowMs = windowMs;
+  }
+
+  /** Logs at warn unless the same key was logged within the window. */
+  warn(key: string, obj: object, msg: string): void {
+    const now = Date.now();
+    const s = this.#state.get(key);
+    if (s && now - s.last < this.#windowMs) {
+      s.suppressed++;
+      return;
+    }
+    const suppressed = s?.suppressed ?? 0;
+    this.#state.set(key, { last: now, suppressed: 0 });
+    this.#log.warn(suppressed > 0 ? { ...obj, suppressed } : obj, msg);
+  }
+}

@@ -1,0 +1,239 @@
+/**
+ * UDP forwarding: a flow per client address:port, each with its own connected upstream socket.
+ *
+ * Semantics (docker-proxy 28.0.2+ / 29.5, plus a bound):
+ * - Client datagrams arrive on the listening socket; the flow's connected socket sends them on.
+ *   Connecting filters replies from anyone but the target.
+ * - Replies go back to the client from the listening socket, so their source port is the host
+ *   port. Node cannot choose the source *address* (no IP_PKTINFO/sendmsg cmsg in dgram): on a
+ *   multi-homed host listening on a wildcard the kernel picks it. A documented difference.
+ * - A flow expires after the idle timeout with no datagram in either direction, so a flow that
+ *   only one side keeps sending on stays alive (28.0.2 semantics).
+ * - ICMP port unreachable from the target surfaces as ECONNREFUSED on the flow socket; it never
+ *   kills the flow (29.5 semantics): the next datagram is sent again normally.
+ * - Datagrams up to 65507 bytes pass intact (the receive buffer is 64 KiB).
+ * - At most maxFlows flows. When full, datagrams from new clients are dropped (counted, logged
+ *   once per burst) and established flows keep working: a flood of new source ports cannot evict
+ *   real clients nor exhaust file descriptors.
+ * - Nothing queues without bound: while a flow is connecting it buffers a few datagrams; when a
+ *   socket's send queue is full, datagrams are dropped and counted (UDP's own semantics).
+ */
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import type { IpAddress } from './address.js';
+import {
+  UDP_PENDING_PER_FLOW, UDP_SEND_QUEUE_MAX, UDP_SWEEP_MAX_MS, UDP_SWEEP_MIN_MS,
+} from './constants.js';
+import { RateLimitedLog, type Log } from './logger.js';
+
+/** Plain-number counters, read by metrics at scrape time. */
+export interface UdpStats {
+  flowsCreated: number;
+  flowsActive: number;
+  flowsExpired: number;
+  /** Client to upstream. */
+  datagramsIn: number;
+  bytesIn: number;
+  /** Upstream to client. */
+  datagramsOut: number;
+  bytesOut: number;
+  droppedFlowLimit: number;
+  droppedQueueFull: number;
+  droppedSendError: number;
+  refused: number;
+}
+
+/** Fresh zeroed counters. */
+export function newUdpStats(): UdpStats {
+  return {
+    flowsCreated: 0, flowsActive: 0, flowsExpired: 0, datagramsIn: 0, bytesIn: 0, datagramsOut: 0,
+    bytesOut: 0, droppedFlowLimit: 0, droppedQueueFull: 0, droppedSendError: 0, refused: 0,
+  };
+}
+
+/** Options of UdpForwarder. */
+export interface UdpForwarderOptions {
+  target: IpAddress;
+  targetPort: number;
+  idleTimeoutMs: number;
+  maxFlows: number;
+  log: Log;
+  stats?: UdpStats;
+}
+
+interface Flow {
+  address: string;
+  port: number;
+  socket: Socket;
+  lastActive: number;
+  /** Datagrams waiting for connect(); null once connected. */
+  pending: Buffer[] | null;
+}
+
+/**
+ * dgram resolves every destination through a lookup function, by default dns.lookup with a
+ * nextTick per send. Every address we send to is already an IP literal, so answer at once.
+ */
+function literalLookup(family: 4 | 6) {
+  return (address: string, _opts: unknown, cb: (err: null, address: string, family: number) => void): void => {
+    cb(null, address, family);
+  };
+}
+
+/** Creates a UDP socket of a family with the literal-address lookup; v6 sockets are v6-only. */
+export function createUdpSocket(family: 4 | 6): Socket {
+  return createSocket({
+    type: family === 6 ? 'udp6' : 'udp4',
+    ipv6Only: family === 6,
+    lookup: literalLookup(family) as never,
+  });
+}
+
+/** Forwards datagrams between clients of a bound listening socket and one target. */
+export class UdpForwarder {
+  readonly stats: UdpStats;
+  readonly #listener: Socket;
+  readonly #opts: UdpForwarderOptions;
+  readonly #flows = new Map<string, Flow>();
+  readonly #limited: RateLimitedLog;
+  readonly #sweepMs: number;
+  #timer: NodeJS.Timeout | null = null;
+  /** Coarse clock, refreshed by the sweep timer: no Date.now() per datagram. */
+  #now = Date.now();
+
+  constructor(listener: Socket, opts: UdpForwarderOptions) {
+    this.#listener = listener;
+    this.#opts = opts;
+    this.stats = opts.stats ?? newUdpStats();
+    this.#limited = new RateLimitedLog(opts.log);
+    this.#sweepMs = Math.min(UDP_SWEEP_MAX_MS, Math.max(UDP_SWEEP_MIN_MS, Math.floor(opts.idleTimeoutMs / 10)));
+    listener.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.#onClientDatagram(msg, rinfo));
+    listener.on('error', (err: NodeJS.ErrnoException) => {
+      this.#limited.warn(`listener:${err.code}`, { err: err.message }, 'UDP listener error; still serving');
+    });
+  }
+
+  /** Number of live flows. */
+  get flowCount(): number {
+    return this.#flows.size;
+  }
+
+  /** Closes the listener and every flow socket. */
+  close(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    try {
+      this.#listener.close();
+    } catch {
+      // already closed
+    }
+    for (const flow of this.#flows.values()) this.#closeFlow(flow);
+    this.#flows.clear();
+  }
+
+  #onClientDatagram(msg: Buffer, rinfo: RemoteInfo): void {
+    const stats = this.stats;
+    const key = `${rinfo.address} ${rinfo.port}`;
+    let flow = this.#flows.get(key);
+    if (flow === undefined) {
+      if (this.#flows.size >= this.#opts.maxFlows) {
+        stats.droppedFlowLimit++;
+        this.#limited.warn('flow-limit', { maxFlows: this.#opts.maxFlows }, 'UDP flow limit reached; dropping datagrams from new clients');
+        return;
+      }
+      flow = this.#openFlow(key, rinfo);
+    }
+    stats.datagramsIn++;
+    stats.bytesIn += msg.length;
+    flow.lastActive = this.#now;
+    if (flow.pending !== null) {
+      if (flow.pending.length < UDP_PENDING_PER_FLOW) flow.pending.push(msg);
+      else stats.droppedQueueFull++;
+      return;
+    }
+    if (flow.socket.getSendQueueCount() >= UDP_SEND_QUEUE_MAX) {
+      stats.droppedQueueFull++;
+      return;
+    }
+    flow.socket.send(msg);
+  }
+
+  #openFlow(key: string, rinfo: RemoteInfo): Flow {
+    const { target, targetPort, log } = this.#opts;
+    const socket = createUdpSocket(target.family);
+    const flow: Flow = { address: rinfo.address, port: rinfo.port, socket, lastActive: this.#now, pending: [] };
+    this.#flows.set(key, flow);
+    this.stats.flowsCreated++;
+    this.stats.flowsActive++;
+    if (this.#timer === null) {
+      this.#now = Date.now();
+      flow.lastActive = this.#now;
+      this.#timer = setInterval(() => this.#sweep(), this.#sweepMs);
+      this.#timer.unref();
+    }
+    const listener = this.#listener;
+    const stats = this.stats;
+    socket.on('message', (reply: Buffer) => {
+      stats.datagramsOut++;
+      stats.bytesOut += reply.length;
+      flow.lastActive = this.#now;
+      if (listener.getSendQueueCount() >= UDP_SEND_QUEUE_MAX) {
+        stats.droppedQueueFull++;
+        return;
+      }
+      listener.send(reply, flow.port, flow.address);
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ECONNREFUSED') {
+        // ICMP port unreachable from the target: reported on the next read; the flow lives on.
+        stats.refused++;
+        return;
+      }
+      if (flow.pending !== null) {
+        // bind/connect failed (EMFILE, ENETUNREACH, ...): the flow cannot work; let it go.
+        stats.droppedSendError += flow.pending.length;
+        this.#limited.warn(`flow:${err.code}`, { err: err.message }, 'cannot open UDP flow to target');
+        this.#flows.delete(key);
+        this.#closeFlow(flow);
+        return;
+      }
+      stats.droppedSendError++;
+      this.#limited.warn(`flow:${err.code}`, { err: err.message }, 'UDP flow error');
+    });
+    socket.connect(targetPort, target.address, () => {
+      const pending = flow.pending ?? [];
+      flow.pending = null;
+      for (const m of pending) socket.send(m);
+    });
+    if (log.debugEnabled) log.debug({ client: `${rinfo.address}:${rinfo.port}` }, 'UDP flow opened');
+    return flow;
+  }
+
+  #closeFlow(flow: Flow): void {
+    this.stats.flowsActive--;
+    flow.pending = null;
+    try {
+      flow.socket.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  #sweep(): void {
+    const now = Date.now();
+    this.#now = now;
+    const idle = this.#opts.idleTimeoutMs;
+    const log = this.#opts.log;
+    for (const [key, flow] of this.#flows) {
+      if (now - flow.lastActive >= idle) {
+        this.#flows.delete(key);
+        this.#closeFlow(flow);
+        this.stats.flowsExpired++;
+        if (log.debugEnabled) log.debug({ client: `${flow.address}:${flow.port}` }, 'UDP flow expired');
+      }
+    }
+    if (this.#flows.size === 0 && this.#timer !== null) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+    }
+  }
+}

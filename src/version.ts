@@ -1,0 +1,12 @@
+/** The package version, read from package.json next to dist/ (only when asked for). */
+import { readFileSync } from 'node:fs';
+
+/** Version string of this build. */
+export function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
