@@ -37,8 +37,11 @@ const PROGRAM = 'userland-proxy';
 /** Writes one line to stderr and the status pipe, then exits with the error's status. */
 function fail(err: unknown, log: Log): never {
   const e = toProxyError(err);
-  log.error({ code: e.code }, e.message);
-  log.flush();
+  // stderr gets the one line below; the log repeats it only when it is a separate file.
+  if (log.toFile) {
+    log.error({ code: e.code }, e.message);
+    log.flush();
+  }
   process.stderr.write(`${PROGRAM}: ${e.message}\n`);
   reportFailure(e.message);
   process.exit(e.exitCode);
@@ -59,11 +62,19 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
-  process.on('SIGHUP', () => log.reopen());
+  process.on('SIGHUP', () => {
+    try {
+      log.reopen();
+    } catch (err) {
+      process.stderr.write(`${PROGRAM}: cannot reopen log file: ${(err as Error).message}\n`);
+    }
+  });
   process.on('uncaughtException', (err) => {
     if (!ready) fail(err, log);
-    log.fatal({ err: err.message, stack: err.stack }, 'internal error; exiting');
-    log.flush();
+    if (log.toFile) {
+      log.fatal({ err: err.message, stack: err.stack }, 'internal error; exiting');
+      log.flush();
+    }
     process.stderr.write(`${PROGRAM}: internal error: ${err.message}\n`);
     process.exit(1);
   });

@@ -26,8 +26,10 @@ export interface Log {
   fatal: LogFn;
   /** True when debug lines are written: guard per-connection logging with it. */
   readonly debugEnabled: boolean;
-  /** Reopens the destination file (after logrotate moved it). */
+  /** Reopens the destination file (after logrotate moved it); a no-op for stderr. */
   reopen(): void;
+  /** True when lines go to a file rather than stderr. */
+  readonly toFile: boolean;
   /** Writes out anything buffered. */
   flush(): void;
 }
@@ -47,6 +49,7 @@ const noop: LogFn = () => {};
 export const silentLog: Log = {
   trace: noop, debug: noop, info: noop, warn: noop, error: noop, fatal: noop,
   debugEnabled: false,
+  toFile: false,
   reopen: () => {},
   flush: () => {},
 };
@@ -95,7 +98,11 @@ export async function createLogger(opts: LoggerOptions): Promise<Log> {
     error: logger.error.bind(logger),
     fatal: logger.fatal.bind(logger),
     debugEnabled: logger.isLevelEnabled('debug'),
-    reopen: () => dest.reopen(),
+    toFile: opts.file !== undefined,
+    // Only a named file can be reopened (SIGHUP after logrotate); stderr stays as it is.
+    reopen: () => {
+      if (opts.file) dest.reopen();
+    },
     flush: () => dest.flushSync(),
   };
 }

@@ -78,10 +78,13 @@ export class TcpForwarder {
     this.stats = opts.stats ?? newTcpStats();
     this.#limited = new RateLimitedLog(opts.log);
     server.on('connection', (client: Socket) => this.#onConnection(client));
-    server.on('error', (err: NodeJS.ErrnoException) => {
-      // Only accept errors reach here once listening; the listener itself stays up.
-      this.stats.acceptErrors++;
-      this.#limited.warn(`accept:${err.code}`, { err: err.message }, 'accept failed; still listening');
+    // Listen errors belong to whoever starts the server; once listening, only accept errors
+    // arrive here, and the listener itself stays up.
+    server.once('listening', () => {
+      server.on('error', (err: NodeJS.ErrnoException) => {
+        this.stats.acceptErrors++;
+        this.#limited.warn(`accept:${err.code}`, { err: err.message }, 'accept failed; still listening');
+      });
     });
   }
 

@@ -107,8 +107,10 @@ export class UdpForwarder {
     this.#limited = new RateLimitedLog(opts.log);
     this.#sweepMs = Math.min(UDP_SWEEP_MAX_MS, Math.max(UDP_SWEEP_MIN_MS, Math.floor(opts.idleTimeoutMs / 10)));
     listener.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.#onClientDatagram(msg, rinfo));
-    listener.on('error', (err: NodeJS.ErrnoException) => {
-      this.#limited.warn(`listener:${err.code}`, { err: err.message }, 'UDP listener error; still serving');
+    listener.once('listening', () => {
+      listener.on('error', (err: NodeJS.ErrnoException) => {
+        this.#limited.warn(`listener:${err.code}`, { err: err.message }, 'UDP listener error; still serving');
+      });
     });
   }
 

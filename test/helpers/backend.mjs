@@ -1,0 +1,83 @@
+#!/usr/bin/env node
+// Test backend ("the container"): runs inside a network namespace (or on loopback) and serves
+//   --echo PORT    TCP echo (FIN answered with FIN after the echo) and UDP echo on PORT
+//   --hold PORT    TCP: accepts but does not read until "resume" arrives on stdin, then reads to
+//                  EOF and answers "<bytes> <sha256>" and closes (slow reader / lossless check)
+//   --whoami PORT  UDP: answers "<address> <port>" of the sender; TCP: writes it and closes
+//   --late PORT    UDP echo that starts listening only when "listen" arrives on stdin
+//   --http PORT    minimal HTTP/1.1 server answering "ok"
+//   --host ADDR    address to bind (repeatable; default 0.0.0.0 and ::)
+// Prints "ready" on stdout once every socket is bound. Exits when stdin closes.
+import { createHash } from 'node:crypto';
+import { createSocket } from 'node:dgram';
+import { createServer } from 'node:net';
+import { createInterface } from 'node:readline';
+
+const args = process.argv.slice(2);
+const opt = (name) => args.flatMap((a, i) => (a === name ? [args[i + 1]] : []));
+const hosts = opt('--host').length ? opt('--host') : ['0.0.0.0', '::'];
+const pending = [];
+const held = [];
+const late = [];
+
+function tcp(port, host, onConn) {
+  const s = createServer({ allowHalfOpen: true }, onConn);
+  pending.push(new Promise((res, rej) => s.once('error', rej).listen({ port, host, ipv6Only: host.includes(':') }, res)));
+}
+function udp(port, host, onMsg) {
+  const s = createSocket({ type: host.includes(':') ? 'udp6' : 'udp4', ipv6Only: host.includes(':') });
+  s.on('message', (m, r) => onMsg(s, m, r));
+  pending.push(new Promise((res, rej) => s.once('error', rej).bind(port, host, res)));
+  return s;
+}
+function digestServer(c) {
+  const h = createHash('sha256');
+  let n = 0;
+  c.on('data', (d) => { n += d.length; h.update(d); });
+  c.on('end', () => c.end(`${n} ${h.digest('hex')}`));
+  c.on('error', () => {});
+}
+
+for (const host of hosts) {
+  for (const p of opt('--echo')) {
+    tcp(Number(p), host, (c) => { c.on('error', () => {}); c.pipe(c); });
+    udp(Number(p), host, (s, m, r) => s.send(m, r.port, r.address));
+  }
+  for (const p of opt('--hold')) {
+    tcp(Number(p), host, (c) => { c.pause(); held.push(c); });
+  }
+  for (const p of opt('--whoami')) {
+    tcp(Number(p), host, (c) => { c.on('error', () => {}); c.end(`${c.remoteAddress} ${c.remotePort}`); });
+    udp(Number(p), host, (s, m, r) => s.send(`${r.address} ${r.port}`, r.port, r.address));
+  }
+  for (const p of opt('--late')) late.push([Number(p), host]);
+  for (const p of opt('--http')) {
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      let buf = '';
+      c.on('data', (d) => {
+        buf += d;
+        let i;
+        while ((i = buf.indexOf('\r\n\r\n')) >= 0) {
+          buf = buf.slice(i + 4);
+          c.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok');
+        }
+      });
+      c.on('end', () => c.end());
+    });
+  }
+}
+
+createInterface({ input: process.stdin }).on('line', (line) => {
+  if (line === 'resume') {
+    for (const c of held.splice(0)) { digestServer(c); c.resume(); }
+  } else if (line === 'listen') {
+    for (const [p, host] of late.splice(0)) udp(p, host, (s, m, r) => s.send(m, r.port, r.address));
+    Promise.all(pending).then(() => process.stdout.write('listening\n'));
+  }
+}).on('close', () => process.exit(0));
+
+Promise.all(pending).then(
+  () => process.stdout.write('ready\n'),
+  (err) => { process.stderr.write(`backend: ${err.message}\n`); process.exit(1); },
+);

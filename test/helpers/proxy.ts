@@ -1,0 +1,144 @@
+/**
+ * Plays dockerd: spawns a proxy (ours through bin/userland-proxy, or the reference docker-proxy)
+ * with a real pipe on fd 3 (a FIFO, as dockerd's os.Pipe) and optionally a socket on fd 4, reads
+ * the status bytes, and stops it with SIGINT. Every process is tracked and killed in cleanup.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+export const BIN = join(ROOT, 'bin/userland-proxy');
+export const REF_PROXY = process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy');
+/** dockerd's readiness limit. */
+export const READY_TIMEOUT_MS = 16_000;
+
+export interface ProxyProc {
+  child: ChildProcess;
+  pid: number;
+  /** Every byte written to fd 3 until it was closed (or the process exited). */
+  status: Promise<string>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stderr(): string;
+  stdout(): string;
+  /** SIGINT and wait; resolves the exit. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export interface SpawnOptions {
+  bin?: string;
+  env?: Record<string, string>;
+  /** A file descriptor to pass as fd 4. */
+  listenFd?: number;
+  /** 'pipe' (default): a FIFO on fd 3; 'none': fd 3 closed. */
+  statusFd?: 'pipe' | 'none';
+  uid?: number;
+  gid?: number;
+}
+
+const live = new Set<ChildProcess>();
+
+/** Spawns a proxy the way dockerd does. */
+export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): ProxyProc {
+  const dir = mkdtempSync(join(tmpdir(), 'upt-fifo-'));
+  const fifo = join(dir, 'status');
+  let readFd = -1;
+  let writeFd = -1;
+  if ((opts.statusFd ?? 'pipe') === 'pipe') {
+    execFileSync('mkfifo', ['-m', '0666', fifo]);
+    readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    writeFd = openSync(fifo, constants.O_WRONLY);
+  }
+  const stdio: (string | number)[] = ['ignore', 'pipe', 'pipe', writeFd >= 0 ? writeFd : 'ignore'];
+  if (opts.listenFd !== undefined) stdio.push(opts.listenFd);
+  const child = spawn(opts.bin ?? BIN, args, {
+    stdio: stdio as never,
+    env: { ...process.env, ...opts.env },
+    uid: opts.uid,
+    gid: opts.gid,
+  });
+  live.add(child);
+  if (writeFd >= 0) closeSync(writeFd);
+  let err = '';
+  let out = '';
+  child.stderr?.on('data', (d) => { err += d; });
+  child.stdout?.on('data', (d) => { out += d; });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
+    child.once('exit', (code, signal) => {
+      live.delete(child);
+      res({ code, signal });
+    });
+  });
+  const status = new Promise<string>((res) => {
+    if (readFd < 0) {
+      res('');
+      return;
+    }
+    const sock = new Socket({ fd: readFd, readable: true, writable: false });
+    let bytes = '';
+    sock.on('data', (d) => { bytes += d; });
+    const done = (): void => {
+      sock.destroy();
+      rmSync(dir, { recursive: true, force: true });
+      res(bytes);
+    };
+    sock.on('end', done);
+    sock.on('error', done);
+  });
+  return {
+    child,
+    pid: child.pid ?? -1,
+    status,
+    exited,
+    stderr: () => err,
+    stdout: () => out,
+    async stop(signal: NodeJS.Signals = 'SIGINT') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/** Spawns and waits for "0\n" (at most dockerd's 16 s); throws with the status bytes otherwise. */
+export async function startProxy(args: readonly string[], opts: SpawnOptions = {}): Promise<ProxyProc> {
+  const p = spawnProxy(args, opts);
+  const status = await withTimeout(p.status, READY_TIMEOUT_MS, 'timed out starting the userland proxy');
+  if (status !== '0\n') {
+    await p.stop('SIGKILL');
+    throw new Error(`proxy failed to start: ${JSON.stringify(status)} stderr=${p.stderr()}`);
+  }
+  return p;
+}
+
+/** Kills every proxy still running (afterAll / afterEach). */
+export async function killAllProxies(): Promise<void> {
+  const waits = [...live].map((c) => new Promise((res) => { c.once('exit', res); c.kill('SIGKILL'); }));
+  await Promise.all(waits);
+}
+
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout;
+  return Promise.race([
+    p.finally(() => clearTimeout(t)),
+    new Promise<T>((_, rej) => { t = setTimeout(() => rej(new Error(what)), ms); }),
+  ]);
+}
+
+/** Private_Dirty and RSS of a process in KiB, from /proc/PID/smaps_rollup. */
+export function memoryOf(pid: number): { rssKiB: number; privateDirtyKiB: number } {
+  const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+  return { rssKiB: field('Rss'), privateDirtyKiB: field('Private_Dirty') };
+}
+
+/** True when the reference docker-proxy has been fetched (.ci/setup does it). */
+export function haveReference(): boolean {
+  try {
+    execFileSync('test', ['-x', REF_PROXY]);
+    return true;
+  } catch {
+    return false;
+  }
+}
