@@ -28,6 +28,9 @@ export const UDP_MAX_PAYLOAD = 65_507;
 export const UDP_SWEEP_MIN_MS = 50;
 export const UDP_SWEEP_MAX_MS = 1_000;
 
+/** File descriptors kept free under RLIMIT_NOFILE for Node itself, logs and status pipes. */
+export const FD_RESERVE = 32;
+
 /** Repeated errors of one kind are logged once, then at most once per window with a count. */
 export const LOG_RATE_WINDOW_MS = 10_000;
 

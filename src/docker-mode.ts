@@ -24,6 +24,7 @@ import { joinHostPort } from './address.js';
 import { readDockerEnv } from './docker-env.js';
 import { DOCKER_FLAGS, parseDockerArgs, toDockerMapping } from './docker-flags.js';
 import { ProxyError, toProxyError } from './errors.js';
+import { connectionCapFromFdLimit, flowCapFromFdLimit, openFileLimit } from './fd-limit.js';
 import { formatUsage } from './go-flags.js';
 import { bindUdp, listenTcp } from './listen.js';
 import { createLogger, silentLog, type Log } from './logger.js';
@@ -105,13 +106,15 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     const listen = { host: m.host, port: m.hostPort, useListenFd: m.useListenFd };
     if (m.proto === 'tcp') {
       const server = createTcpServer();
-      forwarder = new TcpForwarder(server, { target: m.target, targetPort: m.targetPort, log });
+      const maxConnections = connectionCapFromFdLimit(openFileLimit());
+      forwarder = new TcpForwarder(server, { target: m.target, targetPort: m.targetPort, log, maxConnections });
       await listenTcp(server, listen);
     } else {
       const socket = createUdpSocket(m.host.family);
       forwarder = new UdpForwarder(socket, {
         target: m.target, targetPort: m.targetPort, log,
-        idleTimeoutMs: env.udpIdleTimeoutMs, maxFlows: env.udpMaxFlows,
+        idleTimeoutMs: env.udpIdleTimeoutMs,
+        maxFlows: Math.min(env.udpMaxFlows, flowCapFromFdLimit(openFileLimit()) ?? Infinity),
       });
       await bindUdp(socket, listen);
     }

@@ -9,9 +9,10 @@
  * - A failed dial closes the client at once (accept, then FIN), as docker-proxy does.
  * - A reset or error on one side resets the other: a truncated stream must never look like a
  *   complete one (docker-proxy turns an upstream RST into a clean FIN).
- * - Accept errors (EMFILE, ENFILE, ...) never stop the listener: libuv's reserve-fd trick drops the
- *   pending connection (the client sees a close instead of a hang), we count and log (rate-limited)
- *   and keep serving. docker-proxy exits here and the port goes dead.
+ * - Accept errors (EMFILE, ENFILE, ...) never stop the listener. Connections are capped a little
+ *   below RLIMIT_NOFILE (fd-limit.ts), so excess clients are refused at once, counted and logged
+ *   (rate-limited) before EMFILE can happen; if it happens anyway libuv's reserve-fd trick closes
+ *   the pending connections and we keep serving. docker-proxy exits here and the port goes dead.
  * - Memory per connection is bounded: a direction stops reading when its destination holds more
  *   than its high-water mark (16 KiB on Node 20) plus one read (64 KiB).
  */
@@ -35,13 +36,15 @@ export interface TcpStats {
   pausesUpstream: number;
   /** Connections torn down by a reset or error rather than a clean double close. */
   aborted: number;
+  /** Connections refused at once because the connection cap was reached. */
+  rejectedLimit: number;
 }
 
 /** Fresh zeroed counters. */
 export function newTcpStats(): TcpStats {
   return {
     accepted: 0, active: 0, acceptErrors: 0, connectErrors: 0, bytesIn: 0, bytesOut: 0,
-    pausesClient: 0, pausesUpstream: 0, aborted: 0,
+    pausesClient: 0, pausesUpstream: 0, aborted: 0, rejectedLimit: 0,
   };
 }
 
@@ -51,6 +54,8 @@ export interface TcpForwarderOptions {
   targetPort: number;
   log: Log;
   stats?: TcpStats;
+  /** Refuse (accept and close at once) connections beyond this many; null: no cap. */
+  maxConnections?: number | null;
 }
 
 /** Creates the listening server with the socket options every accepted client needs. */
@@ -78,6 +83,13 @@ export class TcpForwarder {
     this.stats = opts.stats ?? newTcpStats();
     this.#limited = new RateLimitedLog(opts.log);
     server.on('connection', (client: Socket) => this.#onConnection(client));
+    if (opts.maxConnections != null) {
+      server.maxConnections = opts.maxConnections;
+      server.on('drop', () => {
+        this.stats.rejectedLimit++;
+        this.#limited.warn('limit', { maxConnections: opts.maxConnections }, 'connection limit reached; refusing new connections');
+      });
+    }
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
     server.once('listening', () => {

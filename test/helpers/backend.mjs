@@ -6,6 +6,8 @@
 //   --whoami PORT  UDP: answers "<address> <port>" of the sender; TCP: writes it and closes
 //   --late PORT    UDP echo that starts listening only when "listen" arrives on stdin
 //   --http PORT    minimal HTTP/1.1 server answering "ok"
+//   --greet PORT   TCP: sends "hello\n" and FIN first, then reads to EOF and prints
+//                  "greet-done <bytes> <sha256>" on stdout (upstream-first half-close)
 //   --host ADDR    address to bind (repeatable; default 0.0.0.0 and ::)
 // Prints "ready" on stdout once every socket is bound. Exits when stdin closes.
 import { createHash } from 'node:crypto';
@@ -49,6 +51,16 @@ for (const host of hosts) {
   for (const p of opt('--whoami')) {
     tcp(Number(p), host, (c) => { c.on('error', () => {}); c.end(`${c.remoteAddress} ${c.remotePort}`); });
     udp(Number(p), host, (s, m, r) => s.send(`${r.address} ${r.port}`, r.port, r.address));
+  }
+  for (const p of opt('--greet')) {
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      const h = createHash('sha256');
+      let n = 0;
+      c.on('data', (d) => { n += d.length; h.update(d); });
+      c.on('end', () => process.stdout.write(`greet-done ${n} ${h.digest('hex')}\n`));
+      c.end('hello\n');
+    });
   }
   for (const p of opt('--late')) late.push([Number(p), host]);
   for (const p of opt('--http')) {
