@@ -1,0 +1,126 @@
+/**
+ * UDP forwarding through the built proxy to a "container" behind a veth: echo, 60 000-byte
+ * datagrams, per-client flows with replies from the host port, idle expiry and keep-alive,
+ * ICMP-refused targets that come back, and the flow bound.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Socket as UdpSocket } from 'node:dgram';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
+import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
+import { killAllProxies, startProxy, type ProxyProc } from '../helpers/proxy.js';
+
+const ECHO = 7000;
+const WHOAMI = 7003;
+const LATE = 7004;
+let backend: Backend;
+const clients: UdpSocket[] = [];
+const logDir = mkdtempSync(join(tmpdir(), 'upt-udp-'));
+
+beforeAll(async () => {
+  backend = await startBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI), '--late', String(LATE)]);
+});
+afterAll(async () => {
+  await backend?.destroy();
+  rmSync(logDir, { recursive: true, force: true });
+});
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close();
+  await killAllProxies();
+});
+
+async function proxy(hostIp: string, target: string, targetPort: number, env: Record<string, string> = {}): Promise<{ p: ProxyProc; port: number }> {
+  const port = await freePort(hostIp);
+  const p = await startProxy(['-proto', 'udp', '-host-ip', hostIp, '-host-port', String(port), '-container-ip', target, '-container-port', String(targetPort)], { env });
+  return { p, port };
+}
+function client(family: 4 | 6): UdpSocket {
+  const c = udpClient(family);
+  clients.push(c);
+  return c;
+}
+/** Asks the whoami target which source address:port the flow uses. */
+async function flowSource(c: UdpSocket, host: string, port: number): Promise<string> {
+  return (await udpRequest(c, host, port, 'who')).toString();
+}
+
+describe('udp forwarding', () => {
+  it('udp forwarder echoes through IPv4 and IPv6 fronts, to IPv4 and IPv6 containers', async () => {
+    for (const [front, family, target] of [
+      ['127.0.0.1', 4, backend.ipv4], ['::1', 6, backend.ipv6], ['::1', 6, backend.ipv4], ['127.0.0.1', 4, backend.ipv6],
+    ] as const) {
+      const { p, port } = await proxy(front, target, ECHO);
+      const c = client(family);
+      expect((await udpRequest(c, front, port, `hello ${front}`)).toString()).toBe(`hello ${front}`);
+      await p.stop();
+    }
+  });
+
+  it('udp forwarder carries 60 000-byte and 65 507-byte datagrams intact, and empty ones', async () => {
+    const { port } = await proxy('127.0.0.1', backend.ipv4, ECHO);
+    const c = client(4);
+    for (const size of [60_000, 65_507, 1, 0]) {
+      const d = randomBytes(size);
+      const back = await udpRequest(c, '127.0.0.1', port, d);
+      expect(back.length, `size ${size}`).toBe(size);
+      expect(sha256(back)).toBe(sha256(d));
+    }
+  });
+
+  it('udp forwarder gives each client its own flow and replies from the host port', async () => {
+    const { port } = await proxy('127.0.0.1', backend.ipv4, WHOAMI);
+    const a = client(4);
+    const b = client(4);
+    const replyPort = new Promise<number>((res) => a.once('message', (_m, r) => res(r.port)));
+    const sa = await flowSource(a, '127.0.0.1', port);
+    expect(await replyPort).toBe(port);
+    const sb = await flowSource(b, '127.0.0.1', port);
+    expect(sa).not.toBe(sb);
+    expect(await flowSource(a, '127.0.0.1', port)).toBe(sa); // same client, same flow
+  });
+
+  it('udp forwarder expires an idle flow after the timeout and keeps a busy one', async () => {
+    const { port } = await proxy('127.0.0.1', backend.ipv4, WHOAMI, { USERLAND_PROXY_UDP_IDLE_TIMEOUT: '300ms' });
+    const c = client(4);
+    const first = await flowSource(c, '127.0.0.1', port);
+    // Busy: a datagram every 100 ms for 900 ms keeps the same flow (same upstream source port).
+    for (let i = 0; i < 9; i++) {
+      await sleep(100);
+      expect(await flowSource(c, '127.0.0.1', port)).toBe(first);
+    }
+    // Idle for well over the timeout: the next datagram opens a new flow.
+    await sleep(900);
+    expect(await flowSource(c, '127.0.0.1', port)).not.toBe(first);
+  });
+
+  it('udp forwarder keeps the flow when the target answers with ICMP port unreachable', async () => {
+    const logFile = join(logDir, 'late.log');
+    const { p, port } = await proxy('127.0.0.1', backend.ipv4, LATE, { USERLAND_PROXY_LOG_FILE: logFile, USERLAND_PROXY_LOG_LEVEL: 'debug' });
+    const c = client(4);
+    for (let i = 0; i < 3; i++) {
+      await expect(udpRequest(c, '127.0.0.1', port, `refused ${i}`, 200)).rejects.toThrow('no UDP reply');
+    }
+    await backend.command('listen', 'listening');
+    expect((await udpRequest(c, '127.0.0.1', port, 'now open')).toString()).toBe('now open');
+    expect(p.child.exitCode).toBeNull();
+    const opened = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('"UDP flow opened"'));
+    expect(opened).toHaveLength(1);
+  });
+
+  it('udp forwarder drops datagrams from new clients beyond the flow bound, counted and logged', async () => {
+    const logFile = join(logDir, 'limit.log');
+    const { port } = await proxy('127.0.0.1', backend.ipv4, ECHO, { USERLAND_PROXY_UDP_MAX_FLOWS: '2', USERLAND_PROXY_LOG_FILE: logFile });
+    const [a, b, x] = [client(4), client(4), client(4)];
+    expect((await udpRequest(a, '127.0.0.1', port, 'a')).toString()).toBe('a');
+    expect((await udpRequest(b, '127.0.0.1', port, 'b')).toString()).toBe('b');
+    await expect(udpRequest(x, '127.0.0.1', port, 'x', 300)).rejects.toThrow('no UDP reply');
+    expect((await udpRequest(a, '127.0.0.1', port, 'a2')).toString()).toBe('a2');
+    expect(readFileSync(logFile, 'utf8')).toContain('"maxFlows":2,"msg":"UDP flow limit reached; dropping datagrams from new clients"');
+  });
+
+  it.skipIf(!IS_ROOT)('udp test backend runs behind a veth in its own network namespace (root only)', () => {
+    expect(backend.inNamespace).toBe(true);
+  });
+});
