@@ -51,6 +51,8 @@ export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): Pr
     readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
     writeFd = openSync(fifo, constants.O_WRONLY);
   }
+  // Both ends are open: the pipe lives on without its name.
+  rmSync(dir, { recursive: true, force: true });
   const stdio: (string | number)[] = ['ignore', 'pipe', 'pipe', writeFd >= 0 ? writeFd : 'ignore'];
   if (opts.listenFd !== undefined) stdio.push(opts.listenFd);
   const child = spawn(opts.bin ?? BIN, args, {
@@ -81,7 +83,6 @@ export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): Pr
     sock.on('data', (d) => { bytes += d; });
     const done = (): void => {
       sock.destroy();
-      rmSync(dir, { recursive: true, force: true });
       res(bytes);
     };
     sock.on('end', done);

@@ -16,6 +16,7 @@ const HOLD = 7001;
 const GREET = 7002;
 const CLOSED = 7009;
 let backend: Backend;
+const logDir = mkdtempSync(join(tmpdir(), 'upt-log-'));
 
 beforeAll(async () => {
   backend = await startBackend(['--echo', String(ECHO), '--hold', String(HOLD), '--greet', String(GREET)]);
@@ -23,6 +24,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await backend?.destroy();
+  rmSync(logDir, { recursive: true, force: true });
 });
 afterEach(async () => {
   await killAllProxies();
@@ -145,7 +147,6 @@ describe('tcp forwarding', () => {
   });
 
   it('tcp forwarder under a low fd limit refuses excess clients (counted, logged), never dies, serves again', async () => {
-    const logDir = mkdtempSync(join(tmpdir(), 'upt-log-'));
     const logFile = join(logDir, 'proxy.log');
     const { p, port } = await proxy('127.0.0.1', backend.ipv4, ECHO, {
       env: { USERLAND_PROXY_LOG_FILE: logFile },
@@ -167,7 +168,6 @@ describe('tcp forwarding', () => {
     expect(sha256(await tcpRoundTrip('127.0.0.1', port, data))).toBe(sha256(data));
     expect(p.child.exitCode).toBeNull();
     expect(readFileSync(logFile, 'utf8')).toMatch(/"maxConnections":16,"msg":"connection limit reached; refusing new connections"/);
-    rmSync(logDir, { recursive: true, force: true });
   });
 });
 

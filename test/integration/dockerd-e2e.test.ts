@@ -1,0 +1,144 @@
+/**
+ * End to end with a real Docker engine (Debian's docker.io 20.10, installed by .ci/setup): a
+ * private dockerd (own data-root, exec-root, socket, pidfile, bridge subnet; iptables off, so
+ * every published port is served by our proxy alone) runs with
+ * --userland-proxy-path=<abs path to bin/userland-proxy>. A busybox image is imported from a
+ * rootfs tar (no registry). Every command is bounded by a timeout; everything started is removed
+ * in afterAll, also on failure.
+ */
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { IS_ROOT } from '../helpers/netns.js';
+import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
+import { BIN, ROOT } from '../helpers/proxy.js';
+
+const run = promisify(execFile);
+const DOCKERD = '/usr/sbin/dockerd';
+const DOCKER = '/usr/bin/docker';
+const CAN_RUN = IS_ROOT && existsSync(DOCKERD) && existsSync(DOCKER) && existsSync('/bin/busybox');
+const dir = CAN_RUN ? mkdtempSync('/tmp/upt-dockerd-') : '';
+const sock = join(dir, 'docker.sock');
+const IMAGE = 'upt-busybox';
+let dockerd: ChildProcess | null = null;
+let daemonLog = '';
+const containers: string[] = [];
+
+/** Runs the docker CLI against our private daemon, bounded by 30 s. */
+async function docker(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await run('timeout', ['30', DOCKER, '-H', `unix://${sock}`, ...args], { encoding: 'utf8' });
+    return { stdout, stderr, code: 0 };
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string; code?: number };
+    return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: e.code ?? 1 };
+  }
+}
+
+/** Our proxy processes serving a host port, from /proc. */
+function proxiesFor(port: number): string[] {
+  const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l.includes('dist/cli.js') && l.includes(`-host-port ${port} `));
+}
+
+async function httpGet(url: string): Promise<string> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
+  return res.text();
+}
+
+beforeAll(async () => {
+  if (!CAN_RUN) {
+    console.warn('SKIPPED: the dockerd end-to-end test needs root and docker.io + busybox-static (.ci/setup)');
+    return;
+  }
+  // The image: busybox-static, httpd content, and a static UDP echo server built here.
+  const rootfs = join(dir, 'rootfs');
+  mkdirSync(join(rootfs, 'bin'), { recursive: true });
+  mkdirSync(join(rootfs, 'www'));
+  copyFileSync('/bin/busybox', join(rootfs, 'bin/busybox'));
+  for (const a of ['sh', 'httpd', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', a));
+  execFileSync('gcc', ['-static', '-O2', '-o', join(rootfs, 'bin/udpecho'), join(ROOT, 'test/helpers/udp-echo.c')]);
+  writeFileSync(join(rootfs, 'www/index.html'), 'hello from the container\n');
+  execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
+
+  const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
+  dockerd = spawn('timeout', ['600', DOCKERD,
+    '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'), '-H', `unix://${sock}`,
+    '--pidfile', join(dir, 'docker.pid'), '--userland-proxy-path', BIN, '--iptables=false',
+    '--bip', `${subnet}.1/24`, '--storage-driver', 'vfs',
+  ], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+  });
+  dockerd.stderr?.on('data', (d) => { daemonLog += d; });
+  dockerd.stdout?.on('data', (d) => { daemonLog += d; });
+  let up = false;
+  for (let i = 0; i < 60 && !up; i++) {
+    await sleep(500);
+    up = (await docker('info')).code === 0;
+  }
+  if (!up) throw new Error(`dockerd did not come up:\n${daemonLog.slice(-2000)}`);
+  const imp = await docker('import', join(dir, 'rootfs.tar'), IMAGE);
+  if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
+}, 90_000);
+
+afterAll(async () => {
+  if (!CAN_RUN) return;
+  for (const c of containers) await docker('rm', '-f', c);
+  if (dockerd && dockerd.exitCode === null) {
+    const exited = new Promise((res) => dockerd?.once('exit', res));
+    dockerd.kill('SIGTERM');
+    await Promise.race([exited, sleep(15_000)]);
+    if (dockerd.exitCode === null) dockerd.kill('SIGKILL');
+  }
+  try { execFileSync('pkill', ['-f', `containerd.*${dir}`]); } catch { /* none left */ }
+  try { execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' }); } catch { /* gone */ }
+  try { execFileSync('umount', ['-R', '-l', dir], { stdio: 'ignore' }); } catch { /* nothing mounted */ }
+  rmSync(dir, { recursive: true, force: true });
+}, 60_000);
+
+describe.skipIf(!CAN_RUN)('real dockerd with --userland-proxy-path=bin/userland-proxy', () => {
+  it('serves published TCP ports on 127.0.0.1 and [::1] and a UDP port, and docker stop removes every proxy', async () => {
+    const [p1, p2, p3] = [await freePort(), await freePort('::'), await freePort()];
+    const r = await docker('run', '-d', '--name', 'upt-web', '-p', `127.0.0.1:${p1}:80`, '-p', `${p2}:80`, '-p', `127.0.0.1:${p3}:53/udp`,
+      IMAGE, '/bin/sh', '-c', 'httpd -p 80 -h /www; exec udpecho 53');
+    containers.push('upt-web');
+    expect(r.code, r.stderr).toBe(0);
+    // dockerd started one proxy per binding: -p P2:80 gives 0.0.0.0 and :: (IPv6 front, IPv4 container).
+    expect(proxiesFor(p1)).toHaveLength(1);
+    expect(proxiesFor(p2)).toHaveLength(2);
+    expect(proxiesFor(p2).some((l) => l.includes('-host-ip ::'))).toBe(true);
+    expect(await httpGet(`http://127.0.0.1:${p1}/`)).toBe('hello from the container\n');
+    expect(await httpGet(`http://127.0.0.1:${p2}/`)).toBe('hello from the container\n');
+    expect(await httpGet(`http://[::1]:${p2}/`)).toBe('hello from the container\n');
+    const u = udpClient(4);
+    expect((await udpRequest(u, '127.0.0.1', p3, 'dns-like datagram')).toString()).toBe('dns-like datagram');
+    u.close();
+
+    const t0 = Date.now();
+    const stop = await docker('stop', '-t', '1', 'upt-web');
+    expect(stop.code, stop.stderr).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    await sleep(300);
+    expect([...proxiesFor(p1), ...proxiesFor(p2), ...proxiesFor(p3)]).toEqual([]);
+    await expect(httpGet(`http://127.0.0.1:${p1}/`)).rejects.toThrow();
+  });
+
+  it('a port clash reaches the docker CLI as our error message', async () => {
+    const port = await freePort();
+    const blocker: Server = await new Promise((res) => { const s = createServer().listen(port, '127.0.0.1', () => res(s)); });
+    try {
+      const r = await docker('run', '-d', '--name', 'upt-clash', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80');
+      containers.push('upt-clash');
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain(`Error starting userland proxy: listen tcp4 127.0.0.1:${port}: bind: address already in use`);
+      expect(proxiesFor(port)).toEqual([]);
+    } finally {
+      blocker.close();
+    }
+  });
+});
