@@ -14,6 +14,16 @@ export const LISTEN_BACKLOG = 65535;
 /** Go's default TCP keepalive on accepted connections (idle and interval). */
 export const CLIENT_KEEPALIVE_MS = 15_000;
 
+/** Relay read buffer while a direction's reads are small: what an idle connection pins per direction. */
+export const RELAY_SMALL_BUFFER = 4 * 1024;
+/** Relay read buffer once a read fills the small one (bulk transfer). */
+export const RELAY_BIG_BUFFER = 256 * 1024;
+/** Consecutive small reads after which a direction goes back to the small buffer. */
+export const RELAY_SHRINK_AFTER = 64;
+/** Free buffers kept for reuse, process-wide. */
+export const RELAY_FREE_SMALL = 256;
+export const RELAY_FREE_BIG = 16;
+
 /** Docker's UDP "conntrack" idle timeout: a flow with no datagram either way for this long expires. */
 export const UDP_IDLE_TIMEOUT_MS = 90_000;
 /** Default bound on concurrent UDP flows (each costs one socket); docker-proxy has none. */

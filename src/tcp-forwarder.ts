@@ -14,12 +14,13 @@
  *   (rate-limited) before EMFILE can happen; if it happens anyway libuv's reserve-fd trick closes
  *   the pending connections and we keep serving. docker-proxy exits here and the port goes dead.
  * - Memory per connection is bounded: a direction stops reading when its destination holds more
- *   than its high-water mark (16 KiB on Node 20) plus one read (64 KiB).
+ *   than its high-water mark (16 KiB on Node 20) plus one read buffer (relay.ts).
  */
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, Socket, type Server } from 'node:net';
 import type { IpAddress } from './address.js';
 import { CLIENT_KEEPALIVE_MS } from './constants.js';
 import { RateLimitedLog, type Log } from './logger.js';
+import { Pump } from './relay.js';
 
 /** Plain-number counters, read by metrics at scrape time (never prom-client on the hot path). */
 export interface TcpStats {
@@ -83,13 +84,6 @@ export class TcpForwarder {
     this.stats = opts.stats ?? newTcpStats();
     this.#limited = new RateLimitedLog(opts.log);
     server.on('connection', (client: Socket) => this.#onConnection(client));
-    if (opts.maxConnections != null) {
-      server.maxConnections = opts.maxConnections;
-      server.on('drop', () => {
-        this.stats.rejectedLimit++;
-        this.#limited.warn('limit', { maxConnections: opts.maxConnections }, 'connection limit reached; refusing new connections');
-      });
-    }
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
     server.once('listening', () => {
@@ -107,11 +101,21 @@ export class TcpForwarder {
     this.#conns.clear();
   }
 
-  #onConnection(client: Socket): void {
+  #onConnection(accepted: Socket): void {
     const stats = this.stats;
+    const { log, maxConnections } = this.#opts;
+    if (maxConnections != null && stats.active >= maxConnections) {
+      stats.rejectedLimit++;
+      this.#limited.warn('limit', { maxConnections }, 'connection limit reached; refusing new connections');
+      accepted.destroy();
+      return;
+    }
+    const up = new Pump(stats, true);
+    const down = new Pump(stats, false);
+    const client = adoptAccepted(accepted, up.onread);
+    if (client === null) return;
     stats.accepted++;
     stats.active++;
-    const { log } = this.#opts;
     const conns = this.#conns;
     conns.add(client);
     const upstream = connect({
@@ -120,6 +124,7 @@ export class TcpForwarder {
       family: this.#opts.target.family,
       allowHalfOpen: true,
       noDelay: true,
+      onread: down.onread,
     });
     conns.add(upstream);
     let connected = false;
@@ -136,7 +141,8 @@ export class TcpForwarder {
 
     // An error or premature close on one side resets the other; a clean close (both directions
     // ended and flushed) needs nothing: the peer finishes its own directions and closes itself.
-    const onClose = (self: Socket, peer: Socket): void => {
+    const onClose = (self: Socket, peer: Socket, pump: Pump): void => {
+      pump.release();
       const clean = self.readableEnded && self.writableFinished;
       if (!clean && !peer.destroyed) {
         if (connected) peer.resetAndDestroy();
@@ -146,8 +152,8 @@ export class TcpForwarder {
       else if (!clean) finish(true);
     };
     client.on('error', () => {});
-    client.on('close', () => onClose(client, upstream));
-    upstream.on('close', () => onClose(upstream, client));
+    client.on('close', () => onClose(client, upstream, up));
+    upstream.on('close', () => onClose(upstream, client, down));
 
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       if (!connected) {
@@ -166,25 +172,35 @@ export class TcpForwarder {
       if (log.debugEnabled) {
         log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
       }
-      relay(client, upstream, stats, true);
-      relay(upstream, client, stats, false);
+      up.connect(client, upstream);
+      down.connect(upstream, client);
       client.resume();
+      upstream.resume();
     });
   }
 }
 
-/** Pumps src into dst with backpressure and FIN propagation; counts bytes and pauses. */
-function relay(src: Socket, dst: Socket, stats: TcpStats, inbound: boolean): void {
-  src.on('data', (chunk: Buffer) => {
-    if (inbound) stats.bytesIn += chunk.length;
-    else stats.bytesOut += chunk.length;
-    if (!dst.write(chunk)) {
-      src.pause();
-      if (inbound) stats.pausesClient++;
-      else stats.pausesUpstream++;
-    }
-  });
-  dst.on('drain', () => src.resume());
-  // Half-close: shutdown(SHUT_WR) on dst after its queued bytes are written.
-  src.on('end', () => dst.end());
+/**
+ * Re-wraps an accepted connection so that it reads through onread: Node 20 ignores `onread` for
+ * sockets a server creates, so we take the accepted handle (still paused: pauseOnConnect) into a
+ * new Socket that has it. The old Socket object, left without a handle, closes nothing when
+ * destroyed. Returns null if the connection is already gone.
+ */
+function adoptAccepted(accepted: Socket, onread: Pump['onread']): Socket | null {
+  const internal = accepted as unknown as { _handle: unknown };
+  const handle = internal._handle;
+  if (!handle) {
+    accepted.destroy();
+    return null;
+  }
+  internal._handle = null;
+  accepted.destroy();
+  return new Socket({
+    handle,
+    allowHalfOpen: true,
+    readable: true,
+    writable: true,
+    manualStart: true,
+    onread,
+  } as ConstructorParameters<typeof Socket>[0]);
 }

@@ -1,0 +1,101 @@
+#!/usr/bin/env node
+// Cost of one docker-mode process, ours next to the reference docker-proxy, in one run:
+//   startup   spawn() to "0\n" on the fd-3 pipe, median (and min-max) of N alternating runs
+//   memory    Rss and Private_Dirty from /proc/PID/smaps_rollup: idle after start, and after a
+//             1 GiB TCP transfer through the proxy (iperf3 client -> proxy -> iperf3 -s, loopback)
+// Usage: node bench/startup-memory.mjs [--runs 20] [--bytes 1G]   (needs .ci/setup and iperf3)
+// Writes bench/results/startup-memory.json and prints a Markdown table.
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const args = process.argv.slice(2);
+const opt = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
+const RUNS = Number(opt('--runs', '20'));
+const BYTES = opt('--bytes', '1G');
+const contenders = [
+  ['docker-proxy', process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy')],
+  ['userland-proxy', join(ROOT, 'bin/userland-proxy')],
+];
+for (const [name, bin] of contenders) if (!existsSync(bin)) throw new Error(`${name} not found at ${bin} (run .ci/setup)`);
+
+const freePort = () => new Promise((res) => { const s = createServer().listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => res(port)); }); });
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+function mem(pid) {
+  const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const f = (n) => Number(new RegExp(`^${n}:\\s+(\\d+) kB`, 'm').exec(t)[1]) / 1024;
+  return { rssMiB: f('Rss'), privateDirtyMiB: f('Private_Dirty') };
+}
+
+/** Spawns a proxy with a FIFO on fd 3 as dockerd does; resolves {child, ms} at "0\n". */
+function start(bin, port, targetPort) {
+  const dir = mkdtempSync(join(tmpdir(), 'upb-'));
+  const fifo = join(dir, 'st');
+  execFileSync('mkfifo', [fifo]);
+  const rfd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const wfd = openSync(fifo, constants.O_WRONLY);
+  rmSync(dir, { recursive: true });
+  const t0 = process.hrtime.bigint();
+  const child = spawn(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)], { stdio: ['ignore', 'ignore', 'ignore', wfd] });
+  closeSync(wfd);
+  return new Promise((res, rej) => {
+    const s = new Socket({ fd: rfd, readable: true, writable: false });
+    let got = '';
+    s.on('data', (d) => {
+      got += d;
+      if (got === '0\n') res({ child, ms: Number(process.hrtime.bigint() - t0) / 1e6 });
+    });
+    s.on('end', () => { s.destroy(); if (got !== '0\n') rej(new Error(`${bin}: ${JSON.stringify(got)}`)); });
+  });
+}
+const stop = (child) => new Promise((res) => { child.once('exit', res); child.kill('SIGINT'); });
+
+const results = Object.fromEntries(contenders.map(([n]) => [n, { startupMs: [] }]));
+const targetPort = await freePort();
+process.stdout.write(`startup: ${RUNS} runs each, alternating\n`);
+for (let i = 0; i < RUNS; i++) {
+  for (const [name, bin] of i % 2 ? [...contenders].reverse() : contenders) {
+    const { child, ms } = await start(bin, await freePort(), targetPort);
+    results[name].startupMs.push(ms);
+    await stop(child);
+  }
+}
+const iperfPort = await freePort();
+const server = spawn('iperf3', ['-s', '-p', String(iperfPort), '-B', '127.0.0.1'], { stdio: 'ignore' });
+await sleep(300);
+try {
+  for (const [name, bin] of contenders) {
+    const port = await freePort();
+    const { child } = await start(bin, port, iperfPort);
+    await sleep(500);
+    results[name].idle = mem(child.pid);
+    process.stdout.write(`${name}: moving ${BYTES} through the proxy\n`);
+    execFileSync('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-n', BYTES, '-J'], { stdio: ['ignore', 'ignore', 'inherit'], timeout: 120_000 });
+    await sleep(1000);
+    results[name].afterTransfer = mem(child.pid);
+    await stop(child);
+  }
+} finally {
+  server.kill('SIGKILL');
+}
+
+const machine = `${execFileSync('nproc').toString().trim()} vCPU, node ${process.version}, kernel ${execFileSync('uname', ['-r']).toString().trim()}`;
+const rows = contenders.map(([n]) => {
+  const r = results[n];
+  const s = r.startupMs;
+  return `| ${n} | ${median(s).toFixed(1)} (${Math.min(...s).toFixed(1)}-${Math.max(...s).toFixed(1)}) | ${r.idle.privateDirtyMiB.toFixed(1)} | ${r.idle.rssMiB.toFixed(1)} | ${r.afterTransfer.privateDirtyMiB.toFixed(1)} | ${r.afterTransfer.rssMiB.toFixed(1)} |`;
+});
+const table = [
+  `Measured ${new Date().toISOString().slice(0, 10)} on ${machine}; ${RUNS} startups each, ${BYTES} transfer.`,
+  '',
+  '| process | spawn to `0\\n`, ms: median (min-max) | idle Private_Dirty MiB | idle RSS MiB | after transfer Private_Dirty MiB | after transfer RSS MiB |',
+  '|---|---|---|---|---|---|',
+  ...rows,
+].join('\n');
+writeFileSync(join(ROOT, 'bench/results/startup-memory.json'), `${JSON.stringify({ date: new Date().toISOString(), machine, runs: RUNS, bytes: BYTES, results }, null, 2)}\n`);
+writeFileSync(join(ROOT, 'bench/results/startup-memory.md'), `${table}\n`);
+process.stdout.write(`${table}\n`);

@@ -1,0 +1,122 @@
+/**
+ * The TCP data path: each direction reads into reusable buffers (`onread`) instead of letting
+ * Node allocate a fresh 64 KiB backing store per read, and writes slices of them straight to the
+ * other socket. That removes the per-chunk allocation and the garbage it leaves behind (35 MiB of
+ * malloc heap after a 1 GiB transfer with the default read path, measured) and lets bulk reads
+ * grow to RELAY_BIG_BUFFER.
+ *
+ * A buffer may be read into again only when nothing references it: after `dst.write(slice)`, a
+ * `dst.writableLength` of 0 means the kernel took every byte synchronously; otherwise the write
+ * request still points into the buffer, which stays pinned until that write's callback. Write
+ * callbacks run in order, so a FIFO of pinned buffers per direction and one shared callback
+ * suffice (no closure per chunk).
+ *
+ * Buffer size adapts per direction: RELAY_SMALL_BUFFER while reads are small (an idle connection
+ * pins only that much per direction), RELAY_BIG_BUFFER after a read fills the buffer, back to
+ * small after RELAY_SHRINK_AFTER consecutive small reads. Buffers come from and return to small
+ * process-wide free lists. Backpressure: when `dst.write()` reports its high-water mark, reading
+ * stops until 'drain'; memory per direction is bounded by that mark plus one buffer.
+ */
+import type { Socket } from 'node:net';
+import { RELAY_BIG_BUFFER, RELAY_FREE_BIG, RELAY_FREE_SMALL, RELAY_SHRINK_AFTER, RELAY_SMALL_BUFFER } from './constants.js';
+
+const freeSmall: Buffer[] = [];
+const freeBig: Buffer[] = [];
+
+function take(size: number): Buffer {
+  const list = size === RELAY_BIG_BUFFER ? freeBig : freeSmall;
+  return list.pop() ?? Buffer.allocUnsafeSlow(size);
+}
+
+function give(buf: Buffer): void {
+  if (buf.length === RELAY_BIG_BUFFER) {
+    if (freeBig.length < RELAY_FREE_BIG) freeBig.push(buf);
+  } else if (freeSmall.length < RELAY_FREE_SMALL) {
+    freeSmall.push(buf);
+  }
+}
+
+/** The counters a direction adds to (live, so metrics see long transfers as they happen). */
+export interface PumpCounters {
+  bytesIn: number;
+  bytesOut: number;
+  pausesClient: number;
+  pausesUpstream: number;
+}
+
+/** One direction of a relay: reads from a source socket (via onread) and writes to dst. */
+export class Pump {
+  /** Where the source's next read lands; owned by this pump. */
+  #buf: Buffer = take(RELAY_SMALL_BUFFER);
+  /** Per write in flight: the buffer it pins, or null when it completed synchronously. */
+  readonly #pinned: (Buffer | null)[] = [];
+  #smallReads = 0;
+  #dst: Socket | null = null;
+  readonly #counters: PumpCounters;
+  /** Client to upstream (counts bytesIn, pausesClient) or the reverse. */
+  readonly #inbound: boolean;
+
+  constructor(counters: PumpCounters, inbound: boolean) {
+    this.#counters = counters;
+    this.#inbound = inbound;
+  }
+
+  /** The onread option for the source socket. */
+  get onread(): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean } {
+    return { buffer: this.#nextBuffer, callback: this.#onRead };
+  }
+
+  /** Starts pumping into dst: half-close and drain handling. */
+  connect(src: Socket, dst: Socket): void {
+    this.#dst = dst;
+    dst.on('drain', () => src.resume());
+    // Half-close: shutdown(SHUT_WR) on dst after everything queued is written.
+    src.on('end', () => dst.end());
+  }
+
+  readonly #nextBuffer = (): Buffer => this.#buf;
+
+  readonly #onRead = (n: number, buf: Buffer): boolean => {
+    const dst = this.#dst as Socket;
+    if (this.#inbound) this.#counters.bytesIn += n;
+    else this.#counters.bytesOut += n;
+    const more = dst.write(buf.subarray(0, n), this.#afterWrite);
+    const pinned = dst.writableLength !== 0;
+    this.#pinned.push(pinned ? buf : null);
+    let size = buf.length;
+    if (n === buf.length) {
+      size = RELAY_BIG_BUFFER;
+      this.#smallReads = 0;
+    } else if (n <= RELAY_SMALL_BUFFER) {
+      if (++this.#smallReads >= RELAY_SHRINK_AFTER) {
+        size = RELAY_SMALL_BUFFER;
+        this.#smallReads = 0;
+      }
+    } else {
+      this.#smallReads = 0;
+    }
+    if (pinned) {
+      this.#buf = take(size);
+    } else if (size !== buf.length) {
+      give(buf);
+      this.#buf = take(size);
+    }
+    if (!more) {
+      if (this.#inbound) this.#counters.pausesClient++;
+      else this.#counters.pausesUpstream++;
+      return false;
+    }
+    return true;
+  };
+
+  readonly #afterWrite = (): void => {
+    const b = this.#pinned.shift();
+    if (b) give(b);
+  };
+
+  /** Returns the idle buffer to the pool once the source is closed. */
+  release(): void {
+    give(this.#buf);
+    this.#buf = Buffer.alloc(0);
+  }
+}
