@@ -36,6 +36,8 @@ export interface SpawnOptions {
   statusFd?: 'pipe' | 'none';
   uid?: number;
   gid?: number;
+  /** Use exactly `env` as the environment instead of adding it to ours. */
+  cleanEnv?: boolean;
 }
 
 const live = new Set<ChildProcess>();
@@ -57,7 +59,8 @@ export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): Pr
   if (opts.listenFd !== undefined) stdio.push(opts.listenFd);
   const child = spawn(opts.bin ?? BIN, args, {
     stdio: stdio as never,
-    env: { ...process.env, ...opts.env },
+    env: opts.cleanEnv ? opts.env : { ...process.env, ...opts.env },
+    cwd: '/', // as under dockerd; proves the launcher does not depend on the working directory
     uid: opts.uid,
     gid: opts.gid,
   });

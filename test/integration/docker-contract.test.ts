@@ -146,6 +146,22 @@ describe('status pipe (fd 3)', () => {
   });
 });
 
+describe('launcher (bin/userland-proxy)', () => {
+  it('finds Node with an empty environment (dockerd\'s minimal PATH) and from another directory', async () => {
+    const port = await freePort();
+    const p = await startProxy(args('tcp', '127.0.0.1', port), { cleanEnv: true, env: {} });
+    expect(await tcpRoundTrip('127.0.0.1', port, Buffer.from('no PATH'))).toEqual(Buffer.from('no PATH'));
+    expect((await p.stop()).code).toBe(0);
+  });
+
+  it('reports an unusable USERLAND_PROXY_NODE on fd 3 and stderr, exit 1', async () => {
+    const p = spawnProxy(args('tcp', '127.0.0.1', 1), { env: { USERLAND_PROXY_NODE: '/nonexistent/node' } });
+    expect(await p.status).toBe('1\nUSERLAND_PROXY_NODE=/nonexistent/node is not an executable node binary');
+    expect((await p.exited).code).toBe(1);
+    expect(p.stderr()).toBe('userland-proxy: USERLAND_PROXY_NODE=/nonexistent/node is not an executable node binary\n');
+  });
+});
+
 describe('signals', () => {
   it('SIGHUP does not stop the proxy; SIGTERM then exits 0', async () => {
     const port = await freePort();
