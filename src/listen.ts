@@ -25,6 +25,7 @@ const STRERROR: Record<string, string> = {
   ENFILE: 'too many open files in system',
   ENOBUFS: 'no buffer space available',
   ENOMEM: 'cannot allocate memory',
+  ENOTSOCK: 'socket operation on non-socket',
 };
 
 /** Options of the listen functions. */
@@ -58,25 +59,48 @@ function checkListenFd(kind: string): void {
   }
 }
 
+/**
+ * Runs start() and settles on the first 'listening' (after check(), if given) or 'error' event.
+ * Listen errors belong to this call only: the handlers are removed once it settles.
+ */
+function whenListening(
+  target: Server | UdpSocket,
+  start: () => void,
+  mapError: (err: NodeJS.ErrnoException) => ProxyError,
+  check: () => ProxyError | null = () => null,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      target.off('listening', onListening);
+      reject(mapError(err));
+    };
+    const onListening = (): void => {
+      target.off('error', onError);
+      const problem = check();
+      if (problem) reject(problem);
+      else resolve();
+    };
+    target.once('error', onError);
+    target.once('listening', onListening);
+    try {
+      start();
+    } catch (err) {
+      onError(err as NodeJS.ErrnoException);
+    }
+  });
+}
+
+function fdError(kind: string, err: NodeJS.ErrnoException): ProxyError {
+  const reason = STRERROR[err.code ?? ''] ?? err.message;
+  return new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is not a usable ${kind} socket: ${reason}`);
+}
+
 /** Starts a TCP server listening on the host address, or on the listening socket in fd 4. */
 export function listenTcp(server: Server, opts: ListenOptions): Promise<void> {
   if (opts.useListenFd) checkListenFd('listening TCP');
-  return new Promise((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException): void => {
-      server.off('listening', onListening);
-      if (opts.useListenFd) {
-        reject(new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is not a usable listening TCP socket: ${STRERROR[err.code ?? ''] ?? err.message}`));
-      } else {
-        reject(bindError('tcp', opts, err));
-      }
-    };
-    const onListening = (): void => {
-      server.off('error', onError);
-      resolve();
-    };
-    server.once('error', onError);
-    server.once('listening', onListening);
-    try {
+  return whenListening(
+    server,
+    () => {
       if (opts.useListenFd) {
         // libuv calls listen() again on the adopted socket; ask for the largest backlog so the
         // daemon's somaxconn backlog is not lowered to Node's default 511.
@@ -84,44 +108,31 @@ export function listenTcp(server: Server, opts: ListenOptions): Promise<void> {
       } else {
         server.listen({ host: opts.host.address, port: opts.port, ipv6Only: opts.host.family === 6, backlog: LISTEN_BACKLOG });
       }
-    } catch (err) {
-      onError(err as NodeJS.ErrnoException);
-    }
-  });
+    },
+    (err) => (opts.useListenFd ? fdError('listening TCP', err) : bindError('tcp', opts, err)),
+  );
 }
 
 /** Binds a UDP socket on the host address, or adopts the bound socket in fd 4. */
 export function bindUdp(socket: UdpSocket, opts: ListenOptions): Promise<void> {
   if (opts.useListenFd) checkListenFd('bound UDP');
-  return new Promise((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException): void => {
-      socket.off('listening', onListening);
-      if (opts.useListenFd) {
-        reject(new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is not a usable bound UDP socket: ${STRERROR[err.code ?? ''] ?? err.message}`));
-      } else {
-        reject(bindError('udp', opts, err));
-      }
-    };
-    const onListening = (): void => {
-      socket.off('error', onError);
-      if (opts.useListenFd) {
-        // Replies are sent with the address family of the socket; refuse a mismatch up front.
-        const family = socket.address().family === 'IPv6' ? 6 : 4;
-        if (family !== opts.host.family) {
-          reject(new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is an IPv${family} socket but -host-ip ${opts.host.address} is IPv${opts.host.family}`));
-          return;
-        }
-      }
-      resolve();
-    };
-    socket.once('error', onError);
-    socket.once('listening', onListening);
-    try {
+  return whenListening(
+    socket,
+    () => {
       if (opts.useListenFd) socket.bind({ fd: LISTEN_FD });
       else socket.bind({ address: opts.host.address, port: opts.port, exclusive: true });
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      onError(e.code === 'ERR_INVALID_FD_TYPE' ? Object.assign(new Error('not a UDP socket'), { code: 'ENOTSOCK' }) : e);
-    }
-  });
+    },
+    (err) => {
+      if (!opts.useListenFd) return bindError('udp', opts, err);
+      // dgram throws ERR_INVALID_FD_TYPE for a non-UDP descriptor.
+      return fdError('bound UDP', err.code === 'ERR_INVALID_FD_TYPE' ? Object.assign(new Error('not a UDP socket'), { code: 'ENOTSOCK' }) : err);
+    },
+    () => {
+      if (!opts.useListenFd) return null;
+      // Replies are sent with the socket's address family; refuse a mismatch up front.
+      const family = socket.address().family === 'IPv6' ? 6 : 4;
+      if (family === opts.host.family) return null;
+      return new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is an IPv${family} socket but -host-ip ${opts.host.address} is IPv${opts.host.family}`);
+    },
+  );
 }

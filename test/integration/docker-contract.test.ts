@@ -220,6 +220,12 @@ describe('-use-listen-fd (Docker 28+)', () => {
     expect(await wrong.status).toMatch(/^1\n-use-listen-fd: fd 4 is not a usable bound UDP socket/);
     expect((await wrong.exited).code).toBe(1);
     server.close();
+    const v4 = createSocket('udp4');
+    await new Promise<void>((res) => v4.bind(0, '127.0.0.1', () => res()));
+    const family = spawnProxy([...args('udp', '::1', v4.address().port), '-use-listen-fd'], { listenFd: udpFd(v4) });
+    expect(await family.status).toBe('1\n-use-listen-fd: fd 4 is an IPv4 socket but -host-ip ::1 is IPv6');
+    expect((await family.exited).code).toBe(1);
+    v4.close();
   });
 
   it('never touches fd 4 without the flag', async () => {
