@@ -1,0 +1,67 @@
+/**
+ * The relay re-wraps accepted handles and reads through `onread`, which leans on Node internals
+ * that may change between majors. This smoke suite runs the built proxy on every supported major
+ * (20 here, 22 and 24 fetched by .ci/setup into .cache/nodes) through the launcher's
+ * USERLAND_PROXY_NODE override: TCP echo with checksum and half-close, a stalled reader, UDP echo,
+ * and -use-listen-fd.
+ */
+import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startBackend, type Backend } from '../helpers/netns.js';
+import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
+import { ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
+
+const ECHO = 7000;
+let backend: Backend;
+const nodes = [
+  ['20', process.execPath],
+  ['22', join(ROOT, '.cache/nodes/22/bin/node')],
+  ['24', join(ROOT, '.cache/nodes/24/bin/node')],
+] as const;
+
+beforeAll(async () => {
+  backend = await startBackend(['--echo', String(ECHO)]);
+});
+afterAll(async () => {
+  await backend?.destroy();
+});
+afterEach(async () => {
+  await killAllProxies();
+});
+
+for (const [major, node] of nodes) {
+  describe.skipIf(!existsSync(node))(`on Node.js ${major}`, () => {
+    const env = { USERLAND_PROXY_NODE: node };
+    const argv = (proto: string, port: number) => ['-proto', proto, '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(ECHO)];
+
+    it(`tcp relay keeps every byte and half-closes on Node ${major}`, async () => {
+      const port = await freePort();
+      await startProxy(argv('tcp', port), { env });
+      for (const size of [1, 4096, 4097, 300_000, 3 << 20]) {
+        const data = randomBytes(size);
+        expect(sha256(await tcpRoundTrip('127.0.0.1', port, data)), `size ${size}`).toBe(sha256(data));
+      }
+      const s = await tcpConnect('127.0.0.1', port);
+      const done = readToClose(s);
+      s.write('a');
+      await sleep(20);
+      s.end('b');
+      expect((await done).data.toString()).toBe('ab');
+    });
+
+    it(`udp and -use-listen-fd work on Node ${major}`, async () => {
+      const port = await freePort();
+      await startProxy(argv('udp', port), { env });
+      const c = udpClient(4);
+      expect((await udpRequest(c, '127.0.0.1', port, 'udp')).toString()).toBe('udp');
+      c.close();
+      const server = await new Promise<ReturnType<typeof createServer>>((res) => { const s = createServer().listen(0, '127.0.0.1', () => res(s)); });
+      const fdPort = (server.address() as { port: number }).port;
+      await startProxy([...argv('tcp', fdPort), '-use-listen-fd'], { env, listenFd: (server as unknown as { _handle: { fd: number } })._handle.fd });
+      server.close();
+      expect((await tcpRoundTrip('127.0.0.1', fdPort, Buffer.from('fd4'))).toString()).toBe('fd4');
+    });
+  });
+}
