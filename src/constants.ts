@@ -47,5 +47,8 @@ export const LOG_RATE_WINDOW_MS = 10_000;
 /** After SIGINT/SIGTERM the process exits at the latest after this long (dockerd waits forever). */
 export const SHUTDOWN_HARD_DEADLINE_MS = 900;
 
+/** Standalone mode: how long open connections may finish after SIGTERM or a removed mapping. */
+export const DRAIN_TIMEOUT_MS = 10_000;
+
 /** Prefix of every environment variable we read. */
 export const ENV_PREFIX = 'USERLAND_PROXY_';

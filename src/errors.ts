@@ -17,6 +17,8 @@ export const ERROR_CODES = {
   UPROXY_ERR_LISTEN: 1,
   /** The socket passed on fd 4 with -use-listen-fd is missing or of the wrong kind. */
   UPROXY_ERR_LISTEN_FD: 1,
+  /** Standalone configuration (specs, config file, environment) is invalid; nothing started. */
+  UPROXY_ERR_CONFIG: 2,
   /** The log destination cannot be opened. */
   UPROXY_ERR_LOG: 1,
   /** An unexpected internal failure (a bug): logged on one line, exit 1. */

@@ -1,0 +1,178 @@
+/**
+ * Standalone configuration: merged from the command line, USERLAND_PROXY_* environment variables
+ * and a JSON config file (in that order of precedence; publish specs from all three are combined),
+ * then validated strictly. Unknown keys and variables, bad values, overlapping or duplicate
+ * bindings all fail with one line that names the offending value; nothing is started.
+ *
+ * Config file (JSON):
+ *   { "publish": ["127.0.0.1:8080:10.0.0.2:80", "5353:10.0.0.2:53/udp"],
+ *     "metrics": "127.0.0.1:9464", "drainTimeout": "10s",
+ *     "udpIdleTimeout": "90s", "udpMaxFlows": 16384, "logLevel": "info", "logFile": "/var/log/up.log" }
+ */
+import { readFileSync } from 'node:fs';
+import { parseIp, type IpAddress } from './address.js';
+import { DRAIN_TIMEOUT_MS, ENV_PREFIX, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS } from './constants.js';
+import { parseDuration } from './duration.js';
+import { ProxyError } from './errors.js';
+import { LOG_LEVELS, type LogLevel } from './logger.js';
+import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
+
+/** A validated standalone configuration. */
+export interface StandaloneConfig {
+  mappings: Mapping[];
+  metrics: { host: IpAddress; port: number } | null;
+  drainTimeoutMs: number;
+  udpIdleTimeoutMs: number;
+  udpMaxFlows: number;
+  logLevel: LogLevel;
+  logFile: string | undefined;
+}
+
+/** Values as given on the command line (strings, as typed). */
+export interface CliValues {
+  publish?: string[] | undefined;
+  config?: string | undefined;
+  metrics?: string | undefined;
+  drainTimeout?: string | undefined;
+  udpIdleTimeout?: string | undefined;
+  udpMaxFlows?: string | undefined;
+  logLevel?: string | undefined;
+  logFile?: string | undefined;
+}
+
+/** Config file keys and the environment variable for each (the README mirrors this table). */
+export const SETTINGS = {
+  publish: 'PUBLISH',
+  metrics: 'METRICS',
+  drainTimeout: 'DRAIN_TIMEOUT',
+  udpIdleTimeout: 'UDP_IDLE_TIMEOUT',
+  udpMaxFlows: 'UDP_MAX_FLOWS',
+  logLevel: 'LOG_LEVEL',
+  logFile: 'LOG_FILE',
+} as const;
+type Key = keyof typeof SETTINGS;
+/** Variables read elsewhere (the launcher) or naming the config file. */
+const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS'];
+
+function fail(message: string): never {
+  throw new ProxyError('UPROXY_ERR_CONFIG', message);
+}
+
+/** Reads and parses a JSON config file; throws a one-line error naming the file. */
+export function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    fail(`cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    fail(`config file ${path} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) fail(`config file ${path} must hold a JSON object`);
+  return value as Record<string, unknown>;
+}
+
+function describe(v: unknown): string {
+  return typeof v === 'string' ? `"${v}"` : JSON.stringify(v) ?? String(v);
+}
+
+function duration(where: string, v: unknown): number {
+  if (typeof v === 'number' && Number.isFinite(v) && v >= 0) return Math.round(v * 1000);
+  if (typeof v !== 'string') fail(`invalid ${where} ${describe(v)}: use a duration such as 10s or 500ms`);
+  try {
+    return parseDuration(v);
+  } catch (err) {
+    fail(`invalid ${where}: ${(err as Error).message}`);
+  }
+}
+
+function integer(where: string, v: unknown, min: number, max: number): number {
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) fail(`invalid ${where} ${describe(v)}: must be an integer ${min}-${max}`);
+  return n;
+}
+
+/** `HOST:PORT`, `[V6]:PORT` or `PORT` (loopback) for the metrics listener. */
+export function parseListenAddress(where: string, v: unknown): { host: IpAddress; port: number } {
+  if (typeof v !== 'string') fail(`invalid ${where} ${describe(v)}: use HOST:PORT`);
+  const m = /^(?:(\[[^\]]+\]|[^:[\]]+):)?(\d{1,5})$/.exec(v);
+  if (!m) fail(`invalid ${where} "${v}": use HOST:PORT, [IPV6]:PORT or PORT`);
+  const hostText = (m[1] ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1');
+  const host = parseIp(hostText);
+  if (!host) fail(`invalid ${where} "${v}": "${hostText}" is not an IP address`);
+  const port = Number(m[2]);
+  if (port > 65535) fail(`invalid ${where} "${v}": port ${port} is out of range 0-65535`);
+  return { host, port };
+}
+
+/** Splits a list of publish specs given in one environment variable (commas or white space). */
+function splitSpecs(text: string): string[] {
+  return text.split(/[\s,]+/).filter((s) => s !== '');
+}
+
+/**
+ * Merges and validates the three sources. `file` is the parsed config file (or undefined).
+ * Throws ProxyError UPROXY_ERR_CONFIG (exit 2) with one line naming the offending value.
+ */
+export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Record<string, unknown>): StandaloneConfig {
+  for (const name of Object.keys(env)) {
+    if (!name.startsWith(ENV_PREFIX)) continue;
+    const key = name.slice(ENV_PREFIX.length);
+    if (!(Object.values(SETTINGS) as string[]).includes(key) && !OTHER_ENV.includes(key)) {
+      fail(`unknown environment variable ${name} (known: ${[...Object.values(SETTINGS), ...OTHER_ENV].map((k) => ENV_PREFIX + k).join(', ')})`);
+    }
+  }
+  if (file) {
+    for (const key of Object.keys(file)) {
+      if (!(key in SETTINGS)) fail(`unknown key "${key}" in config file (known: ${Object.keys(SETTINGS).join(', ')})`);
+    }
+  }
+  const envValue = (k: Key): string | undefined => {
+    const v = env[ENV_PREFIX + SETTINGS[k]];
+    return v === undefined || v === '' ? undefined : v;
+  };
+  /** The winning value of a scalar setting and where it came from, for messages. */
+  const pick = (k: Key, cliValue: unknown, flag: string): [unknown, string] | undefined => {
+    if (cliValue !== undefined) return [cliValue, `--${flag}`];
+    const e = envValue(k);
+    if (e !== undefined) return [e, ENV_PREFIX + SETTINGS[k]];
+    if (file && file[k] !== undefined) return [file[k], `config key "${k}"`];
+    return undefined;
+  };
+
+  const specs: string[] = [...(cli.publish ?? [])];
+  const envPublish = envValue('publish');
+  if (envPublish !== undefined) specs.push(...splitSpecs(envPublish));
+  if (file && file.publish !== undefined) {
+    if (!Array.isArray(file.publish) || file.publish.some((s) => typeof s !== 'string')) fail('config key "publish" must be an array of publish spec strings');
+    specs.push(...(file.publish as string[]));
+  }
+  if (specs.length === 0) fail('no mappings: give at least one --publish SPEC, USERLAND_PROXY_PUBLISH or "publish" in the config file');
+  const mappings = specs.map(parsePublishSpec);
+  checkOverlaps(mappings);
+
+  const metricsV = pick('metrics', cli.metrics, 'metrics');
+  const drainV = pick('drainTimeout', cli.drainTimeout, 'drain-timeout');
+  const idleV = pick('udpIdleTimeout', cli.udpIdleTimeout, 'udp-idle-timeout');
+  const flowsV = pick('udpMaxFlows', cli.udpMaxFlows, 'udp-max-flows');
+  const levelV = pick('logLevel', cli.logLevel, 'log-level');
+  const fileV = pick('logFile', cli.logFile, 'log-file');
+
+  const udpIdleTimeoutMs = idleV ? duration(idleV[1], idleV[0]) : UDP_IDLE_TIMEOUT_MS;
+  if (udpIdleTimeoutMs < 10) fail(`invalid ${idleV?.[1]}: must be at least 10ms`);
+  if (levelV && !(LOG_LEVELS as readonly unknown[]).includes(levelV[0])) fail(`invalid ${levelV[1]} ${describe(levelV[0])}: use one of ${LOG_LEVELS.join(', ')}`);
+  if (fileV && (typeof fileV[0] !== 'string' || fileV[0] === '')) fail(`invalid ${fileV[1]} ${describe(fileV[0])}: must be a file path`);
+  return {
+    mappings,
+    metrics: metricsV ? parseListenAddress(metricsV[1], metricsV[0]) : null,
+    drainTimeoutMs: drainV ? duration(drainV[1], drainV[0]) : DRAIN_TIMEOUT_MS,
+    udpIdleTimeoutMs,
+    udpMaxFlows: flowsV ? integer(flowsV[1], flowsV[0], 1, 1_000_000) : UDP_MAX_FLOWS,
+    logLevel: (levelV?.[0] as LogLevel | undefined) ?? 'info',
+    logFile: fileV?.[0] as string | undefined,
+  };
+}

@@ -1,0 +1,74 @@
+import fc from 'fast-check';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { buildConfig, parseListenAddress, readConfigFile } from '../../src/config.js';
+import { ProxyError } from '../../src/errors.js';
+
+describe('buildConfig()', () => {
+  it('buildConfig() combines publish specs from all sources and applies defaults', () => {
+    const c = buildConfig({ publish: ['8080:10.0.0.2:80'] }, { USERLAND_PROXY_PUBLISH: '9090:10.0.0.2:90, 5353:10.0.0.2:53/udp' }, { publish: ['127.0.0.1:7070:10.0.0.2:70'] });
+    expect(c.mappings.map((m) => m.id)).toEqual(['tcp/0.0.0.0:8080', 'tcp/0.0.0.0:9090', 'udp/0.0.0.0:5353', 'tcp/127.0.0.1:7070']);
+    expect(c).toMatchObject({ metrics: null, drainTimeoutMs: 10_000, udpIdleTimeoutMs: 90_000, udpMaxFlows: 16_384, logLevel: 'info', logFile: undefined });
+  });
+
+  it('buildConfig() gives the command line precedence over the environment over the file', () => {
+    const c = buildConfig(
+      { publish: ['8080:10.0.0.2:80'], drainTimeout: '1s' },
+      { USERLAND_PROXY_DRAIN_TIMEOUT: '2s', USERLAND_PROXY_METRICS: '9464' },
+      { drainTimeout: '3s', metrics: '0.0.0.0:1', udpIdleTimeout: 30, udpMaxFlows: 7, logLevel: 'debug' },
+    );
+    expect(c).toMatchObject({ drainTimeoutMs: 1000, metrics: { host: { address: '127.0.0.1' }, port: 9464 }, udpIdleTimeoutMs: 30_000, udpMaxFlows: 7, logLevel: 'debug' });
+  });
+
+  it('buildConfig() rejects unknown keys and variables, bad values and overlaps, naming them', () => {
+    const f = (cli: object, env: object, file?: object) => () => buildConfig(cli, env as NodeJS.ProcessEnv, file as Record<string, unknown>);
+    const p = { publish: ['8080:10.0.0.2:80'] };
+    expect(f({}, {})).toThrow('no mappings');
+    expect(f(p, {}, { publsh: [] })).toThrow('unknown key "publsh" in config file');
+    expect(f(p, { USERLAND_PROXY_PUBLSH: 'x' })).toThrow('unknown environment variable USERLAND_PROXY_PUBLSH');
+    expect(f(p, {}, { publish: '8080:10.0.0.2:80' })).toThrow('config key "publish" must be an array');
+    expect(f({ ...p, drainTimeout: 'soon' }, {})).toThrow('invalid --drain-timeout: invalid duration "soon"');
+    expect(f(p, { USERLAND_PROXY_UDP_MAX_FLOWS: '0' })).toThrow('invalid USERLAND_PROXY_UDP_MAX_FLOWS "0": must be an integer 1-1000000');
+    expect(f(p, {}, { logLevel: 'loud' })).toThrow('invalid config key "logLevel" "loud"');
+    expect(f(p, {}, { metrics: 'localhost:9464' })).toThrow('"localhost" is not an IP address');
+    expect(f({ publish: ['8080:10.0.0.2:80', '8080:10.0.0.3:80'] }, {})).toThrow('duplicate binding');
+  });
+
+  it('buildConfig() never throws anything but a one-line config error, whatever the file holds', () => {
+    fc.assert(
+      fc.property(fc.dictionary(fc.constantFrom('publish', 'metrics', 'drainTimeout', 'udpIdleTimeout', 'udpMaxFlows', 'logLevel', 'logFile', 'other'), fc.jsonValue()), (file) => {
+        try {
+          buildConfig({ publish: ['8080:10.0.0.2:80'] }, {}, file);
+        } catch (e) {
+          expect(e).toBeInstanceOf(ProxyError);
+          expect((e as ProxyError).exitCode).toBe(2);
+          expect((e as Error).message).not.toContain('\n');
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
+
+describe('readConfigFile() and parseListenAddress()', () => {
+  it('readConfigFile() reports missing files and bad JSON on one line', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'upt-cfg-'));
+    try {
+      expect(() => readConfigFile(join(dir, 'none.json'))).toThrow(`cannot read config file ${join(dir, 'none.json')}: ENOENT`);
+      writeFileSync(join(dir, 'bad.json'), '{ "publish": [ }');
+      expect(() => readConfigFile(join(dir, 'bad.json'))).toThrow('is not valid JSON');
+      writeFileSync(join(dir, 'arr.json'), '[]');
+      expect(() => readConfigFile(join(dir, 'arr.json'))).toThrow('must hold a JSON object');
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+  it('parseListenAddress() accepts HOST:PORT, [V6]:PORT and PORT', () => {
+    expect(parseListenAddress('x', '0.0.0.0:9464')).toEqual({ host: { address: '0.0.0.0', family: 4 }, port: 9464 });
+    expect(parseListenAddress('x', '[::1]:9464')).toEqual({ host: { address: '::1', family: 6 }, port: 9464 });
+    expect(parseListenAddress('x', '9464').host.address).toBe('127.0.0.1');
+    expect(() => parseListenAddress('x', '::1:9464')).toThrow('use HOST:PORT');
+  });
+});
