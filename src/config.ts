@@ -51,8 +51,8 @@ export const SETTINGS = {
   logFile: 'LOG_FILE',
 } as const;
 type Key = keyof typeof SETTINGS;
-/** Variables read elsewhere (the launcher) or naming the config file. */
-const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS'];
+/** Variables read elsewhere (the launcher), naming the config file, or a test hook. */
+const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS', 'TEST_CRASH'];
 
 function fail(message: string): never {
   throw new ProxyError('UPROXY_ERR_CONFIG', message);

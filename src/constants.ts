@@ -50,5 +50,13 @@ export const SHUTDOWN_HARD_DEADLINE_MS = 900;
 /** Standalone mode: how long open connections may finish after SIGTERM or a removed mapping. */
 export const DRAIN_TIMEOUT_MS = 10_000;
 
+/** A crashed worker is restarted after 100 ms, doubling per consecutive crash, up to 30 s. */
+export const RESTART_BACKOFF_MIN_MS = 100;
+export const RESTART_BACKOFF_MAX_MS = 30_000;
+/** A worker that stayed up this long starts the backoff afresh when it next crashes. */
+export const RESTART_RESET_AFTER_MS = 60_000;
+/** How long a scrape waits for a worker's counters. */
+export const STATS_TIMEOUT_MS = 1_000;
+
 /** Prefix of every environment variable we read. */
 export const ENV_PREFIX = 'USERLAND_PROXY_';

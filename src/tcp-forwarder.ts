@@ -96,9 +96,14 @@ export class TcpForwarder {
 
   /** Stops accepting and destroys every open connection (docker-proxy semantics: no drain). */
   close(): void {
-    this.#server.close();
+    this.stopAccepting();
     for (const c of this.#conns) c.destroy();
     this.#conns.clear();
+  }
+
+  /** Stops accepting; open connections carry on (graceful drain). */
+  stopAccepting(): void {
+    if (this.#server.listening) this.#server.close();
   }
 
   #onConnection(accepted: Socket): void {

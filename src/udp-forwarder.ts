@@ -99,6 +99,7 @@ export class UdpForwarder {
   #timer: NodeJS.Timeout | null = null;
   /** Coarse clock, refreshed by the sweep timer: no Date.now() per datagram. */
   #now = Date.now();
+  #draining = false;
 
   constructor(listener: Socket, opts: UdpForwarderOptions) {
     this.#listener = listener;
@@ -119,6 +120,11 @@ export class UdpForwarder {
     return this.#flows.size;
   }
 
+  /** Stops opening new flows; established flows carry on until idle (graceful drain). */
+  stopAccepting(): void {
+    this.#draining = true;
+  }
+
   /** Closes the listener and every flow socket. */
   close(): void {
     if (this.#timer) clearInterval(this.#timer);
@@ -137,6 +143,7 @@ export class UdpForwarder {
     const key = `${rinfo.address} ${rinfo.port}`;
     let flow = this.#flows.get(key);
     if (flow === undefined) {
+      if (this.#draining) return;
       if (this.#flows.size >= this.#opts.maxFlows) {
         stats.droppedFlowLimit++;
         this.#limited.warn('flow-limit', { maxFlows: this.#opts.maxFlows }, 'UDP flow limit reached; dropping datagrams from new clients');

@@ -1,0 +1,29 @@
+/**
+ * Messages between the supervisor (main thread) and a mapping's worker thread.
+ */
+import type { Mapping } from './publish-spec.js';
+import type { LogLevel } from './logger.js';
+import type { TcpStats } from './tcp-forwarder.js';
+import type { UdpStats } from './udp-forwarder.js';
+
+/** What a worker is started with (workerData). */
+export interface WorkerInit {
+  mapping: Mapping;
+  udpIdleTimeoutMs: number;
+  udpMaxFlows: number;
+  logLevel: LogLevel;
+  logFile: string | undefined;
+  /** Test hook: a worker that crashes after this many ms (USERLAND_PROXY_TEST_CRASH_MS). */
+  crashAfterMs?: number | undefined;
+}
+
+/** Supervisor to worker. */
+export type ToWorker =
+  | { type: 'stats'; id: number }
+  | { type: 'drain'; timeoutMs: number };
+
+/** Worker to supervisor. */
+export type FromWorker =
+  | { type: 'ready' }
+  | { type: 'failed'; message: string }
+  | { type: 'stats'; id: number; tcp: TcpStats | null; udp: UdpStats | null };

@@ -1,0 +1,74 @@
+/**
+ * A mapping's worker thread: opens every host port of the mapping (a range is one mapping),
+ * forwards with the same forwarders as docker mode, answers stats requests, and drains on request.
+ * Signals never reach workers; the supervisor tells us what to do.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { bindUdp, listenTcp } from './listen.js';
+import { createLogger } from './logger.js';
+import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
+import { connectionCapFromFdLimit, flowCapFromFdLimit, openFileLimit } from './fd-limit.js';
+import { createTcpServer, newTcpStats, TcpForwarder } from './tcp-forwarder.js';
+import { createUdpSocket, newUdpStats, UdpForwarder } from './udp-forwarder.js';
+
+const init = workerData as WorkerInit;
+const port = parentPort;
+if (!port) throw new Error('worker.ts must run as a worker thread');
+const send = (m: FromWorker): void => port.postMessage(m);
+
+const { mapping } = init;
+const log = await createLogger({ level: init.logLevel, file: init.logFile, base: { mapping: mapping.id } });
+const tcpStats = mapping.proto === 'tcp' ? newTcpStats() : null;
+const udpStats = mapping.proto === 'udp' ? newUdpStats() : null;
+const forwarders: (TcpForwarder | UdpForwarder)[] = [];
+const fdLimit = openFileLimit();
+
+port.on('message', (m: ToWorker) => {
+  if (m.type === 'stats') send({ type: 'stats', id: m.id, tcp: tcpStats, udp: udpStats });
+  else if (m.type === 'drain') void drain(m.timeoutMs);
+});
+
+/** Stops accepting, waits for open connections (at most timeoutMs), then closes everything. */
+async function drain(timeoutMs: number): Promise<void> {
+  for (const f of forwarders) f.stopAccepting();
+  const deadline = Date.now() + timeoutMs;
+  const busy = (): boolean => (tcpStats?.active ?? 0) > 0 || (udpStats?.flowsActive ?? 0) > 0;
+  while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  if (busy()) log.warn({ active: tcpStats?.active ?? udpStats?.flowsActive }, 'drain timeout: closing what is left');
+  for (const f of forwarders) f.close();
+  log.info({}, 'mapping stopped');
+  log.flush();
+  port?.close();
+  process.exit(0);
+}
+
+try {
+  const count = mapping.hostPortEnd - mapping.hostPort + 1;
+  const opened: Promise<void>[] = [];
+  for (let i = 0; i < count; i++) {
+    const listen = { host: mapping.host, port: mapping.hostPort + i, useListenFd: false };
+    const target = { target: mapping.target, targetPort: mapping.targetPort + i, log };
+    if (mapping.proto === 'tcp') {
+      const server = createTcpServer();
+      forwarders.push(new TcpForwarder(server, { ...target, stats: tcpStats as NonNullable<typeof tcpStats>, maxConnections: connectionCapFromFdLimit(fdLimit) }));
+      opened.push(listenTcp(server, listen));
+    } else {
+      const socket = createUdpSocket(mapping.host.family);
+      forwarders.push(new UdpForwarder(socket, {
+        ...target, stats: udpStats as NonNullable<typeof udpStats>, idleTimeoutMs: init.udpIdleTimeoutMs,
+        maxFlows: Math.min(init.udpMaxFlows, flowCapFromFdLimit(fdLimit) ?? Infinity),
+      }));
+      opened.push(bindUdp(socket, listen));
+    }
+  }
+  const results = await Promise.allSettled(opened);
+  const failure = results.find((r) => r.status === 'rejected');
+  if (failure) throw (failure as PromiseRejectedResult).reason;
+  send({ type: 'ready' });
+  log.info({ ports: count, target: `${mapping.target.address}:${mapping.targetPort}` }, 'mapping ready');
+  if (init.crashAfterMs !== undefined) setTimeout(() => { throw new Error('injected crash (test hook)'); }, init.crashAfterMs);
+} catch (err) {
+  for (const f of forwarders) f.close();
+  send({ type: 'failed', message: (err as Error).message });
+  port.close();
+}
