@@ -114,30 +114,43 @@ async function run(cli: CliValues, config: StandaloneConfig): Promise<void> {
       process.exit(0);
     });
   };
-  let reloading = Promise.resolve();
-  const reload = (): void => {
+  let reloading: Promise<string> = Promise.resolve('');
+  /** Reloads once the previous reload is done; resolves a one-line outcome. */
+  const reload = (): Promise<string> => {
     reloading = reloading.then(async () => {
-      if (stopping) return;
+      if (stopping) return 'stopping';
       let next: StandaloneConfig;
       try {
         next = loadConfig(cli);
       } catch (err) {
-        log.error({ err: toProxyError(err).message }, 'reload rejected: keeping the running configuration');
-        return;
+        const msg = `reload rejected, running configuration kept: ${toProxyError(err).message}`;
+        log.error({}, msg);
+        throw new Error(msg);
       }
       try {
         const r = await supervisor.reload(next, next.drainTimeoutMs);
         current = next;
         log.info(r, 'configuration reloaded');
+        return `reloaded: ${r.added} added, ${r.removed} removed, ${r.kept} unchanged`;
       } catch (err) {
-        log.error({ err: toProxyError(err).message }, 'reload failed to start new mappings; they were rolled back');
+        const msg = `reload failed, new mappings rolled back: ${toProxyError(err).message}`;
+        log.error({}, msg);
+        throw new Error(msg);
       }
     });
+    return reloading;
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  process.on('SIGHUP', reload);
+  process.on('SIGHUP', () => void reload().catch(() => {}));
   try {
+    if (config.metrics) {
+      const { createRegistry } = await import('./metrics.js');
+      const { startMetricsServer } = await import('./metrics-server.js');
+      const registry = createRegistry(() => supervisor.states, { defaultMetrics: true });
+      await startMetricsServer({ ...config.metrics, registry, supervisor, onReload: reload });
+      log.info({ metrics: config.metrics }, 'metrics listening');
+    }
     await supervisor.start(config);
   } catch (err) {
     die(err);

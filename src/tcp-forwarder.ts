@@ -19,6 +19,7 @@
 import { connect, createServer, Socket, type Server } from 'node:net';
 import type { IpAddress } from './address.js';
 import { CLIENT_KEEPALIVE_MS } from './constants.js';
+import { CONNECT_BUCKETS, LIFETIME_BUCKETS, newHistogram, observe, type PlainHistogram } from './histogram.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { Pump } from './relay.js';
 
@@ -27,7 +28,12 @@ export interface TcpStats {
   accepted: number;
   active: number;
   acceptErrors: number;
-  connectErrors: number;
+  /** Failed dials to the target, by reason. */
+  connectErrors: { refused: number; timeout: number; unreachable: number; other: number };
+  /** Dial time of successful upstream connections, seconds. */
+  connectDuration: PlainHistogram;
+  /** Lifetime of forwarded connections, accept to close, seconds. */
+  connectionDuration: PlainHistogram;
   /** Client to upstream. */
   bytesIn: number;
   /** Upstream to client. */
@@ -44,7 +50,8 @@ export interface TcpStats {
 /** Fresh zeroed counters. */
 export function newTcpStats(): TcpStats {
   return {
-    accepted: 0, active: 0, acceptErrors: 0, connectErrors: 0, bytesIn: 0, bytesOut: 0,
+    accepted: 0, active: 0, acceptErrors: 0, connectErrors: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
+    connectDuration: newHistogram(CONNECT_BUCKETS), connectionDuration: newHistogram(LIFETIME_BUCKETS), bytesIn: 0, bytesOut: 0,
     pausesClient: 0, pausesUpstream: 0, aborted: 0, rejectedLimit: 0,
   };
 }
@@ -121,6 +128,7 @@ export class TcpForwarder {
     if (client === null) return;
     stats.accepted++;
     stats.active++;
+    const acceptedAt = performance.now();
     const conns = this.#conns;
     conns.add(client);
     const upstream = connect({
@@ -139,6 +147,7 @@ export class TcpForwarder {
       if (finished) return;
       finished = true;
       stats.active--;
+      if (connected) observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
       if (aborted) stats.aborted++;
       conns.delete(client);
       conns.delete(upstream);
@@ -162,7 +171,7 @@ export class TcpForwarder {
 
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       if (!connected) {
-        stats.connectErrors++;
+        stats.connectErrors[connectErrorReason(err.code)]++;
         this.#limited.warn(
           `connect:${err.code}`,
           { target: `${this.#opts.target.address}:${this.#opts.targetPort}`, err: err.message },
@@ -174,6 +183,7 @@ export class TcpForwarder {
     });
     upstream.once('connect', () => {
       connected = true;
+      observe(stats.connectDuration, (performance.now() - acceptedAt) / 1000);
       if (log.debugEnabled) {
         log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
       }
@@ -183,6 +193,14 @@ export class TcpForwarder {
       upstream.resume();
     });
   }
+}
+
+/** The metrics reason of a failed dial. */
+function connectErrorReason(code: string | undefined): keyof TcpStats['connectErrors'] {
+  if (code === 'ECONNREFUSED') return 'refused';
+  if (code === 'ETIMEDOUT') return 'timeout';
+  if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
+  return 'other';
 }
 
 /**

@@ -1,0 +1,57 @@
+/**
+ * The HTTP endpoint of standalone mode:
+ *   GET  /metrics   Prometheus text format (counters refreshed from every worker first)
+ *   GET  /healthz   200 while the process runs
+ *   GET  /readyz    200 when every mapping is bound and serving, else 503 with the ones down
+ *   POST /-/reload  same as SIGHUP: re-read the configuration (Prometheus' lifecycle convention)
+ * It binds loopback by default (`--metrics 9464`); anything else is a 404 or 405.
+ */
+import { createServer, type Server } from 'node:http';
+import type { Registry } from 'prom-client';
+import { joinHostPort, type IpAddress } from './address.js';
+import { ProxyError } from './errors.js';
+import type { Supervisor } from './supervisor.js';
+
+/** Options of startMetricsServer. */
+export interface MetricsServerOptions {
+  host: IpAddress;
+  port: number;
+  registry: Registry;
+  supervisor: Supervisor;
+  onReload: () => Promise<string>;
+}
+
+/** Starts the endpoint; rejects with a one-line ProxyError when the address cannot be bound. */
+export function startMetricsServer(opts: MetricsServerOptions): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    const reply = (code: number, body: string, type = 'text/plain; charset=utf-8'): void => {
+      res.writeHead(code, { 'content-type': type }).end(body);
+    };
+    if (path === '/-/reload') {
+      if (req.method !== 'POST') return reply(405, 'use POST\n');
+      void opts.onReload().then((msg) => reply(200, `${msg}\n`), (err: Error) => reply(500, `${err.message}\n`));
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') return reply(405, 'method not allowed\n');
+    if (path === '/metrics') {
+      void opts.supervisor.refreshStats()
+        .then(() => opts.registry.metrics())
+        .then((text) => reply(200, text, opts.registry.contentType), (err: Error) => reply(500, `${err.message}\n`));
+    } else if (path === '/healthz') {
+      reply(200, 'ok\n');
+    } else if (path === '/readyz') {
+      const down = opts.supervisor.states.filter((s) => !s.up).map((s) => s.mapping.id);
+      if (down.length === 0) reply(200, 'ready\n');
+      else reply(503, `not ready: ${down.join(', ')}\n`);
+    } else {
+      reply(404, 'not found: try /metrics, /healthz or /readyz\n');
+    }
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      reject(new ProxyError('UPROXY_ERR_LISTEN', `metrics: listen tcp${opts.host.family} ${joinHostPort(opts.host.address, opts.port)}: ${err.code === 'EADDRINUSE' ? 'bind: address already in use' : err.message}`));
+    });
+    server.listen({ host: opts.host.address, port: opts.port, ipv6Only: opts.host.family === 6 }, () => resolve(server));
+  });
+}
