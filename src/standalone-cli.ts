@@ -47,7 +47,10 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .usage('$0 <command> [options]')
       .command('run', 'forward the configured mappings until SIGTERM/SIGINT; SIGHUP reloads')
       .command('check', 'validate the configuration and exit')
-      .demandCommand(1, 'give a command: run or check (docker mode takes docker-proxy flags instead)')
+      .command('demo', 'forward a loopback port to a built-in HTTP and UDP echo backend, with metrics')
+      .option('port', { type: 'number', default: 8080, describe: 'demo: the port to forward (127.0.0.1)' })
+      .option('metrics-port', { type: 'number', default: 9464, describe: 'demo: the metrics port (127.0.0.1)' })
+      .demandCommand(1, 'give a command: run, check or demo (see: userland-proxy help; docker mode takes docker-proxy flags)')
       .option('publish', { alias: 'p', type: 'string', array: true, describe: 'mapping: [HOST_IP:]HOST_PORT[-END]:TARGET_IP:TARGET_PORT[-END][/tcp|/udp] (repeatable)' })
       .option('config', { alias: 'c', type: 'string', describe: `JSON config file (or ${ENV_PREFIX}CONFIG)` })
       .option('metrics', { type: 'string', describe: 'serve /metrics, /healthz, /readyz on HOST:PORT' })
@@ -69,6 +72,17 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
   }
   if (parsed.help) process.exit(0);
   const command = String((parsed._ as unknown[])[0]);
+  if (command === 'demo') {
+    try {
+      const { startDemo } = await import('./demo.js');
+      const { config, banner } = await startDemo({ port: parsed.port as number, metricsPort: parsed.metricsPort as number });
+      await run(() => config, config);
+      process.stdout.write(`${banner}\n`);
+    } catch (err) {
+      die(err);
+    }
+    return;
+  }
   if ((parsed._ as unknown[]).length > 1) die(new ProxyError('UPROXY_ERR_BAD_FLAG', `unexpected argument "${String((parsed._ as unknown[])[1])}"`));
   const cli: CliValues = {
     publish: parsed.publish as string[] | undefined,
@@ -91,10 +105,11 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
     process.exit(0);
   }
   if (command !== 'run') die(new ProxyError('UPROXY_ERR_BAD_FLAG', `unknown command "${command}"`));
-  await run(cli, config);
+  await run(() => loadConfig(cli), config);
 }
 
-async function run(cli: CliValues, config: StandaloneConfig): Promise<void> {
+/** Runs the configuration until a signal; `load` re-reads it on reload. */
+async function run(load: () => StandaloneConfig, config: StandaloneConfig): Promise<void> {
   let log: Log;
   try {
     log = await createLogger({ level: config.logLevel, file: config.logFile });
@@ -121,7 +136,7 @@ async function run(cli: CliValues, config: StandaloneConfig): Promise<void> {
       if (stopping) return 'stopping';
       let next: StandaloneConfig;
       try {
-        next = loadConfig(cli);
+        next = load();
       } catch (err) {
         const msg = `reload rejected, running configuration kept: ${toProxyError(err).message}`;
         log.error({}, msg);

@@ -28,13 +28,16 @@ port.on('message', (m: ToWorker) => {
   else if (m.type === 'drain') void drain(m.timeoutMs);
 });
 
-/** Stops accepting, waits for open connections (at most timeoutMs), then closes everything. */
+/**
+ * Stops accepting, waits for open TCP connections (at most timeoutMs), then closes everything.
+ * UDP has nothing in flight to finish (a flow is only an address pair), so it closes at once.
+ */
 async function drain(timeoutMs: number): Promise<void> {
   for (const f of forwarders) f.stopAccepting();
   const deadline = Date.now() + timeoutMs;
-  const busy = (): boolean => (tcpStats?.active ?? 0) > 0 || (udpStats?.flowsActive ?? 0) > 0;
+  const busy = (): boolean => (tcpStats?.active ?? 0) > 0;
   while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  if (busy()) log.warn({ active: tcpStats?.active ?? udpStats?.flowsActive }, 'drain timeout: closing what is left');
+  if (busy()) log.warn({ active: tcpStats?.active }, 'drain timeout: closing the connections left');
   for (const f of forwarders) f.close();
   log.info({}, 'mapping stopped');
   log.flush();
