@@ -52,7 +52,7 @@ export const SETTINGS = {
 } as const;
 type Key = keyof typeof SETTINGS;
 /** Variables read elsewhere (the launcher), naming the config file, or a test hook. */
-const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS', 'TEST_CRASH'];
+const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS', 'TEST_CRASH', 'TEXTFILE_DIR'];
 
 function fail(message: string): never {
   throw new ProxyError('UPROXY_ERR_CONFIG', message);

@@ -58,5 +58,8 @@ export const RESTART_RESET_AFTER_MS = 60_000;
 /** How long a scrape waits for a worker's counters. */
 export const STATS_TIMEOUT_MS = 1_000;
 
+/** Docker mode's textfile-collector metrics file is rewritten this often. */
+export const TEXTFILE_INTERVAL_MS = 5_000;
+
 /** Prefix of every environment variable we read. */
 export const ENV_PREFIX = 'USERLAND_PROXY_';

@@ -2,6 +2,7 @@
  * Settings docker mode takes from the environment: dockerd passes its own environment but no
  * extra flags, so this is the only way to tune a proxy it spawns.
  */
+import { accessSync, constants, statSync } from 'node:fs';
 import { ENV_PREFIX, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS } from './constants.js';
 import { parseDuration } from './duration.js';
 import { ProxyError } from './errors.js';
@@ -13,6 +14,7 @@ export interface DockerEnv {
   logLevel: LogLevel;
   udpIdleTimeoutMs: number;
   udpMaxFlows: number;
+  textfileDir: string | undefined;
 }
 
 /** The variables read, their meaning and default (the README table mirrors this). */
@@ -21,6 +23,7 @@ export const DOCKER_ENV_VARS = {
   LOG_LEVEL: 'trace|debug|info|warn|error|fatal|silent (default info)',
   UDP_IDLE_TIMEOUT: `UDP flow idle timeout, e.g. 90s, 500ms (default ${UDP_IDLE_TIMEOUT_MS / 1000}s)`,
   UDP_MAX_FLOWS: `maximum concurrent UDP flows (default ${UDP_MAX_FLOWS})`,
+  TEXTFILE_DIR: 'keep <proto>_<host-ip>_<port>.prom there for node_exporter\'s textfile collector (default off)',
 } as const;
 
 function bad(name: string, value: string, why: string): never {
@@ -50,7 +53,17 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
     if (!/^\d+$/.test(flows) || Number(flows) < 1 || Number(flows) > 1_000_000) bad('UDP_MAX_FLOWS', flows, 'must be an integer 1-1000000');
     udpMaxFlows = Number(flows);
   }
+  const textfileDir = get('TEXTFILE_DIR');
+  if (textfileDir !== undefined) {
+    try {
+      accessSync(textfileDir, constants.W_OK);
+      if (!statSync(textfileDir).isDirectory()) throw new Error('not a directory');
+    } catch (err) {
+      bad('TEXTFILE_DIR', textfileDir, `not a writable directory (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  }
   return {
+    textfileDir,
     logFile: get('LOG_FILE'),
     logLevel: level === undefined ? 'info' : parseLogLevel(level, `${ENV_PREFIX}LOG_LEVEL`),
     udpIdleTimeoutMs,

@@ -30,8 +30,8 @@ import { formatUsage } from './go-flags.js';
 import { bindUdp, listenTcp } from './listen.js';
 import { createLogger, silentLog, type Log } from './logger.js';
 import { reportFailure, reportReady } from './status-pipe.js';
-import { createTcpServer, TcpForwarder } from './tcp-forwarder.js';
-import { createUdpSocket, UdpForwarder } from './udp-forwarder.js';
+import { createTcpServer, TcpForwarder, type TcpStats } from './tcp-forwarder.js';
+import { createUdpSocket, UdpForwarder, type UdpStats } from './udp-forwarder.js';
 import { packageVersion } from './version.js';
 
 const PROGRAM = 'userland-proxy';
@@ -53,12 +53,14 @@ function fail(err: unknown, log: Log): never {
 export async function runDockerMode(argv: readonly string[]): Promise<void> {
   let log: Log = silentLog;
   let forwarder: { close(): void } | null = null;
+  let textfile: { remove(): void } | null = null;
   let ready = false;
 
   // Handlers first: a SIGINT at any moment, even before "0\n", ends us with exit 0.
   const stop = (signal: NodeJS.Signals): void => {
     log.info({ signal }, 'stopping');
     forwarder?.close();
+    textfile?.remove();
     log.flush();
     process.exit(0);
   };
@@ -105,19 +107,30 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     log = await createLogger({ level: env.logLevel, file: env.logFile, base: { mapping: id } });
     const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
     const listen = { host: m.host, port: m.hostPort, useListenFd: m.useListenFd };
+    let stats: { tcp: TcpStats | null; udp: UdpStats | null } = { tcp: null, udp: null };
     if (m.proto === 'tcp') {
       const server = createTcpServer();
       const maxConnections = connectionCapFromFdLimit(openFileLimit());
-      forwarder = new TcpForwarder(server, { target: m.target, targetPort: m.targetPort, log, maxConnections });
+      const tcp = new TcpForwarder(server, { target: m.target, targetPort: m.targetPort, log, maxConnections });
+      forwarder = tcp;
       await listenTcp(server, listen);
+      stats = { tcp: tcp.stats, udp: null };
     } else {
       const socket = createUdpSocket(m.host.family);
-      forwarder = new UdpForwarder(socket, {
+      const udp = new UdpForwarder(socket, {
         target: m.target, targetPort: m.targetPort, log,
         idleTimeoutMs: env.udpIdleTimeoutMs,
         maxFlows: Math.min(env.udpMaxFlows, flowCapFromFdLimit(openFileLimit()) ?? Infinity),
       });
+      forwarder = udp;
       await bindUdp(socket, listen);
+      stats = { tcp: null, udp: udp.stats };
+    }
+    if (env.textfileDir !== undefined) {
+      const { startTextfileWriter } = await import('./textfile-metrics.js');
+      const writer = startTextfileWriter(env.textfileDir, m, stats);
+      textfile = writer;
+      await writer.write();
     }
     ready = true;
     reportReady();

@@ -8,6 +8,7 @@
 //   --http PORT    minimal HTTP/1.1 server answering "ok"
 //   --greet PORT   TCP: sends "hello\n" and FIN first, then reads to EOF and prints
 //                  "greet-done <bytes> <sha256>" on stdout (upstream-first half-close)
+//   --tag PORT     TCP and UDP: answer "port <PORT>" (tells which target port a range mapped to)
 //   --host ADDR    address to bind (repeatable; default 0.0.0.0 and ::)
 // Prints "ready" on stdout once every socket is bound. Exits when stdin closes.
 import { createHash } from 'node:crypto';
@@ -61,6 +62,10 @@ for (const host of hosts) {
       c.on('end', () => process.stdout.write(`greet-done ${n} ${h.digest('hex')}\n`));
       c.end('hello\n');
     });
+  }
+  for (const p of opt('--tag')) {
+    tcp(Number(p), host, (c) => { c.on('error', () => {}); c.end(`port ${p}`); });
+    udp(Number(p), host, (s, m, r) => s.send(`port ${p}`, r.port, r.address));
   }
   for (const p of opt('--late')) late.push([Number(p), host]);
   for (const p of opt('--http')) {

@@ -1,0 +1,60 @@
+/**
+ * Metrics in docker mode, node_exporter's textfile-collector way: hundreds of short-lived
+ * proxies cannot each own a scrape port, so with USERLAND_PROXY_TEXTFILE_DIR set each one keeps
+ * `<proto>_<host-ip>_<port>.prom` in that directory up to date (written to a temporary name and
+ * renamed, so the collector never reads half a file) and removes it on exit.
+ */
+import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { TEXTFILE_INTERVAL_MS } from './constants.js';
+import type { DockerMapping } from './docker-flags.js';
+import { createRegistry } from './metrics.js';
+import type { MappingState } from './supervisor.js';
+import type { TcpStats } from './tcp-forwarder.js';
+import type { UdpStats } from './udp-forwarder.js';
+import { joinHostPort } from './address.js';
+
+/** A running textfile writer. */
+export interface TextfileWriter {
+  /** Writes the file now. */
+  write(): Promise<void>;
+  /** Stops updating and removes the file (synchronously: called on the way out). */
+  remove(): void;
+}
+
+/** Starts writing the mapping's metrics file every TEXTFILE_INTERVAL_MS. */
+export function startTextfileWriter(dir: string, m: DockerMapping, stats: { tcp: TcpStats | null; udp: UdpStats | null }): TextfileWriter {
+  const id = `${m.proto}/${joinHostPort(m.host.address, m.hostPort)}`;
+  const state: MappingState = {
+    mapping: { id, proto: m.proto, host: m.host, hostPort: m.hostPort, hostPortEnd: m.hostPort, target: m.target, targetPort: m.targetPort, spec: id },
+    up: true,
+    restarts: 0,
+    ...stats,
+  };
+  const registry = createRegistry(() => [state], { defaultMetrics: false });
+  const file = join(dir, `${m.proto}_${m.host.address}_${m.hostPort}.prom`);
+  const tmp = join(dir, `.${m.proto}_${m.host.address}_${m.hostPort}.prom.${process.pid}.tmp`);
+  let stopped = false;
+  const write = async (): Promise<void> => {
+    const text = await registry.metrics();
+    if (stopped) return;
+    writeFileSync(tmp, text);
+    renameSync(tmp, file);
+  };
+  const timer = setInterval(() => void write().catch(() => {}), TEXTFILE_INTERVAL_MS);
+  timer.unref();
+  return {
+    write,
+    remove() {
+      stopped = true;
+      clearInterval(timer);
+      for (const f of [file, tmp]) {
+        try {
+          unlinkSync(f);
+        } catch {
+          // not there
+        }
+      }
+    },
+  };
+}

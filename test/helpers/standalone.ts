@@ -1,0 +1,61 @@
+/** Runs `bin/userland-proxy run|demo ...` and waits for its "ready:" line (or its exit). */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { BIN, withTimeout } from './proxy.js';
+
+export interface Standalone {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+const live = new Set<ChildProcess>();
+
+/** Spawns standalone mode; resolves once it printed "ready:", rejects if it exits first. */
+export async function startStandalone(args: string[], env: Record<string, string> = {}, wait = true): Promise<Standalone> {
+  const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, cwd: '/' });
+  live.add(child);
+  let out = '';
+  let err = '';
+  child.stdout?.on('data', (d) => { out += d; });
+  child.stderr?.on('data', (d) => { err += d; });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.once('exit', (code, signal) => { live.delete(child); res({ code, signal }); }));
+  const s: Standalone = {
+    child, exited, stdout: () => out, stderr: () => err,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+  if (wait) {
+    await withTimeout(new Promise<void>((res, rej) => {
+      const t = setInterval(() => { if (out.includes('ready:') || out.includes('demo backend:')) { clearInterval(t); res(); } }, 20);
+      void exited.then((e) => { clearInterval(t); rej(new Error(`exited ${JSON.stringify(e)}: ${err}`)); });
+    }), 15_000, `standalone not ready: ${err}`);
+  }
+  return s;
+}
+
+export async function killAllStandalone(): Promise<void> {
+  await Promise.all([...live].map((c) => new Promise((res) => { c.once('exit', res); c.kill('SIGKILL'); })));
+}
+
+/** GET a URL; returns status and body. */
+export async function get(url: string, method = 'GET'): Promise<{ status: number; body: string }> {
+  const r = await fetch(url, { method, signal: AbortSignal.timeout(5000) });
+  return { status: r.status, body: await r.text() };
+}
+
+/** Value of one sample in a Prometheus text exposition, or undefined. */
+export function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`)) continue;
+    const body = line.slice(name.length + 1, line.lastIndexOf('}'));
+    const got = Object.fromEntries([...body.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+    if (Object.entries(labels).every(([k, v]) => got[k] === v) && Object.keys(got).length === Object.keys(labels).length) {
+      return Number(line.slice(line.lastIndexOf(' ') + 1));
+    }
+  }
+  return undefined;
+}
