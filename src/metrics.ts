@@ -103,7 +103,14 @@ export const FAMILIES: readonly Family[] = [
  */
 export function createRegistry(states: () => readonly MappingState[], opts: { defaultMetrics: boolean }): Registry {
   const registry = new Registry();
-  if (opts.defaultMetrics) collectDefaultMetrics({ register: registry });
+  if (opts.defaultMetrics) {
+    collectDefaultMetrics({ register: registry });
+    // prom-client names three gauges *_total, which promtool rejects; the same values are
+    // exported without the suffix (nodejs_active_handles, ..._requests, ..._resources).
+    for (const n of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+      registry.removeSingleMetric(n);
+    }
+  }
   for (const f of FAMILIES) {
     const name = PREFIX + f.name;
     // prom-client formats any object with name/help/type/get(); values come from the snapshots.
