@@ -116,6 +116,14 @@ async function run(load: () => StandaloneConfig, config: StandaloneConfig): Prom
   } catch (err) {
     die(err);
   }
+  // A closed stdout (EPIPE) must not take the daemon down; a bug ends it with one line, not a dump.
+  process.stdout.on('error', () => {});
+  process.on('uncaughtException', (err) => {
+    log.fatal({ err: err.message, stack: err.stack }, 'internal error; exiting');
+    log.flush();
+    process.stderr.write(`${PROGRAM}: internal error: ${err.message}\n`);
+    process.exit(1);
+  });
   const supervisor = new Supervisor(log, { crashMappingId: process.env[`${ENV_PREFIX}TEST_CRASH`] });
   let current = config;
   let stopping = false;
@@ -141,6 +149,9 @@ async function run(load: () => StandaloneConfig, config: StandaloneConfig): Prom
         const msg = `reload rejected, running configuration kept: ${toProxyError(err).message}`;
         log.error({}, msg);
         throw new Error(msg);
+      }
+      if (JSON.stringify(next.metrics) !== JSON.stringify(current.metrics) || next.logFile !== current.logFile) {
+        log.warn({}, 'the metrics address and the main log file take effect at the next start, not on reload');
       }
       try {
         const r = await supervisor.reload(next, next.drainTimeoutMs);

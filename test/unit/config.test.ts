@@ -52,6 +52,25 @@ describe('buildConfig()', () => {
   });
 });
 
+describe('buildConfig() property: environment variables', () => {
+  it('never throws anything but a one-line config error, whatever USERLAND_PROXY_* holds', () => {
+    const names = ['PUBLISH', 'METRICS', 'DRAIN_TIMEOUT', 'UDP_IDLE_TIMEOUT', 'UDP_MAX_FLOWS', 'LOG_LEVEL', 'LOG_FILE', 'BOGUS'].map((n) => `USERLAND_PROXY_${n}`);
+    const value = fc.oneof(fc.string({ maxLength: 30 }), fc.constantFrom('8080:10.0.0.2:80', '1-2:10.0.0.2:3-4/udp', '10s', '0', '-1', '1e9', 'debug', '[::1]:9', ',,'));
+    fc.assert(
+      fc.property(fc.dictionary(fc.constantFrom(...names), value), (env) => {
+        try {
+          const c = buildConfig({}, env);
+          expect(c.mappings.length).toBeGreaterThan(0);
+        } catch (e) {
+          expect(e).toBeInstanceOf(ProxyError);
+          expect((e as Error).message).not.toContain('\n');
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
+
 describe('readConfigFile() and parseListenAddress()', () => {
   it('readConfigFile() reports missing files and bad JSON on one line', () => {
     const dir = mkdtempSync(join(tmpdir(), 'upt-cfg-'));
