@@ -6,22 +6,15 @@
 // Usage: node bench/scale.mjs [--tcp 1000] [--udp 100] [--base 20000]
 // Writes bench/results/scale.json and bench/results/scale.md.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { REF, ROOT, mem, sleep } from './lib.mjs';
 
-const ROOT = resolve(import.meta.dirname, '..');
 const args = process.argv.slice(2);
 const opt = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
 const TCP = Number(opt('--tcp', '1000'));
 const UDP = Number(opt('--udp', '100'));
 const BASE = Number(opt('--base', '20000'));
-const REF = process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy');
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-function mem(pid) {
-  const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-  const f = (n) => Number(new RegExp(`^${n}:\\s+(\\d+) kB`, 'm').exec(t)[1]) / 1024;
-  return { rssMiB: f('Rss'), privateDirtyMiB: f('Private_Dirty') };
-}
 
 const runs = [];
 for (let i = 0; i < 3; i++) {

@@ -6,53 +6,17 @@
 // Usage: node bench/startup-memory.mjs [--runs 20] [--bytes 1G]   (needs .ci/setup and iperf3)
 // Writes bench/results/startup-memory.json and prints a Markdown table.
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { OURS, REF, ROOT, freePort, machine as machineText, median, mem, sleep, spawnDockerMode, stopChild as stop } from './lib.mjs';
 
-const ROOT = resolve(import.meta.dirname, '..');
 const args = process.argv.slice(2);
 const opt = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
 const RUNS = Number(opt('--runs', '20'));
 const BYTES = opt('--bytes', '1G');
-const contenders = [
-  ['docker-proxy', process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy')],
-  ['userland-proxy', join(ROOT, 'bin/userland-proxy')],
-];
+const contenders = [['docker-proxy', REF], ['userland-proxy', OURS]];
 for (const [name, bin] of contenders) if (!existsSync(bin)) throw new Error(`${name} not found at ${bin} (run .ci/setup)`);
-
-const freePort = () => new Promise((res) => { const s = createServer().listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => res(port)); }); });
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
-function mem(pid) {
-  const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-  const f = (n) => Number(new RegExp(`^${n}:\\s+(\\d+) kB`, 'm').exec(t)[1]) / 1024;
-  return { rssMiB: f('Rss'), privateDirtyMiB: f('Private_Dirty') };
-}
-
-/** Spawns a proxy with a FIFO on fd 3 as dockerd does; resolves {child, ms} at "0\n". */
-function start(bin, port, targetPort) {
-  const dir = mkdtempSync(join(tmpdir(), 'upb-'));
-  const fifo = join(dir, 'st');
-  execFileSync('mkfifo', [fifo]);
-  const rfd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
-  const wfd = openSync(fifo, constants.O_WRONLY);
-  rmSync(dir, { recursive: true });
-  const t0 = process.hrtime.bigint();
-  const child = spawn(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)], { stdio: ['ignore', 'ignore', 'ignore', wfd] });
-  closeSync(wfd);
-  return new Promise((res, rej) => {
-    const s = new Socket({ fd: rfd, readable: true, writable: false });
-    let got = '';
-    s.on('data', (d) => {
-      got += d;
-      if (got === '0\n') res({ child, ms: Number(process.hrtime.bigint() - t0) / 1e6 });
-    });
-    s.on('end', () => { s.destroy(); if (got !== '0\n') rej(new Error(`${bin}: ${JSON.stringify(got)}`)); });
-  });
-}
-const stop = (child) => new Promise((res) => { child.once('exit', res); child.kill('SIGINT'); });
+const start = (bin, port, targetPort) => spawnDockerMode(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)]);
 
 const results = Object.fromEntries(contenders.map(([n]) => [n, { startupMs: [] }]));
 const targetPort = await freePort();
@@ -83,7 +47,7 @@ try {
   server.kill('SIGKILL');
 }
 
-const machine = `${execFileSync('nproc').toString().trim()} vCPU, node ${process.version}, kernel ${execFileSync('uname', ['-r']).toString().trim()}`;
+const machine = machineText();
 const rows = contenders.map(([n]) => {
   const r = results[n];
   const s = r.startupMs;

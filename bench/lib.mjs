@@ -1,0 +1,74 @@
+// Shared helpers of the bench scripts: dockerd-like spawning with a status pipe on fd 3, memory
+// and CPU readings from /proc, free ports, statistics.
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+export const OURS = join(ROOT, 'bin/userland-proxy');
+export const REF = process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy');
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export const freePort = (host = '127.0.0.1') => new Promise((res) => {
+  const s = createServer().listen(0, host, () => { const { port } = s.address(); s.close(() => res(port)); });
+});
+
+export function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Rss and Private_Dirty (MiB) of a process. */
+export function mem(pid) {
+  const t = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  const f = (n) => Number(new RegExp(`^${n}:\\s+(\\d+) kB`, 'm').exec(t)[1]) / 1024;
+  return { rssMiB: f('Rss'), privateDirtyMiB: f('Private_Dirty') };
+}
+
+/** utime+stime of a process, its threads and its reaped children (socat's forks), in seconds. */
+export function cpuSeconds(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Spawns a docker-mode proxy as dockerd does (a FIFO on fd 3) and resolves { child, ms } when
+ * it wrote "0\n"; rejects with what it wrote otherwise.
+ */
+export function spawnDockerMode(bin, argv, env = process.env) {
+  const dir = mkdtempSync(join(tmpdir(), 'upb-'));
+  const fifo = join(dir, 'st');
+  execFileSync('mkfifo', [fifo]);
+  const rfd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+  const wfd = openSync(fifo, constants.O_WRONLY);
+  rmSync(dir, { recursive: true });
+  const t0 = process.hrtime.bigint();
+  const child = spawn(bin, argv, { stdio: ['ignore', 'ignore', 'ignore', wfd], env });
+  closeSync(wfd);
+  return new Promise((res, rej) => {
+    const s = new Socket({ fd: rfd, readable: true, writable: false });
+    let got = '';
+    s.on('data', (d) => {
+      got += d;
+      if (got === '0\n') res({ child, ms: Number(process.hrtime.bigint() - t0) / 1e6 });
+    });
+    s.on('end', () => { s.destroy(); if (got !== '0\n') rej(new Error(`${bin}: ${JSON.stringify(got)}`)); });
+  });
+}
+
+/** SIGINT and wait for the exit. */
+export const stopChild = (child) => new Promise((res) => {
+  if (child.exitCode !== null || child.signalCode !== null) return res();
+  child.once('exit', res);
+  child.kill('SIGINT');
+});
+
+export function machine() {
+  return `${execFileSync('nproc').toString().trim()} vCPU, node ${process.version}, kernel ${execFileSync('uname', ['-r']).toString().trim()}`;
+}

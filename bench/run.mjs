@@ -1,0 +1,316 @@
+#!/usr/bin/env node
+// The benchmark harness: every contender side by side in one run, on the path a runtime uses
+// (a client on 127.0.0.1 -> the contender -> a "container" in a network namespace behind a veth).
+// Contenders alternate within each repetition; results are medians with min-max and ratios to
+// the reference docker-proxy. See bench/README.md. Needs root (namespace, iptables).
+//
+//   node bench/run.mjs [--quick] [--reps N] [--scenarios a,b] [--contenders a,b] [--out DIR]
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import autocannon from 'autocannon';
+import { OURS, REF, ROOT, cpuSeconds, machine, median, mem, sleep, spawnDockerMode, stopChild } from './lib.mjs';
+import { renderMarkdown, renderSvg } from './report.mjs';
+
+const args = process.argv.slice(2);
+const flag = (n) => args.includes(n);
+const opt = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
+const QUICK = flag('--quick');
+const REPS = Number(opt('--reps', QUICK ? '1' : '3'));
+const SECS = QUICK ? 1 : 3;
+const OUT = opt('--out', join(ROOT, 'bench/results'));
+const ALL_SCENARIOS = ['bulk1', 'bulk4', 'http', 'short', 'udp64', 'udp1400', 'memory', 'startup'];
+const SCENARIOS = opt('--scenarios', QUICK ? 'bulk1,http,short,udp1400,memory' : ALL_SCENARIOS.join(',')).split(',');
+// 9000 and not 10 000: a proxy holds two fds per connection and RLIMIT_NOFILE's hard limit here
+// is 20000 (docker-proxy and haproxy are bound by it as well).
+const IDLE_CONNS = Number(opt('--idle-conns', QUICK ? '1000' : '9000'));
+const SHORT_CONNS = Number(opt('--short-conns', QUICK ? '300' : '2000'));
+const STARTUPS = QUICK ? 5 : 20;
+const t0 = Date.now();
+const log = (msg) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${msg}\n`);
+if (process.getuid?.() !== 0) {
+  process.stderr.write('bench: needs root (network namespace, iptables); run: sudo npm run bench\n');
+  process.exit(2);
+}
+
+// ---- the "container": a namespace behind a veth, with iperf3, an HTTP server and a TCP echo ----
+const NS = `upb${process.pid}`;
+const HIF = `ub${process.pid % 100000}h`;
+const NIF = `ub${process.pid % 100000}c`;
+const NET = `10.${150 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
+const BACKEND = `${NET}.2`;
+const PORTS = { iperf: 5201, http: 8000, echo: 7000 };
+const cleanups = [];
+const ip = (...a) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'] });
+const sh = (cmd) => execFileSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'] });
+// Raise the soft fd limit to the hard one (this sandbox's hard limit is 20000, and raising it
+// needs CAP_SYS_RESOURCE): the idle-connection scenario needs two fds per connection.
+const RAISE = 'ulimit -n "$(ulimit -Hn)" 2>/dev/null;';
+
+async function cleanup() {
+  for (const f of cleanups.splice(0).reverse()) {
+    try { await f(); } catch { /* best effort */ }
+  }
+}
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { void cleanup().then(() => process.exit(130)); });
+
+function setupNamespace() {
+  ip('netns', 'add', NS);
+  cleanups.push(() => ip('netns', 'del', NS));
+  ip('link', 'add', HIF, 'type', 'veth', 'peer', 'name', NIF);
+  cleanups.push(() => { try { ip('link', 'del', HIF); } catch { /* gone with the namespace */ } });
+  ip('link', 'set', NIF, 'netns', NS);
+  ip('addr', 'add', `${NET}.1/24`, 'dev', HIF);
+  ip('link', 'set', HIF, 'up');
+  ip('-n', NS, 'addr', 'add', `${BACKEND}/24`, 'dev', NIF);
+  ip('-n', NS, 'link', 'set', NIF, 'up');
+  ip('-n', NS, 'link', 'set', 'lo', 'up');
+  ip('-n', NS, 'route', 'add', 'default', 'via', `${NET}.1`);
+  const procs = [
+    spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-p', String(PORTS.iperf)], { stdio: 'ignore' }),
+    spawn('ip', ['netns', 'exec', NS, 'sh', '-c', `${RAISE} exec "$0" "$@"`, process.execPath, join(ROOT, 'test/helpers/backend.mjs'),
+      '--http', String(PORTS.http), '--echo', String(PORTS.echo), '--host', BACKEND], { stdio: ['pipe', 'ignore', 'ignore'] }),
+  ];
+  for (const p of procs) cleanups.push(() => p.kill('SIGKILL'));
+}
+
+// ---- contenders: each maps local ports (one per backend service) to the container ----
+let nextPort = 31000;
+function portsFor() {
+  const base = nextPort;
+  nextPort += 10;
+  return { iperf: base, http: base + 1, echo: base + 2 };
+}
+
+async function startDockerModes(bin) {
+  const ports = portsFor();
+  const children = [];
+  const specs = [['tcp', 'iperf'], ['udp', 'iperf'], ['tcp', 'http'], ['tcp', 'echo']];
+  for (const [proto, svc] of specs) {
+    const { child } = await spawnDockerMode('/bin/sh', ['-c', `${RAISE} exec "$0" "$@"`, bin, '-proto', proto, '-host-ip', '127.0.0.1',
+      '-host-port', String(ports[svc]), '-container-ip', BACKEND, '-container-port', String(PORTS[svc])]);
+    children.push(child);
+  }
+  return { host: '127.0.0.1', ports, pids: children.map((c) => c.pid), udp: true, stop: () => Promise.all(children.map(stopChild)) };
+}
+
+async function waitListening(port) {
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise((res) => { const s = connect(port, '127.0.0.1', () => { s.destroy(); res(true); }); s.on('error', () => res(false)); });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
+const CONTENDERS = {
+  direct: async () => ({ host: BACKEND, ports: { ...PORTS }, pids: [], udp: true, stop: async () => {} }),
+  'iptables-dnat': async () => {
+    const ports = portsFor();
+    const old = execFileSync('sysctl', ['-n', 'net.ipv4.conf.all.route_localnet']).toString().trim();
+    sh('sysctl -qw net.ipv4.conf.all.route_localnet=1');
+    const chain = `UPB${process.pid}`;
+    const rules = [];
+    sh(`iptables -t nat -N ${chain}`);
+    rules.push(`-t nat -A OUTPUT -j ${chain}`, `-t nat -A POSTROUTING -o ${HIF} -m addrtype --src-type LOCAL -j MASQUERADE`);
+    for (const [svc, proto] of [['iperf', 'tcp'], ['iperf', 'udp'], ['http', 'tcp'], ['echo', 'tcp']]) {
+      rules.push(`-t nat -A ${chain} -d 127.0.0.1/32 -p ${proto} --dport ${ports[svc]} -j DNAT --to-destination ${BACKEND}:${PORTS[svc]}`);
+    }
+    for (const r of rules) sh(`iptables ${r}`);
+    const stop = async () => {
+      for (const r of rules.reverse()) sh(`iptables ${r.replace(' -A ', ' -D ')}`);
+      sh(`iptables -t nat -X ${chain}`);
+      sh(`sysctl -qw net.ipv4.conf.all.route_localnet=${old}`);
+    };
+    return { host: '127.0.0.1', ports, pids: [], udp: true, stop };
+  },
+  'docker-proxy': () => startDockerModes(REF),
+  socat: async () => {
+    const ports = portsFor();
+    const children = ['iperf', 'http', 'echo'].map((svc) => spawn('sh', ['-c', `${RAISE} exec socat -b131072 TCP-LISTEN:${ports[svc]},bind=127.0.0.1,fork,reuseaddr TCP:${BACKEND}:${PORTS[svc]}`], { stdio: 'ignore' }));
+    for (const svc of ['iperf', 'http', 'echo']) await waitListening(ports[svc]);
+    // socat forks a process per connection: count the whole process group.
+    return { host: '127.0.0.1', ports, pids: children.map((c) => c.pid), tree: true, udp: false, stop: async () => { sh(`pkill -f "socat -b131072 TCP-LISTEN:(${ports.iperf}|${ports.http}|${ports.echo}),"` ); await Promise.all(children.map(stopChild)); } };
+  },
+  haproxy: async () => {
+    const ports = portsFor();
+    const dir = mkdtempSync(join(tmpdir(), 'upb-haproxy-'));
+    const cfg = ['global', '  maxconn 9500', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 1h', '  timeout server 1h',
+      ...['iperf', 'http', 'echo'].flatMap((svc) => [`listen ${svc}`, `  bind 127.0.0.1:${ports[svc]}`, `  server b ${BACKEND}:${PORTS[svc]}`])].join('\n');
+    writeFileSync(join(dir, 'haproxy.cfg'), `${cfg}\n`);
+    const child = spawn('sh', ['-c', `${RAISE} exec haproxy -db -f ${join(dir, 'haproxy.cfg')}`], { stdio: 'ignore' });
+    for (const svc of ['iperf', 'http', 'echo']) await waitListening(ports[svc]);
+    return { host: '127.0.0.1', ports, pids: [child.pid], udp: false, stop: async () => { await stopChild(child); rmSync(dir, { recursive: true, force: true }); } };
+  },
+  'userland-proxy': () => startDockerModes(OURS),
+  'userland-proxy standalone': async () => {
+    const ports = portsFor();
+    const child = spawn('sh', ['-c', `${RAISE} exec "$0" "$@"`, OURS, 'run', '--log-level', 'warn',
+      '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${PORTS.iperf}`, '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${PORTS.iperf}/udp`,
+      '-p', `127.0.0.1:${ports.http}:${BACKEND}:${PORTS.http}`, '-p', `127.0.0.1:${ports.echo}:${BACKEND}:${PORTS.echo}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    await new Promise((res, rej) => {
+      let out = '';
+      child.stdout.on('data', (d) => { out += d; if (out.includes('ready:')) res(); });
+      child.once('exit', (c) => rej(new Error(`standalone exited ${c}`)));
+    });
+    return { host: '127.0.0.1', ports, pids: [child.pid], udp: true, stop: () => stopChild(child) };
+  },
+};
+const NAMES = opt('--contenders', Object.keys(CONTENDERS).join(',')).split(',');
+for (const n of NAMES) if (!CONTENDERS[n]) throw new Error(`unknown contender ${n}; known: ${Object.keys(CONTENDERS).join(', ')}`);
+
+// ---- measurements ----
+function allPids(c) {
+  if (!c.tree) return c.pids;
+  const out = execFileSync('ps', ['-eo', 'pid=,ppid=']).toString().trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
+  const set = new Set(c.pids);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const [pid, ppid] of out) if (set.has(ppid) && !set.has(pid)) { set.add(pid); grew = true; }
+  }
+  return [...set];
+}
+const cpuOf = (c) => allPids(c).reduce((a, p) => a + cpuSeconds(p), 0);
+function memOf(c) {
+  const pids = allPids(c);
+  const sum = pids.map(mem).reduce((a, m) => ({ rssMiB: a.rssMiB + m.rssMiB, privateDirtyMiB: a.privateDirtyMiB + m.privateDirtyMiB }), { rssMiB: 0, privateDirtyMiB: 0 });
+  return { ...sum, processes: pids.length, privateDirtyPerProcessMiB: sum.privateDirtyMiB / pids.length };
+}
+
+function iperf(c, extra, omit = true) {
+  const out = execFileSync('timeout', [String(SECS + 20), 'iperf3', '-c', c.host, '-p', String(c.ports.iperf), '-t', String(SECS), ...(omit ? ['-O', '1'] : []), '-J', ...extra], { maxBuffer: 64 << 20 }).toString();
+  return JSON.parse(out);
+}
+
+async function bulk(c, streams) {
+  const cpu0 = cpuOf(c);
+  const j = iperf(c, streams > 1 ? ['-P', String(streams)] : []);
+  const cpu = cpuOf(c) - cpu0;
+  const bytes = j.end.sum_received.bytes;
+  return { gbps: j.end.sum_received.bits_per_second / 1e9, cpuPerGiB: c.pids.length || c.tree ? cpu / (bytes / 2 ** 30) : null };
+}
+
+async function http(c) {
+  const r = await autocannon({ url: `http://${c.host}:${c.ports.http}/`, connections: 16, duration: SECS });
+  return { rps: r.requests.average, p50ms: r.latency.p50, p99ms: r.latency.p99, errors: r.errors + r.non2xx };
+}
+
+async function short(c) {
+  const lat = [];
+  const payload = Buffer.alloc(100, 7);
+  const start = performance.now();
+  for (let i = 0; i < SHORT_CONNS; i++) {
+    const t = performance.now();
+    await new Promise((res, rej) => {
+      const s = connect(c.ports.echo, c.host, () => s.write(payload));
+      let got = 0;
+      s.on('data', (d) => { got += d.length; if (got >= payload.length) s.destroy(); });
+      s.on('close', () => (got >= payload.length ? res() : rej(new Error('short read'))));
+      s.on('error', rej);
+    });
+    lat.push(performance.now() - t);
+  }
+  const secs = (performance.now() - start) / 1000;
+  lat.sort((a, b) => a - b);
+  return { connPerSec: SHORT_CONNS / secs, p99ms: lat[Math.floor(lat.length * 0.99)] };
+}
+
+function udp(c, size, pps) {
+  if (!c.udp) return null;
+  // No omitted first second for UDP: iperf3 then counts sent and received over different spans.
+  const j = iperf(c, ['-u', '-l', String(size), '-b', String(size * 8 * pps)], false);
+  const sent = j.end.sum_sent;
+  const got = j.end.sum_received;
+  const delivered = got.bytes / size;
+  return { deliveredPps: delivered / got.seconds, lossPct: 100 * Math.max(0, 1 - delivered / sent.packets) };
+}
+
+async function idleConnections(c) {
+  const socks = [];
+  for (let i = 0; i < IDLE_CONNS; i++) {
+    socks.push(await new Promise((res, rej) => { const s = connect(c.ports.echo, c.host, () => res(s)); s.on('error', rej); }));
+  }
+  // A round trip on the last one proves the proxy is through with all of them.
+  await new Promise((res) => { const s = socks[socks.length - 1]; s.once('data', res); s.write('x'); });
+  await sleep(500);
+  const m = memOf(c);
+  for (const s of socks) s.destroy();
+  await sleep(500);
+  return m;
+}
+
+// ---- the run ----
+const results = {};
+const record = (scenario, name, value) => {
+  ((results[scenario] ??= {})[name] ??= []).push(value);
+};
+
+async function main() {
+  log(`setting up the namespace backend ${BACKEND} (${NS})`);
+  setupNamespace();
+  await sleep(800);
+  const running = {};
+  for (const n of NAMES) {
+    log(`starting ${n}`);
+    running[n] = await CONTENDERS[n]();
+    cleanups.push(() => running[n].stop());
+  }
+  await sleep(500);
+  if (SCENARIOS.includes('memory')) for (const n of NAMES) if (running[n].pids.length) record('memory-idle', n, memOf(running[n]));
+  // Warm up every path once (JIT, ARP, conntrack).
+  for (const n of NAMES) await short({ ...running[n] }).catch(() => {});
+
+  const load = [
+    ['bulk1', (c) => bulk(c, 1)],
+    ['bulk4', (c) => bulk(c, 4)],
+    ['http', http],
+    ['short', short],
+    ['udp64', (c) => udp(c, 64, 100_000)],
+    ['udp1400', (c) => udp(c, 1400, 100_000)],
+  ].filter(([s]) => SCENARIOS.includes(s));
+  for (const [scenario, fn] of load) {
+    for (let rep = 0; rep < REPS; rep++) {
+      const order = rep % 2 ? [...NAMES].reverse() : NAMES;
+      for (const n of order) {
+        const v = await fn(running[n]);
+        if (v !== null) record(scenario, n, v);
+        log(`${scenario} rep ${rep + 1}/${REPS} ${n}: ${JSON.stringify(v, (k, x) => (typeof x === 'number' ? Number(x.toFixed(3)) : x))}`);
+      }
+    }
+  }
+  if (SCENARIOS.includes('memory')) {
+    for (const n of NAMES) if (running[n].pids.length) record('memory-after-load', n, memOf(running[n]));
+    for (const n of NAMES) {
+      // socat forks a process per connection: thousands of processes, not comparable.
+      if (!running[n].pids.length || running[n].tree) continue;
+      log(`memory: ${IDLE_CONNS} idle connections through ${n}`);
+      record('memory-idle-conns', n, await idleConnections(running[n]));
+    }
+  }
+  await cleanup();
+  if (SCENARIOS.includes('startup')) {
+    for (let i = 0; i < STARTUPS; i++) {
+      for (const [n, bin] of i % 2 ? [['userland-proxy', OURS], ['docker-proxy', REF]] : [['docker-proxy', REF], ['userland-proxy', OURS]]) {
+        if (!NAMES.includes(n)) continue;
+        const { child, ms } = await spawnDockerMode(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(30990), '-container-ip', '127.0.0.1', '-container-port', '9']);
+        record('startup', n, { ms });
+        await stopChild(child);
+      }
+    }
+    log(`startup: ${STARTUPS} runs each`);
+  }
+  const report = { date: new Date().toISOString(), machine: machine(), quick: QUICK, reps: REPS, seconds: SECS, idleConns: IDLE_CONNS, shortConns: SHORT_CONNS, contenders: NAMES, results };
+  mkdirSync(OUT, { recursive: true });
+  writeFileSync(join(OUT, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(join(OUT, 'latest.md'), renderMarkdown(report));
+  writeFileSync(join(OUT, 'ratios.svg'), renderSvg(report));
+  process.stdout.write(`\n${renderMarkdown(report)}\nwritten: ${join(OUT, 'latest.json')}, latest.md, ratios.svg (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
+}
+
+main().catch(async (err) => {
+  process.stderr.write(`bench: ${err.stack ?? err}\n`);
+  await cleanup();
+  process.exit(1);
+});
