@@ -24,8 +24,8 @@ export const METRICS = [
   ['memory-after-load', 'privateDirtyPerProcessMiB', 'after load Private_Dirty MiB per process', false, 1],
   ['memory-after-load', 'privateDirtyMiB', 'after load Private_Dirty MiB', false, 1],
   ['memory-after-load', 'rssMiB', 'after load RSS MiB', false, 1],
-  ['memory-idle-conns', 'rssMiB', 'holding the idle connections, RSS MiB', false, 1],
-  ['memory-idle-conns', 'privateDirtyMiB', 'holding the idle connections, Private_Dirty MiB', false, 1],
+  ['memory-idle-conns', 'rssMiB', 'holding the idle connections, RSS MiB of the process holding them', false, 1],
+  ['memory-idle-conns', 'privateDirtyMiB', 'holding the idle connections, Private_Dirty MiB of that process', false, 1],
   ['startup', 'ms', 'startup, spawn to "0\\n", ms', false, 1],
 ];
 
@@ -50,13 +50,16 @@ export function renderMarkdown(report) {
     const ref = stat(report, scenario, field, 'docker-proxy');
     const cells = names.map((n) => {
       const s = stat(report, scenario, field, n);
-      if (!s) return 'n/a';
+      const failed = (report.results[scenario]?.[n] ?? []).filter((v) => v?.error).length;
+      if (!s) return failed ? `failed (${failed})` : 'n/a';
       const range = report.reps > 1 && s.min !== s.max ? ` (${s.min.toFixed(digits)}-${s.max.toFixed(digits)})` : '';
       const ratio = ref && ref.median > 0 && n !== 'docker-proxy' ? ` ×${(s.median / ref.median).toFixed(2)}` : '';
-      return `${s.median.toFixed(digits)}${range}${ratio}`;
+      return `${s.median.toFixed(digits)}${range}${ratio}${failed ? `, ${failed} failed` : ''}`;
     });
     lines.push(`| ${label} (${higher ? 'higher' : 'lower'} is better) | ${cells.join(' | ')} |`);
   }
+  const errors = Object.entries(report.results).flatMap(([sc, byName]) => Object.entries(byName).flatMap(([n, vs]) => vs.filter((v) => v?.error).map((v) => `- ${sc}, ${n}: ${v.error}`)));
+  if (errors.length) lines.push('', 'Failed runs:', '', ...errors);
   return `${lines.join('\n')}\n`;
 }
 

@@ -6,7 +6,7 @@
 //
 //   node bench/run.mjs [--quick] [--reps N] [--scenarios a,b] [--contenders a,b] [--out DIR]
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,7 +41,11 @@ const HIF = `ub${process.pid % 100000}h`;
 const NIF = `ub${process.pid % 100000}c`;
 const NET = `10.${150 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
 const BACKEND = `${NET}.2`;
+// Each contender gets its own echo port on the backend: short-connection runs leave thousands of
+// TIME_WAIT entries on the proxy-to-container leg, which must not spill into the next contender.
 const PORTS = { iperf: 5201, http: 8000, echo: 7000 };
+/** The backend ports one contender forwards to. */
+const targets = (idx) => ({ ...PORTS, echo: PORTS.echo + idx });
 const cleanups = [];
 const ip = (...a) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'] });
 const sh = (cmd) => execFileSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -71,7 +75,7 @@ function setupNamespace() {
   const procs = [
     spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-p', String(PORTS.iperf)], { stdio: 'ignore' }),
     spawn('ip', ['netns', 'exec', NS, 'sh', '-c', `${RAISE} exec "$0" "$@"`, process.execPath, join(ROOT, 'test/helpers/backend.mjs'),
-      '--http', String(PORTS.http), '--echo', String(PORTS.echo), '--host', BACKEND], { stdio: ['pipe', 'ignore', 'ignore'] }),
+      '--http', String(PORTS.http), ...Object.keys(CONTENDERS).flatMap((_, i) => ['--echo', String(PORTS.echo + i)]), '--host', BACKEND], { stdio: ['pipe', 'ignore', 'ignore'] }),
   ];
   for (const p of procs) cleanups.push(() => p.kill('SIGKILL'));
 }
@@ -84,16 +88,18 @@ function portsFor() {
   return { iperf: base, http: base + 1, echo: base + 2 };
 }
 
-async function startDockerModes(bin) {
+async function startDockerModes(bin, idx) {
   const ports = portsFor();
+  const to = targets(idx);
   const children = [];
   const specs = [['tcp', 'iperf'], ['udp', 'iperf'], ['tcp', 'http'], ['tcp', 'echo']];
   for (const [proto, svc] of specs) {
     const { child } = await spawnDockerMode('/bin/sh', ['-c', `${RAISE} exec "$0" "$@"`, bin, '-proto', proto, '-host-ip', '127.0.0.1',
-      '-host-port', String(ports[svc]), '-container-ip', BACKEND, '-container-port', String(PORTS[svc])]);
+      '-host-port', String(ports[svc]), '-container-ip', BACKEND, '-container-port', String(to[svc])]);
     children.push(child);
   }
-  return { host: '127.0.0.1', ports, pids: children.map((c) => c.pid), udp: true, stop: () => Promise.all(children.map(stopChild)) };
+  // The echo port's process is the one that holds the idle connections.
+  return { host: '127.0.0.1', ports, pids: children.map((c) => c.pid), echoPid: children[3].pid, udp: true, stop: () => Promise.all(children.map(stopChild)) };
 }
 
 async function waitListening(port) {
@@ -106,9 +112,10 @@ async function waitListening(port) {
 }
 
 const CONTENDERS = {
-  direct: async () => ({ host: BACKEND, ports: { ...PORTS }, pids: [], udp: true, stop: async () => {} }),
-  'iptables-dnat': async () => {
+  direct: async (idx) => ({ host: BACKEND, ports: targets(idx), pids: [], udp: true, stop: async () => {} }),
+  'iptables-dnat': async (idx) => {
     const ports = portsFor();
+    const to = targets(idx);
     const old = execFileSync('sysctl', ['-n', 'net.ipv4.conf.all.route_localnet']).toString().trim();
     sh('sysctl -qw net.ipv4.conf.all.route_localnet=1');
     const chain = `UPB${process.pid}`;
@@ -116,7 +123,7 @@ const CONTENDERS = {
     sh(`iptables -t nat -N ${chain}`);
     rules.push(`-t nat -A OUTPUT -j ${chain}`, `-t nat -A POSTROUTING -o ${HIF} -m addrtype --src-type LOCAL -j MASQUERADE`);
     for (const [svc, proto] of [['iperf', 'tcp'], ['iperf', 'udp'], ['http', 'tcp'], ['echo', 'tcp']]) {
-      rules.push(`-t nat -A ${chain} -d 127.0.0.1/32 -p ${proto} --dport ${ports[svc]} -j DNAT --to-destination ${BACKEND}:${PORTS[svc]}`);
+      rules.push(`-t nat -A ${chain} -d 127.0.0.1/32 -p ${proto} --dport ${ports[svc]} -j DNAT --to-destination ${BACKEND}:${to[svc]}`);
     }
     for (const r of rules) sh(`iptables ${r}`);
     const stop = async () => {
@@ -126,30 +133,33 @@ const CONTENDERS = {
     };
     return { host: '127.0.0.1', ports, pids: [], udp: true, stop };
   },
-  'docker-proxy': () => startDockerModes(REF),
-  socat: async () => {
+  'docker-proxy': (idx) => startDockerModes(REF, idx),
+  socat: async (idx) => {
     const ports = portsFor();
-    const children = ['iperf', 'http', 'echo'].map((svc) => spawn('sh', ['-c', `${RAISE} exec socat -b131072 TCP-LISTEN:${ports[svc]},bind=127.0.0.1,fork,reuseaddr TCP:${BACKEND}:${PORTS[svc]}`], { stdio: 'ignore' }));
+    const to = targets(idx);
+    const children = ['iperf', 'http', 'echo'].map((svc) => spawn('sh', ['-c', `${RAISE} exec socat -b131072 TCP-LISTEN:${ports[svc]},bind=127.0.0.1,fork,reuseaddr TCP:${BACKEND}:${to[svc]}`], { stdio: 'ignore' }));
     for (const svc of ['iperf', 'http', 'echo']) await waitListening(ports[svc]);
     // socat forks a process per connection: count the whole process group.
     return { host: '127.0.0.1', ports, pids: children.map((c) => c.pid), tree: true, udp: false, stop: async () => { sh(`pkill -f "socat -b131072 TCP-LISTEN:(${ports.iperf}|${ports.http}|${ports.echo}),"` ); await Promise.all(children.map(stopChild)); } };
   },
-  haproxy: async () => {
+  haproxy: async (idx) => {
     const ports = portsFor();
+    const to = targets(idx);
     const dir = mkdtempSync(join(tmpdir(), 'upb-haproxy-'));
     const cfg = ['global', '  maxconn 9500', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 1h', '  timeout server 1h',
-      ...['iperf', 'http', 'echo'].flatMap((svc) => [`listen ${svc}`, `  bind 127.0.0.1:${ports[svc]}`, `  server b ${BACKEND}:${PORTS[svc]}`])].join('\n');
+      ...['iperf', 'http', 'echo'].flatMap((svc) => [`listen ${svc}`, `  bind 127.0.0.1:${ports[svc]}`, `  server b ${BACKEND}:${to[svc]}`])].join('\n');
     writeFileSync(join(dir, 'haproxy.cfg'), `${cfg}\n`);
     const child = spawn('sh', ['-c', `${RAISE} exec haproxy -db -f ${join(dir, 'haproxy.cfg')}`], { stdio: 'ignore' });
     for (const svc of ['iperf', 'http', 'echo']) await waitListening(ports[svc]);
     return { host: '127.0.0.1', ports, pids: [child.pid], udp: false, stop: async () => { await stopChild(child); rmSync(dir, { recursive: true, force: true }); } };
   },
-  'userland-proxy': () => startDockerModes(OURS),
-  'userland-proxy standalone': async () => {
+  'userland-proxy': (idx) => startDockerModes(OURS, idx),
+  'userland-proxy standalone': async (idx) => {
     const ports = portsFor();
+    const to = targets(idx);
     const child = spawn('sh', ['-c', `${RAISE} exec "$0" "$@"`, OURS, 'run', '--log-level', 'warn',
       '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${PORTS.iperf}`, '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${PORTS.iperf}/udp`,
-      '-p', `127.0.0.1:${ports.http}:${BACKEND}:${PORTS.http}`, '-p', `127.0.0.1:${ports.echo}:${BACKEND}:${PORTS.echo}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+      '-p', `127.0.0.1:${ports.http}:${BACKEND}:${PORTS.http}`, '-p', `127.0.0.1:${ports.echo}:${BACKEND}:${to.echo}`], { stdio: ['ignore', 'pipe', 'ignore'] });
     await new Promise((res, rej) => {
       let out = '';
       child.stdout.on('data', (d) => { out += d; if (out.includes('ready:')) res(); });
@@ -229,13 +239,19 @@ function udp(c, size, pps) {
 
 async function idleConnections(c) {
   const socks = [];
-  for (let i = 0; i < IDLE_CONNS; i++) {
-    socks.push(await new Promise((res, rej) => { const s = connect(c.ports.echo, c.host, () => res(s)); s.on('error', rej); }));
+  try {
+    for (let i = 0; i < IDLE_CONNS; i++) {
+      socks.push(await new Promise((res, rej) => { const s = connect(c.ports.echo, c.host, () => res(s)); s.on('error', rej); }));
+    }
+  } catch (err) {
+    for (const s of socks) s.destroy();
+    const alive = allPids(c).every((p) => existsSync(`/proc/${p}`));
+    return { error: `after ${socks.length} connections: ${err.message}${alive ? '' : ' (the proxy process exited)'}` };
   }
   // A round trip on the last one proves the proxy is through with all of them.
   await new Promise((res) => { const s = socks[socks.length - 1]; s.once('data', res); s.write('x'); });
   await sleep(500);
-  const m = memOf(c);
+  const m = memOf(c.echoPid ? { pids: [c.echoPid] } : c);
   for (const s of socks) s.destroy();
   await sleep(500);
   return m;
@@ -254,7 +270,7 @@ async function main() {
   const running = {};
   for (const n of NAMES) {
     log(`starting ${n}`);
-    running[n] = await CONTENDERS[n]();
+    running[n] = await CONTENDERS[n](Object.keys(CONTENDERS).indexOf(n));
     cleanups.push(() => running[n].stop());
   }
   await sleep(500);
@@ -274,7 +290,13 @@ async function main() {
     for (let rep = 0; rep < REPS; rep++) {
       const order = rep % 2 ? [...NAMES].reverse() : NAMES;
       for (const n of order) {
-        const v = await fn(running[n]);
+        let v;
+        try {
+          v = await fn(running[n]);
+        } catch (err) {
+          // One failed run must not lose the others: it is reported, not measured.
+          v = { error: String(err.message ?? err).split('\n')[0] };
+        }
         if (v !== null) record(scenario, n, v);
         log(`${scenario} rep ${rep + 1}/${REPS} ${n}: ${JSON.stringify(v, (k, x) => (typeof x === 'number' ? Number(x.toFixed(3)) : x))}`);
       }
@@ -286,7 +308,9 @@ async function main() {
       // socat forks a process per connection: thousands of processes, not comparable.
       if (!running[n].pids.length || running[n].tree) continue;
       log(`memory: ${IDLE_CONNS} idle connections through ${n}`);
-      record('memory-idle-conns', n, await idleConnections(running[n]));
+      const m = await idleConnections(running[n]);
+      if (m.error) log(`memory: ${n}: ${m.error}`);
+      record('memory-idle-conns', n, m);
     }
   }
   await cleanup();

@@ -18,6 +18,11 @@ export const CLIENT_KEEPALIVE_MS = 15_000;
 export const RELAY_SMALL_BUFFER = 4 * 1024;
 /** Relay read buffer once a read fills the small one (bulk transfer). */
 export const RELAY_BIG_BUFFER = 256 * 1024;
+/**
+ * A direction stops reading when the other socket holds this many unsent bytes. Above one big
+ * buffer, so that a transfer momentarily faster than the receiver does not pause per read.
+ */
+export const RELAY_HIGH_WATER_MARK = 1024 * 1024;
 /** Consecutive small reads after which a direction goes back to the small buffer. */
 export const RELAY_SHRINK_AFTER = 64;
 /** Free buffers kept for reuse, process-wide. */

@@ -18,7 +18,7 @@
  */
 import { connect, createServer, Socket, type Server } from 'node:net';
 import type { IpAddress } from './address.js';
-import { CLIENT_KEEPALIVE_MS } from './constants.js';
+import { CLIENT_KEEPALIVE_MS, RELAY_HIGH_WATER_MARK } from './constants.js';
 import { CONNECT_BUCKETS, LIFETIME_BUCKETS, newHistogram, observe, type PlainHistogram } from './histogram.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { Pump } from './relay.js';
@@ -138,6 +138,8 @@ export class TcpForwarder {
       allowHalfOpen: true,
       noDelay: true,
       onread: down.onread,
+      // Socket options reach the Duplex constructor; @types/node's connect options omit it.
+      ...({ writableHighWaterMark: RELAY_HIGH_WATER_MARK } as object),
     });
     conns.add(upstream);
     let connected = false;
@@ -181,15 +183,18 @@ export class TcpForwarder {
         client.destroy();
       }
     });
+    // Read the client while the dial is in flight: Node queues writes on a connecting socket
+    // (bounded by its high-water mark, which pauses us) and flushes them on connect, which saves
+    // an event-loop round per connection. If the dial fails, the client is closed anyway.
+    up.connect(client, upstream);
+    down.connect(upstream, client);
+    client.resume();
     upstream.once('connect', () => {
       connected = true;
       observe(stats.connectDuration, (performance.now() - acceptedAt) / 1000);
       if (log.debugEnabled) {
         log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
       }
-      up.connect(client, upstream);
-      down.connect(upstream, client);
-      client.resume();
       upstream.resume();
     });
   }
@@ -225,5 +230,6 @@ function adoptAccepted(accepted: Socket, onread: Pump['onread']): Socket | null 
     writable: true,
     manualStart: true,
     onread,
+    writableHighWaterMark: RELAY_HIGH_WATER_MARK,
   } as ConstructorParameters<typeof Socket>[0]);
 }
