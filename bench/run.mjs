@@ -28,6 +28,8 @@ const SCENARIOS = opt('--scenarios', QUICK ? 'bulk1,http,short,udp1400,memory' :
 const IDLE_CONNS = Number(opt('--idle-conns', QUICK ? '1000' : '9000'));
 const SHORT_CONNS = Number(opt('--short-conns', QUICK ? '300' : '2000'));
 const STARTUPS = QUICK ? 5 : 20;
+/** Offered UDP rate, datagrams/s. */
+const UDP_PPS = Number(opt('--udp-pps', '100000'));
 const t0 = Date.now();
 const log = (msg) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${msg}\n`);
 if (process.getuid?.() !== 0) {
@@ -230,7 +232,9 @@ async function short(c) {
 function udp(c, size, pps) {
   if (!c.udp) return null;
   // No omitted first second for UDP: iperf3 then counts sent and received over different spans.
-  const j = iperf(c, ['-u', '-l', String(size), '-b', String(size * 8 * pps)], false);
+  // -w 4M gives iperf3's own sockets (client and server) room for bursts, so that losses are the
+  // contender's, not the load generator's; the same for every contender.
+  const j = iperf(c, ['-u', '-w', '4M', '-l', String(size), '-b', String(size * 8 * pps)], false);
   const sent = j.end.sum_sent;
   const got = j.end.sum_received;
   const delivered = got.bytes / size;
@@ -283,8 +287,8 @@ async function main() {
     ['bulk4', (c) => bulk(c, 4)],
     ['http', http],
     ['short', short],
-    ['udp64', (c) => udp(c, 64, 100_000)],
-    ['udp1400', (c) => udp(c, 1400, 100_000)],
+    ['udp64', (c) => udp(c, 64, UDP_PPS)],
+    ['udp1400', (c) => udp(c, 1400, UDP_PPS)],
   ].filter(([s]) => SCENARIOS.includes(s));
   for (const [scenario, fn] of load) {
     for (let rep = 0; rep < REPS; rep++) {

@@ -37,6 +37,14 @@ export const UDP_MAX_FLOWS = 16_384;
 export const UDP_PENDING_PER_FLOW = 64;
 /** Datagrams that may sit in libuv's send queue of one socket before we drop instead of queueing. */
 export const UDP_SEND_QUEUE_MAX = 1024;
+/**
+ * SO_RCVBUF/SO_SNDBUF we ask for on the UDP listening socket and on each flow socket. Bursts
+ * that arrive while the event loop is busy wait in the kernel instead of being dropped
+ * (RcvbufErrors); the kernel caps the request at net.core.rmem_max / wmem_max and only charges
+ * memory that is queued. docker-proxy keeps the 208 KiB default.
+ */
+export const UDP_LISTENER_BUFFER = 4 * 1024 * 1024;
+export const UDP_FLOW_BUFFER = 1024 * 1024;
 /** Largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP); docker-proxy's buffer size. */
 export const UDP_MAX_PAYLOAD = 65_507;
 /** Bounds of the flow-expiry sweep period (it is a tenth of the idle timeout, clamped). */

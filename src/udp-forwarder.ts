@@ -21,7 +21,7 @@
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import type { IpAddress } from './address.js';
 import {
-  UDP_PENDING_PER_FLOW, UDP_SEND_QUEUE_MAX, UDP_SWEEP_MAX_MS, UDP_SWEEP_MIN_MS,
+  UDP_FLOW_BUFFER, UDP_LISTENER_BUFFER, UDP_PENDING_PER_FLOW, UDP_SEND_QUEUE_MAX, UDP_SWEEP_MAX_MS, UDP_SWEEP_MIN_MS,
 } from './constants.js';
 import { RateLimitedLog, type Log } from './logger.js';
 
@@ -79,12 +79,17 @@ function literalLookup(family: 4 | 6) {
   };
 }
 
-/** Creates a UDP socket of a family with the literal-address lookup; v6 sockets are v6-only. */
-export function createUdpSocket(family: 4 | 6): Socket {
+/**
+ * Creates a UDP socket of a family with the literal-address lookup and large kernel buffers
+ * (applied once bound); v6 sockets are v6-only.
+ */
+export function createUdpSocket(family: 4 | 6, bufferBytes = UDP_LISTENER_BUFFER): Socket {
   return createSocket({
     type: family === 6 ? 'udp6' : 'udp4',
     ipv6Only: family === 6,
     lookup: literalLookup(family) as never,
+    recvBufferSize: bufferBytes,
+    sendBufferSize: bufferBytes,
   });
 }
 
@@ -168,7 +173,7 @@ export class UdpForwarder {
 
   #openFlow(key: string, rinfo: RemoteInfo): Flow {
     const { target, targetPort, log } = this.#opts;
-    const socket = createUdpSocket(target.family);
+    const socket = createUdpSocket(target.family, UDP_FLOW_BUFFER);
     const flow: Flow = { address: rinfo.address, port: rinfo.port, socket, lastActive: this.#now, pending: [] };
     this.#flows.set(key, flow);
     this.stats.flowsCreated++;
