@@ -28,8 +28,9 @@ const SCENARIOS = opt('--scenarios', QUICK ? 'bulk1,http,short,udp1400,memory' :
 const IDLE_CONNS = Number(opt('--idle-conns', QUICK ? '1000' : '9000'));
 const SHORT_CONNS = Number(opt('--short-conns', QUICK ? '300' : '2000'));
 const STARTUPS = QUICK ? 5 : 20;
-/** Offered UDP rate, datagrams/s. */
+/** Offered UDP rate of the fixed-rate rows, and the ladder of the capacity search, datagrams/s. */
 const UDP_PPS = Number(opt('--udp-pps', '100000'));
+const UDP_LADDER = [50_000, 100_000, 150_000, 200_000, 300_000];
 const t0 = Date.now();
 const log = (msg) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${msg}\n`);
 if (process.getuid?.() !== 0) {
@@ -170,6 +171,9 @@ const CONTENDERS = {
     return { host: '127.0.0.1', ports, pids: [child.pid], udp: true, stop: () => stopChild(child) };
   },
 };
+// --alt PATH adds another build of ours (a checkout's bin/userland-proxy) for A/B comparisons.
+const ALT = opt('--alt', null);
+if (ALT) CONTENDERS['userland-proxy alt'] = (idx) => startDockerModes(ALT, idx);
 const NAMES = opt('--contenders', Object.keys(CONTENDERS).join(',')).split(',');
 for (const n of NAMES) if (!CONTENDERS[n]) throw new Error(`unknown contender ${n}; known: ${Object.keys(CONTENDERS).join(', ')}`);
 
@@ -191,9 +195,8 @@ function memOf(c) {
   return { ...sum, processes: pids.length, privateDirtyPerProcessMiB: sum.privateDirtyMiB / pids.length };
 }
 
-function iperf(c, extra, omit = true) {
-  const out = execFileSync('timeout', [String(SECS + 20), 'iperf3', '-c', c.host, '-p', String(c.ports.iperf), '-t', String(SECS), ...(omit ? ['-O', '1'] : []), '-J', ...extra], { maxBuffer: 64 << 20 }).toString();
-  return JSON.parse(out);
+function iperf(c, extra) {
+  return iperfJson(['-c', c.host, '-p', String(c.ports.iperf), '-t', String(SECS), '-O', '1', ...extra], SECS);
 }
 
 async function bulk(c, streams) {
@@ -229,16 +232,42 @@ async function short(c) {
   return { connPerSec: SHORT_CONNS / secs, p99ms: lat[Math.floor(lat.length * 0.99)] };
 }
 
-function udp(c, size, pps) {
-  if (!c.udp) return null;
+/** Runs iperf3 and parses its JSON; a failure carries iperf3's own error text. */
+function iperfJson(argv, secs) {
+  try {
+    return JSON.parse(execFileSync('timeout', [String(secs + 20), 'iperf3', ...argv, '-J'], { maxBuffer: 64 << 20 }).toString());
+  } catch (err) {
+    let why = err.message;
+    try { why = JSON.parse(err.stdout.toString()).error ?? why; } catch { /* not JSON */ }
+    throw new Error(`iperf3: ${why}`);
+  }
+}
+
+function udpAt(c, size, pps, secs) {
   // No omitted first second for UDP: iperf3 then counts sent and received over different spans.
   // -w 4M gives iperf3's own sockets (client and server) room for bursts, so that losses are the
   // contender's, not the load generator's; the same for every contender.
-  const j = iperf(c, ['-u', '-w', '4M', '-l', String(size), '-b', String(size * 8 * pps)], false);
-  const sent = j.end.sum_sent;
-  const got = j.end.sum_received;
-  const delivered = got.bytes / size;
-  return { deliveredPps: delivered / got.seconds, lossPct: 100 * Math.max(0, 1 - delivered / sent.packets) };
+  const j = iperfJson(['-c', c.host, '-p', String(c.ports.iperf), '-t', String(secs), '-u', '-w', '4M', '-l', String(size), '-b', String(size * 8 * pps)], secs);
+  const delivered = j.end.sum_received.bytes / size;
+  return { deliveredPps: delivered / j.end.sum_received.seconds, lossPct: 100 * Math.max(0, 1 - delivered / j.end.sum_sent.packets) };
+}
+
+/**
+ * UDP at a fixed offered rate (the row reported at UDP_PPS) and capacity: offered rates rise
+ * along a ladder until loss exceeds 1 %; capacity is the datagrams/s delivered at the highest
+ * rate that stayed within 1 %.
+ */
+async function udp(c, size) {
+  if (!c.udp) return null;
+  const fixed = udpAt(c, size, UDP_PPS, SECS);
+  let capacityPps = 0;
+  for (const pps of UDP_LADDER) {
+    await sleep(200);
+    const r = pps === UDP_PPS ? fixed : udpAt(c, size, pps, 1);
+    if (r.lossPct > 1) break;
+    capacityPps = r.deliveredPps;
+  }
+  return { ...fixed, capacityPps };
 }
 
 async function idleConnections(c) {
@@ -287,8 +316,8 @@ async function main() {
     ['bulk4', (c) => bulk(c, 4)],
     ['http', http],
     ['short', short],
-    ['udp64', (c) => udp(c, 64, UDP_PPS)],
-    ['udp1400', (c) => udp(c, 1400, UDP_PPS)],
+    ['udp64', (c) => udp(c, 64)],
+    ['udp1400', (c) => udp(c, 1400)],
   ].filter(([s]) => SCENARIOS.includes(s));
   for (const [scenario, fn] of load) {
     for (let rep = 0; rep < REPS; rep++) {
