@@ -23,6 +23,8 @@ export const RELAY_BIG_BUFFER = 256 * 1024;
  * buffer, so that a transfer momentarily faster than the receiver does not pause per read.
  */
 export const RELAY_HIGH_WATER_MARK = 1024 * 1024;
+/** How often idle connections' big read buffers are swapped for small ones. */
+export const RELAY_IDLE_SWEEP_MS = 5_000;
 /** Consecutive small reads after which a direction goes back to the small buffer. */
 export const RELAY_SHRINK_AFTER = 64;
 /** Free buffers kept for reuse, process-wide. */

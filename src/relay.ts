@@ -13,8 +13,10 @@
  *
  * Buffer size adapts per direction: RELAY_SMALL_BUFFER while reads are small (an idle connection
  * pins only that much per direction), RELAY_BIG_BUFFER after a read fills the buffer, back to
- * small after RELAY_SHRINK_AFTER consecutive small reads. Buffers come from and return to small
- * process-wide free lists. Backpressure: when `dst.write()` reports its high-water mark, reading
+ * small after RELAY_SHRINK_AFTER consecutive small reads, or when the forwarder's idle sweep finds
+ * that a direction holding a big buffer has read nothing since the last sweep: 10 000 keep-alive
+ * connections that once moved a large response must not pin 2 x 256 KiB each. Buffers come from
+ * and return to small process-wide free lists. Backpressure: when `dst.write()` reports its high-water mark, reading
  * stops until 'drain'; memory per direction is bounded by that mark plus one buffer.
  */
 import type { Socket } from 'node:net';
@@ -36,6 +38,11 @@ function give(buf: Buffer): void {
   }
 }
 
+/** Sizes of the process-wide free lists (for tests and diagnostics). */
+export function relayPoolStats(): { freeSmall: number; freeBig: number } {
+  return { freeSmall: freeSmall.length, freeBig: freeBig.length };
+}
+
 /** The counters a direction adds to (live, so metrics see long transfers as they happen). */
 export interface PumpCounters {
   bytesIn: number;
@@ -52,6 +59,9 @@ export class Pump {
   readonly #pinned: (Buffer | null)[] = [];
   #smallReads = 0;
   #dst: Socket | null = null;
+  #src: Socket | null = null;
+  /** Reads since the last idle sweep. */
+  #reads = 0;
   readonly #counters: PumpCounters;
   /** Client to upstream (counts bytesIn, pausesClient) or the reverse. */
   readonly #inbound: boolean;
@@ -69,6 +79,7 @@ export class Pump {
   /** Starts pumping into dst: half-close and drain handling. */
   connect(src: Socket, dst: Socket): void {
     this.#dst = dst;
+    this.#src = src;
     dst.on('drain', () => src.resume());
     // Half-close: shutdown(SHUT_WR) on dst after everything queued is written.
     src.on('end', () => dst.end());
@@ -76,8 +87,12 @@ export class Pump {
 
   readonly #nextBuffer = (): Buffer => this.#buf;
 
-  readonly #onRead = (n: number, buf: Buffer): boolean => {
+  // The bytes are in this.#buf: what #nextBuffer last handed out, or what shrinkIfIdle() installed
+  // since (Node's own reference, passed as the second argument, is stale after that).
+  readonly #onRead = (n: number): boolean => {
+    const buf = this.#buf;
     const dst = this.#dst as Socket;
+    this.#reads++;
     if (this.#inbound) this.#counters.bytesIn += n;
     else this.#counters.bytesOut += n;
     const more = dst.write(buf.subarray(0, n), this.#afterWrite);
@@ -113,6 +128,25 @@ export class Pump {
     const b = this.#pinned.shift();
     if (b) give(b);
   };
+
+  /**
+   * Called by the forwarder's idle sweep: a direction that holds a big buffer and has read
+   * nothing since the previous sweep gets a small one. Between reads nothing references the
+   * next-read buffer, so it can be swapped in the handle (libuv only writes into it during a read
+   * callback on this thread).
+   */
+  shrinkIfIdle(): void {
+    const reads = this.#reads;
+    this.#reads = 0;
+    if (reads > 0 || this.#buf.length !== RELAY_BIG_BUFFER) return;
+    const handle = (this.#src as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } } | null)?._handle;
+    if (typeof handle?.useUserBuffer !== 'function') return;
+    const small = take(RELAY_SMALL_BUFFER);
+    handle.useUserBuffer(small);
+    give(this.#buf);
+    this.#buf = small;
+    this.#smallReads = 0;
+  }
 
   /** Returns the idle buffer to the pool once the source is closed. */
   release(): void {

@@ -18,7 +18,7 @@
  */
 import { connect, createServer, Socket, type Server } from 'node:net';
 import type { IpAddress } from './address.js';
-import { CLIENT_KEEPALIVE_MS, RELAY_HIGH_WATER_MARK } from './constants.js';
+import { CLIENT_KEEPALIVE_MS, RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from './constants.js';
 import { CONNECT_BUCKETS, LIFETIME_BUCKETS, newHistogram, observe, type PlainHistogram } from './histogram.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { Pump } from './relay.js';
@@ -64,6 +64,8 @@ export interface TcpForwarderOptions {
   stats?: TcpStats;
   /** Refuse (accept and close at once) connections beyond this many; null: no cap. */
   maxConnections?: number | null;
+  /** Period of the idle read-buffer sweep (tests shorten it). */
+  idleSweepMs?: number;
 }
 
 /** Creates the listening server with the socket options every accepted client needs. */
@@ -84,6 +86,9 @@ export class TcpForwarder {
   readonly #opts: TcpForwarderOptions;
   readonly #limited: RateLimitedLog;
   readonly #conns = new Set<Socket>();
+  /** The two pumps of every live connection, for the idle sweep. */
+  readonly #pumps = new Set<Pump>();
+  #sweep: NodeJS.Timeout | null = null;
 
   constructor(server: Server, opts: TcpForwarderOptions) {
     this.#server = server;
@@ -103,9 +108,15 @@ export class TcpForwarder {
 
   /** Stops accepting and destroys every open connection (docker-proxy semantics: no drain). */
   close(): void {
+    if (this.#sweep) clearInterval(this.#sweep);
     this.stopAccepting();
     for (const c of this.#conns) c.destroy();
     this.#conns.clear();
+  }
+
+  /** Gives idle directions holding big read buffers small ones again (see relay.ts). */
+  sweepIdleBuffers(): void {
+    for (const p of this.#pumps) p.shrinkIfIdle();
   }
 
   /** Stops accepting; open connections carry on (graceful drain). */
@@ -124,6 +135,12 @@ export class TcpForwarder {
     }
     const up = new Pump(stats, true);
     const down = new Pump(stats, false);
+    this.#pumps.add(up);
+    this.#pumps.add(down);
+    if (this.#sweep === null) {
+      this.#sweep = setInterval(() => this.sweepIdleBuffers(), this.#opts.idleSweepMs ?? RELAY_IDLE_SWEEP_MS);
+      this.#sweep.unref();
+    }
     const client = adoptAccepted(accepted, up.onread);
     if (client === null) return;
     stats.accepted++;
@@ -149,6 +166,8 @@ export class TcpForwarder {
       if (finished) return;
       finished = true;
       stats.active--;
+      this.#pumps.delete(up);
+      this.#pumps.delete(down);
       if (connected) observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
       if (aborted) stats.aborted++;
       conns.delete(client);

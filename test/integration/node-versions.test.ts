@@ -5,7 +5,9 @@
  * USERLAND_PROXY_NODE override: TCP echo with checksum and half-close, a stalled reader, UDP echo,
  * and -use-listen-fd.
  */
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +15,7 @@ import { startBackend, type Backend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
 
+const run = promisify(execFile);
 const ECHO = 7000;
 let backend: Backend;
 const nodes = [
@@ -50,6 +53,12 @@ for (const [major, node] of nodes) {
       s.end('b');
       expect((await done).data.toString()).toBe('ab');
     });
+
+    it(`the in-process relay suite (buffer swaps through private handle APIs) passes on Node ${major}`, async () => {
+      if (major === '20') return; // it runs in this very process as part of the main suite
+      const { stdout } = await run(node, [join(ROOT, 'node_modules/vitest/vitest.mjs'), 'run', 'test/integration/relay.test.ts'], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000 });
+      expect(stdout).toMatch(/Tests\s+1 passed/);
+    }, 70_000);
 
     it(`udp and -use-listen-fd work on Node ${major}`, async () => {
       const port = await freePort();

@@ -1,0 +1,65 @@
+/**
+ * The relay in-process through real loopback sockets: buffers grow for bulk, an idle sweep gives
+ * idle directions small buffers back (so idle keep-alive connections do not pin 2 x 256 KiB), and
+ * bytes stay intact across every swap.
+ */
+import { createServer, type Server } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { listenTcp } from '../../src/listen.js';
+import { silentLog } from '../../src/logger.js';
+import { relayPoolStats } from '../../src/relay.js';
+import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
+import { randomBytes, sha256, sleep, tcpConnect } from '../helpers/net.js';
+
+let echo: Server;
+let proxy: Server;
+let forwarder: TcpForwarder;
+
+beforeAll(async () => {
+  echo = createServer({ allowHalfOpen: true }, (c) => { c.on('error', () => {}); c.pipe(c); });
+  await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+  proxy = createTcpServer();
+  forwarder = new TcpForwarder(proxy, {
+    target: { address: '127.0.0.1', family: 4 }, targetPort: (echo.address() as { port: number }).port, log: silentLog, idleSweepMs: 100,
+  });
+  await listenTcp(proxy, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+});
+afterAll(() => {
+  forwarder.close();
+  echo.close();
+});
+
+/** Sends data on an open connection and waits for all of it to come back. */
+function roundTrip(s: Awaited<ReturnType<typeof tcpConnect>>, data: Buffer): Promise<Buffer> {
+  return new Promise((res) => {
+    const chunks: Buffer[] = [];
+    let got = 0;
+    const on = (d: Buffer): void => {
+      chunks.push(d);
+      got += d.length;
+      if (got >= data.length) {
+        s.off('data', on);
+        res(Buffer.concat(chunks));
+      }
+    };
+    s.on('data', on);
+    s.write(data);
+  });
+}
+
+describe('relay buffers', () => {
+  it('relay shrinks the big buffers of an idle connection and keeps every byte across swaps', async () => {
+    const port = (proxy.address() as { port: number }).port;
+    const s = await tcpConnect('127.0.0.1', port);
+    for (let round = 0; round < 3; round++) {
+      const data = randomBytes(4 << 20);
+      expect(sha256(await roundTrip(s, data)), `round ${round}`).toBe(sha256(data));
+      const before = relayPoolStats().freeBig;
+      await sleep(350); // several sweeps: both directions go back to small buffers
+      expect(relayPoolStats().freeBig - before).toBe(2);
+      const small = Buffer.from(`small ${round}`);
+      expect(await roundTrip(s, small)).toEqual(small);
+    }
+    s.destroy();
+  });
+});
