@@ -15,7 +15,7 @@ export const LISTEN_BACKLOG = 65535;
 export const CLIENT_KEEPALIVE_MS = 15_000;
 
 /** Relay read buffer while a direction's reads are small: what an idle connection pins per direction. */
-export const RELAY_SMALL_BUFFER = 4 * 1024;
+export const RELAY_SMALL_BUFFER = 2 * 1024;
 /** Relay read buffer once a read fills the small one (bulk transfer). */
 export const RELAY_BIG_BUFFER = 256 * 1024;
 /**
