@@ -65,6 +65,8 @@ export function renderMarkdown(report) {
   return `${lines.join('\n')}\n`;
 }
 
+const escapeXml = (t) => t.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
 export function renderSvg(report) {
   const rows = METRICS.filter(([s, , , higher]) => higher && report.results[s]);
   const names = report.contenders.filter((n) => n !== 'docker-proxy');
@@ -73,14 +75,14 @@ export function renderSvg(report) {
   const left = 250;
   const width = 760;
   const scaleMax = 2.5;
-  const x = (r) => left + Math.min(r, scaleMax) / scaleMax * (width - left - 60);
+  const x = (r) => left + Math.min(r, scaleMax) / scaleMax * (width - left - 120);
   const out = [];
   const height = rows.length * rowH + 60 + names.length * 16;
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`);
-  out.push(`<text x="10" y="16" font-size="13" font-weight="bold">Throughput relative to docker-proxy (1.0 = docker-proxy; ${report.date.slice(0, 10)}, ${report.machine})</text>`);
+  out.push(`<text x="10" y="16" font-size="13" font-weight="bold">Throughput relative to docker-proxy (1.0 = docker-proxy; ${report.date.slice(0, 10)}, ${escapeXml(report.machine)})</text>`);
   rows.forEach(([scenario, field, label], i) => {
     const y0 = 30 + i * rowH;
-    out.push(`<text x="10" y="${y0 + rowH / 2}">${label.replace(/&/g, '&amp;')}</text>`);
+    out.push(`<text x="10" y="${y0 + rowH / 2}">${escapeXml(label)}</text>`);
     const ref = stat(report, scenario, field, 'docker-proxy');
     names.forEach((n, j) => {
       const s = stat(report, scenario, field, n);
@@ -95,7 +97,7 @@ export function renderSvg(report) {
   out.push(`<line x1="${x(1)}" y1="26" x2="${x(1)}" y2="${yEnd}" stroke="#000" stroke-dasharray="4 3"/>`);
   names.forEach((n, j) => {
     const y = yEnd + 14 + j * 16;
-    out.push(`<rect x="10" y="${y - 10}" width="12" height="12" fill="${colors[j % colors.length]}"/><text x="28" y="${y}">${n}</text>`);
+    out.push(`<rect x="10" y="${y - 10}" width="12" height="12" fill="${colors[j % colors.length]}"/><text x="28" y="${y}">${escapeXml(n)}</text>`);
   });
   out.push('</svg>');
   return `${out.join('\n')}\n`;

@@ -25,7 +25,9 @@ describe.skipIf(!CAN)('bench harness smoke test', () => {
       expect(report.results.bulk1?.[n]?.[0]?.gbps, n).toBeGreaterThan(0);
     }
     expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| bulk TCP, 1 stream, Gbit/s (higher is better) |');
-    expect(readFileSync(join(out, 'ratios.svg'), 'utf8')).toMatch(/^<svg [^>]*>/);
+    const svg = readFileSync(join(out, 'ratios.svg'), 'utf8');
+    expect(svg).toMatch(/^<svg [^>]*>/);
+    expect(svg.replace(/<[^>]*>/g, '')).not.toMatch(/[<>]/); // text is escaped: well-formed XML
     const { stdout } = await run('ip', ['netns', 'list']);
     expect(stdout).not.toMatch(/^upb/m); // the harness removed its namespace
   }, 150_000);
