@@ -7,11 +7,14 @@
  * Config file (JSON):
  *   { "publish": ["127.0.0.1:8080:10.0.0.2:80", "5353:10.0.0.2:53/udp"],
  *     "metrics": "127.0.0.1:9464", "drainTimeout": "10s",
- *     "udpIdleTimeout": "90s", "udpMaxFlows": 16384, "logLevel": "info", "logFile": "/var/log/up.log" }
+ *     "udpIdleTimeout": "90s", "udpMaxFlows": 16384, "connectTimeout": "30s", "idleTimeout": 0,
+ *     "lingerTimeout": "10m", "maxConnections": 10000, "logLevel": "info", "logFile": "/var/log/up.log" }
  */
 import { readFileSync } from 'node:fs';
 import { parseIp, type IpAddress } from './address.js';
-import { DRAIN_TIMEOUT_MS, ENV_PREFIX, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS } from './constants.js';
+import {
+  DRAIN_TIMEOUT_MS, ENV_PREFIX, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
+} from './constants.js';
 import { parseDuration } from './duration.js';
 import { ProxyError } from './errors.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
@@ -24,6 +27,11 @@ export interface StandaloneConfig {
   drainTimeoutMs: number;
   udpIdleTimeoutMs: number;
   udpMaxFlows: number;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  lingerTimeoutMs: number;
+  /** Most TCP connections per mapping; null: derived from RLIMIT_NOFILE. */
+  maxConnections: number | null;
   logLevel: LogLevel;
   logFile: string | undefined;
 }
@@ -36,6 +44,10 @@ export interface CliValues {
   drainTimeout?: string | undefined;
   udpIdleTimeout?: string | undefined;
   udpMaxFlows?: string | undefined;
+  connectTimeout?: string | undefined;
+  idleTimeout?: string | undefined;
+  lingerTimeout?: string | undefined;
+  maxConnections?: string | undefined;
   logLevel?: string | undefined;
   logFile?: string | undefined;
 }
@@ -47,6 +59,10 @@ export const SETTINGS = {
   drainTimeout: 'DRAIN_TIMEOUT',
   udpIdleTimeout: 'UDP_IDLE_TIMEOUT',
   udpMaxFlows: 'UDP_MAX_FLOWS',
+  connectTimeout: 'CONNECT_TIMEOUT',
+  idleTimeout: 'IDLE_TIMEOUT',
+  lingerTimeout: 'LINGER_TIMEOUT',
+  maxConnections: 'MAX_CONNECTIONS',
   logLevel: 'LOG_LEVEL',
   logFile: 'LOG_FILE',
 } as const;
@@ -159,6 +175,10 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   const drainV = pick('drainTimeout', cli.drainTimeout, 'drain-timeout');
   const idleV = pick('udpIdleTimeout', cli.udpIdleTimeout, 'udp-idle-timeout');
   const flowsV = pick('udpMaxFlows', cli.udpMaxFlows, 'udp-max-flows');
+  const connectV = pick('connectTimeout', cli.connectTimeout, 'connect-timeout');
+  const tcpIdleV = pick('idleTimeout', cli.idleTimeout, 'idle-timeout');
+  const lingerV = pick('lingerTimeout', cli.lingerTimeout, 'linger-timeout');
+  const maxConnV = pick('maxConnections', cli.maxConnections, 'max-connections');
   const levelV = pick('logLevel', cli.logLevel, 'log-level');
   const fileV = pick('logFile', cli.logFile, 'log-file');
 
@@ -172,6 +192,10 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     drainTimeoutMs: drainV ? duration(drainV[1], drainV[0]) : DRAIN_TIMEOUT_MS,
     udpIdleTimeoutMs,
     udpMaxFlows: flowsV ? integer(flowsV[1], flowsV[0], 1, 1_000_000) : UDP_MAX_FLOWS,
+    connectTimeoutMs: connectV ? duration(connectV[1], connectV[0]) : TCP_CONNECT_TIMEOUT_MS,
+    idleTimeoutMs: tcpIdleV ? duration(tcpIdleV[1], tcpIdleV[0]) : TCP_IDLE_TIMEOUT_MS,
+    lingerTimeoutMs: lingerV ? duration(lingerV[1], lingerV[0]) : TCP_LINGER_TIMEOUT_MS,
+    maxConnections: maxConnV ? integer(maxConnV[1], maxConnV[0], 1, 10_000_000) : null,
     logLevel: (levelV?.[0] as LogLevel | undefined) ?? 'info',
     logFile: fileV?.[0] as string | undefined,
   };

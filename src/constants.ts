@@ -31,6 +31,17 @@ export const RELAY_SHRINK_AFTER = 64;
 export const RELAY_FREE_SMALL = 256;
 export const RELAY_FREE_BIG = 16;
 
+/** A dial to the target gives up after this long (docker-proxy waits for the kernel, ~2 min). */
+export const TCP_CONNECT_TIMEOUT_MS = 30_000;
+/** TCP idle timeout: off by default, as in docker-proxy (0 = never). */
+export const TCP_IDLE_TIMEOUT_MS = 0;
+/**
+ * A half-closed connection with no byte either way for this long is closed: sockets stuck in
+ * CLOSE_WAIT/FIN_WAIT2 must not pile up (docker/for-linux#335). Long enough not to cut a peer
+ * that half-closes and then waits for a slow answer.
+ */
+export const TCP_LINGER_TIMEOUT_MS = 600_000;
+
 /** Docker's UDP "conntrack" idle timeout: a flow with no datagram either way for this long expires. */
 export const UDP_IDLE_TIMEOUT_MS = 90_000;
 /** Default bound on concurrent UDP flows (each costs one socket); docker-proxy has none. */

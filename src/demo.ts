@@ -8,7 +8,9 @@ import { createSocket } from 'node:dgram';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { StandaloneConfig } from './config.js';
-import { DRAIN_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS } from './constants.js';
+import {
+  DRAIN_TIMEOUT_MS, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
+} from './constants.js';
 import { ProxyError } from './errors.js';
 import { parsePublishSpec } from './publish-spec.js';
 
@@ -46,6 +48,10 @@ export async function startDemo(opts: DemoOptions): Promise<{ config: Standalone
     drainTimeoutMs: DRAIN_TIMEOUT_MS,
     udpIdleTimeoutMs: UDP_IDLE_TIMEOUT_MS,
     udpMaxFlows: UDP_MAX_FLOWS,
+    connectTimeoutMs: TCP_CONNECT_TIMEOUT_MS,
+    idleTimeoutMs: TCP_IDLE_TIMEOUT_MS,
+    lingerTimeoutMs: TCP_LINGER_TIMEOUT_MS,
+    maxConnections: null,
     logLevel: 'info',
     logFile: undefined,
   };

@@ -3,7 +3,9 @@
  * extra flags, so this is the only way to tune a proxy it spawns.
  */
 import { accessSync, constants, statSync } from 'node:fs';
-import { ENV_PREFIX, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS } from './constants.js';
+import {
+  ENV_PREFIX, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
+} from './constants.js';
 import { parseDuration } from './duration.js';
 import { ProxyError } from './errors.js';
 import { parseLogLevel, type LogLevel } from './logger.js';
@@ -15,6 +17,9 @@ export interface DockerEnv {
   udpIdleTimeoutMs: number;
   udpMaxFlows: number;
   textfileDir: string | undefined;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  lingerTimeoutMs: number;
 }
 
 /** The variables read, their meaning and default (the README table mirrors this). */
@@ -23,6 +28,9 @@ export const DOCKER_ENV_VARS = {
   LOG_LEVEL: 'trace|debug|info|warn|error|fatal|silent (default info)',
   UDP_IDLE_TIMEOUT: `UDP flow idle timeout, e.g. 90s, 500ms (default ${UDP_IDLE_TIMEOUT_MS / 1000}s)`,
   UDP_MAX_FLOWS: `maximum concurrent UDP flows (default ${UDP_MAX_FLOWS})`,
+  CONNECT_TIMEOUT: `TCP: give up a dial to the target after this long, 0 = wait for the kernel (default ${TCP_CONNECT_TIMEOUT_MS / 1000}s)`,
+  IDLE_TIMEOUT: 'TCP: close connections with no byte either way for this long (default 0 = never, as docker-proxy)',
+  LINGER_TIMEOUT: `TCP: close half-closed connections idle for this long, 0 = never (default ${TCP_LINGER_TIMEOUT_MS / 60_000}m)`,
   TEXTFILE_DIR: 'keep <proto>_<host-ip>_<port>.prom there for node_exporter\'s textfile collector (default off)',
 } as const;
 
@@ -53,6 +61,18 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
     if (!/^\d+$/.test(flows) || Number(flows) < 1 || Number(flows) > 1_000_000) bad('UDP_MAX_FLOWS', flows, 'must be an integer 1-1000000');
     udpMaxFlows = Number(flows);
   }
+  const durationOf = (name: 'CONNECT_TIMEOUT' | 'IDLE_TIMEOUT' | 'LINGER_TIMEOUT', fallback: number): number => {
+    const v = get(name);
+    if (v === undefined) return fallback;
+    try {
+      return parseDuration(v);
+    } catch (err) {
+      bad(name, v, (err as Error).message);
+    }
+  };
+  const connectTimeoutMs = durationOf('CONNECT_TIMEOUT', TCP_CONNECT_TIMEOUT_MS);
+  const idleTimeoutMs = durationOf('IDLE_TIMEOUT', TCP_IDLE_TIMEOUT_MS);
+  const lingerTimeoutMs = durationOf('LINGER_TIMEOUT', TCP_LINGER_TIMEOUT_MS);
   const textfileDir = get('TEXTFILE_DIR');
   if (textfileDir !== undefined) {
     try {
@@ -63,6 +83,9 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
     }
   }
   return {
+    connectTimeoutMs,
+    idleTimeoutMs,
+    lingerTimeoutMs,
     textfileDir,
     logFile: get('LOG_FILE'),
     logLevel: level === undefined ? 'info' : parseLogLevel(level, `${ENV_PREFIX}LOG_LEVEL`),

@@ -111,7 +111,10 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     if (m.proto === 'tcp') {
       const server = createTcpServer();
       const maxConnections = connectionCapFromFdLimit(openFileLimit());
-      const tcp = new TcpForwarder(server, { target: m.target, targetPort: m.targetPort, log, maxConnections });
+      const tcp = new TcpForwarder(server, {
+        target: m.target, targetPort: m.targetPort, log, maxConnections,
+        connectTimeoutMs: env.connectTimeoutMs, idleTimeoutMs: env.idleTimeoutMs, lingerTimeoutMs: env.lingerTimeoutMs,
+      });
       forwarder = tcp;
       await listenTcp(server, listen);
       stats = { tcp: tcp.stats, udp: null };

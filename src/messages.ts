@@ -11,6 +11,10 @@ export interface WorkerInit {
   mapping: Mapping;
   udpIdleTimeoutMs: number;
   udpMaxFlows: number;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  lingerTimeoutMs: number;
+  maxConnections: number | null;
   logLevel: LogLevel;
   logFile: string | undefined;
   /** Test hook: a worker that crashes after this many ms (USERLAND_PROXY_TEST_CRASH_MS). */

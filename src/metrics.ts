@@ -75,8 +75,9 @@ export const FAMILIES: readonly Family[] = [
   },
   {
     name: 'idle_timeouts_total', type: 'counter', help: 'Connections or UDP flows closed for being idle.',
-    samples: (states) => states.flatMap((st) => [{ labels: { mapping: st.mapping.id, proto: st.mapping.proto }, value: st.udp?.flowsExpired ?? 0 }]),
+    samples: (states) => states.flatMap((st) => [{ labels: { mapping: st.mapping.id, proto: st.mapping.proto }, value: st.udp?.flowsExpired ?? st.tcp?.idleTimeouts ?? 0 }]),
   },
+  { name: 'half_close_timeouts_total', type: 'counter', help: 'Half-closed TCP connections closed after the linger timeout with no byte either way.', samples: tcp((s, m) => [{ labels: m, value: s.lingerTimeouts }]) },
   { name: 'udp_flows_created_total', type: 'counter', help: 'UDP flows (client address:port) opened.', samples: udp((s, m) => [{ labels: m, value: s.flowsCreated }]) },
   { name: 'udp_flows_active', type: 'gauge', help: 'UDP flows currently open.', samples: udp((s, m) => [{ labels: m, value: s.flowsActive }]) },
   {

@@ -87,7 +87,7 @@ export class Pump {
 
   readonly #nextBuffer = (): Buffer => this.#buf;
 
-  // The bytes are in this.#buf: what #nextBuffer last handed out, or what shrinkIfIdle() installed
+  // The bytes are in this.#buf: what #nextBuffer last handed out, or what sweep() installed
   // since (Node's own reference, passed as the second argument, is stale after that).
   readonly #onRead = (n: number): boolean => {
     const buf = this.#buf;
@@ -130,22 +130,23 @@ export class Pump {
   };
 
   /**
-   * Called by the forwarder's idle sweep: a direction that holds a big buffer and has read
-   * nothing since the previous sweep gets a small one. Between reads nothing references the
-   * next-read buffer, so it can be swapped in the handle (libuv only writes into it during a read
-   * callback on this thread).
+   * Called by the forwarder's periodic sweep: returns how many reads happened since the previous
+   * sweep, and gives a direction that holds a big buffer and read nothing a small one. Between
+   * reads nothing references the next-read buffer, so it can be swapped in the handle (libuv only
+   * writes into it during a read callback on this thread).
    */
-  shrinkIfIdle(): void {
+  sweep(): number {
     const reads = this.#reads;
     this.#reads = 0;
-    if (reads > 0 || this.#buf.length !== RELAY_BIG_BUFFER) return;
+    if (reads > 0 || this.#buf.length !== RELAY_BIG_BUFFER) return reads;
     const handle = (this.#src as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } } | null)?._handle;
-    if (typeof handle?.useUserBuffer !== 'function') return;
+    if (typeof handle?.useUserBuffer !== 'function') return reads;
     const small = take(RELAY_SMALL_BUFFER);
     handle.useUserBuffer(small);
     give(this.#buf);
     this.#buf = small;
     this.#smallReads = 0;
+    return reads;
   }
 
   /** Returns the idle buffer to the pool once the source is closed. */

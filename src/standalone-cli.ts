@@ -57,6 +57,10 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .option('drain-timeout', { type: 'string', describe: 'how long open connections may finish on stop or removal (default 10s)' })
       .option('udp-idle-timeout', { type: 'string', describe: 'UDP flow idle timeout (default 90s)' })
       .option('udp-max-flows', { type: 'string', describe: 'most UDP flows per mapping (default 16384)' })
+      .option('connect-timeout', { type: 'string', describe: 'TCP: give up a dial after this long, 0 = never (default 30s)' })
+      .option('idle-timeout', { type: 'string', describe: 'TCP: close connections idle this long, 0 = never (default 0)' })
+      .option('linger-timeout', { type: 'string', describe: 'TCP: close half-closed connections idle this long, 0 = never (default 10m)' })
+      .option('max-connections', { type: 'string', describe: 'TCP: most connections per port; excess refused at once (default: from the fd limit)' })
       .option('log-level', { type: 'string', describe: 'trace|debug|info|warn|error|fatal|silent (default info)' })
       .option('log-file', { type: 'string', describe: 'append JSON logs to this file (default stderr)' })
       .strict()
@@ -91,6 +95,10 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
     drainTimeout: parsed.drainTimeout as string | undefined,
     udpIdleTimeout: parsed.udpIdleTimeout as string | undefined,
     udpMaxFlows: parsed.udpMaxFlows as string | undefined,
+    connectTimeout: parsed.connectTimeout as string | undefined,
+    idleTimeout: parsed.idleTimeout as string | undefined,
+    lingerTimeout: parsed.lingerTimeout as string | undefined,
+    maxConnections: parsed.maxConnections as string | undefined,
     logLevel: parsed.logLevel as string | undefined,
     logFile: parsed.logFile as string | undefined,
   };

@@ -39,7 +39,8 @@ const WORKER_URL = new URL('./worker.js', import.meta.url);
 /** What identifies a mapping across reloads: everything that would change its behaviour. */
 function slotKey(init: WorkerInit): string {
   const { spec: _spec, ...m } = init.mapping;
-  return JSON.stringify([m, init.udpIdleTimeoutMs, init.udpMaxFlows, init.logLevel, init.logFile]);
+  const { mapping: _m, crashAfterMs: _c, ...settings } = init;
+  return JSON.stringify([m, settings]);
 }
 
 function initsOf(config: StandaloneConfig, crashId: string | undefined): WorkerInit[] {
@@ -47,6 +48,10 @@ function initsOf(config: StandaloneConfig, crashId: string | undefined): WorkerI
     mapping,
     udpIdleTimeoutMs: config.udpIdleTimeoutMs,
     udpMaxFlows: config.udpMaxFlows,
+    connectTimeoutMs: config.connectTimeoutMs,
+    idleTimeoutMs: config.idleTimeoutMs,
+    lingerTimeoutMs: config.lingerTimeoutMs,
+    maxConnections: config.maxConnections,
     logLevel: config.logLevel,
     logFile: config.logFile,
     crashAfterMs: crashId === mapping.id ? 200 : undefined,

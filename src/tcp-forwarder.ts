@@ -45,6 +45,10 @@ export interface TcpStats {
   aborted: number;
   /** Connections refused at once because the connection cap was reached. */
   rejectedLimit: number;
+  /** Connections closed after the idle timeout with no byte either way. */
+  idleTimeouts: number;
+  /** Half-closed connections closed after the linger timeout with no byte either way. */
+  lingerTimeouts: number;
 }
 
 /** Fresh zeroed counters. */
@@ -52,7 +56,7 @@ export function newTcpStats(): TcpStats {
   return {
     accepted: 0, active: 0, acceptErrors: 0, connectErrors: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
     connectDuration: newHistogram(CONNECT_BUCKETS), connectionDuration: newHistogram(LIFETIME_BUCKETS), bytesIn: 0, bytesOut: 0,
-    pausesClient: 0, pausesUpstream: 0, aborted: 0, rejectedLimit: 0,
+    pausesClient: 0, pausesUpstream: 0, aborted: 0, rejectedLimit: 0, idleTimeouts: 0, lingerTimeouts: 0,
   };
 }
 
@@ -64,8 +68,24 @@ export interface TcpForwarderOptions {
   stats?: TcpStats;
   /** Refuse (accept and close at once) connections beyond this many; null: no cap. */
   maxConnections?: number | null;
-  /** Period of the idle read-buffer sweep (tests shorten it). */
+  /** Give up a dial after this long (0: wait for the kernel, as docker-proxy does). */
+  connectTimeoutMs?: number;
+  /** Close a connection with no byte either way for this long (0: never, docker-proxy's way). */
+  idleTimeoutMs?: number;
+  /** Close a half-closed connection with no byte either way for this long (0: never). */
+  lingerTimeoutMs?: number;
+  /** Period of the sweep (idle buffers and timeouts); derived from the timeouts when absent. */
   idleSweepMs?: number;
+}
+
+/** A live connection as the sweep sees it. */
+interface Conn {
+  client: Socket;
+  upstream: Socket;
+  up: Pump;
+  down: Pump;
+  idleMs: number;
+  halfClosed: boolean;
 }
 
 /** Creates the listening server with the socket options every accepted client needs. */
@@ -86,15 +106,18 @@ export class TcpForwarder {
   readonly #opts: TcpForwarderOptions;
   readonly #limited: RateLimitedLog;
   readonly #conns = new Set<Socket>();
-  /** The two pumps of every live connection, for the idle sweep. */
-  readonly #pumps = new Set<Pump>();
+  /** Every live connection, for the sweep. */
+  readonly #live = new Set<Conn>();
   #sweep: NodeJS.Timeout | null = null;
+  readonly #sweepMs: number;
 
   constructor(server: Server, opts: TcpForwarderOptions) {
     this.#server = server;
     this.#opts = opts;
     this.stats = opts.stats ?? newTcpStats();
     this.#limited = new RateLimitedLog(opts.log);
+    const timeouts = [opts.idleTimeoutMs ?? 0, opts.lingerTimeoutMs ?? 0].filter((t) => t > 0).map((t) => Math.max(25, Math.floor(t / 4)));
+    this.#sweepMs = opts.idleSweepMs ?? Math.min(RELAY_IDLE_SWEEP_MS, ...timeouts);
     server.on('connection', (client: Socket) => this.#onConnection(client));
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
@@ -109,14 +132,39 @@ export class TcpForwarder {
   /** Stops accepting and destroys every open connection (docker-proxy semantics: no drain). */
   close(): void {
     if (this.#sweep) clearInterval(this.#sweep);
+    this.#live.clear();
     this.stopAccepting();
     for (const c of this.#conns) c.destroy();
     this.#conns.clear();
   }
 
-  /** Gives idle directions holding big read buffers small ones again (see relay.ts). */
-  sweepIdleBuffers(): void {
-    for (const p of this.#pumps) p.shrinkIfIdle();
+  /**
+   * The periodic sweep: idle directions holding big read buffers get small ones again (see
+   * relay.ts), and connections past the idle or the half-close linger timeout are closed.
+   * Activity is "a byte was read either way", counted per sweep: no timer per connection.
+   */
+  sweep(): void {
+    const { idleTimeoutMs = 0, lingerTimeoutMs = 0 } = this.#opts;
+    for (const c of this.#live) {
+      const reads = c.up.sweep() + c.down.sweep();
+      c.idleMs = reads > 0 ? 0 : c.idleMs + this.#sweepMs;
+      if (idleTimeoutMs > 0 && c.idleMs >= idleTimeoutMs) {
+        this.stats.idleTimeouts++;
+        this.#limited.warn('idle-timeout', { idleTimeoutMs }, 'closing idle connections (idle timeout)');
+        this.#expire(c);
+      } else if (c.halfClosed && lingerTimeoutMs > 0 && c.idleMs >= lingerTimeoutMs) {
+        this.stats.lingerTimeouts++;
+        this.#limited.warn('linger-timeout', { lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
+        this.#expire(c);
+      }
+    }
+  }
+
+  /** Closes both sides (FIN); nothing is pending on a connection that read nothing. */
+  #expire(c: Conn): void {
+    this.#live.delete(c);
+    c.upstream.destroy();
+    c.client.destroy();
   }
 
   /** Stops accepting; open connections carry on (graceful drain). */
@@ -135,14 +183,12 @@ export class TcpForwarder {
     }
     const up = new Pump(stats, true);
     const down = new Pump(stats, false);
-    this.#pumps.add(up);
-    this.#pumps.add(down);
-    if (this.#sweep === null) {
-      this.#sweep = setInterval(() => this.sweepIdleBuffers(), this.#opts.idleSweepMs ?? RELAY_IDLE_SWEEP_MS);
-      this.#sweep.unref();
-    }
     const client = adoptAccepted(accepted, up.onread);
     if (client === null) return;
+    if (this.#sweep === null) {
+      this.#sweep = setInterval(() => this.sweep(), this.#sweepMs);
+      this.#sweep.unref();
+    }
     stats.accepted++;
     stats.active++;
     const acceptedAt = performance.now();
@@ -159,15 +205,25 @@ export class TcpForwarder {
       ...({ writableHighWaterMark: RELAY_HIGH_WATER_MARK } as object),
     });
     conns.add(upstream);
+    const conn: Conn = { client, upstream, up, down, idleMs: 0, halfClosed: false };
+    this.#live.add(conn);
     let connected = false;
     let finished = false;
+    const { connectTimeoutMs = 0 } = this.#opts;
+    const dialTimer = connectTimeoutMs > 0 ? setTimeout(() => {
+      if (connected || finished) return;
+      stats.connectErrors.timeout++;
+      this.#limited.warn('connect:timeout', { target: `${this.#opts.target.address}:${this.#opts.targetPort}`, connectTimeoutMs }, 'connect to target timed out; closing client');
+      upstream.destroy();
+      client.destroy();
+    }, connectTimeoutMs) : null;
 
     const finish = (aborted: boolean): void => {
       if (finished) return;
       finished = true;
       stats.active--;
-      this.#pumps.delete(up);
-      this.#pumps.delete(down);
+      this.#live.delete(conn);
+      if (dialTimer) clearTimeout(dialTimer);
       if (connected) observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
       if (aborted) stats.aborted++;
       conns.delete(client);
@@ -187,6 +243,8 @@ export class TcpForwarder {
       else if (!clean) finish(true);
     };
     client.on('error', () => {});
+    client.once('end', () => { conn.halfClosed = true; });
+    upstream.once('end', () => { conn.halfClosed = true; });
     client.on('close', () => onClose(client, upstream, up));
     upstream.on('close', () => onClose(upstream, client, down));
 
@@ -210,6 +268,7 @@ export class TcpForwarder {
     client.resume();
     upstream.once('connect', () => {
       connected = true;
+      if (dialTimer) clearTimeout(dialTimer);
       observe(stats.connectDuration, (performance.now() - acceptedAt) / 1000);
       if (log.debugEnabled) {
         log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');

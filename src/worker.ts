@@ -53,7 +53,13 @@ try {
     const target = { target: mapping.target, targetPort: mapping.targetPort + i, log };
     if (mapping.proto === 'tcp') {
       const server = createTcpServer();
-      forwarders.push(new TcpForwarder(server, { ...target, stats: tcpStats as NonNullable<typeof tcpStats>, maxConnections: connectionCapFromFdLimit(fdLimit) }));
+      // The cap is per listener here; the fd-derived one protects the whole process.
+      const fdCap = connectionCapFromFdLimit(fdLimit);
+      forwarders.push(new TcpForwarder(server, {
+        ...target, stats: tcpStats as NonNullable<typeof tcpStats>,
+        maxConnections: init.maxConnections ?? fdCap,
+        connectTimeoutMs: init.connectTimeoutMs, idleTimeoutMs: init.idleTimeoutMs, lingerTimeoutMs: init.lingerTimeoutMs,
+      }));
       opened.push(listenTcp(server, listen));
     } else {
       const socket = createUdpSocket(mapping.host.family);

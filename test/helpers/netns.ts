@@ -20,6 +20,8 @@ export interface Backend {
   ipv6: string;
   /** True when the backend is really behind a veth in its own namespace. */
   inNamespace: boolean;
+  /** The namespace's name (for `ip netns exec`), or null on loopback. */
+  namespace: string | null;
   /** Sends a control line (resume, listen) and optionally waits for an answer line. */
   command(line: string, waitFor?: string): Promise<void>;
   destroy(): Promise<void>;
@@ -120,6 +122,7 @@ async function launch(args: string[], ns: string | null, ipv4: string, ipv6: str
     ipv4,
     ipv6,
     inNamespace: ns !== null,
+    namespace: ns,
     async command(line: string, waitFor?: string) {
       child.stdin?.write(`${line}\n`);
       if (waitFor) await withTimeout(waitLine(waitFor), 5000, `backend did not answer ${line}`);

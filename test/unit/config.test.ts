@@ -10,7 +10,13 @@ describe('buildConfig()', () => {
   it('buildConfig() combines publish specs from all sources and applies defaults', () => {
     const c = buildConfig({ publish: ['8080:10.0.0.2:80'] }, { USERLAND_PROXY_PUBLISH: '9090:10.0.0.2:90, 5353:10.0.0.2:53/udp' }, { publish: ['127.0.0.1:7070:10.0.0.2:70'] });
     expect(c.mappings.map((m) => m.id)).toEqual(['tcp/0.0.0.0:8080', 'tcp/0.0.0.0:9090', 'udp/0.0.0.0:5353', 'tcp/127.0.0.1:7070']);
-    expect(c).toMatchObject({ metrics: null, drainTimeoutMs: 10_000, udpIdleTimeoutMs: 90_000, udpMaxFlows: 16_384, logLevel: 'info', logFile: undefined });
+    expect(c).toMatchObject({
+      metrics: null, drainTimeoutMs: 10_000, udpIdleTimeoutMs: 90_000, udpMaxFlows: 16_384, logLevel: 'info', logFile: undefined,
+      connectTimeoutMs: 30_000, idleTimeoutMs: 0, lingerTimeoutMs: 600_000, maxConnections: null,
+    });
+    expect(buildConfig({ publish: ['8080:10.0.0.2:80'], maxConnections: '100', idleTimeout: '5m' }, { USERLAND_PROXY_LINGER_TIMEOUT: '0' }, { connectTimeout: 2 }))
+      .toMatchObject({ maxConnections: 100, idleTimeoutMs: 300_000, lingerTimeoutMs: 0, connectTimeoutMs: 2000 });
+    expect(() => buildConfig({ publish: ['8080:10.0.0.2:80'], maxConnections: '0' }, {})).toThrow('invalid --max-connections "0": must be an integer 1-10000000');
   });
 
   it('buildConfig() gives the command line precedence over the environment over the file', () => {
@@ -38,7 +44,7 @@ describe('buildConfig()', () => {
 
   it('buildConfig() never throws anything but a one-line config error, whatever the file holds', () => {
     fc.assert(
-      fc.property(fc.dictionary(fc.constantFrom('publish', 'metrics', 'drainTimeout', 'udpIdleTimeout', 'udpMaxFlows', 'logLevel', 'logFile', 'other'), fc.jsonValue()), (file) => {
+      fc.property(fc.dictionary(fc.constantFrom('publish', 'metrics', 'drainTimeout', 'udpIdleTimeout', 'udpMaxFlows', 'connectTimeout', 'idleTimeout', 'lingerTimeout', 'maxConnections', 'logLevel', 'logFile', 'other'), fc.jsonValue()), (file) => {
         try {
           buildConfig({ publish: ['8080:10.0.0.2:80'] }, {}, file);
         } catch (e) {

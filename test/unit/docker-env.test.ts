@@ -3,13 +3,13 @@ import { readDockerEnv } from '../../src/docker-env.js';
 
 describe('readDockerEnv()', () => {
   it('readDockerEnv() has docker-proxy\'s defaults', () => {
-    expect(readDockerEnv({})).toEqual({ logFile: undefined, logLevel: 'info', udpIdleTimeoutMs: 90_000, udpMaxFlows: 16_384, textfileDir: undefined });
+    expect(readDockerEnv({})).toEqual({ logFile: undefined, logLevel: 'info', udpIdleTimeoutMs: 90_000, udpMaxFlows: 16_384, textfileDir: undefined, connectTimeoutMs: 30_000, idleTimeoutMs: 0, lingerTimeoutMs: 600_000 });
   });
   it('readDockerEnv() reads every variable', () => {
     expect(readDockerEnv({
       USERLAND_PROXY_LOG_FILE: '/tmp/x.log', USERLAND_PROXY_LOG_LEVEL: 'debug',
       USERLAND_PROXY_UDP_IDLE_TIMEOUT: '500ms', USERLAND_PROXY_UDP_MAX_FLOWS: '10',
-    })).toEqual({ logFile: '/tmp/x.log', logLevel: 'debug', udpIdleTimeoutMs: 500, udpMaxFlows: 10, textfileDir: undefined });
+    })).toEqual({ logFile: '/tmp/x.log', logLevel: 'debug', udpIdleTimeoutMs: 500, udpMaxFlows: 10, textfileDir: undefined, connectTimeoutMs: 30_000, idleTimeoutMs: 0, lingerTimeoutMs: 600_000 });
   });
   it('readDockerEnv() rejects bad values with a one-line message naming variable and value', () => {
     expect(() => readDockerEnv({ USERLAND_PROXY_LOG_LEVEL: 'loud' })).toThrow('invalid USERLAND_PROXY_LOG_LEVEL "loud"');
@@ -17,5 +17,11 @@ describe('readDockerEnv()', () => {
     expect(() => readDockerEnv({ USERLAND_PROXY_UDP_IDLE_TIMEOUT: '1ms' })).toThrow('at least 10ms');
     expect(() => readDockerEnv({ USERLAND_PROXY_UDP_MAX_FLOWS: '0' })).toThrow('invalid USERLAND_PROXY_UDP_MAX_FLOWS "0"');
     expect(() => readDockerEnv({ USERLAND_PROXY_UDP_MAX_FLOWS: '1e3' })).toThrow('integer');
+    expect(() => readDockerEnv({ USERLAND_PROXY_CONNECT_TIMEOUT: 'never' })).toThrow('invalid USERLAND_PROXY_CONNECT_TIMEOUT "never"');
+    expect(() => readDockerEnv({ USERLAND_PROXY_TEXTFILE_DIR: '/nonexistent/dir' })).toThrow('invalid USERLAND_PROXY_TEXTFILE_DIR "/nonexistent/dir": not a writable directory (ENOENT)');
+  });
+  it('readDockerEnv() reads the TCP timeouts; 0 turns one off', () => {
+    expect(readDockerEnv({ USERLAND_PROXY_CONNECT_TIMEOUT: '5s', USERLAND_PROXY_IDLE_TIMEOUT: '1h', USERLAND_PROXY_LINGER_TIMEOUT: '0' }))
+      .toMatchObject({ connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000, lingerTimeoutMs: 0 });
   });
 });

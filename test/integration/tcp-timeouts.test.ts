@@ -1,0 +1,102 @@
+/**
+ * TCP timeouts through the real forwarder in-process (real loopback sockets, short timeouts):
+ * idle connections close, busy ones stay; half-closed connections that stay idle close after the
+ * linger timeout; a dial into a namespace that drops SYNs gives up after the connect timeout.
+ */
+import { execFileSync } from 'node:child_process';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterEach, beforeAll, afterAll, describe, expect, it } from 'vitest';
+import { listenTcp } from '../../src/listen.js';
+import { silentLog } from '../../src/logger.js';
+import { createTcpServer, TcpForwarder, type TcpForwarderOptions } from '../../src/tcp-forwarder.js';
+import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
+import { readToClose, sleep, tcpConnect } from '../helpers/net.js';
+
+const forwarders: TcpForwarder[] = [];
+let echo: Server;
+let silent: Server;
+const held: Socket[] = [];
+
+beforeAll(async () => {
+  echo = createServer({ allowHalfOpen: true }, (c) => { c.on('error', () => {}); c.pipe(c); });
+  // A target that reads but never closes its side, even after the client's FIN.
+  silent = createServer({ allowHalfOpen: true }, (c) => { c.on('error', () => {}); c.resume(); held.push(c); });
+  await Promise.all([echo, silent].map((s) => new Promise<void>((r) => s.listen(0, '127.0.0.1', r))));
+});
+afterAll(() => {
+  echo.close();
+  silent.close();
+  for (const c of held) c.destroy();
+});
+afterEach(() => {
+  for (const f of forwarders.splice(0)) f.close();
+});
+
+async function forward(target: Server | { address: string; port: number; family: 4 | 6 }, opts: Partial<TcpForwarderOptions>): Promise<{ port: number; f: TcpForwarder }> {
+  const t = 'listen' in target ? { address: '127.0.0.1', port: (target.address() as { port: number }).port, family: 4 as const } : target;
+  const server = createTcpServer();
+  const f = new TcpForwarder(server, { target: { address: t.address, family: t.family }, targetPort: t.port, log: silentLog, ...opts });
+  forwarders.push(f);
+  await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+  return { port: (server.address() as { port: number }).port, f };
+}
+
+describe('tcp timeouts', () => {
+  it('idle timeout closes a silent connection and spares a busy one', async () => {
+    const { port, f } = await forward(echo, { idleTimeoutMs: 300 });
+    const idle = await tcpConnect('127.0.0.1', port);
+    let idleClosed = false;
+    void readToClose(idle).then(() => { idleClosed = true; });
+    const busy = await tcpConnect('127.0.0.1', port);
+    busy.on('data', () => {});
+    for (let i = 0; i < 10; i++) {
+      busy.write('x');
+      await sleep(100);
+    }
+    expect(idleClosed).toBe(true); // 300 ms timeout, 1 s elapsed
+    expect(busy.destroyed).toBe(false);
+    expect(f.stats.idleTimeouts).toBe(1);
+    busy.destroy();
+  });
+
+  it('linger timeout closes a half-closed connection that stays idle; without it, it stays', async () => {
+    const { port, f } = await forward(silent, { lingerTimeoutMs: 300 });
+    const s = await tcpConnect('127.0.0.1', port);
+    const closed = readToClose(s);
+    s.end('bye');
+    const t0 = Date.now();
+    await closed;
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    expect(f.stats.lingerTimeouts).toBe(1);
+
+    const { port: p2, f: f2 } = await forward(silent, { lingerTimeoutMs: 0 });
+    const s2 = await tcpConnect('127.0.0.1', p2);
+    s2.end('bye');
+    await sleep(600);
+    expect(f2.stats.active).toBe(1); // docker-proxy's behaviour: half-closed forever
+    s2.destroy();
+  });
+});
+
+describe.skipIf(!IS_ROOT)('tcp connect timeout (namespace that drops SYNs)', () => {
+  let backend: Backend;
+  beforeAll(async () => {
+    backend = await startBackend(['--echo', '7000']);
+    execFileSync('ip', ['netns', 'exec', backend.namespace as string, 'iptables', '-A', 'INPUT', '-p', 'tcp', '--dport', '7999', '-j', 'DROP']);
+  });
+  afterAll(async () => {
+    await backend?.destroy(); // the rule goes with the namespace
+  });
+
+  it('connect timeout gives up the dial, counts it and closes the client', async () => {
+    const { port, f } = await forward({ address: backend.ipv4, port: 7999, family: 4 }, { connectTimeoutMs: 400 });
+    const t0 = Date.now();
+    const { data } = await readToClose(await tcpConnect('127.0.0.1', port));
+    expect(data.length).toBe(0);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(350);
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(f.stats.connectErrors.timeout).toBe(1);
+    await sleep(50);
+    expect(f.stats.active).toBe(0);
+  });
+});
