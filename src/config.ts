@@ -17,6 +17,7 @@ import {
 } from './constants.js';
 import { parseDuration } from './duration.js';
 import { ProxyError } from './errors.js';
+import { parseCidrs } from './access-list.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
 
@@ -48,6 +49,8 @@ export interface CliValues {
   idleTimeout?: string | undefined;
   lingerTimeout?: string | undefined;
   maxConnections?: string | undefined;
+  allow?: string[] | undefined;
+  deny?: string[] | undefined;
   logLevel?: string | undefined;
   logFile?: string | undefined;
 }
@@ -63,6 +66,8 @@ export const SETTINGS = {
   idleTimeout: 'IDLE_TIMEOUT',
   lingerTimeout: 'LINGER_TIMEOUT',
   maxConnections: 'MAX_CONNECTIONS',
+  allow: 'ALLOW',
+  deny: 'DENY',
   logLevel: 'LOG_LEVEL',
   logFile: 'LOG_FILE',
 } as const;
@@ -160,15 +165,37 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     return undefined;
   };
 
-  const specs: string[] = [...(cli.publish ?? [])];
+  const list = (k: 'allow' | 'deny', cliValue: string[] | undefined): string[] => {
+    const out: string[] = [];
+    for (const v of cliValue ?? []) out.push(...parseCidrs(v, `--${k}`, 'UPROXY_ERR_CONFIG'));
+    const e = envValue(k);
+    if (e !== undefined) out.push(...parseCidrs(e, ENV_PREFIX + SETTINGS[k], 'UPROXY_ERR_CONFIG'));
+    if (file && file[k] !== undefined) out.push(...parseCidrs(file[k], `config key "${k}"`, 'UPROXY_ERR_CONFIG'));
+    return out;
+  };
+  const allow = list('allow', cli.allow);
+  const deny = list('deny', cli.deny);
+  /** A publish entry: a spec, or (config file) { "spec", "allow", "deny" } with its own lists. */
+  const entry = (item: unknown, where: string): Mapping => {
+    if (typeof item === 'string') return { ...parsePublishSpec(item), access: { allow, deny } };
+    if (item === null || typeof item !== 'object' || Array.isArray(item)) fail(`${where} must be a publish spec string or an object with "spec"`);
+    const o = item as Record<string, unknown>;
+    for (const k of Object.keys(o)) if (!['spec', 'allow', 'deny'].includes(k)) fail(`unknown key "${k}" in ${where} (known: spec, allow, deny)`);
+    if (typeof o.spec !== 'string') fail(`${where} needs "spec": a publish spec string`);
+    const m = parsePublishSpec(o.spec);
+    const own = (k: 'allow' | 'deny'): string[] | undefined => (o[k] === undefined ? undefined : parseCidrs(o[k], `${where} "${k}"`, 'UPROXY_ERR_CONFIG'));
+    // A mapping's own allow list replaces the global one; deny lists add up.
+    return { ...m, access: { allow: own('allow') ?? allow, deny: [...deny, ...(own('deny') ?? [])] } };
+  };
+
+  const mappings: Mapping[] = (cli.publish ?? []).map((p) => entry(p, '--publish'));
   const envPublish = envValue('publish');
-  if (envPublish !== undefined) specs.push(...splitSpecs(envPublish));
+  if (envPublish !== undefined) mappings.push(...splitSpecs(envPublish).map((p) => entry(p, ENV_PREFIX + SETTINGS.publish)));
   if (file && file.publish !== undefined) {
-    if (!Array.isArray(file.publish) || file.publish.some((s) => typeof s !== 'string')) fail('config key "publish" must be an array of publish spec strings');
-    specs.push(...(file.publish as string[]));
+    if (!Array.isArray(file.publish)) fail('config key "publish" must be an array of publish specs (strings or { "spec", "allow", "deny" } objects)');
+    mappings.push(...file.publish.map((p, i) => entry(p, `config "publish"[${i}]`)));
   }
-  if (specs.length === 0) fail('no mappings: give at least one --publish SPEC, USERLAND_PROXY_PUBLISH or "publish" in the config file');
-  const mappings = specs.map(parsePublishSpec);
+  if (mappings.length === 0) fail('no mappings: give at least one --publish SPEC, USERLAND_PROXY_PUBLISH or "publish" in the config file');
   checkOverlaps(mappings);
 
   const metricsV = pick('metrics', cli.metrics, 'metrics');

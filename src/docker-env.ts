@@ -6,6 +6,7 @@ import { accessSync, constants, statSync } from 'node:fs';
 import {
   ENV_PREFIX, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
 } from './constants.js';
+import { parseCidrs, type AccessSpec } from './access-list.js';
 import { parseDuration } from './duration.js';
 import { ProxyError } from './errors.js';
 import { parseLogLevel, type LogLevel } from './logger.js';
@@ -20,6 +21,7 @@ export interface DockerEnv {
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   lingerTimeoutMs: number;
+  access: AccessSpec;
 }
 
 /** The variables read, their meaning and default (the README table mirrors this). */
@@ -31,6 +33,8 @@ export const DOCKER_ENV_VARS = {
   CONNECT_TIMEOUT: `TCP: give up a dial to the target after this long, 0 = wait for the kernel (default ${TCP_CONNECT_TIMEOUT_MS / 1000}s)`,
   IDLE_TIMEOUT: 'TCP: close connections with no byte either way for this long (default 0 = never, as docker-proxy)',
   LINGER_TIMEOUT: `TCP: close half-closed connections idle for this long, 0 = never (default ${TCP_LINGER_TIMEOUT_MS / 60_000}m)`,
+  ALLOW: 'only clients in these CIDR ranges (comma or space separated; default everyone)',
+  DENY: 'refuse clients in these CIDR ranges (comma or space separated; checked first)',
   TEXTFILE_DIR: 'keep <proto>_<host-ip>_<port>.prom there for node_exporter\'s textfile collector (default off)',
 } as const;
 
@@ -82,7 +86,12 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
       bad('TEXTFILE_DIR', textfileDir, `not a writable directory (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
     }
   }
+  const cidrs = (name: 'ALLOW' | 'DENY'): string[] => {
+    const v = get(name);
+    return v === undefined ? [] : parseCidrs(v, `${ENV_PREFIX}${name}`, 'UPROXY_ERR_BAD_ENV');
+  };
   return {
+    access: { allow: cidrs('ALLOW'), deny: cidrs('DENY') },
     connectTimeoutMs,
     idleTimeoutMs,
     lingerTimeoutMs,

@@ -21,6 +21,7 @@
  * would cost 7.5 MiB more Private_Dirty and 25-40 ms more startup per published port (measured,
  * see README), breaking the 12 MiB idle budget.
  */
+import { compileAccess } from './access-list.js';
 import { joinHostPort } from './address.js';
 import { readDockerEnv } from './docker-env.js';
 import { DOCKER_FLAGS, parseDockerArgs, toDockerMapping } from './docker-flags.js';
@@ -114,6 +115,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
       const tcp = new TcpForwarder(server, {
         target: m.target, targetPort: m.targetPort, log, maxConnections,
         connectTimeoutMs: env.connectTimeoutMs, idleTimeoutMs: env.idleTimeoutMs, lingerTimeoutMs: env.lingerTimeoutMs,
+        access: compileAccess(env.access),
       });
       forwarder = tcp;
       await listenTcp(server, listen);
@@ -123,6 +125,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
       const udp = new UdpForwarder(socket, {
         target: m.target, targetPort: m.targetPort, log,
         idleTimeoutMs: env.udpIdleTimeoutMs,
+        access: compileAccess(env.access),
         maxFlows: Math.min(env.udpMaxFlows, flowCapFromFdLimit(openFileLimit()) ?? Infinity),
       });
       forwarder = udp;

@@ -51,7 +51,7 @@ const udp = (f: (s: NonNullable<MappingState['udp']>, m: Labels) => Sample[]) =>
 export const FAMILIES: readonly Family[] = [
   { name: 'connections_accepted_total', type: 'counter', help: 'TCP connections accepted from clients.', samples: tcp((s, m) => [{ labels: m, value: s.accepted }]) },
   { name: 'connections_active', type: 'gauge', help: 'TCP connections currently open.', samples: tcp((s, m) => [{ labels: m, value: s.active }]) },
-  { name: 'connections_rejected_total', type: 'counter', help: 'TCP connections refused at once, by reason (limit: the connection cap).', samples: tcp((s, m) => [{ labels: { ...m, reason: 'limit' }, value: s.rejectedLimit }]) },
+  { name: 'connections_rejected_total', type: 'counter', help: 'TCP connections refused at once, by reason (limit: the connection cap; blocked: the access lists).', samples: tcp((s, m) => [{ labels: { ...m, reason: 'limit' }, value: s.rejectedLimit }, { labels: { ...m, reason: 'blocked' }, value: s.rejectedBlocked }]) },
   { name: 'accept_errors_total', type: 'counter', help: 'accept() failures on a listener (it keeps serving).', samples: tcp((s, m) => [{ labels: m, value: s.acceptErrors }]) },
   {
     name: 'upstream_connect_errors_total', type: 'counter', help: 'Failed connections to the target, by reason.',
@@ -90,6 +90,7 @@ export const FAMILIES: readonly Family[] = [
       { labels: { ...m, reason: 'flow_limit' }, value: s.droppedFlowLimit },
       { labels: { ...m, reason: 'queue_full' }, value: s.droppedQueueFull },
       { labels: { ...m, reason: 'send_error' }, value: s.droppedSendError },
+      { labels: { ...m, reason: 'blocked' }, value: s.droppedBlocked },
     ]),
   },
   { name: 'udp_upstream_refused_total', type: 'counter', help: 'ICMP port-unreachable reports from the target (the flow is kept).', samples: udp((s, m) => [{ labels: m, value: s.refused }]) },

@@ -8,6 +8,7 @@
  * A port range is one mapping (one worker in standalone mode).
  */
 import { joinHostPort, parseIp, type IpAddress } from './address.js';
+import type { AccessSpec } from './access-list.js';
 import type { Proto } from './docker-flags.js';
 import { ProxyError } from './errors.js';
 
@@ -24,6 +25,8 @@ export interface Mapping {
   targetPort: number;
   /** The spec as written, for messages. */
   spec: string;
+  /** Client allow/deny lists (CIDR strings); empty lists allow everyone. */
+  access: AccessSpec;
 }
 
 function bad(spec: string, why: string): never {
@@ -95,7 +98,10 @@ export function parsePublishSpec(spec: string): Mapping {
     bad(spec, `host ports ${hostPorts} (${hpEnd - hp + 1}) and target ports ${targetPorts} (${tpEnd - tp + 1}) differ in length`);
   }
   const range = hp === hpEnd ? `${hp}` : `${hp}-${hpEnd}`;
-  return { id: `${proto}/${joinHostPort(host.address, range)}`, proto, host, hostPort: hp, hostPortEnd: hpEnd, target, targetPort: tp, spec };
+  return {
+    id: `${proto}/${joinHostPort(host.address, range)}`, proto, host, hostPort: hp, hostPortEnd: hpEnd, target, targetPort: tp, spec,
+    access: { allow: [], deny: [] },
+  };
 }
 
 function isWildcard(ip: IpAddress): boolean {

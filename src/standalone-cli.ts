@@ -61,6 +61,8 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .option('idle-timeout', { type: 'string', describe: 'TCP: close connections idle this long, 0 = never (default 0)' })
       .option('linger-timeout', { type: 'string', describe: 'TCP: close half-closed connections idle this long, 0 = never (default 10m)' })
       .option('max-connections', { type: 'string', describe: 'TCP: most connections per port; excess refused at once (default: from the fd limit)' })
+      .option('allow', { type: 'string', array: true, describe: 'only clients in these CIDR ranges (repeatable, comma-separated)' })
+      .option('deny', { type: 'string', array: true, describe: 'refuse clients in these CIDR ranges (repeatable, comma-separated)' })
       .option('log-level', { type: 'string', describe: 'trace|debug|info|warn|error|fatal|silent (default info)' })
       .option('log-file', { type: 'string', describe: 'append JSON logs to this file (default stderr)' })
       .strict()
@@ -99,6 +101,8 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
     idleTimeout: parsed.idleTimeout as string | undefined,
     lingerTimeout: parsed.lingerTimeout as string | undefined,
     maxConnections: parsed.maxConnections as string | undefined,
+    allow: parsed.allow as string[] | undefined,
+    deny: parsed.deny as string[] | undefined,
     logLevel: parsed.logLevel as string | undefined,
     logFile: parsed.logFile as string | undefined,
   };

@@ -19,6 +19,7 @@
 import { connect, createServer, Socket, type Server } from 'node:net';
 import type { IpAddress } from './address.js';
 import { CLIENT_KEEPALIVE_MS, RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from './constants.js';
+import { isAllowed, type AccessRules } from './access-list.js';
 import { CONNECT_BUCKETS, LIFETIME_BUCKETS, newHistogram, observe, type PlainHistogram } from './histogram.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { Pump } from './relay.js';
@@ -45,6 +46,8 @@ export interface TcpStats {
   aborted: number;
   /** Connections refused at once because the connection cap was reached. */
   rejectedLimit: number;
+  /** Connections refused at once by the allow/deny lists. */
+  rejectedBlocked: number;
   /** Connections closed after the idle timeout with no byte either way. */
   idleTimeouts: number;
   /** Half-closed connections closed after the linger timeout with no byte either way. */
@@ -56,7 +59,7 @@ export function newTcpStats(): TcpStats {
   return {
     accepted: 0, active: 0, acceptErrors: 0, connectErrors: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
     connectDuration: newHistogram(CONNECT_BUCKETS), connectionDuration: newHistogram(LIFETIME_BUCKETS), bytesIn: 0, bytesOut: 0,
-    pausesClient: 0, pausesUpstream: 0, aborted: 0, rejectedLimit: 0, idleTimeouts: 0, lingerTimeouts: 0,
+    pausesClient: 0, pausesUpstream: 0, aborted: 0, rejectedLimit: 0, rejectedBlocked: 0, idleTimeouts: 0, lingerTimeouts: 0,
   };
 }
 
@@ -68,6 +71,8 @@ export interface TcpForwarderOptions {
   stats?: TcpStats;
   /** Refuse (accept and close at once) connections beyond this many; null: no cap. */
   maxConnections?: number | null;
+  /** Allow/deny lists checked before dialling; null: everyone. */
+  access?: AccessRules | null;
   /** Give up a dial after this long (0: wait for the kernel, as docker-proxy does). */
   connectTimeoutMs?: number;
   /** Close a connection with no byte either way for this long (0: never, docker-proxy's way). */
@@ -179,6 +184,14 @@ export class TcpForwarder {
       stats.rejectedLimit++;
       this.#limited.warn('limit', { maxConnections }, 'connection limit reached; refusing new connections');
       accepted.destroy();
+      return;
+    }
+    const { access } = this.#opts;
+    if (access && !isAllowed(access, accepted.remoteAddress)) {
+      stats.rejectedBlocked++;
+      this.#limited.warn('blocked', { client: accepted.remoteAddress }, 'connection refused by the access lists');
+      // A reset, not a clean close: the client must not mistake this for an empty answer.
+      accepted.resetAndDestroy();
       return;
     }
     const up = new Pump(stats, true);

@@ -23,6 +23,7 @@ import type { IpAddress } from './address.js';
 import {
   UDP_FLOW_BUFFER, UDP_LISTENER_BUFFER, UDP_PENDING_PER_FLOW, UDP_SEND_QUEUE_MAX, UDP_SWEEP_MAX_MS, UDP_SWEEP_MIN_MS,
 } from './constants.js';
+import { isAllowed, type AccessRules } from './access-list.js';
 import { RateLimitedLog, type Log } from './logger.js';
 
 /** Plain-number counters, read by metrics at scrape time. */
@@ -39,6 +40,8 @@ export interface UdpStats {
   droppedFlowLimit: number;
   droppedQueueFull: number;
   droppedSendError: number;
+  /** Datagrams from clients the allow/deny lists refuse. */
+  droppedBlocked: number;
   refused: number;
 }
 
@@ -46,7 +49,7 @@ export interface UdpStats {
 export function newUdpStats(): UdpStats {
   return {
     flowsCreated: 0, flowsActive: 0, flowsExpired: 0, datagramsIn: 0, bytesIn: 0, datagramsOut: 0,
-    bytesOut: 0, droppedFlowLimit: 0, droppedQueueFull: 0, droppedSendError: 0, refused: 0,
+    bytesOut: 0, droppedFlowLimit: 0, droppedQueueFull: 0, droppedSendError: 0, droppedBlocked: 0, refused: 0,
   };
 }
 
@@ -58,6 +61,8 @@ export interface UdpForwarderOptions {
   maxFlows: number;
   log: Log;
   stats?: UdpStats;
+  /** Allow/deny lists checked before a flow opens; null: everyone. */
+  access?: AccessRules | null;
 }
 
 interface Flow {
@@ -149,6 +154,12 @@ export class UdpForwarder {
     let flow = this.#flows.get(key);
     if (flow === undefined) {
       if (this.#draining) return;
+      const { access } = this.#opts;
+      if (access && !isAllowed(access, rinfo.address)) {
+        stats.droppedBlocked++;
+        this.#limited.warn('blocked', { client: rinfo.address }, 'datagrams refused by the access lists');
+        return;
+      }
       if (this.#flows.size >= this.#opts.maxFlows) {
         stats.droppedFlowLimit++;
         this.#limited.warn('flow-limit', { maxFlows: this.#opts.maxFlows }, 'UDP flow limit reached; dropping datagrams from new clients');

@@ -4,6 +4,7 @@
  * Signals never reach workers; the supervisor tells us what to do.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { compileAccess } from './access-list.js';
 import { bindUdp, listenTcp } from './listen.js';
 import { createLogger } from './logger.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
@@ -22,6 +23,7 @@ const tcpStats = mapping.proto === 'tcp' ? newTcpStats() : null;
 const udpStats = mapping.proto === 'udp' ? newUdpStats() : null;
 const forwarders: (TcpForwarder | UdpForwarder)[] = [];
 const fdLimit = openFileLimit();
+const access = compileAccess(mapping.access);
 
 port.on('message', (m: ToWorker) => {
   if (m.type === 'stats') send({ type: 'stats', id: m.id, tcp: tcpStats, udp: udpStats });
@@ -50,7 +52,7 @@ try {
   const opened: Promise<void>[] = [];
   for (let i = 0; i < count; i++) {
     const listen = { host: mapping.host, port: mapping.hostPort + i, useListenFd: false };
-    const target = { target: mapping.target, targetPort: mapping.targetPort + i, log };
+    const target = { target: mapping.target, targetPort: mapping.targetPort + i, log, access };
     if (mapping.proto === 'tcp') {
       const server = createTcpServer();
       // The cap is per listener here; the fd-derived one protects the whole process.

@@ -58,6 +58,19 @@ describe('buildConfig()', () => {
   });
 });
 
+describe('buildConfig() access lists', () => {
+  it('buildConfig() applies global lists and per-mapping ones from config objects', () => {
+    const c = buildConfig({ publish: ['8080:10.0.0.2:80'], deny: ['10.9.0.0/16'] }, { USERLAND_PROXY_ALLOW: '127.0.0.0/8' }, {
+      publish: [{ spec: '9090:10.0.0.2:90', allow: ['192.0.2.0/24'], deny: ['192.0.2.9'] }],
+    });
+    expect(c.mappings[0]?.access).toEqual({ allow: ['127.0.0.0/8'], deny: ['10.9.0.0/16'] });
+    expect(c.mappings[1]?.access).toEqual({ allow: ['192.0.2.0/24'], deny: ['10.9.0.0/16', '192.0.2.9'] });
+    expect(() => buildConfig({}, {}, { publish: [{ spec: '1:10.0.0.2:1', alow: [] }] })).toThrow('unknown key "alow" in config "publish"[0]');
+    expect(() => buildConfig({}, {}, { publish: [{ allow: [] }] })).toThrow('config "publish"[0] needs "spec"');
+    expect(() => buildConfig({ publish: ['1:10.0.0.2:1'], allow: ['nope'] }, {})).toThrow('invalid --allow entry "nope"');
+  });
+});
+
 describe('buildConfig() property: environment variables', () => {
   it('never throws anything but a one-line config error, whatever USERLAND_PROXY_* holds', () => {
     const names = ['PUBLISH', 'METRICS', 'DRAIN_TIMEOUT', 'UDP_IDLE_TIMEOUT', 'UDP_MAX_FLOWS', 'LOG_LEVEL', 'LOG_FILE', 'BOGUS'].map((n) => `USERLAND_PROXY_${n}`);

@@ -1,0 +1,93 @@
+/**
+ * Access control through real sockets: refused TCP clients get a reset and the target never sees
+ * a connection; refused UDP clients never open a flow; both counted. Docker mode reads the lists
+ * from USERLAND_PROXY_ALLOW / USERLAND_PROXY_DENY and rejects bad ones at start.
+ */
+import { createSocket } from 'node:dgram';
+import { createServer, type Server } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compileAccess } from '../../src/access-list.js';
+import { bindUdp, listenTcp } from '../../src/listen.js';
+import { silentLog } from '../../src/logger.js';
+import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
+import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
+import { freePort, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
+import { killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
+
+let echo: Server;
+let dialled = 0;
+const udpEcho = createSocket('udp4');
+const closers: (() => void)[] = [];
+
+beforeAll(async () => {
+  echo = createServer({ allowHalfOpen: true }, (c) => { dialled++; c.on('error', () => {}); c.pipe(c); });
+  await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+  udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
+  await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
+});
+afterAll(async () => {
+  for (const c of closers) c();
+  echo.close();
+  udpEcho.close();
+  await killAllProxies();
+});
+
+const echoPort = (): number => (echo.address() as { port: number }).port;
+
+describe('access lists', () => {
+  it('a denied TCP client is reset before any dial, counted; an allowed one is served', async () => {
+    for (const [spec, allowed] of [[{ allow: [], deny: ['127.0.0.0/8'] }, false], [{ allow: ['127.0.0.1/32'], deny: [] }, true], [{ allow: ['10.0.0.0/8'], deny: [] }, false]] as const) {
+      const server = createTcpServer();
+      const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort(), log: silentLog, access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }) });
+      closers.push(() => f.close());
+      await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+      const port = (server.address() as { port: number }).port;
+      const before = dialled;
+      // The reset can beat the client's own 'connect' event: then connect() itself fails.
+      const { data, error } = await tcpConnect('127.0.0.1', port).then(
+        (s) => { const done = readToClose(s); s.end('hi'); return done; },
+        (err: NodeJS.ErrnoException) => ({ data: Buffer.alloc(0), error: err.code ?? null }),
+      );
+      if (allowed) {
+        expect(error).toBeNull();
+        expect(f.stats.rejectedBlocked).toBe(0);
+      } else {
+        expect(data.length).toBe(0);
+        expect(error).toBe('ECONNRESET');
+        expect(f.stats.rejectedBlocked).toBe(1);
+        expect(dialled).toBe(before); // never dialled
+      }
+    }
+  });
+
+  it('a denied UDP client opens no flow and its datagrams are counted as dropped', async () => {
+    const listener = createUdpSocket(4);
+    const f = new UdpForwarder(listener, {
+      target: { address: '127.0.0.1', family: 4 }, targetPort: udpEcho.address().port, log: silentLog,
+      idleTimeoutMs: 90_000, maxFlows: 10, access: compileAccess({ allow: [], deny: ['127.0.0.1'] }),
+    });
+    closers.push(() => f.close());
+    await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+    const c = udpClient(4);
+    await expect(udpRequest(c, '127.0.0.1', listener.address().port, 'x', 300)).rejects.toThrow('no UDP reply');
+    c.close();
+    expect(f.stats.droppedBlocked).toBe(1);
+    expect(f.stats.flowsCreated).toBe(0);
+  });
+
+  it('docker mode takes USERLAND_PROXY_DENY / _ALLOW and rejects bad lists at start', async () => {
+    const port = await freePort();
+    const argv = ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(echoPort())];
+    const denied = await startProxy(argv, { env: { USERLAND_PROXY_DENY: '127.0.0.0/8' } });
+    const { error } = await tcpConnect('127.0.0.1', port).then(readToClose, (err: NodeJS.ErrnoException) => ({ error: err.code }));
+    expect(error).toBe('ECONNRESET');
+    await denied.stop();
+    await sleep(50);
+    const allowed = await startProxy(argv, { env: { USERLAND_PROXY_ALLOW: '127.0.0.1, ::1' } });
+    expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('ok'))).toString()).toBe('ok');
+    await allowed.stop();
+    const bad = spawnProxy(argv, { env: { USERLAND_PROXY_ALLOW: '127.0.0.1/40' } });
+    expect(await bad.status).toBe('1\ninvalid USERLAND_PROXY_ALLOW entry "127.0.0.1/40": not a CIDR range (e.g. 10.0.0.0/8, fd00::/8, 192.0.2.7)');
+    expect((await bad.exited).code).toBe(1);
+  });
+});
