@@ -18,6 +18,7 @@ import {
 import { parseDuration } from './duration.js';
 import { ProxyError } from './errors.js';
 import { parseCidrs } from './access-list.js';
+import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
 
@@ -51,6 +52,7 @@ export interface CliValues {
   maxConnections?: string | undefined;
   allow?: string[] | undefined;
   deny?: string[] | undefined;
+  proxyProtocol?: string | undefined;
   logLevel?: string | undefined;
   logFile?: string | undefined;
 }
@@ -68,6 +70,7 @@ export const SETTINGS = {
   maxConnections: 'MAX_CONNECTIONS',
   allow: 'ALLOW',
   deny: 'DENY',
+  proxyProtocol: 'PROXY_PROTOCOL',
   logLevel: 'LOG_LEVEL',
   logFile: 'LOG_FILE',
 } as const;
@@ -175,17 +178,32 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   };
   const allow = list('allow', cli.allow);
   const deny = list('deny', cli.deny);
+  const ppV = pick('proxyProtocol', cli.proxyProtocol, 'proxy-protocol');
+  const protocolOf = (v: unknown, where: string): ProxyProtocol => {
+    try {
+      return parseProxyProtocol(v);
+    } catch (err) {
+      fail(`invalid ${where}: ${(err as Error).message}`);
+    }
+  };
+  const globalPp = ppV ? protocolOf(ppV[0], ppV[1]) : 'off';
+  /** The global setting applies to TCP mappings; UDP has no PROXY protocol here. */
+  const withPp = (m: Mapping): Mapping => ({ ...m, proxyProtocol: m.proto === 'tcp' ? globalPp : 'off' });
   /** A publish entry: a spec, or (config file) { "spec", "allow", "deny" } with its own lists. */
   const entry = (item: unknown, where: string): Mapping => {
-    if (typeof item === 'string') return { ...parsePublishSpec(item), access: { allow, deny } };
+    if (typeof item === 'string') return withPp({ ...parsePublishSpec(item), access: { allow, deny } });
     if (item === null || typeof item !== 'object' || Array.isArray(item)) fail(`${where} must be a publish spec string or an object with "spec"`);
     const o = item as Record<string, unknown>;
-    for (const k of Object.keys(o)) if (!['spec', 'allow', 'deny'].includes(k)) fail(`unknown key "${k}" in ${where} (known: spec, allow, deny)`);
+    for (const k of Object.keys(o)) if (!['spec', 'allow', 'deny', 'proxyProtocol'].includes(k)) fail(`unknown key "${k}" in ${where} (known: spec, allow, deny, proxyProtocol)`);
     if (typeof o.spec !== 'string') fail(`${where} needs "spec": a publish spec string`);
     const m = parsePublishSpec(o.spec);
     const own = (k: 'allow' | 'deny'): string[] | undefined => (o[k] === undefined ? undefined : parseCidrs(o[k], `${where} "${k}"`, 'UPROXY_ERR_CONFIG'));
     // A mapping's own allow list replaces the global one; deny lists add up.
-    return { ...m, access: { allow: own('allow') ?? allow, deny: [...deny, ...(own('deny') ?? [])] } };
+    const mapped = withPp({ ...m, access: { allow: own('allow') ?? allow, deny: [...deny, ...(own('deny') ?? [])] } });
+    if (o.proxyProtocol === undefined) return mapped;
+    const pp = protocolOf(o.proxyProtocol, `${where} "proxyProtocol"`);
+    if (pp !== 'off' && m.proto !== 'tcp') fail(`invalid ${where}: the PROXY protocol is supported on TCP mappings only`);
+    return { ...mapped, proxyProtocol: pp };
   };
 
   const mappings: Mapping[] = (cli.publish ?? []).map((p) => entry(p, '--publish'));

@@ -8,6 +8,7 @@ import {
 } from './constants.js';
 import { parseCidrs, type AccessSpec } from './access-list.js';
 import { parseDuration } from './duration.js';
+import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
 import { ProxyError } from './errors.js';
 import { parseLogLevel, type LogLevel } from './logger.js';
 
@@ -22,6 +23,7 @@ export interface DockerEnv {
   idleTimeoutMs: number;
   lingerTimeoutMs: number;
   access: AccessSpec;
+  proxyProtocol: ProxyProtocol;
 }
 
 /** The variables read, their meaning and default (the README table mirrors this). */
@@ -35,6 +37,7 @@ export const DOCKER_ENV_VARS = {
   LINGER_TIMEOUT: `TCP: close half-closed connections idle for this long, 0 = never (default ${TCP_LINGER_TIMEOUT_MS / 60_000}m)`,
   ALLOW: 'only clients in these CIDR ranges (comma or space separated; default everyone)',
   DENY: 'refuse clients in these CIDR ranges (comma or space separated; checked first)',
+  PROXY_PROTOCOL: 'off|v1|v2: send a PROXY protocol header to the container (TCP only; default off)',
   TEXTFILE_DIR: 'keep <proto>_<host-ip>_<port>.prom there for node_exporter\'s textfile collector (default off)',
 } as const;
 
@@ -90,7 +93,17 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
     const v = get(name);
     return v === undefined ? [] : parseCidrs(v, `${ENV_PREFIX}${name}`, 'UPROXY_ERR_BAD_ENV');
   };
+  const pp = get('PROXY_PROTOCOL');
+  let proxyProtocol: ProxyProtocol = 'off';
+  if (pp !== undefined) {
+    try {
+      proxyProtocol = parseProxyProtocol(pp);
+    } catch (err) {
+      bad('PROXY_PROTOCOL', pp, (err as Error).message);
+    }
+  }
   return {
+    proxyProtocol,
     access: { allow: cidrs('ALLOW'), deny: cidrs('DENY') },
     connectTimeoutMs,
     idleTimeoutMs,

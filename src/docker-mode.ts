@@ -116,6 +116,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
         target: m.target, targetPort: m.targetPort, log, maxConnections,
         connectTimeoutMs: env.connectTimeoutMs, idleTimeoutMs: env.idleTimeoutMs, lingerTimeoutMs: env.lingerTimeoutMs,
         access: compileAccess(env.access),
+        proxyProtocol: env.proxyProtocol,
       });
       forwarder = tcp;
       await listenTcp(server, listen);

@@ -10,6 +10,7 @@
 import { joinHostPort, parseIp, type IpAddress } from './address.js';
 import type { AccessSpec } from './access-list.js';
 import type { Proto } from './docker-flags.js';
+import type { ProxyProtocol } from './proxy-protocol.js';
 import { ProxyError } from './errors.js';
 
 /** One validated mapping of a host port range onto a target port range. */
@@ -27,6 +28,8 @@ export interface Mapping {
   spec: string;
   /** Client allow/deny lists (CIDR strings); empty lists allow everyone. */
   access: AccessSpec;
+  /** PROXY protocol header towards the target (TCP only). */
+  proxyProtocol: ProxyProtocol;
 }
 
 function bad(spec: string, why: string): never {
@@ -101,6 +104,7 @@ export function parsePublishSpec(spec: string): Mapping {
   return {
     id: `${proto}/${joinHostPort(host.address, range)}`, proto, host, hostPort: hp, hostPortEnd: hpEnd, target, targetPort: tp, spec,
     access: { allow: [], deny: [] },
+    proxyProtocol: 'off',
   };
 }
 

@@ -20,6 +20,7 @@ import { connect, createServer, Socket, type Server } from 'node:net';
 import type { IpAddress } from './address.js';
 import { CLIENT_KEEPALIVE_MS, RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from './constants.js';
 import { isAllowed, type AccessRules } from './access-list.js';
+import { proxyHeader, type ProxyProtocol } from './proxy-protocol.js';
 import { CONNECT_BUCKETS, LIFETIME_BUCKETS, newHistogram, observe, type PlainHistogram } from './histogram.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { Pump } from './relay.js';
@@ -71,6 +72,8 @@ export interface TcpForwarderOptions {
   stats?: TcpStats;
   /** Refuse (accept and close at once) connections beyond this many; null: no cap. */
   maxConnections?: number | null;
+  /** PROXY protocol header sent to the target first (default off). */
+  proxyProtocol?: ProxyProtocol;
   /** Allow/deny lists checked before dialling; null: everyone. */
   access?: AccessRules | null;
   /** Give up a dial after this long (0: wait for the kernel, as docker-proxy does). */
@@ -218,6 +221,12 @@ export class TcpForwarder {
       ...({ writableHighWaterMark: RELAY_HIGH_WATER_MARK } as object),
     });
     conns.add(upstream);
+    const header = proxyHeader(this.#opts.proxyProtocol ?? 'off', {
+      srcAddress: client.remoteAddress ?? '', srcPort: client.remotePort ?? 0,
+      dstAddress: client.localAddress ?? '', dstPort: client.localPort ?? 0,
+    });
+    // Queued on the connecting socket before any client byte can be read: it goes out first.
+    if (header) upstream.write(header);
     const conn: Conn = { client, upstream, up, down, idleMs: 0, halfClosed: false };
     this.#live.add(conn);
     let connected = false;

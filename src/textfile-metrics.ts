@@ -26,7 +26,7 @@ export interface TextfileWriter {
 export function startTextfileWriter(dir: string, m: DockerMapping, stats: { tcp: TcpStats | null; udp: UdpStats | null }): TextfileWriter {
   const id = `${m.proto}/${joinHostPort(m.host.address, m.hostPort)}`;
   const state: MappingState = {
-    mapping: { id, proto: m.proto, host: m.host, hostPort: m.hostPort, hostPortEnd: m.hostPort, target: m.target, targetPort: m.targetPort, spec: id, access: { allow: [], deny: [] } },
+    mapping: { id, proto: m.proto, host: m.host, hostPort: m.hostPort, hostPortEnd: m.hostPort, target: m.target, targetPort: m.targetPort, spec: id, access: { allow: [], deny: [] }, proxyProtocol: 'off' },
     up: true,
     restarts: 0,
     ...stats,

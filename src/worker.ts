@@ -60,6 +60,7 @@ try {
       forwarders.push(new TcpForwarder(server, {
         ...target, stats: tcpStats as NonNullable<typeof tcpStats>,
         maxConnections: init.maxConnections ?? fdCap,
+        proxyProtocol: mapping.proxyProtocol,
         connectTimeoutMs: init.connectTimeoutMs, idleTimeoutMs: init.idleTimeoutMs, lingerTimeoutMs: init.lingerTimeoutMs,
       }));
       opened.push(listenTcp(server, listen));

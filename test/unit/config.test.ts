@@ -69,6 +69,13 @@ describe('buildConfig() access lists', () => {
     expect(() => buildConfig({}, {}, { publish: [{ allow: [] }] })).toThrow('config "publish"[0] needs "spec"');
     expect(() => buildConfig({ publish: ['1:10.0.0.2:1'], allow: ['nope'] }, {})).toThrow('invalid --allow entry "nope"');
   });
+
+  it('buildConfig() applies the PROXY protocol to TCP mappings, globally or per mapping', () => {
+    const c = buildConfig({ publish: ['8080:10.0.0.2:80', '5353:10.0.0.2:53/udp'], proxyProtocol: 'v2' }, {}, { publish: [{ spec: '9090:10.0.0.2:90', proxyProtocol: 'v1' }] });
+    expect(c.mappings.map((m) => m.proxyProtocol)).toEqual(['v2', 'off', 'v1']);
+    expect(() => buildConfig({}, {}, { publish: [{ spec: '53:10.0.0.2:53/udp', proxyProtocol: 'v2' }] })).toThrow('the PROXY protocol is supported on TCP mappings only');
+    expect(() => buildConfig({ publish: ['1:10.0.0.2:1'] }, { USERLAND_PROXY_PROXY_PROTOCOL: 'yes' })).toThrow('invalid USERLAND_PROXY_PROXY_PROTOCOL: "yes" is not off, v1 or v2');
+  });
 });
 
 describe('buildConfig() property: environment variables', () => {

@@ -1,0 +1,80 @@
+/**
+ * PROXY protocol headers (HAProxy's spec, v1 text and v2 binary), sent to the target as the first
+ * bytes of a forwarded TCP connection so that it sees the real client address and port instead of
+ * the proxy's (moby/moby#15086, #39465). Opt-in per mapping: the target must expect it.
+ */
+import { isIP } from 'node:net';
+
+/** Which header to send, if any. */
+export type ProxyProtocol = 'off' | 'v1' | 'v2';
+
+/** The v2 signature: \r\n\r\n\0\r\nQUIT\n. */
+const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+
+/** Endpoints of the client's connection: its address and the address it connected to. */
+export interface ConnectionEnds {
+  srcAddress: string;
+  srcPort: number;
+  dstAddress: string;
+  dstPort: number;
+}
+
+function ipv6Bytes(address: string): Buffer {
+  const text = address.split('%')[0] as string;
+  let groups: string[];
+  const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  let tail: number[] = [];
+  let body = text;
+  if (dotted) {
+    tail = (dotted[2] as string).split('.').map(Number);
+    body = `${dotted[1]}0:0`;
+  }
+  const [head = '', rest] = body.split('::');
+  const left = head === '' ? [] : head.split(':');
+  const right = rest === undefined || rest === '' ? [] : rest.split(':');
+  groups = rest === undefined ? left : [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
+  const out = Buffer.alloc(16);
+  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+  if (dotted) Buffer.from(tail).copy(out, 12);
+  return out;
+}
+
+/**
+ * The header for a connection, or null when off. Both ends must be of one family (they always
+ * are for one TCP connection); anything else yields v1's "PROXY UNKNOWN" / v2's LOCAL command.
+ */
+export function proxyHeader(mode: ProxyProtocol, ends: ConnectionEnds): Buffer | null {
+  if (mode === 'off') return null;
+  const fam = isIP(ends.srcAddress);
+  const same = fam !== 0 && fam === isIP(ends.dstAddress);
+  if (mode === 'v1') {
+    if (!same) return Buffer.from('PROXY UNKNOWN\r\n', 'latin1');
+    return Buffer.from(`PROXY TCP${fam} ${ends.srcAddress} ${ends.dstAddress} ${ends.srcPort} ${ends.dstPort}\r\n`, 'latin1');
+  }
+  if (!same) return Buffer.concat([V2_SIGNATURE, Buffer.from([0x20, 0x00, 0x00, 0x00])]); // LOCAL, no address
+  const addrLen = fam === 4 ? 12 : 36;
+  const head = Buffer.alloc(16 + addrLen);
+  V2_SIGNATURE.copy(head, 0);
+  head[12] = 0x21; // version 2, command PROXY
+  head[13] = fam === 4 ? 0x11 : 0x21; // AF_INET or AF_INET6, STREAM
+  head.writeUInt16BE(addrLen, 14);
+  if (fam === 4) {
+    Buffer.from(ends.srcAddress.split('.').map(Number)).copy(head, 16);
+    Buffer.from(ends.dstAddress.split('.').map(Number)).copy(head, 20);
+    head.writeUInt16BE(ends.srcPort, 24);
+    head.writeUInt16BE(ends.dstPort, 26);
+  } else {
+    ipv6Bytes(ends.srcAddress).copy(head, 16);
+    ipv6Bytes(ends.dstAddress).copy(head, 32);
+    head.writeUInt16BE(ends.srcPort, 48);
+    head.writeUInt16BE(ends.dstPort, 50);
+  }
+  return head;
+}
+
+/** Parses a setting value; throws an Error naming it. */
+export function parseProxyProtocol(text: unknown): ProxyProtocol {
+  if (text === 'off' || text === 'v1' || text === 'v2') return text;
+  if (text === '' || text === undefined || text === false) return 'off';
+  throw new Error(`"${String(text)}" is not off, v1 or v2`);
+}

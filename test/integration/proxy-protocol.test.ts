@@ -1,0 +1,108 @@
+/**
+ * PROXY protocol against a real peer: nginx (Debian) in the namespace listens with
+ * `proxy_protocol` and answers with, and logs, `$proxy_protocol_addr $proxy_protocol_port`.
+ * Through docker mode (USERLAND_PROXY_PROXY_PROTOCOL=v1|v2) and standalone mode, nginx must see
+ * the real client address and port, over IPv4 and IPv6 fronts.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
+import { freePort, sleep, tcpConnect } from '../helpers/net.js';
+import { killAllProxies, startProxy } from '../helpers/proxy.js';
+import { killAllStandalone, startStandalone } from '../helpers/standalone.js';
+
+const CAN = IS_ROOT && existsSync('/usr/sbin/nginx');
+const dir = mkdtempSync(join(tmpdir(), 'upt-nginx-'));
+let backend: Backend;
+let nginx: ChildProcess | null = null;
+const NGINX_PORT = 7200;
+
+beforeAll(async () => {
+  if (!CAN) {
+    console.warn('SKIPPED: the PROXY protocol suite needs root and nginx (.ci/setup installs it)');
+    return;
+  }
+  backend = await startBackend(['--echo', '7000']);
+  for (const d of ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(dir, d));
+  writeFileSync(join(dir, 'nginx.conf'), `daemon off;
+master_process off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log;
+events { worker_connections 64; }
+http {
+  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+  log_format pp '$proxy_protocol_addr $proxy_protocol_port';
+  server {
+    listen ${NGINX_PORT} proxy_protocol;
+    listen [::]:${NGINX_PORT} proxy_protocol;
+    access_log ${dir}/access.log pp;
+    location / { return 200 "$proxy_protocol_addr $proxy_protocol_port\\n"; }
+  }
+}
+`);
+  nginx = spawn('ip', ['netns', 'exec', backend.namespace as string, 'nginx', '-c', join(dir, 'nginx.conf'), '-p', dir], { stdio: 'ignore' });
+  for (let i = 0; i < 50 && !existsSync(join(dir, 'nginx.pid')); i++) await sleep(100);
+}, 30_000);
+afterAll(async () => {
+  nginx?.kill('SIGKILL');
+  await backend?.destroy();
+  rmSync(dir, { recursive: true, force: true });
+});
+afterEach(async () => {
+  await killAllProxies();
+  await killAllStandalone();
+});
+
+/** GET / from a known local port; returns nginx's answer and that port. */
+async function getFrom(host: string, port: number): Promise<{ body: string; localPort: number }> {
+  const probe = await tcpConnect(host, port); // learn nothing from it but that the port is up
+  probe.destroy();
+  return new Promise((res, rej) => {
+    const req = request({ host, port, path: '/', agent: false }, (r) => {
+      let body = '';
+      r.on('data', (d) => { body += d; });
+      r.on('end', () => res({ body, localPort }));
+    });
+    let localPort = 0;
+    req.on('socket', (s) => s.on('connect', () => { localPort = s.localPort ?? 0; }));
+    req.on('error', rej);
+    req.end();
+  });
+}
+
+describe.skipIf(!CAN)('PROXY protocol with nginx', () => {
+  for (const version of ['v1', 'v2'] as const) {
+    it(`docker mode sends a ${version} header: nginx sees the real client address and port (IPv4 and IPv6 fronts)`, async () => {
+      for (const [front, target] of [['127.0.0.1', backend.ipv4], ['::1', backend.ipv6]] as const) {
+        const port = await freePort(front);
+        await startProxy(['-proto', 'tcp', '-host-ip', front, '-host-port', String(port), '-container-ip', target, '-container-port', String(NGINX_PORT)],
+          { env: { USERLAND_PROXY_PROXY_PROTOCOL: version } });
+        const { body, localPort } = await getFrom(front, port);
+        expect(body).toBe(`${front} ${localPort}\n`);
+        await killAllProxies();
+      }
+      expect(readFileSync(join(dir, 'access.log'), 'utf8')).toMatch(/^127\.0\.0\.1 \d+$/m);
+    });
+  }
+
+  it('standalone mode sends the header for a mapping with "proxyProtocol" in the config file', async () => {
+    const port = await freePort();
+    const file = join(dir, 'config.json');
+    writeFileSync(file, JSON.stringify({ publish: [{ spec: `127.0.0.1:${port}:${backend.ipv4}:${NGINX_PORT}`, proxyProtocol: 'v2' }] }));
+    await startStandalone(['run', '--config', file]);
+    const { body, localPort } = await getFrom('127.0.0.1', port);
+    expect(body).toBe(`127.0.0.1 ${localPort}\n`);
+  });
+
+  it('without the option nginx rejects the connection (it requires the header): the option is what makes it work', async () => {
+    const port = await freePort();
+    await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(NGINX_PORT)]);
+    await expect(getFrom('127.0.0.1', port)).rejects.toThrow();
+  });
+});
