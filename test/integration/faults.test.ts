@@ -1,0 +1,111 @@
+/**
+ * Faults and hostile traffic: a target that resets mid-stream, a client that aborts mid-transfer
+ * (in-process forwarder, real sockets); a UDP flood from many source ports against the flow bound,
+ * and 100 rapid start/stop cycles the way a runtime does them (spawned processes).
+ */
+import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { listenTcp } from '../../src/listen.js';
+import { silentLog } from '../../src/logger.js';
+import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
+import { freePort, randomBytes, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
+import { killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+
+const servers: Server[] = [];
+const forwarders: TcpForwarder[] = [];
+afterAll(async () => {
+  for (const f of forwarders) f.close();
+  for (const s of servers) s.close();
+  await killAllProxies();
+});
+
+async function target(onConn: (c: Socket) => void): Promise<number> {
+  const s = createServer({ allowHalfOpen: true }, onConn);
+  servers.push(s);
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  return (s.address() as { port: number }).port;
+}
+async function forwardTo(port: number): Promise<{ port: number; f: TcpForwarder }> {
+  const server = createTcpServer();
+  const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: port, log: silentLog });
+  forwarders.push(f);
+  await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+  return { port: (server.address() as { port: number }).port, f };
+}
+
+describe('faults', () => {
+  it('a target reset mid-stream reaches the client as a reset after the bytes sent before it', async () => {
+    const sent = randomBytes(100_000);
+    const t = await target((c) => { c.on('error', () => {}); c.write(sent, () => setTimeout(() => c.resetAndDestroy(), 50)); });
+    const { port, f } = await forwardTo(t);
+    const { data, error } = await readToClose(await tcpConnect('127.0.0.1', port));
+    expect(error).toBe('ECONNRESET'); // docker-proxy would end cleanly: a truncated stream looking complete
+    expect(sent.subarray(0, data.length).equals(data)).toBe(true);
+    await sleep(50);
+    expect(f.stats.active).toBe(0);
+    expect(f.stats.aborted).toBe(1);
+  });
+
+  it('a client abort mid-transfer resets the target and frees the connection', async () => {
+    let seen: Promise<string> = Promise.resolve('none');
+    const t = await target((c) => {
+      seen = new Promise((res) => { c.on('error', (e: NodeJS.ErrnoException) => res(e.code ?? 'error')); c.on('end', () => res('end')); });
+      c.resume();
+    });
+    const { port, f } = await forwardTo(t);
+    const s = await tcpConnect('127.0.0.1', port);
+    s.write(randomBytes(1 << 20));
+    await sleep(100);
+    s.resetAndDestroy();
+    expect(await seen).toBe('ECONNRESET');
+    await sleep(50);
+    expect(f.stats.active).toBe(0);
+  });
+});
+
+describe('hostile traffic and lifecycle (spawned, like a runtime)', () => {
+  let echo: UdpSocket;
+  beforeAll(async () => {
+    echo = createSocket('udp4');
+    echo.on('message', (m, r) => echo.send(m, r.port, r.address));
+    await new Promise<void>((r) => echo.bind(0, '127.0.0.1', r));
+  });
+  afterAll(() => echo.close());
+
+  it('a UDP flood from 300 source ports stays within the flow bound; established flows keep working', async () => {
+    const port = await freePort();
+    await startProxy(['-proto', 'udp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(echo.address().port)],
+      { env: { USERLAND_PROXY_UDP_MAX_FLOWS: '50' } });
+    const first = udpClient(4);
+    expect((await udpRequest(first, '127.0.0.1', port, 'first')).toString()).toBe('first');
+    const flood = Array.from({ length: 300 }, () => udpClient(4));
+    let replies = 0;
+    for (const c of flood) c.on('message', () => { replies++; });
+    for (const c of flood) c.send('flood', port, '127.0.0.1');
+    await sleep(500);
+    expect(replies).toBeLessThanOrEqual(49); // 50 flows, one of them is `first`
+    expect(replies).toBeGreaterThan(0);
+    expect((await udpRequest(first, '127.0.0.1', port, 'still here')).toString()).toBe('still here');
+    for (const c of [first, ...flood]) c.close();
+  });
+
+  it('100 rapid start/stop cycles leave no process, port or fd behind', async () => {
+    const t = await target((c) => { c.on('error', () => {}); c.pipe(c); });
+    const port = await freePort();
+    const fdsBefore = readdirSync('/proc/self/fd').length;
+    for (let i = 0; i < 100; i++) {
+      const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(t)]);
+      if (i % 10 === 0) expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from(`cycle ${i}`))).toString()).toBe(`cycle ${i}`);
+      expect(await p.stop('SIGINT')).toEqual({ code: 0, signal: null });
+    }
+    expect(readdirSync('/proc/self/fd').length).toBeLessThanOrEqual(fdsBefore + 2);
+    const left = execFileSync('ps', ['-eo', 'args='], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(`-host-port ${port} `));
+    expect(left).toEqual([]);
+    const again = spawnProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(t)]);
+    expect(await again.status).toBe('0\n'); // the port is free
+    await again.stop();
+  }, 60_000);
+});
