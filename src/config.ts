@@ -13,7 +13,7 @@
 import { readFileSync } from 'node:fs';
 import { parseIp, type IpAddress } from './address.js';
 import {
-  DRAIN_TIMEOUT_MS, ENV_PREFIX, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
+  DRAIN_TIMEOUT_MS, ENV_PREFIX, RELAY_HIGH_WATER_MARK, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
 } from './constants.js';
 import { parseDuration } from './duration.js';
 import { ProxyError } from './errors.js';
@@ -34,6 +34,8 @@ export interface StandaloneConfig {
   lingerTimeoutMs: number;
   /** Most TCP connections per mapping; null: derived from RLIMIT_NOFILE. */
   maxConnections: number | null;
+  /** Unsent bytes per TCP direction before reading pauses. */
+  maxBufferBytes: number;
   logLevel: LogLevel;
   logFile: string | undefined;
 }
@@ -53,6 +55,7 @@ export interface CliValues {
   allow?: string[] | undefined;
   deny?: string[] | undefined;
   proxyProtocol?: string | undefined;
+  maxBuffer?: string | undefined;
   logLevel?: string | undefined;
   logFile?: string | undefined;
 }
@@ -71,6 +74,7 @@ export const SETTINGS = {
   allow: 'ALLOW',
   deny: 'DENY',
   proxyProtocol: 'PROXY_PROTOCOL',
+  maxBuffer: 'MAX_BUFFER',
   logLevel: 'LOG_LEVEL',
   logFile: 'LOG_FILE',
 } as const;
@@ -224,6 +228,7 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   const tcpIdleV = pick('idleTimeout', cli.idleTimeout, 'idle-timeout');
   const lingerV = pick('lingerTimeout', cli.lingerTimeout, 'linger-timeout');
   const maxConnV = pick('maxConnections', cli.maxConnections, 'max-connections');
+  const maxBufV = pick('maxBuffer', cli.maxBuffer, 'max-buffer');
   const levelV = pick('logLevel', cli.logLevel, 'log-level');
   const fileV = pick('logFile', cli.logFile, 'log-file');
 
@@ -241,6 +246,7 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     idleTimeoutMs: tcpIdleV ? duration(tcpIdleV[1], tcpIdleV[0]) : TCP_IDLE_TIMEOUT_MS,
     lingerTimeoutMs: lingerV ? duration(lingerV[1], lingerV[0]) : TCP_LINGER_TIMEOUT_MS,
     maxConnections: maxConnV ? integer(maxConnV[1], maxConnV[0], 1, 10_000_000) : null,
+    maxBufferBytes: maxBufV ? integer(maxBufV[1], maxBufV[0], 16_384, 256 * 1024 * 1024) : RELAY_HIGH_WATER_MARK,
     logLevel: (levelV?.[0] as LogLevel | undefined) ?? 'info',
     logFile: fileV?.[0] as string | undefined,
   };

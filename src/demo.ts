@@ -9,7 +9,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { StandaloneConfig } from './config.js';
 import {
-  DRAIN_TIMEOUT_MS, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
+  DRAIN_TIMEOUT_MS, RELAY_HIGH_WATER_MARK, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
 } from './constants.js';
 import { ProxyError } from './errors.js';
 import { parsePublishSpec } from './publish-spec.js';
@@ -52,6 +52,7 @@ export async function startDemo(opts: DemoOptions): Promise<{ config: Standalone
     idleTimeoutMs: TCP_IDLE_TIMEOUT_MS,
     lingerTimeoutMs: TCP_LINGER_TIMEOUT_MS,
     maxConnections: null,
+    maxBufferBytes: RELAY_HIGH_WATER_MARK,
     logLevel: 'info',
     logFile: undefined,
   };

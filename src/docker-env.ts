@@ -4,7 +4,7 @@
  */
 import { accessSync, constants, statSync } from 'node:fs';
 import {
-  ENV_PREFIX, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
+  ENV_PREFIX, RELAY_HIGH_WATER_MARK, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
 } from './constants.js';
 import { parseCidrs, type AccessSpec } from './access-list.js';
 import { parseDuration } from './duration.js';
@@ -24,6 +24,8 @@ export interface DockerEnv {
   lingerTimeoutMs: number;
   access: AccessSpec;
   proxyProtocol: ProxyProtocol;
+  maxConnections: number | null;
+  maxBufferBytes: number;
 }
 
 /** The variables read, their meaning and default (the README table mirrors this). */
@@ -37,6 +39,8 @@ export const DOCKER_ENV_VARS = {
   LINGER_TIMEOUT: `TCP: close half-closed connections idle for this long, 0 = never (default ${TCP_LINGER_TIMEOUT_MS / 60_000}m)`,
   ALLOW: 'only clients in these CIDR ranges (comma or space separated; default everyone)',
   DENY: 'refuse clients in these CIDR ranges (comma or space separated; checked first)',
+  MAX_CONNECTIONS: 'TCP: most open connections; excess refused at once (default (RLIMIT_NOFILE - 32) / 2)',
+  MAX_BUFFER: `TCP: unsent bytes per direction before reading pauses (default ${RELAY_HIGH_WATER_MARK})`,
   PROXY_PROTOCOL: 'off|v1|v2: send a PROXY protocol header to the container (TCP only; default off)',
   TEXTFILE_DIR: 'keep <proto>_<host-ip>_<port>.prom there for node_exporter\'s textfile collector (default off)',
 } as const;
@@ -102,7 +106,17 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
       bad('PROXY_PROTOCOL', pp, (err as Error).message);
     }
   }
+  const intOf = (name: 'MAX_CONNECTIONS' | 'MAX_BUFFER', min: number, max: number): number | null => {
+    const v = get(name);
+    if (v === undefined) return null;
+    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) bad(name, v, `must be an integer ${min}-${max}`);
+    return Number(v);
+  };
+  const maxConnections = intOf('MAX_CONNECTIONS', 1, 10_000_000);
+  const maxBufferBytes = intOf('MAX_BUFFER', 16_384, 256 * 1024 * 1024) ?? RELAY_HIGH_WATER_MARK;
   return {
+    maxConnections,
+    maxBufferBytes,
     proxyProtocol,
     access: { allow: cidrs('ALLOW'), deny: cidrs('DENY') },
     connectTimeoutMs,

@@ -111,12 +111,14 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     let stats: { tcp: TcpStats | null; udp: UdpStats | null } = { tcp: null, udp: null };
     if (m.proto === 'tcp') {
       const server = createTcpServer();
-      const maxConnections = connectionCapFromFdLimit(openFileLimit());
+      const fdCap = connectionCapFromFdLimit(openFileLimit());
+      const maxConnections = env.maxConnections === null ? fdCap : Math.min(env.maxConnections, fdCap ?? Infinity);
       const tcp = new TcpForwarder(server, {
         target: m.target, targetPort: m.targetPort, log, maxConnections,
         connectTimeoutMs: env.connectTimeoutMs, idleTimeoutMs: env.idleTimeoutMs, lingerTimeoutMs: env.lingerTimeoutMs,
         access: compileAccess(env.access),
         proxyProtocol: env.proxyProtocol,
+        maxBufferBytes: env.maxBufferBytes,
       });
       forwarder = tcp;
       await listenTcp(server, listen);

@@ -15,6 +15,7 @@ export interface WorkerInit {
   idleTimeoutMs: number;
   lingerTimeoutMs: number;
   maxConnections: number | null;
+  maxBufferBytes: number;
   logLevel: LogLevel;
   logFile: string | undefined;
   /** Test hook: a worker that crashes after this many ms (USERLAND_PROXY_TEST_CRASH_MS). */

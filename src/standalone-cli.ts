@@ -63,6 +63,7 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .option('max-connections', { type: 'string', describe: 'TCP: most connections per port; excess refused at once (default: from the fd limit)' })
       .option('allow', { type: 'string', array: true, describe: 'only clients in these CIDR ranges (repeatable, comma-separated)' })
       .option('deny', { type: 'string', array: true, describe: 'refuse clients in these CIDR ranges (repeatable, comma-separated)' })
+      .option('max-buffer', { type: 'string', describe: 'TCP: unsent bytes per direction before reading pauses (default 1048576)' })
       .option('proxy-protocol', { type: 'string', describe: 'off|v1|v2: send a PROXY protocol header to TCP targets (default off)' })
       .option('log-level', { type: 'string', describe: 'trace|debug|info|warn|error|fatal|silent (default info)' })
       .option('log-file', { type: 'string', describe: 'append JSON logs to this file (default stderr)' })
@@ -105,6 +106,7 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
     allow: parsed.allow as string[] | undefined,
     deny: parsed.deny as string[] | undefined,
     proxyProtocol: parsed.proxyProtocol as string | undefined,
+    maxBuffer: parsed.maxBuffer as string | undefined,
     logLevel: parsed.logLevel as string | undefined,
     logFile: parsed.logFile as string | undefined,
   };

@@ -52,6 +52,7 @@ function initsOf(config: StandaloneConfig, crashId: string | undefined): WorkerI
     idleTimeoutMs: config.idleTimeoutMs,
     lingerTimeoutMs: config.lingerTimeoutMs,
     maxConnections: config.maxConnections,
+    maxBufferBytes: config.maxBufferBytes,
     logLevel: config.logLevel,
     logFile: config.logFile,
     crashAfterMs: crashId === mapping.id ? 200 : undefined,

@@ -72,6 +72,8 @@ export interface TcpForwarderOptions {
   stats?: TcpStats;
   /** Refuse (accept and close at once) connections beyond this many; null: no cap. */
   maxConnections?: number | null;
+  /** Unsent bytes one socket may hold before its source stops reading (default 1 MiB). */
+  maxBufferBytes?: number;
   /** PROXY protocol header sent to the target first (default off). */
   proxyProtocol?: ProxyProtocol;
   /** Allow/deny lists checked before dialling; null: everyone. */
@@ -199,7 +201,7 @@ export class TcpForwarder {
     }
     const up = new Pump(stats, true);
     const down = new Pump(stats, false);
-    const client = adoptAccepted(accepted, up.onread);
+    const client = adoptAccepted(accepted, up.onread, this.#opts.maxBufferBytes ?? RELAY_HIGH_WATER_MARK);
     if (client === null) return;
     if (this.#sweep === null) {
       this.#sweep = setInterval(() => this.sweep(), this.#sweepMs);
@@ -218,7 +220,7 @@ export class TcpForwarder {
       noDelay: true,
       onread: down.onread,
       // Socket options reach the Duplex constructor; @types/node's connect options omit it.
-      ...({ writableHighWaterMark: RELAY_HIGH_WATER_MARK } as object),
+      ...({ writableHighWaterMark: this.#opts.maxBufferBytes ?? RELAY_HIGH_WATER_MARK } as object),
     });
     conns.add(upstream);
     const header = proxyHeader(this.#opts.proxyProtocol ?? 'off', {
@@ -314,7 +316,7 @@ function connectErrorReason(code: string | undefined): keyof TcpStats['connectEr
  * new Socket that has it. The old Socket object, left without a handle, closes nothing when
  * destroyed. Returns null if the connection is already gone.
  */
-function adoptAccepted(accepted: Socket, onread: Pump['onread']): Socket | null {
+function adoptAccepted(accepted: Socket, onread: Pump['onread'], highWaterMark: number): Socket | null {
   const internal = accepted as unknown as { _handle: unknown };
   const handle = internal._handle;
   if (!handle) {
@@ -330,6 +332,6 @@ function adoptAccepted(accepted: Socket, onread: Pump['onread']): Socket | null 
     writable: true,
     manualStart: true,
     onread,
-    writableHighWaterMark: RELAY_HIGH_WATER_MARK,
+    writableHighWaterMark: highWaterMark,
   } as ConstructorParameters<typeof Socket>[0]);
 }

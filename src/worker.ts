@@ -61,6 +61,7 @@ try {
         ...target, stats: tcpStats as NonNullable<typeof tcpStats>,
         maxConnections: init.maxConnections ?? fdCap,
         proxyProtocol: mapping.proxyProtocol,
+        maxBufferBytes: init.maxBufferBytes,
         connectTimeoutMs: init.connectTimeoutMs, idleTimeoutMs: init.idleTimeoutMs, lingerTimeoutMs: init.lingerTimeoutMs,
       }));
       opened.push(listenTcp(server, listen));

@@ -103,14 +103,18 @@ describe('userland-proxy run', () => {
     expect((await get(`http://127.0.0.1:${mp}/nope`)).status).toBe(404);
   });
 
-  it('run isolates a crashing worker: other mappings keep serving, it restarts and is counted', async () => {
-    const [a, b, mp] = [await freePort(), await freePort(), await freePort()];
+  it('run isolates a crashing worker under load: other mappings keep serving every byte, it restarts and is counted', async () => {
+    const [a, b, c, mp] = [await freePort(), await freePort(), await freePort(), await freePort()];
     const crashing = `tcp/127.0.0.1:${a}`;
-    await startStandalone(['run', '-p', `127.0.0.1:${a}:${backend.ipv4}:7100`, '-p', `127.0.0.1:${b}:${backend.ipv4}:7101`, '--metrics', `127.0.0.1:${mp}`], { USERLAND_PROXY_TEST_CRASH: crashing });
-    // The injected fault fires 200 ms after ready; keep using the other mapping meanwhile.
-    for (let i = 0; i < 10; i++) {
+    await startStandalone(['run', '-p', `127.0.0.1:${a}:${backend.ipv4}:7100`, '-p', `127.0.0.1:${b}:${backend.ipv4}:7101`,
+      '-p', `127.0.0.1:${c}:${backend.ipv4}:7000`, '--metrics', `127.0.0.1:${mp}`], { USERLAND_PROXY_TEST_CRASH: crashing });
+    // The injected fault fires 200 ms after ready; keep the other mapping under load meanwhile:
+    // rounds of 8 concurrent 256 KiB echo transfers, every checksum intact.
+    for (let round = 0; round < 6; round++) {
       expect(await tag('127.0.0.1', b)).toBe('port 7101');
-      await sleep(50);
+      const payloads = Array.from({ length: 8 }, () => randomBytes(256 << 10));
+      const back = await Promise.all(payloads.map((d) => tcpRoundTrip('127.0.0.1', c, d)));
+      back.forEach((r, i) => expect(sha256(r)).toBe(sha256(payloads[i] as Buffer)));
     }
     let restarts = 0;
     for (let i = 0; i < 50 && restarts < 1; i++) {

@@ -171,6 +171,18 @@ describe('tcp forwarding', () => {
   });
 });
 
+describe('tcp limits (docker mode environment)', () => {
+  it('USERLAND_PROXY_MAX_CONNECTIONS refuses clients beyond the cap at once and serves the rest', async () => {
+    const { port } = await proxy('127.0.0.1', backend.ipv4, ECHO, { env: { USERLAND_PROXY_MAX_CONNECTIONS: '3', USERLAND_PROXY_LOG_FILE: join(logDir, 'cap.log') } });
+    const socks = await Promise.all(Array.from({ length: 5 }, () => tcpConnect('127.0.0.1', port)));
+    const closed = await Promise.all(socks.map((s) => Promise.race([readToClose(s).then(() => true), sleep(500).then(() => false)])));
+    expect(closed.filter(Boolean)).toHaveLength(2);
+    const open = socks.filter((_, i) => !closed[i]);
+    for (const s of open) s.destroy();
+    expect(readFileSync(join(logDir, 'cap.log'), 'utf8')).toContain('"maxConnections":3,"msg":"connection limit reached; refusing new connections"');
+  });
+});
+
 describe('tcp forwarding test host', () => {
   it.skipIf(!IS_ROOT)('backend runs behind a veth in its own network namespace (root only)', () => {
     expect(backend.inNamespace).toBe(true);

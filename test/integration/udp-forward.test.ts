@@ -69,6 +69,13 @@ describe('udp forwarding', () => {
     }
   });
 
+  it('udp forwarder carries the largest IPv6 datagram (65 527 bytes) intact', async () => {
+    const { port } = await proxy('::1', backend.ipv6, ECHO);
+    const c = client(6);
+    const d = randomBytes(65_527);
+    expect(sha256(await udpRequest(c, '::1', port, d))).toBe(sha256(d));
+  });
+
   it('udp forwarder gives each client its own flow and replies from the host port', async () => {
     const { port } = await proxy('127.0.0.1', backend.ipv4, WHOAMI);
     const a = client(4);
