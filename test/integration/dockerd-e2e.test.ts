@@ -7,14 +7,14 @@
  * in afterAll, also on failure.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IS_ROOT } from '../helpers/netns.js';
 import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
-import { BIN, ROOT } from '../helpers/proxy.js';
+import { ROOT } from '../helpers/proxy.js';
 
 const run = promisify(execFile);
 const DOCKERD = '/usr/sbin/dockerd';
@@ -64,10 +64,12 @@ beforeAll(async () => {
   writeFileSync(join(rootfs, 'www/index.html'), 'hello from the container\n');
   execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
 
+  // Install the way an operator does, with deploy/docker/install.sh, into a private prefix.
+  execFileSync('sh', [join(ROOT, 'deploy/docker/install.sh'), join(dir, 'opt')], { stdio: 'ignore' });
   const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
   dockerd = spawn('timeout', ['600', DOCKERD,
     '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'), '-H', `unix://${sock}`,
-    '--pidfile', join(dir, 'docker.pid'), '--userland-proxy-path', BIN, '--iptables=false',
+    '--pidfile', join(dir, 'docker.pid'), '--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--iptables=false',
     '--bip', `${subnet}.1/24`, '--storage-driver', 'vfs',
   ], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -101,7 +103,16 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 }, 60_000);
 
-describe.skipIf(!CAN_RUN)('real dockerd with --userland-proxy-path=bin/userland-proxy', () => {
+describe.skipIf(!CAN_RUN)('real dockerd with userland-proxy installed by deploy/docker/install.sh', () => {
+  it('the install is root-owned, not writable by others, and finds node without PATH', () => {
+    const st = statSync(join(dir, 'opt/bin/userland-proxy'));
+    expect(st.uid).toBe(0);
+    expect(st.mode & 0o022).toBe(0);
+    expect(readFileSync(join(dir, 'opt/dist/node-path'), 'utf8').trim()).toMatch(/^\/.*node$/);
+    const example = JSON.parse(readFileSync(join(ROOT, 'deploy/docker/daemon.json'), 'utf8')) as Record<string, unknown>;
+    expect(example).toEqual({ 'userland-proxy': true, 'userland-proxy-path': '/opt/userland-proxy/bin/userland-proxy' });
+  });
+
   it('serves published TCP ports on 127.0.0.1 and [::1] and a UDP port, and docker stop removes every proxy', async () => {
     const [p1, p2, p3] = [await freePort(), await freePort('::'), await freePort()];
     const r = await docker('run', '-d', '--name', 'upt-web', '-p', `127.0.0.1:${p1}:80`, '-p', `${p2}:80`, '-p', `127.0.0.1:${p3}:53/udp`,

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Installs userland-proxy where dockerd can run it as its userland-proxy-path:
+#   - copies the built project (bin/, dist/, production node_modules) to PREFIX
+#     (default /opt/userland-proxy), owned by root, not writable by others;
+#   - records the absolute path of node in PREFIX/dist/node-path, so the launcher never depends
+#     on dockerd's PATH (override at run time with USERLAND_PROXY_NODE);
+#   - prints the daemon.json change. It never edits daemon.json nor restarts dockerd.
+# Usage (as root, from a checkout after `npm ci`): deploy/docker/install.sh [PREFIX]
+# Rollback: remove "userland-proxy-path" from /etc/docker/daemon.json (dockerd then uses its own
+# docker-proxy), restart dockerd, then rm -rf PREFIX.
+set -eu
+src=$(cd "$(dirname "$0")/../.." && pwd)
+prefix=${1:-/opt/userland-proxy}
+node=${USERLAND_PROXY_NODE:-$(command -v node || true)}
+
+die() { echo "install.sh: $1" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root: dockerd runs the proxy as root and the files must be root-owned"
+[ -n "$node" ] && [ -x "$node" ] || die "cannot find node; set USERLAND_PROXY_NODE to its absolute path"
+node=$(readlink -f "$node")
+[ -r "$src/dist/cli.js" ] || die "not built: run npm ci in $src first"
+case $prefix in /*) ;; *) die "PREFIX must be an absolute path (dockerd requires one): $prefix" ;; esac
+
+tmp="$prefix.tmp.$$"
+rm -rf "$tmp"
+mkdir -p "$tmp"
+cp -R "$src/bin" "$src/dist" "$src/package.json" "$src/package-lock.json" "$tmp/"
+cp -R "$src/node_modules" "$tmp/"
+(cd "$tmp" && npm prune --omit=dev --ignore-scripts --no-audit --no-fund >/dev/null 2>&1) || die "npm prune failed in $tmp"
+printf '%s\n' "$node" > "$tmp/dist/node-path"
+chown -R root:root "$tmp"
+chmod -R go-w "$tmp"
+chmod 755 "$tmp/bin/userland-proxy"
+rm -rf "$prefix.old"
+[ -e "$prefix" ] && mv "$prefix" "$prefix.old"
+mv "$tmp" "$prefix"
+rm -rf "$prefix.old"
+
+"$prefix/bin/userland-proxy" -v >/dev/null || die "the installed launcher does not run"
+cat <<MSG
+installed: $prefix/bin/userland-proxy (node: $node)
+Add to /etc/docker/daemon.json, then restart dockerd (e.g. systemctl restart docker):
+  {
+    "userland-proxy": true,
+    "userland-proxy-path": "$prefix/bin/userland-proxy"
+  }
+Rollback: remove "userland-proxy-path" from daemon.json, restart dockerd, rm -rf $prefix
+MSG
