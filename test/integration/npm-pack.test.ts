@@ -1,0 +1,43 @@
+/**
+ * Install path: `npm pack` produces a package that `npm install -g` installs and that runs, in
+ * both modes, through the global bin symlink (the launcher resolves it) with a minimal PATH.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { freePort, tcpRoundTrip } from '../helpers/net.js';
+import { ROOT, startProxy } from '../helpers/proxy.js';
+import { createServer } from 'node:net';
+
+const run = promisify(execFile);
+const dir = mkdtempSync(join(tmpdir(), 'upt-pack-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('npm pack and npm install -g', () => {
+  it('the packed package installs globally and runs in docker and standalone mode', async () => {
+    // --ignore-scripts: dist/ is already built by npm test; rebuilding it here would race the other suites.
+    await run('npm', ['pack', '--ignore-scripts', '--pack-destination', dir], { cwd: ROOT, timeout: 120_000 });
+    const tgz = readdirSync(dir).find((f) => f.endsWith('.tgz')) as string;
+    expect(tgz).toMatch(/^userland-proxy-\d+\.\d+\.\d+\.tgz$/);
+    const { stdout: files } = await run('tar', ['tzf', join(dir, tgz)]);
+    expect(files).toContain('package/bin/userland-proxy');
+    expect(files).toContain('package/dist/cli.js');
+    expect(files).not.toContain('package/test/');
+    await run('npm', ['install', '-g', '--prefix', join(dir, 'global'), join(dir, tgz), '--no-audit', '--no-fund'], { timeout: 120_000 });
+    const bin = join(dir, 'global/bin/userland-proxy');
+    const env = { PATH: '/usr/bin:/bin' };
+    expect((await run(bin, ['-v'], { env })).stdout).toMatch(/^userland-proxy version \d/);
+    expect((await run(bin, ['check', '-p', '8080:10.0.0.2:80'], { env })).stdout).toContain('tcp/0.0.0.0:8080 -> 10.0.0.2:80');
+    const echo = createServer((c) => c.pipe(c));
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
+    const port = await freePort();
+    const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1',
+      '-container-port', String((echo.address() as { port: number }).port)], { bin, cleanEnv: true, env });
+    expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('packed'))).toString()).toBe('packed');
+    await p.stop();
+    echo.close();
+  }, 200_000);
+});
