@@ -26,8 +26,15 @@ export function parseIp(text: string): IpAddress | null {
 /** The IPv4 address inside an IPv4-mapped IPv6 literal (`::ffff:a.b.c.d`, `::ffff:7f00:1`), else null. */
 function mappedIpv4(text: string): string | null {
   if (text.includes('%')) return null;
-  let tail: number[] = [];
-  let body = text.toLowerCase();
+  const b = ipv6ToBytes(text);
+  if (b.subarray(0, 10).some((x) => x !== 0) || b[10] !== 0xff || b[11] !== 0xff) return null;
+  return [...b.subarray(12)].join('.');
+}
+
+/** The 16 bytes of a valid IPv6 literal (zone dropped; a dotted IPv4 tail allowed). */
+export function ipv6ToBytes(address: string): Buffer {
+  let body = (address.split('%')[0] as string).toLowerCase();
+  let tail: number[] | null = null;
   const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(body);
   if (dotted) {
     tail = (dotted[2] as string).split('.').map(Number);
@@ -36,11 +43,11 @@ function mappedIpv4(text: string): string | null {
   const [head = '', rest] = body.split('::');
   const left = head === '' ? [] : head.split(':');
   const right = rest === undefined || rest === '' ? [] : rest.split(':');
-  const groups = rest === undefined ? left : [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
-  const words = groups.map((g) => parseInt(g, 16));
-  if (words.length !== 8 || words.slice(0, 5).some((w) => w !== 0) || words[5] !== 0xffff) return null;
-  if (!dotted) tail = [(words[6] as number) >> 8, (words[6] as number) & 255, (words[7] as number) >> 8, (words[7] as number) & 255];
-  return tail.join('.');
+  const groups = rest === undefined ? left : [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right];
+  const out = Buffer.alloc(16);
+  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+  if (tail) Buffer.from(tail).copy(out, 12);
+  return out;
 }
 
 /** `1.2.3.4:80` or `[::1]:80`, as Go's net.JoinHostPort. */

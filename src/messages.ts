@@ -2,25 +2,18 @@
  * Messages between the supervisor (main thread) and a mapping's worker thread.
  */
 import type { Mapping } from './publish-spec.js';
-import type { LogLevel } from './logger.js';
+import type { StandaloneConfig } from './config.js';
 import type { TcpStats } from './tcp-forwarder.js';
 import type { UdpStats } from './udp-forwarder.js';
 
-/** What a worker is started with (workerData). */
-export interface WorkerInit {
+/** What a worker is started with (workerData): its mapping and the settings that apply to it. */
+export type WorkerInit = Pick<StandaloneConfig,
+  'udpIdleTimeoutMs' | 'udpMaxFlows' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs' | 'maxConnections' |
+  'maxBufferBytes' | 'logLevel' | 'logFile'> & {
   mapping: Mapping;
-  udpIdleTimeoutMs: number;
-  udpMaxFlows: number;
-  connectTimeoutMs: number;
-  idleTimeoutMs: number;
-  lingerTimeoutMs: number;
-  maxConnections: number | null;
-  maxBufferBytes: number;
-  logLevel: LogLevel;
-  logFile: string | undefined;
-  /** Test hook: a worker that crashes after this many ms (USERLAND_PROXY_TEST_CRASH_MS). */
+  /** Test hook: a worker that crashes after this many ms (USERLAND_PROXY_TEST_CRASH). */
   crashAfterMs?: number | undefined;
-}
+};
 
 /** Supervisor to worker. */
 export type ToWorker =

@@ -4,6 +4,7 @@
  * the proxy's (moby/moby#15086, #39465). Opt-in per mapping: the target must expect it.
  */
 import { isIP } from 'node:net';
+import { ipv6ToBytes } from './address.js';
 
 /** Which header to send, if any. */
 export type ProxyProtocol = 'off' | 'v1' | 'v2';
@@ -17,26 +18,6 @@ export interface ConnectionEnds {
   srcPort: number;
   dstAddress: string;
   dstPort: number;
-}
-
-function ipv6Bytes(address: string): Buffer {
-  const text = address.split('%')[0] as string;
-  let groups: string[];
-  const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  let tail: number[] = [];
-  let body = text;
-  if (dotted) {
-    tail = (dotted[2] as string).split('.').map(Number);
-    body = `${dotted[1]}0:0`;
-  }
-  const [head = '', rest] = body.split('::');
-  const left = head === '' ? [] : head.split(':');
-  const right = rest === undefined || rest === '' ? [] : rest.split(':');
-  groups = rest === undefined ? left : [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
-  const out = Buffer.alloc(16);
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
-  if (dotted) Buffer.from(tail).copy(out, 12);
-  return out;
 }
 
 /**
@@ -64,8 +45,8 @@ export function proxyHeader(mode: ProxyProtocol, ends: ConnectionEnds): Buffer |
     head.writeUInt16BE(ends.srcPort, 24);
     head.writeUInt16BE(ends.dstPort, 26);
   } else {
-    ipv6Bytes(ends.srcAddress).copy(head, 16);
-    ipv6Bytes(ends.dstAddress).copy(head, 32);
+    ipv6ToBytes(ends.srcAddress).copy(head, 16);
+    ipv6ToBytes(ends.dstAddress).copy(head, 32);
     head.writeUInt16BE(ends.srcPort, 48);
     head.writeUInt16BE(ends.dstPort, 50);
   }
