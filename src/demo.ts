@@ -60,7 +60,7 @@ export async function startDemo(opts: DemoOptions): Promise<{ config: Standalone
     `demo backend: HTTP on 127.0.0.1:${httpPort}, UDP echo on 127.0.0.1:${udpPort} (a stand-in for a container)`,
     `forwarding 127.0.0.1:${opts.port} (tcp and udp) to it through the real engine; try:`,
     `  curl http://127.0.0.1:${opts.port}/`,
-    `  echo hello | socat - UDP:127.0.0.1:${opts.port}`,
+    `  echo hello | socat - UDP:127.0.0.1:${opts.port}     (or: nc -u 127.0.0.1 ${opts.port})`,
     `  curl http://127.0.0.1:${opts.metricsPort}/metrics`,
     `  curl http://127.0.0.1:${opts.metricsPort}/readyz`,
     'Ctrl-C stops (connections drain first).',
