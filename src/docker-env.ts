@@ -55,65 +55,44 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
     const v = env[`${ENV_PREFIX}${name}`];
     return v === undefined || v === '' ? undefined : v;
   };
-  const level = get('LOG_LEVEL');
-  const idle = get('UDP_IDLE_TIMEOUT');
-  const flows = get('UDP_MAX_FLOWS');
-  let udpIdleTimeoutMs = UDP_IDLE_TIMEOUT_MS;
-  if (idle !== undefined) {
-    try {
-      udpIdleTimeoutMs = parseDuration(idle);
-    } catch (err) {
-      bad('UDP_IDLE_TIMEOUT', idle, (err as Error).message);
-    }
-    if (udpIdleTimeoutMs < 10) bad('UDP_IDLE_TIMEOUT', idle, 'must be at least 10ms');
-  }
-  let udpMaxFlows = UDP_MAX_FLOWS;
-  if (flows !== undefined) {
-    if (!/^\d+$/.test(flows) || Number(flows) < 1 || Number(flows) > 1_000_000) bad('UDP_MAX_FLOWS', flows, 'must be an integer 1-1000000');
-    udpMaxFlows = Number(flows);
-  }
-  const durationOf = (name: 'CONNECT_TIMEOUT' | 'IDLE_TIMEOUT' | 'LINGER_TIMEOUT', fallback: number): number => {
+  /** The parsed value of a variable, its fallback when unset; errors name variable and value. */
+  const parsed = <T>(name: keyof typeof DOCKER_ENV_VARS, parse: (v: string) => T, fallback: T): T => {
     const v = get(name);
     if (v === undefined) return fallback;
     try {
-      return parseDuration(v);
+      return parse(v);
     } catch (err) {
+      if (err instanceof ProxyError) throw err;
       bad(name, v, (err as Error).message);
     }
   };
-  const connectTimeoutMs = durationOf('CONNECT_TIMEOUT', TCP_CONNECT_TIMEOUT_MS);
-  const idleTimeoutMs = durationOf('IDLE_TIMEOUT', TCP_IDLE_TIMEOUT_MS);
-  const lingerTimeoutMs = durationOf('LINGER_TIMEOUT', TCP_LINGER_TIMEOUT_MS);
-  const textfileDir = get('TEXTFILE_DIR');
-  if (textfileDir !== undefined) {
-    try {
-      accessSync(textfileDir, constants.W_OK);
-      if (!statSync(textfileDir).isDirectory()) throw new Error('not a directory');
-    } catch (err) {
-      bad('TEXTFILE_DIR', textfileDir, `not a writable directory (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-    }
-  }
-  const cidrs = (name: 'ALLOW' | 'DENY'): string[] => {
-    const v = get(name);
-    return v === undefined ? [] : parseCidrs(v, `${ENV_PREFIX}${name}`, 'UPROXY_ERR_BAD_ENV');
-  };
-  const pp = get('PROXY_PROTOCOL');
-  let proxyProtocol: ProxyProtocol = 'off';
-  if (pp !== undefined) {
-    try {
-      proxyProtocol = parseProxyProtocol(pp);
-    } catch (err) {
-      bad('PROXY_PROTOCOL', pp, (err as Error).message);
-    }
-  }
-  const intOf = (name: 'MAX_CONNECTIONS' | 'MAX_BUFFER', min: number, max: number): number | null => {
-    const v = get(name);
-    if (v === undefined) return null;
-    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) bad(name, v, `must be an integer ${min}-${max}`);
+  const integer = (min: number, max: number) => (v: string): number => {
+    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new Error(`must be an integer ${min}-${max}`);
     return Number(v);
   };
-  const maxConnections = intOf('MAX_CONNECTIONS', 1, 10_000_000);
-  const maxBufferBytes = intOf('MAX_BUFFER', 16_384, 256 * 1024 * 1024) ?? RELAY_HIGH_WATER_MARK;
+  const udpIdleTimeoutMs = parsed('UDP_IDLE_TIMEOUT', (v) => {
+    const ms = parseDuration(v);
+    if (ms < 10) throw new Error('must be at least 10ms');
+    return ms;
+  }, UDP_IDLE_TIMEOUT_MS);
+  const udpMaxFlows = parsed('UDP_MAX_FLOWS', integer(1, 1_000_000), UDP_MAX_FLOWS);
+  const connectTimeoutMs = parsed('CONNECT_TIMEOUT', parseDuration, TCP_CONNECT_TIMEOUT_MS);
+  const idleTimeoutMs = parsed('IDLE_TIMEOUT', parseDuration, TCP_IDLE_TIMEOUT_MS);
+  const lingerTimeoutMs = parsed('LINGER_TIMEOUT', parseDuration, TCP_LINGER_TIMEOUT_MS);
+  const textfileDir = parsed('TEXTFILE_DIR', (v) => {
+    try {
+      accessSync(v, constants.W_OK);
+      if (!statSync(v).isDirectory()) throw new Error('not a directory');
+    } catch (err) {
+      throw new Error(`not a writable directory (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+    return v;
+  }, undefined);
+  const cidrs = (name: 'ALLOW' | 'DENY'): string[] => parsed(name, (v) => parseCidrs(v, `${ENV_PREFIX}${name}`, 'UPROXY_ERR_BAD_ENV'), []);
+  const proxyProtocol = parsed('PROXY_PROTOCOL', parseProxyProtocol, 'off' as ProxyProtocol);
+  const maxConnections = parsed('MAX_CONNECTIONS', integer(1, 10_000_000), null);
+  const maxBufferBytes = parsed('MAX_BUFFER', integer(16_384, 256 * 1024 * 1024), RELAY_HIGH_WATER_MARK);
+  const level = get('LOG_LEVEL');
   return {
     maxConnections,
     maxBufferBytes,

@@ -95,7 +95,6 @@ interface Conn {
   up: Pump;
   down: Pump;
   idleMs: number;
-  halfClosed: boolean;
 }
 
 /** Creates the listening server with the socket options every accepted client needs. */
@@ -115,8 +114,9 @@ export class TcpForwarder {
   readonly #server: Server;
   readonly #opts: TcpForwarderOptions;
   readonly #limited: RateLimitedLog;
-  readonly #conns = new Set<Socket>();
-  /** Every live connection, for the sweep. */
+  /** Write high-water mark of both sockets of every connection. */
+  readonly #highWaterMark: number;
+  /** Every live connection (for the sweep and for close()). */
   readonly #live = new Set<Conn>();
   #sweep: NodeJS.Timeout | null = null;
   readonly #sweepMs: number;
@@ -126,6 +126,7 @@ export class TcpForwarder {
     this.#opts = opts;
     this.stats = opts.stats ?? newTcpStats();
     this.#limited = new RateLimitedLog(opts.log);
+    this.#highWaterMark = opts.maxBufferBytes ?? RELAY_HIGH_WATER_MARK;
     const timeouts = [opts.idleTimeoutMs ?? 0, opts.lingerTimeoutMs ?? 0].filter((t) => t > 0).map((t) => Math.max(25, Math.floor(t / 4)));
     this.#sweepMs = opts.idleSweepMs ?? Math.min(RELAY_IDLE_SWEEP_MS, ...timeouts);
     server.on('connection', (client: Socket) => this.#onConnection(client));
@@ -142,10 +143,12 @@ export class TcpForwarder {
   /** Stops accepting and destroys every open connection (docker-proxy semantics: no drain). */
   close(): void {
     if (this.#sweep) clearInterval(this.#sweep);
-    this.#live.clear();
     this.stopAccepting();
-    for (const c of this.#conns) c.destroy();
-    this.#conns.clear();
+    for (const c of this.#live) {
+      c.client.destroy();
+      c.upstream.destroy();
+    }
+    this.#live.clear();
   }
 
   /**
@@ -162,7 +165,7 @@ export class TcpForwarder {
         this.stats.idleTimeouts++;
         this.#limited.warn('idle-timeout', { idleTimeoutMs }, 'closing idle connections (idle timeout)');
         this.#expire(c);
-      } else if (c.halfClosed && lingerTimeoutMs > 0 && c.idleMs >= lingerTimeoutMs) {
+      } else if ((c.client.readableEnded || c.upstream.readableEnded) && lingerTimeoutMs > 0 && c.idleMs >= lingerTimeoutMs) {
         this.stats.lingerTimeouts++;
         this.#limited.warn('linger-timeout', { lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
         this.#expire(c);
@@ -201,7 +204,7 @@ export class TcpForwarder {
     }
     const up = new Pump(stats, true);
     const down = new Pump(stats, false);
-    const client = adoptAccepted(accepted, up.onread, this.#opts.maxBufferBytes ?? RELAY_HIGH_WATER_MARK);
+    const client = adoptAccepted(accepted, up.onread, this.#highWaterMark);
     if (client === null) return;
     if (this.#sweep === null) {
       this.#sweep = setInterval(() => this.sweep(), this.#sweepMs);
@@ -210,8 +213,6 @@ export class TcpForwarder {
     stats.accepted++;
     stats.active++;
     const acceptedAt = performance.now();
-    const conns = this.#conns;
-    conns.add(client);
     const upstream = connect({
       host: this.#opts.target.address,
       port: this.#opts.targetPort,
@@ -220,16 +221,15 @@ export class TcpForwarder {
       noDelay: true,
       onread: down.onread,
       // Socket options reach the Duplex constructor; @types/node's connect options omit it.
-      ...({ writableHighWaterMark: this.#opts.maxBufferBytes ?? RELAY_HIGH_WATER_MARK } as object),
+      ...({ writableHighWaterMark: this.#highWaterMark } as object),
     });
-    conns.add(upstream);
     const header = proxyHeader(this.#opts.proxyProtocol ?? 'off', {
       srcAddress: client.remoteAddress ?? '', srcPort: client.remotePort ?? 0,
       dstAddress: client.localAddress ?? '', dstPort: client.localPort ?? 0,
     });
     // Queued on the connecting socket before any client byte can be read: it goes out first.
     if (header) upstream.write(header);
-    const conn: Conn = { client, upstream, up, down, idleMs: 0, halfClosed: false };
+    const conn: Conn = { client, upstream, up, down, idleMs: 0 };
     this.#live.add(conn);
     let connected = false;
     let finished = false;
@@ -250,8 +250,6 @@ export class TcpForwarder {
       if (dialTimer) clearTimeout(dialTimer);
       if (connected) observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
       if (aborted) stats.aborted++;
-      conns.delete(client);
-      conns.delete(upstream);
     };
 
     // An error or premature close on one side resets the other; a clean close (both directions
@@ -267,8 +265,6 @@ export class TcpForwarder {
       else if (!clean) finish(true);
     };
     client.on('error', () => {});
-    client.once('end', () => { conn.halfClosed = true; });
-    upstream.once('end', () => { conn.halfClosed = true; });
     client.on('close', () => onClose(client, upstream, up));
     upstream.on('close', () => onClose(upstream, client, down));
 
