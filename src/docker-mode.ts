@@ -109,14 +109,16 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
     const listen = { host: m.host, port: m.hostPort, useListenFd: m.useListenFd };
     let stats: { tcp: TcpStats | null; udp: UdpStats | null } = { tcp: null, udp: null };
+    const fdLimit = openFileLimit();
+    const access = compileAccess(env.access);
     if (m.proto === 'tcp') {
       const server = createTcpServer();
-      const fdCap = connectionCapFromFdLimit(openFileLimit());
+      const fdCap = connectionCapFromFdLimit(fdLimit);
       const maxConnections = env.maxConnections === null ? fdCap : Math.min(env.maxConnections, fdCap ?? Infinity);
       const tcp = new TcpForwarder(server, {
         target: m.target, targetPort: m.targetPort, log, maxConnections,
         connectTimeoutMs: env.connectTimeoutMs, idleTimeoutMs: env.idleTimeoutMs, lingerTimeoutMs: env.lingerTimeoutMs,
-        access: compileAccess(env.access),
+        access,
         proxyProtocol: env.proxyProtocol,
         maxBufferBytes: env.maxBufferBytes,
       });
@@ -128,8 +130,8 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
       const udp = new UdpForwarder(socket, {
         target: m.target, targetPort: m.targetPort, log,
         idleTimeoutMs: env.udpIdleTimeoutMs,
-        access: compileAccess(env.access),
-        maxFlows: Math.min(env.udpMaxFlows, flowCapFromFdLimit(openFileLimit()) ?? Infinity),
+        access,
+        maxFlows: Math.min(env.udpMaxFlows, flowCapFromFdLimit(fdLimit) ?? Infinity),
       });
       forwarder = udp;
       await bindUdp(socket, listen);
@@ -137,7 +139,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     }
     if (env.textfileDir !== undefined) {
       const { startTextfileWriter } = await import('./textfile-metrics.js');
-      const writer = startTextfileWriter(env.textfileDir, m, stats);
+      const writer = startTextfileWriter(env.textfileDir, { id, mapping: m, stats });
       textfile = writer;
       await writer.write();
     }

@@ -7,7 +7,7 @@
  * and the protocol to tcp; a range maps port by port onto a target range of the same length.
  * A port range is one mapping (one worker in standalone mode).
  */
-import { joinHostPort, parseIp, type IpAddress } from './address.js';
+import { isUnspecified, joinHostPort, parseIp, type IpAddress } from './address.js';
 import type { AccessSpec } from './access-list.js';
 import type { Proto } from './docker-flags.js';
 import type { ProxyProtocol } from './proxy-protocol.js';
@@ -94,7 +94,7 @@ export function parsePublishSpec(spec: string): Mapping {
   const [hostText, hostPorts, targetText, targetPorts] = parts.length === 4 ? parts : ['0.0.0.0', ...parts];
   const host = parseAddress(spec, hostText as string, 'host address');
   const target = parseAddress(spec, targetText as string, 'target address');
-  if (target.address === '0.0.0.0' || /^[0:]+$/.test(target.address)) bad(spec, 'the target cannot be a wildcard address');
+  if (isUnspecified(target)) bad(spec, 'the target cannot be a wildcard address');
   const [hp, hpEnd] = parsePorts(spec, hostPorts as string, 'host port');
   const [tp, tpEnd] = parsePorts(spec, targetPorts as string, 'target port');
   if (hpEnd - hp !== tpEnd - tp) {
@@ -106,10 +106,6 @@ export function parsePublishSpec(spec: string): Mapping {
     access: { allow: [], deny: [] },
     proxyProtocol: 'off',
   };
-}
-
-function isWildcard(ip: IpAddress): boolean {
-  return ip.family === 4 ? ip.address === '0.0.0.0' : /^[0:]+$/.test(ip.address);
 }
 
 /**
@@ -124,7 +120,7 @@ export function checkOverlaps(mappings: readonly Mapping[]): void {
       const b = mappings[j] as Mapping;
       if (a.proto !== b.proto || a.host.family !== b.host.family) continue;
       if (a.hostPortEnd < b.hostPort || b.hostPortEnd < a.hostPort) continue;
-      if (a.host.address !== b.host.address && !isWildcard(a.host) && !isWildcard(b.host)) continue;
+      if (a.host.address !== b.host.address && !isUnspecified(a.host) && !isUnspecified(b.host)) continue;
       const what = a.id === b.id && a.hostPort === b.hostPort && a.hostPortEnd === b.hostPortEnd ? 'duplicate binding' : 'overlapping bindings';
       throw new ProxyError('UPROXY_ERR_CONFIG', `${what}: "${a.spec}" and "${b.spec}" both bind ${a.proto} ${joinHostPort(b.host.address, Math.max(a.hostPort, b.hostPort))}`);
     }

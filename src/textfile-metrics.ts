@@ -12,7 +12,6 @@ import { createRegistry } from './metrics.js';
 import type { MappingState } from './supervisor.js';
 import type { TcpStats } from './tcp-forwarder.js';
 import type { UdpStats } from './udp-forwarder.js';
-import { joinHostPort } from './address.js';
 
 /** A running textfile writer. */
 export interface TextfileWriter {
@@ -22,9 +21,16 @@ export interface TextfileWriter {
   remove(): void;
 }
 
+/** Options of startTextfileWriter. */
+export interface TextfileOptions {
+  /** The mapping's metrics label, as docker mode logs it. */
+  id: string;
+  mapping: DockerMapping;
+  stats: { tcp: TcpStats | null; udp: UdpStats | null };
+}
+
 /** Starts writing the mapping's metrics file every TEXTFILE_INTERVAL_MS. */
-export function startTextfileWriter(dir: string, m: DockerMapping, stats: { tcp: TcpStats | null; udp: UdpStats | null }): TextfileWriter {
-  const id = `${m.proto}/${joinHostPort(m.host.address, m.hostPort)}`;
+export function startTextfileWriter(dir: string, { id, mapping: m, stats }: TextfileOptions): TextfileWriter {
   const state: MappingState = {
     mapping: { id, proto: m.proto, host: m.host, hostPort: m.hostPort, hostPortEnd: m.hostPort, target: m.target, targetPort: m.targetPort, spec: id, access: { allow: [], deny: [] }, proxyProtocol: 'off' },
     up: true,

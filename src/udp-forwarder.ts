@@ -125,11 +125,6 @@ export class UdpForwarder {
     });
   }
 
-  /** Number of live flows. */
-  get flowCount(): number {
-    return this.#flows.size;
-  }
-
   /** Stops opening new flows; established flows carry on until idle (graceful drain). */
   stopAccepting(): void {
     this.#draining = true;

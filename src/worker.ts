@@ -23,6 +23,9 @@ const tcpStats = mapping.proto === 'tcp' ? newTcpStats() : null;
 const udpStats = mapping.proto === 'udp' ? newUdpStats() : null;
 const forwarders: (TcpForwarder | UdpForwarder)[] = [];
 const fdLimit = openFileLimit();
+// Caps apply per listener; the fd-derived ones protect the whole process.
+const connectionCap = init.maxConnections ?? connectionCapFromFdLimit(fdLimit);
+const flowCap = Math.min(init.udpMaxFlows, flowCapFromFdLimit(fdLimit) ?? Infinity);
 const access = compileAccess(mapping.access);
 
 port.on('message', (m: ToWorker) => {
@@ -55,11 +58,9 @@ try {
     const target = { target: mapping.target, targetPort: mapping.targetPort + i, log, access };
     if (mapping.proto === 'tcp') {
       const server = createTcpServer();
-      // The cap is per listener here; the fd-derived one protects the whole process.
-      const fdCap = connectionCapFromFdLimit(fdLimit);
       forwarders.push(new TcpForwarder(server, {
         ...target, stats: tcpStats as NonNullable<typeof tcpStats>,
-        maxConnections: init.maxConnections ?? fdCap,
+        maxConnections: connectionCap,
         proxyProtocol: mapping.proxyProtocol,
         maxBufferBytes: init.maxBufferBytes,
         connectTimeoutMs: init.connectTimeoutMs, idleTimeoutMs: init.idleTimeoutMs, lingerTimeoutMs: init.lingerTimeoutMs,
@@ -69,7 +70,7 @@ try {
       const socket = createUdpSocket(mapping.host.family);
       forwarders.push(new UdpForwarder(socket, {
         ...target, stats: udpStats as NonNullable<typeof udpStats>, idleTimeoutMs: init.udpIdleTimeoutMs,
-        maxFlows: Math.min(init.udpMaxFlows, flowCapFromFdLimit(fdLimit) ?? Infinity),
+        maxFlows: flowCap,
       }));
       opened.push(bindUdp(socket, listen));
     }
