@@ -10,7 +10,7 @@
  * 1 a mapping cannot bind (all-or-nothing: nothing keeps running).
  */
 import yargs from 'yargs';
-import { buildConfig, readConfigFile, type CliValues, type StandaloneConfig } from './config.js';
+import { SETTINGS, buildConfig, readConfigFile, type CliValues, type StandaloneConfig } from './config.js';
 import { ENV_PREFIX } from './constants.js';
 import { ProxyError, toProxyError } from './errors.js';
 import { createLogger, type Log } from './logger.js';
@@ -92,24 +92,8 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
     return;
   }
   if ((parsed._ as unknown[]).length > 1) die(new ProxyError('UPROXY_ERR_BAD_FLAG', `unexpected argument "${String((parsed._ as unknown[])[1])}"`));
-  const cli: CliValues = {
-    publish: parsed.publish as string[] | undefined,
-    config: parsed.config as string | undefined,
-    metrics: parsed.metrics as string | undefined,
-    drainTimeout: parsed.drainTimeout as string | undefined,
-    udpIdleTimeout: parsed.udpIdleTimeout as string | undefined,
-    udpMaxFlows: parsed.udpMaxFlows as string | undefined,
-    connectTimeout: parsed.connectTimeout as string | undefined,
-    idleTimeout: parsed.idleTimeout as string | undefined,
-    lingerTimeout: parsed.lingerTimeout as string | undefined,
-    maxConnections: parsed.maxConnections as string | undefined,
-    allow: parsed.allow as string[] | undefined,
-    deny: parsed.deny as string[] | undefined,
-    proxyProtocol: parsed.proxyProtocol as string | undefined,
-    maxBuffer: parsed.maxBuffer as string | undefined,
-    logLevel: parsed.logLevel as string | undefined,
-    logFile: parsed.logFile as string | undefined,
-  };
+  // yargs camel-cases each option into its config key (--drain-timeout -> drainTimeout).
+  const cli = Object.fromEntries([...Object.keys(SETTINGS), 'config'].map((k) => [k, parsed[k]])) as CliValues;
   let config: StandaloneConfig;
   try {
     config = loadConfig(cli);
