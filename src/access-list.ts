@@ -13,10 +13,11 @@ export interface AccessSpec {
   deny: string[];
 }
 
-/** Compiled rules. */
+/** Compiled rules, with the spec they came from (the native engine compiles its own). */
 export interface AccessRules {
   allow: BlockList | null;
   deny: BlockList | null;
+  spec: AccessSpec;
 }
 
 /**
@@ -51,7 +52,7 @@ function compile(cidrs: readonly string[]): BlockList | null {
 /** Compiles a spec; null when it restricts nothing. */
 export function compileAccess(spec: AccessSpec | undefined): AccessRules | null {
   if (!spec || (spec.allow.length === 0 && spec.deny.length === 0)) return null;
-  return { allow: compile(spec.allow), deny: compile(spec.deny) };
+  return { allow: compile(spec.allow), deny: compile(spec.deny), spec };
 }
 
 /** True when the client address may connect. */

@@ -20,6 +20,8 @@ import { ProxyError } from './errors.js';
 import { parseCidrs } from './access-list.js';
 import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
+import { parseEngine } from './docker-env.js';
+import type { EngineChoice } from './native-engine.js';
 import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
 
 /** A validated standalone configuration. */
@@ -38,6 +40,8 @@ export interface StandaloneConfig {
   maxBufferBytes: number;
   logLevel: LogLevel;
   logFile: string | undefined;
+  /** Data path: auto (native when built), native or js. */
+  engine: EngineChoice;
 }
 
 /** Values as given on the command line (strings, as typed). */
@@ -58,6 +62,7 @@ export interface CliValues {
   maxBuffer?: string | undefined;
   logLevel?: string | undefined;
   logFile?: string | undefined;
+  engine?: string | undefined;
 }
 
 /** Config file keys and the environment variable for each (the README mirrors this table). */
@@ -77,6 +82,7 @@ export const SETTINGS = {
   maxBuffer: 'MAX_BUFFER',
   logLevel: 'LOG_LEVEL',
   logFile: 'LOG_FILE',
+  engine: 'ENGINE',
 } as const;
 type Key = keyof typeof SETTINGS;
 /** Variables read elsewhere (the launcher), naming the config file, or a test hook. */
@@ -102,6 +108,14 @@ export function readConfigFile(path: string): Record<string, unknown> {
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) fail(`config file ${path} must hold a JSON object`);
   return value as Record<string, unknown>;
+}
+
+function engineOf(v: unknown, where: string): EngineChoice {
+  try {
+    return parseEngine(v);
+  } catch (err) {
+    fail(`invalid ${where} ${describe(v)}: ${(err as Error).message}`);
+  }
 }
 
 function describe(v: unknown): string {
@@ -231,6 +245,7 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   const maxBufV = pick('maxBuffer', cli.maxBuffer, 'max-buffer');
   const levelV = pick('logLevel', cli.logLevel, 'log-level');
   const fileV = pick('logFile', cli.logFile, 'log-file');
+  const engineV = pick('engine', cli.engine, 'engine');
 
   const udpIdleTimeoutMs = idleV ? duration(idleV[1], idleV[0]) : UDP_IDLE_TIMEOUT_MS;
   if (udpIdleTimeoutMs < 10) fail(`invalid ${idleV?.[1]}: must be at least 10ms`);
@@ -249,5 +264,6 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     maxBufferBytes: maxBufV ? integer(maxBufV[1], maxBufV[0], 16_384, 256 * 1024 * 1024) : RELAY_HIGH_WATER_MARK,
     logLevel: (levelV?.[0] as LogLevel | undefined) ?? 'info',
     logFile: fileV?.[0] as string | undefined,
+    engine: engineV ? engineOf(engineV[0], engineV[1]) : 'auto',
   };
 }

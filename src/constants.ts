@@ -23,6 +23,13 @@ export const RELAY_BIG_BUFFER = 256 * 1024;
  * buffer, so that a transfer momentarily faster than the receiver does not pause per read.
  */
 export const RELAY_HIGH_WATER_MARK = 1024 * 1024;
+/**
+ * Native engine: each direction's pipe holds at most the buffer limit, within these bounds. The
+ * upper bound is the unprivileged fs.pipe-max-size; 1 MiB pipes are where splice beats Go's
+ * 64 KiB ones (splice-notes.md). A pipe is held only while bytes are in flight.
+ */
+export const NATIVE_PIPE_MIN = 64 * 1024;
+export const NATIVE_PIPE_MAX = 1024 * 1024;
 /** How often idle connections' big read buffers are swapped for small ones. */
 export const RELAY_IDLE_SWEEP_MS = 5_000;
 /** Consecutive small reads after which a direction goes back to the small buffer. */

@@ -53,6 +53,7 @@ export async function startDemo(opts: DemoOptions): Promise<{ config: Standalone
     lingerTimeoutMs: TCP_LINGER_TIMEOUT_MS,
     maxConnections: null,
     maxBufferBytes: RELAY_HIGH_WATER_MARK,
+    engine: 'auto',
     logLevel: 'info',
     logFile: undefined,
   };

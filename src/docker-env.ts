@@ -11,6 +11,7 @@ import { parseDuration } from './duration.js';
 import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
 import { ProxyError } from './errors.js';
 import { parseLogLevel, type LogLevel } from './logger.js';
+import { ENGINE_CHOICES, type EngineChoice } from './native-engine.js';
 
 /** Docker-mode settings from the environment. */
 export interface DockerEnv {
@@ -26,6 +27,7 @@ export interface DockerEnv {
   proxyProtocol: ProxyProtocol;
   maxConnections: number | null;
   maxBufferBytes: number;
+  engine: EngineChoice;
 }
 
 /** The variables read, their meaning and default (the README table mirrors this). */
@@ -42,6 +44,7 @@ export const DOCKER_ENV_VARS = {
   MAX_CONNECTIONS: 'TCP: most open connections; excess refused at once (default (RLIMIT_NOFILE - 32) / 2)',
   MAX_BUFFER: `TCP: unsent bytes per direction before reading pauses (default ${RELAY_HIGH_WATER_MARK})`,
   PROXY_PROTOCOL: 'off|v1|v2: send a PROXY protocol header to the container (TCP only; default off)',
+  ENGINE: 'auto|native|js: data path; auto uses the native (splice) engine when it is built (default auto)',
   TEXTFILE_DIR: 'keep <proto>_<host-ip>_<port>.prom there for node_exporter\'s textfile collector (default off)',
 } as const;
 
@@ -92,8 +95,10 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
   const proxyProtocol = parsed('PROXY_PROTOCOL', parseProxyProtocol, 'off' as ProxyProtocol);
   const maxConnections = parsed('MAX_CONNECTIONS', integer(1, 10_000_000), null);
   const maxBufferBytes = parsed('MAX_BUFFER', integer(16_384, 256 * 1024 * 1024), RELAY_HIGH_WATER_MARK);
+  const engine = parsed('ENGINE', parseEngine, 'auto' as EngineChoice);
   const level = get('LOG_LEVEL');
   return {
+    engine,
     maxConnections,
     maxBufferBytes,
     proxyProtocol,
@@ -107,4 +112,10 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
     udpIdleTimeoutMs,
     udpMaxFlows,
   };
+}
+
+/** Parses an engine choice (auto, native, js). */
+export function parseEngine(v: unknown): EngineChoice {
+  if (typeof v === 'string' && (ENGINE_CHOICES as readonly string[]).includes(v)) return v as EngineChoice;
+  throw new Error(`use one of ${ENGINE_CHOICES.join(', ')}`);
 }

@@ -18,6 +18,7 @@ export const DOCKER_FLAGS: readonly FlagSpec[] = [
   { name: 'container-ip', kind: 'string', usage: 'container ip', default: '' },
   { name: 'container-port', kind: 'int', usage: 'container port', default: -1 },
   { name: 'use-listen-fd', kind: 'bool', usage: 'use a supplied listen fd', default: false },
+  { name: 'engine', kind: 'string', usage: 'data path: auto, native (splice) or js (not a docker-proxy flag)', default: '' },
   { name: 'v', kind: 'bool', usage: 'show version information', default: false },
   { name: 'version', kind: 'bool', usage: 'show version information', default: false },
 ];

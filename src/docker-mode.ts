@@ -23,7 +23,7 @@
  */
 import { compileAccess } from './access-list.js';
 import { joinHostPort } from './address.js';
-import { readDockerEnv } from './docker-env.js';
+import { parseEngine, readDockerEnv } from './docker-env.js';
 import { DOCKER_FLAGS, parseDockerArgs, toDockerMapping } from './docker-flags.js';
 import { ProxyError, toProxyError } from './errors.js';
 import { connectionCapFromFdLimit, flowCapFromFdLimit, openFileLimit } from './fd-limit.js';
@@ -33,6 +33,7 @@ import { createLogger, silentLog, type Log } from './logger.js';
 import { reportFailure, reportReady } from './status-pipe.js';
 import { createTcpServer, TcpForwarder, type TcpStats } from './tcp-forwarder.js';
 import { createUdpSocket, UdpForwarder, type UdpStats } from './udp-forwarder.js';
+import { selectEngine, type EngineChoice } from './native-engine.js';
 import { packageVersion } from './version.js';
 
 const PROGRAM = 'userland-proxy';
@@ -111,6 +112,12 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     let stats: { tcp: TcpStats | null; udp: UdpStats | null } = { tcp: null, udp: null };
     const fdLimit = openFileLimit();
     const access = compileAccess(env.access);
+    const engineFlag = flags.values.get('engine') as string;
+    const engine = selectEngine(
+      flags.given.has('engine') ? parseEngineFlag(engineFlag) : env.engine,
+      (msg) => log?.warn({}, msg),
+      flags.given.has('engine') ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV',
+    );
     if (m.proto === 'tcp') {
       const server = createTcpServer();
       const fdCap = connectionCapFromFdLimit(fdLimit);
@@ -121,6 +128,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
         access,
         proxyProtocol: env.proxyProtocol,
         maxBufferBytes: env.maxBufferBytes,
+        engine,
       });
       forwarder = tcp;
       await listenTcp(server, listen);
@@ -132,6 +140,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
         idleTimeoutMs: env.udpIdleTimeoutMs,
         access,
         maxFlows: Math.min(env.udpMaxFlows, flowCapFromFdLimit(fdLimit) ?? Infinity),
+        engine,
       });
       forwarder = udp;
       await bindUdp(socket, listen);
@@ -148,5 +157,14 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     log.info({ target, listenFd: m.useListenFd, version: packageVersion() }, 'proxy ready');
   } catch (err) {
     fail(err, log);
+  }
+}
+
+/** The -engine flag's value, or a one-line error in Go's flag wording style. */
+function parseEngineFlag(v: string): EngineChoice {
+  try {
+    return parseEngine(v);
+  } catch (err) {
+    throw new ProxyError('UPROXY_ERR_BAD_VALUE', `invalid -engine "${v}": ${(err as Error).message}`);
   }
 }

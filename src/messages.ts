@@ -5,12 +5,15 @@ import type { Mapping } from './publish-spec.js';
 import type { StandaloneConfig } from './config.js';
 import type { TcpStats } from './tcp-forwarder.js';
 import type { UdpStats } from './udp-forwarder.js';
+import type { EngineName } from './native-engine.js';
 
 /** What a worker is started with (workerData): its mapping and the settings that apply to it. */
 export type WorkerInit = Pick<StandaloneConfig,
   'udpIdleTimeoutMs' | 'udpMaxFlows' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs' | 'maxConnections' |
   'maxBufferBytes' | 'logLevel' | 'logFile'> & {
   mapping: Mapping;
+  /** The engine the supervisor resolved (never 'auto'). */
+  engine: EngineName;
   /** Test hook: a worker that crashes after this many ms (USERLAND_PROXY_TEST_CRASH). */
   crashAfterMs?: number | undefined;
 };

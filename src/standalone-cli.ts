@@ -67,6 +67,7 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .option('proxy-protocol', { type: 'string', describe: 'off|v1|v2: send a PROXY protocol header to TCP targets (default off)' })
       .option('log-level', { type: 'string', describe: 'trace|debug|info|warn|error|fatal|silent (default info)' })
       .option('log-file', { type: 'string', describe: 'append JSON logs to this file (default stderr)' })
+      .option('engine', { type: 'string', describe: 'auto|native|js: data path; auto uses the native (splice) engine when built (default auto)' })
       .strict()
       .version(false)
       .help()

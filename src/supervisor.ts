@@ -10,6 +10,7 @@ import { RESTART_BACKOFF_MAX_MS, RESTART_BACKOFF_MIN_MS, RESTART_RESET_AFTER_MS,
 import { ProxyError } from './errors.js';
 import type { Log } from './logger.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
+import { selectEngine, type EngineName } from './native-engine.js';
 import type { Mapping } from './publish-spec.js';
 import type { TcpStats } from './tcp-forwarder.js';
 import type { UdpStats } from './udp-forwarder.js';
@@ -43,9 +44,10 @@ function slotKey(init: WorkerInit): string {
   return JSON.stringify([m, settings]);
 }
 
-function initsOf(config: StandaloneConfig, crashId: string | undefined): WorkerInit[] {
+function initsOf(config: StandaloneConfig, crashId: string | undefined, engine: EngineName): WorkerInit[] {
   return config.mappings.map((mapping) => ({
     mapping,
+    engine,
     udpIdleTimeoutMs: config.udpIdleTimeoutMs,
     udpMaxFlows: config.udpMaxFlows,
     connectTimeoutMs: config.connectTimeoutMs,
@@ -66,6 +68,11 @@ export class Supervisor {
   readonly #crashId: string | undefined;
   #statsSeq = 0;
 
+  /** The engine workers run: resolved here, so that a fallback warns once, not per worker. */
+  #engine(config: StandaloneConfig): EngineName {
+    return selectEngine(config.engine, (msg) => this.#log.warn({}, msg), 'UPROXY_ERR_CONFIG');
+  }
+
   constructor(log: Log, opts: { crashMappingId?: string | undefined } = {}) {
     this.#log = log;
     this.#crashId = opts.crashMappingId;
@@ -83,7 +90,7 @@ export class Supervisor {
 
   /** Starts every mapping; all-or-nothing: on the first failure everything stops and it throws. */
   async start(config: StandaloneConfig): Promise<void> {
-    const slots = initsOf(config, this.#crashId).map((init) => this.#newSlot(init));
+    const slots = initsOf(config, this.#crashId, this.#engine(config)).map((init) => this.#newSlot(init));
     try {
       await Promise.all(slots.map((s) => this.#launch(s)));
     } catch (err) {
@@ -97,7 +104,7 @@ export class Supervisor {
    * (all-or-nothing among the new ones), unchanged ones are not touched.
    */
   async reload(config: StandaloneConfig, drainTimeoutMs: number): Promise<{ added: number; removed: number; kept: number }> {
-    const wanted = new Map(initsOf(config, undefined).map((i) => [slotKey(i), i]));
+    const wanted = new Map(initsOf(config, undefined, this.#engine(config)).map((i) => [slotKey(i), i]));
     const removed = [...this.#slots.values()].filter((s) => !wanted.has(s.key));
     const added = [...wanted.entries()].filter(([k]) => !this.#slots.has(k)).map(([, init]) => init);
     // Free the ports of removed mappings first: an edited mapping may reuse them.

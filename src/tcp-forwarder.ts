@@ -18,12 +18,13 @@
  */
 import { connect, createServer, Socket, type Server } from 'node:net';
 import type { IpAddress } from './address.js';
-import { CLIENT_KEEPALIVE_MS, RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from './constants.js';
+import { CLIENT_KEEPALIVE_MS, NATIVE_PIPE_MAX, NATIVE_PIPE_MIN, RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from './constants.js';
 import { isAllowed, type AccessRules } from './access-list.js';
 import { proxyHeader, type ProxyProtocol } from './proxy-protocol.js';
 import { CONNECT_BUCKETS, LIFETIME_BUCKETS, newHistogram, observe, type PlainHistogram } from './histogram.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { Pump } from './relay.js';
+import { CLOSE_REASON, nativeTcp, type EngineName, type NativeTcp } from './native-engine.js';
 
 /** Plain-number counters, read by metrics at scrape time (never prom-client on the hot path). */
 export interface TcpStats {
@@ -86,6 +87,8 @@ export interface TcpForwarderOptions {
   lingerTimeoutMs?: number;
   /** Period of the sweep (idle buffers and timeouts); derived from the timeouts when absent. */
   idleSweepMs?: number;
+  /** Data path after the dial: 'js' (relay.ts) or 'native' (splice, native/engine.c). */
+  engine?: EngineName;
 }
 
 /** A live connection as the sweep sees it. */
@@ -120,6 +123,13 @@ export class TcpForwarder {
   readonly #live = new Set<Conn>();
   #sweep: NodeJS.Timeout | null = null;
   readonly #sweepMs: number;
+  /** The native data path, when the engine is native. */
+  readonly #native: NativeTcp | null = null;
+  /** Connections handed to the native thread: id -> accept time (ms, performance.now()). */
+  readonly #handedOff = new Map<number, number>();
+  /** Native-path connections still dialling: [client, upstream]. */
+  readonly #dialing = new Set<[Socket, Socket]>();
+  #nextId = 1;
 
   constructor(server: Server, opts: TcpForwarderOptions) {
     this.#server = server;
@@ -129,6 +139,10 @@ export class TcpForwarder {
     this.#highWaterMark = opts.maxBufferBytes ?? RELAY_HIGH_WATER_MARK;
     const timeouts = [opts.idleTimeoutMs ?? 0, opts.lingerTimeoutMs ?? 0].filter((t) => t > 0).map((t) => Math.max(25, Math.floor(t / 4)));
     this.#sweepMs = opts.idleSweepMs ?? Math.min(RELAY_IDLE_SWEEP_MS, ...timeouts);
+    if (opts.engine === 'native') {
+      const pipeBytes = Math.min(NATIVE_PIPE_MAX, Math.max(NATIVE_PIPE_MIN, this.#highWaterMark));
+      this.#native = nativeTcp(this.stats, opts.idleTimeoutMs ?? 0, opts.lingerTimeoutMs ?? 0, pipeBytes, (id, reason) => this.#onNativeClose(id, reason));
+    }
     server.on('connection', (client: Socket) => this.#onConnection(client));
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
@@ -144,6 +158,15 @@ export class TcpForwarder {
   close(): void {
     if (this.#sweep) clearInterval(this.#sweep);
     this.stopAccepting();
+    if (this.#native) {
+      this.#native.close();
+      for (const acceptedAt of this.#handedOff.values()) this.#finishNative(acceptedAt, CLOSE_REASON.closed);
+      this.#handedOff.clear();
+      for (const [client, upstream] of this.#dialing) {
+        client.destroy();
+        upstream.destroy();
+      }
+    }
     for (const c of this.#live) {
       c.client.destroy();
       c.upstream.destroy();
@@ -187,7 +210,7 @@ export class TcpForwarder {
 
   #onConnection(accepted: Socket): void {
     const stats = this.stats;
-    const { log, maxConnections } = this.#opts;
+    const { maxConnections } = this.#opts;
     if (maxConnections != null && stats.active >= maxConnections) {
       stats.rejectedLimit++;
       this.#limited.warn('limit', { maxConnections }, 'connection limit reached; refusing new connections');
@@ -202,6 +225,117 @@ export class TcpForwarder {
       accepted.resetAndDestroy();
       return;
     }
+    if (this.#native) this.#forwardNative(accepted);
+    else this.#forwardJs(accepted);
+  }
+
+  /**
+   * The native data path: JavaScript accepts, filters, dials and writes any PROXY header, then
+   * hands both sockets to the native thread (splice) and destroys its Socket objects. Until then
+   * nobody reads: the client is paused since accept (pauseOnConnect), and the upstream is paused
+   * before 'connect', after which Node would otherwise start reading.
+   */
+  #forwardNative(client: Socket): void {
+    const stats = this.stats;
+    const { target, targetPort, connectTimeoutMs = 0, log } = this.#opts;
+    stats.accepted++;
+    stats.active++;
+    const acceptedAt = performance.now();
+    const upstream = connect({ host: target.address, port: targetPort, family: target.family, allowHalfOpen: true, noDelay: true });
+    upstream.pause();
+    const pair: [Socket, Socket] = [client, upstream];
+    this.#dialing.add(pair);
+    let done = false;
+    const fail = (): void => {
+      if (done) return;
+      done = true;
+      this.#dialing.delete(pair);
+      if (dialTimer) clearTimeout(dialTimer);
+      stats.active--;
+      upstream.destroy();
+      client.destroy();
+    };
+    const dialTimer = connectTimeoutMs > 0 ? setTimeout(() => {
+      stats.connectErrors.timeout++;
+      this.#limited.warn('connect:timeout', { target: `${target.address}:${targetPort}`, connectTimeoutMs }, 'connect to target timed out; closing client');
+      fail();
+    }, connectTimeoutMs) : null;
+    client.on('error', () => {});
+    upstream.on('error', (err: NodeJS.ErrnoException) => {
+      if (done) return;
+      stats.connectErrors[connectErrorReason(err.code)]++;
+      this.#limited.warn(`connect:${err.code}`, { target: `${target.address}:${targetPort}`, err: err.message }, 'cannot connect to target; closing client');
+      // Like docker-proxy: the client was accepted, so it sees a close (FIN), not a refusal.
+      fail();
+    });
+    const handoff = (): void => {
+      if (done) return;
+      const clientFd = handleFd(client);
+      const upstreamFd = handleFd(upstream);
+      try {
+        if (clientFd < 0 || upstreamFd < 0) throw new Error('connection already closed');
+        const id = this.#nextId;
+        this.#nextId = (this.#nextId + 1) >>> 0 || 1;
+        (this.#native as NativeTcp).adopt(id, clientFd, upstreamFd);
+        this.#handedOff.set(id, acceptedAt);
+      } catch (err) {
+        // EMFILE on dup, or a socket that closed meanwhile: reset both, the stream never started.
+        this.#limited.warn('handoff', { err: (err as Error).message }, 'cannot hand connection to the native engine; resetting it');
+        stats.aborted++;
+        client.resetAndDestroy();
+        upstream.resetAndDestroy();
+        fail();
+        return;
+      }
+      done = true;
+      this.#dialing.delete(pair);
+      // Only these fd numbers close: the sockets live on in the native thread's dups, and libuv
+      // removes them from its epoll before closing.
+      client.destroy();
+      upstream.destroy();
+    };
+    upstream.once('connect', () => {
+      if (dialTimer) clearTimeout(dialTimer);
+      if (done) return;
+      observe(stats.connectDuration, (performance.now() - acceptedAt) / 1000);
+      if (log.debugEnabled) log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
+      const header = proxyHeader(this.#opts.proxyProtocol ?? 'off', {
+        srcAddress: client.remoteAddress ?? '', srcPort: client.remotePort ?? 0,
+        dstAddress: client.localAddress ?? '', dstPort: client.localPort ?? 0,
+      });
+      // The header must be in the kernel before the native thread writes the first client byte.
+      if (header) upstream.write(header, (err) => (err ? fail() : handoff()));
+      else handoff();
+    });
+  }
+
+  /** A report from the native thread: one handed-off connection is gone. */
+  #onNativeClose(id: number, reason: number): void {
+    const acceptedAt = this.#handedOff.get(id);
+    if (acceptedAt === undefined) return;
+    this.#handedOff.delete(id);
+    this.#finishNative(acceptedAt, reason);
+  }
+
+  /** The same accounting and logs as the JavaScript path's close handling and sweep. */
+  #finishNative(acceptedAt: number, reason: number): void {
+    const stats = this.stats;
+    stats.active--;
+    observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
+    // As in the JavaScript path, anything but a clean double close counts as aborted.
+    if (reason !== CLOSE_REASON.clean) stats.aborted++;
+    if (reason === CLOSE_REASON.idle) {
+      stats.idleTimeouts++;
+      this.#limited.warn('idle-timeout', { idleTimeoutMs: this.#opts.idleTimeoutMs }, 'closing idle connections (idle timeout)');
+    } else if (reason === CLOSE_REASON.linger) {
+      stats.lingerTimeouts++;
+      this.#limited.warn('linger-timeout', { lingerTimeoutMs: this.#opts.lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
+    }
+  }
+
+  #forwardJs(accepted: Socket): void {
+    const stats = this.stats;
+    const { log } = this.#opts;
     const up = new Pump(stats, true);
     const down = new Pump(stats, false);
     const client = adoptAccepted(accepted, up.onread, this.#highWaterMark);
@@ -296,6 +430,12 @@ export class TcpForwarder {
       upstream.resume();
     });
   }
+}
+
+/** The file descriptor of a connected socket (private `_handle.fd`, the only way in Node 20). */
+function handleFd(socket: Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === 'number' ? fd : -1;
 }
 
 /** The metrics reason of a failed dial. */

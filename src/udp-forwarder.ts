@@ -25,6 +25,8 @@ import {
 } from './constants.js';
 import { isAllowed, type AccessRules } from './access-list.js';
 import { RateLimitedLog, type Log } from './logger.js';
+import { parseIp, isUnspecified } from './address.js';
+import { nativeUdp, type EngineName, type NativeUdp } from './native-engine.js';
 
 /** Plain-number counters, read by metrics at scrape time. */
 export interface UdpStats {
@@ -63,6 +65,8 @@ export interface UdpForwarderOptions {
   stats?: UdpStats;
   /** Allow/deny lists checked before a flow opens; null: everyone. */
   access?: AccessRules | null;
+  /** 'js' (this file) or 'native' (recvmmsg/sendmmsg with IP_PKTINFO, native/engine.c). */
+  engine?: EngineName;
 }
 
 interface Flow {
@@ -98,6 +102,13 @@ export function createUdpSocket(family: 4 | 6, bufferBytes = UDP_LISTENER_BUFFER
   });
 }
 
+/** dgram keeps its handle behind a private symbol (the `_handle` getter is deprecated). */
+function dgramState(socket: Socket): symbol {
+  const sym = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
+  if (sym === undefined) throw new Error('dgram internals changed: no state symbol');
+  return sym;
+}
+
 /** Forwards datagrams between clients of a bound listening socket and one target. */
 export class UdpForwarder {
   readonly stats: UdpStats;
@@ -110,6 +121,7 @@ export class UdpForwarder {
   /** Coarse clock, refreshed by the sweep timer: no Date.now() per datagram. */
   #now = Date.now();
   #draining = false;
+  #native: NativeUdp | null = null;
 
   constructor(listener: Socket, opts: UdpForwarderOptions) {
     this.#listener = listener;
@@ -117,7 +129,8 @@ export class UdpForwarder {
     this.stats = opts.stats ?? newUdpStats();
     this.#limited = new RateLimitedLog(opts.log);
     this.#sweepMs = Math.min(UDP_SWEEP_MAX_MS, Math.max(UDP_SWEEP_MIN_MS, Math.floor(opts.idleTimeoutMs / 10)));
-    listener.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.#onClientDatagram(msg, rinfo));
+    if (opts.engine === 'native') listener.once('listening', () => this.#handoff());
+    else listener.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.#onClientDatagram(msg, rinfo));
     listener.once('listening', () => {
       listener.on('error', (err: NodeJS.ErrnoException) => {
         this.#limited.warn(`listener:${err.code}`, { err: err.message }, 'UDP listener error; still serving');
@@ -125,15 +138,39 @@ export class UdpForwarder {
     });
   }
 
+  /**
+   * Native engine: the bound listener goes to the native thread, which then serves every flow.
+   * The JavaScript socket stays open (it owns the port for close()) but never reads again.
+   */
+  #handoff(): void {
+    const handle = (this.#listener as unknown as Record<symbol, { handle?: { fd?: number; recvStop?: () => number } }>)[dgramState(this.#listener)]?.handle;
+    handle?.recvStop?.();
+    const { target, targetPort, idleTimeoutMs, maxFlows, access } = this.#opts;
+    const local = parseIp(this.#listener.address().address);
+    this.#native = nativeUdp(this.stats, handle?.fd ?? -1, target, targetPort, idleTimeoutMs, maxFlows, access?.spec ?? null, local !== null && isUnspecified(local));
+    // The native thread counts; warnings come from here, once per burst as in the JS engine.
+    const seen = { droppedBlocked: 0, droppedFlowLimit: 0, droppedSendError: 0 };
+    this.#timer = setInterval(() => {
+      const s = this.stats;
+      if (s.droppedBlocked > seen.droppedBlocked) this.#limited.warn('blocked', {}, 'datagrams refused by the access lists');
+      if (s.droppedFlowLimit > seen.droppedFlowLimit) this.#limited.warn('flow-limit', { maxFlows }, 'UDP flow limit reached; dropping datagrams from new clients');
+      if (s.droppedSendError > seen.droppedSendError) this.#limited.warn('flow:error', {}, 'cannot open UDP flow to target, or send failed');
+      for (const k of Object.keys(seen) as (keyof typeof seen)[]) seen[k] = s[k];
+    }, UDP_SWEEP_MAX_MS);
+    this.#timer.unref();
+  }
+
   /** Stops opening new flows; established flows carry on until idle (graceful drain). */
   stopAccepting(): void {
     this.#draining = true;
+    this.#native?.stop();
   }
 
   /** Closes the listener and every flow socket. */
   close(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
+    this.#native?.close();
     try {
       this.#listener.close();
     } catch {

@@ -64,13 +64,14 @@ try {
         proxyProtocol: mapping.proxyProtocol,
         maxBufferBytes: init.maxBufferBytes,
         connectTimeoutMs: init.connectTimeoutMs, idleTimeoutMs: init.idleTimeoutMs, lingerTimeoutMs: init.lingerTimeoutMs,
+        engine: init.engine,
       }));
       opened.push(listenTcp(server, listen));
     } else {
       const socket = createUdpSocket(mapping.host.family);
       forwarders.push(new UdpForwarder(socket, {
         ...target, stats: udpStats as NonNullable<typeof udpStats>, idleTimeoutMs: init.udpIdleTimeoutMs,
-        maxFlows: flowCap,
+        maxFlows: flowCap, engine: init.engine,
       }));
       opened.push(bindUdp(socket, listen));
     }

@@ -1,0 +1,206 @@
+/**
+ * Engine choice and the JavaScript face of the native engine (native/engine.c): splice(2) for
+ * TCP, recvmmsg/sendmmsg with IP_PKTINFO for UDP, on one native thread per environment.
+ *
+ * `auto` (the default) uses the native engine when the addon built and loads, otherwise the
+ * JavaScript engine with one warning; `native` fails at start when it cannot load; `js` never
+ * loads it. Set by USERLAND_PROXY_ENGINE or the -engine / --engine flag.
+ *
+ * Counters live in Float64Arrays that only the native thread writes; bindCounters() makes the
+ * forwarders' plain stats objects read them, so metrics code sees one set of numbers whatever the
+ * engine.
+ */
+import { createRequire } from 'node:module';
+import { isIP } from 'node:net';
+import { ipv6ToBytes, type IpAddress } from './address.js';
+import type { AccessSpec } from './access-list.js';
+import { ProxyError } from './errors.js';
+
+/** What a user may ask for. */
+export type EngineChoice = 'auto' | 'native' | 'js';
+/** What runs. */
+export type EngineName = 'native' | 'js';
+/** The values the setting accepts. */
+export const ENGINE_CHOICES: readonly EngineChoice[] = ['auto', 'native', 'js'];
+
+/** Why a TCP connection ended, as the native thread reports it. */
+export const CLOSE_REASON = { clean: 0, aborted: 1, idle: 2, linger: 3, closed: 4 } as const;
+
+interface Addon {
+  init(onClose: (batch: number[]) => void): void;
+  tcpGroup(id: number, counters: Float64Array, idleMs: number, lingerMs: number, pipeBytes: number): object;
+  tcpAdopt(group: object, connId: number, clientFd: number, targetFd: number): void;
+  udpGroup(
+    id: number, counters: Float64Array, listenerFd: number, target: Buffer, targetPort: number, idleMs: number,
+    maxFlows: number, allow: Buffer | null, deny: Buffer | null, wildcard: boolean,
+  ): object;
+  groupStop(group: object): void;
+  groupClose(group: object): void;
+  shutdown(): void;
+  stats(): number[];
+}
+
+let addon: Addon | null | undefined;
+let loadError = '';
+const onClose = new Map<number, (connId: number, reason: number) => void>();
+let nextGroupId = 1;
+let warned = false;
+
+/** Loads the addon once per environment (process or worker); null if it cannot. */
+function load(): Addon | null {
+  if (addon !== undefined) return addon;
+  try {
+    addon = createRequire(import.meta.url)('../build/Release/engine.node') as Addon;
+  } catch (err) {
+    loadError = (err as Error).message.split('\n')[0] ?? 'unknown error';
+    addon = null;
+  }
+  return addon;
+}
+
+let started = false;
+/** The loaded addon with its thread started (on first use, so a supervisor never starts one). */
+function engine(): Addon {
+  const a = load();
+  if (a === null) throw new Error(`native engine unavailable: ${loadError}`);
+  if (!started) {
+    a.init((batch) => {
+      for (let i = 0; i < batch.length; i += 3) onClose.get(batch[i] as number)?.(batch[i + 1] as number, batch[i + 2] as number);
+    });
+    // exit() must not run while the native thread still calls into the runtime.
+    process.on('exit', () => a.shutdown());
+    started = true;
+  }
+  return a;
+}
+
+/**
+ * Resolves the engine to run. `warn` is called once when auto falls back to JavaScript.
+ * Throws a ProxyError (code given by the caller's mode) when `native` is forced but unavailable.
+ */
+export function selectEngine(choice: EngineChoice, warn: (msg: string) => void, code: ProxyError['code']): EngineName {
+  if (choice === 'js') return 'js';
+  if (process.platform !== 'linux') loadError = 'splice(2) needs Linux';
+  else if (load() !== null) return 'native';
+  if (choice === 'native') throw new ProxyError(code, `native engine unavailable: ${loadError}`);
+  if (!warned) warn(`native engine unavailable (${loadError}); using the JavaScript engine`);
+  warned = true;
+  return 'js';
+}
+
+/** Engine-wide numbers for tests and diagnostics. */
+export function nativeStats(): { conns: number; flows: number; pooledPipes: number; openPipes: number; holds: number } | null {
+  if (!started) return null;
+  const a = engine();
+  const [conns = 0, flows = 0, pooledPipes = 0, openPipes = 0, holds = 0] = a.stats();
+  return { conns, flows, pooledPipes, openPipes, holds };
+}
+
+/** Counter storage the native thread writes: its backing store never moves (off-heap buffer). */
+export function nativeCounters(keys: readonly string[]): Float64Array {
+  return new Float64Array(new ArrayBuffer(8 * keys.length));
+}
+
+/**
+ * Makes stats[key] read `base + counters[i]` for each key (and writes adjust the base), so a
+ * stats object shared by several forwarders (a port range) reads native and JS counts alike.
+ */
+export function bindCounters(stats: object, keys: readonly string[], counters: Float64Array): void {
+  const target = stats as Record<string, number>;
+  keys.forEach((key, i) => {
+    let base = target[key] ?? 0;
+    Object.defineProperty(target, key, {
+      enumerable: true,
+      configurable: true,
+      get: () => base + (counters[i] as number),
+      set: (v: number) => { base = v - (counters[i] as number); },
+    });
+  });
+}
+
+/** The counters object of a stats object, made and bound on first use. */
+const countersOf = new WeakMap<object, Float64Array>();
+function sharedCounters(stats: object, keys: readonly string[]): Float64Array {
+  let c = countersOf.get(stats);
+  if (c === undefined) {
+    c = nativeCounters(keys);
+    bindCounters(stats, keys, c);
+    countersOf.set(stats, c);
+  }
+  return c;
+}
+
+/** TCP counters the native thread keeps, in the order of native/engine.c. */
+export const TCP_NATIVE_KEYS = ['bytesIn', 'bytesOut', 'pausesClient', 'pausesUpstream'] as const;
+/** UDP counters the native thread keeps, in the order of native/engine.c. */
+export const UDP_NATIVE_KEYS = [
+  'flowsCreated', 'flowsActive', 'flowsExpired', 'datagramsIn', 'bytesIn', 'datagramsOut', 'bytesOut',
+  'droppedFlowLimit', 'droppedQueueFull', 'droppedSendError', 'droppedBlocked', 'refused',
+] as const;
+
+/** A TCP forwarder's native side. */
+export interface NativeTcp {
+  /** Hands both connected sockets to the native thread; the caller then destroys its own. */
+  adopt(connId: number, clientFd: number, targetFd: number): void;
+  close(): void;
+}
+
+/** Creates the native side of a TCP forwarder; its counters feed `stats`. */
+export function nativeTcp(
+  stats: object, idleMs: number, lingerMs: number, pipeBytes: number, closed: (connId: number, reason: number) => void,
+): NativeTcp {
+  const a = engine();
+  const id = nextGroupId++;
+  onClose.set(id, closed);
+  const group = a.tcpGroup(id, sharedCounters(stats, TCP_NATIVE_KEYS), idleMs, lingerMs, pipeBytes);
+  return {
+    adopt: (connId, clientFd, targetFd) => a.tcpAdopt(group, connId, clientFd, targetFd),
+    close: () => {
+      a.groupClose(group);
+      onClose.delete(id);
+    },
+  };
+}
+
+/** A UDP forwarder's native side. */
+export interface NativeUdp {
+  stop(): void;
+  close(): void;
+}
+
+/** Packs CIDRs as 18-byte entries [family, prefix, 16 address bytes] for the native ACL. */
+export function packCidrs(cidrs: readonly string[]): Buffer | null {
+  if (cidrs.length === 0) return null;
+  const out = Buffer.alloc(18 * cidrs.length);
+  cidrs.forEach((cidr, i) => {
+    const [addr = '', prefix] = cidr.split('/');
+    const v6 = isIP(addr) === 6;
+    out[18 * i] = v6 ? 6 : 4;
+    out[18 * i + 1] = prefix === undefined ? (v6 ? 128 : 32) : Number(prefix);
+    const bytes = v6 ? ipv6ToBytes(addr) : Buffer.from(addr.split('.').map(Number));
+    bytes.copy(out, 18 * i + 2);
+  });
+  return out;
+}
+
+/** Serves a bound UDP listener natively (flows, expiry, limits, ACL); its counters feed `stats`. */
+export function nativeUdp(
+  stats: object, listenerFd: number, target: IpAddress, targetPort: number, idleMs: number, maxFlows: number,
+  access: AccessSpec | null, wildcard: boolean,
+): NativeUdp {
+  const a = engine();
+  const targetBytes = target.family === 6 ? ipv6ToBytes(target.address) : Buffer.from(target.address.split('.').map(Number));
+  const group = a.udpGroup(
+    nextGroupId++, sharedCounters(stats, UDP_NATIVE_KEYS), listenerFd, targetBytes, targetPort, idleMs, maxFlows,
+    packCidrs(access?.allow ?? []), packCidrs(access?.deny ?? []), wildcard,
+  );
+  let closed = false;
+  return {
+    stop: () => a.groupStop(group),
+    close: () => {
+      if (closed) return;
+      closed = true;
+      a.groupClose(group);
+    },
+  };
+}
