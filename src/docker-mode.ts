@@ -154,7 +154,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     }
     ready = true;
     reportReady();
-    log.info({ target, listenFd: m.useListenFd, version: packageVersion() }, 'proxy ready');
+    log.info({ target, listenFd: m.useListenFd, version: packageVersion(), engine }, 'proxy ready');
   } catch (err) {
     fail(err, log);
   }

@@ -80,7 +80,7 @@ try {
   const failure = results.find((r) => r.status === 'rejected');
   if (failure) throw (failure as PromiseRejectedResult).reason;
   send({ type: 'ready' });
-  log.info({ ports: count, target: `${mapping.target.address}:${mapping.targetPort}` }, 'mapping ready');
+  log.info({ ports: count, target: `${mapping.target.address}:${mapping.targetPort}`, engine: init.engine }, 'mapping ready');
   if (init.crashAfterMs !== undefined) setTimeout(() => { throw new Error('injected crash (test hook)'); }, init.crashAfterMs);
 } catch (err) {
   for (const f of forwarders) f.close();

@@ -13,6 +13,7 @@ import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
 import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
 import { freePort, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
+import { testEngine } from '../helpers/engine.js';
 
 let echo: Server;
 let dialled = 0;
@@ -38,7 +39,7 @@ describe('access lists', () => {
   it('a denied TCP client is reset before any dial, counted; an allowed one is served', async () => {
     for (const [spec, allowed] of [[{ allow: [], deny: ['127.0.0.0/8'] }, false], [{ allow: ['127.0.0.1/32'], deny: [] }, true], [{ allow: ['10.0.0.0/8'], deny: [] }, false]] as const) {
       const server = createTcpServer();
-      const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort(), log: silentLog, access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }) });
+      const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort(), log: silentLog, engine: testEngine(), access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }) });
       closers.push(() => f.close());
       await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
       const port = (server.address() as { port: number }).port;
@@ -64,7 +65,7 @@ describe('access lists', () => {
     const listener = createUdpSocket(4);
     const f = new UdpForwarder(listener, {
       target: { address: '127.0.0.1', family: 4 }, targetPort: udpEcho.address().port, log: silentLog,
-      idleTimeoutMs: 90_000, maxFlows: 10, access: compileAccess({ allow: [], deny: ['127.0.0.1'] }),
+      idleTimeoutMs: 90_000, maxFlows: 10, engine: testEngine(), access: compileAccess({ allow: [], deny: ['127.0.0.1'] }),
     });
     closers.push(() => f.close());
     await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });

@@ -13,6 +13,7 @@ import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
 import { freePort, randomBytes, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { testEngine } from '../helpers/engine.js';
 
 const servers: Server[] = [];
 const forwarders: TcpForwarder[] = [];
@@ -30,7 +31,7 @@ async function target(onConn: (c: Socket) => void): Promise<number> {
 }
 async function forwardTo(port: number): Promise<{ port: number; f: TcpForwarder }> {
   const server = createTcpServer();
-  const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: port, log: silentLog });
+  const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: port, log: silentLog, engine: testEngine() });
   forwarders.push(f);
   await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
   return { port: (server.address() as { port: number }).port, f };

@@ -7,10 +7,11 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Socket as UdpSocket } from 'node:dgram';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { killAllProxies, startProxy, type ProxyProc } from '../helpers/proxy.js';
+import { testEngine } from '../helpers/engine.js';
 
 const ECHO = 7000;
 const WHOAMI = 7003;
@@ -112,8 +113,12 @@ describe('udp forwarding', () => {
     await backend.command('listen', 'listening');
     expect((await udpRequest(c, '127.0.0.1', port, 'now open')).toString()).toBe('now open');
     expect(p.child.exitCode).toBeNull();
-    const opened = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('"UDP flow opened"'));
-    expect(opened).toHaveLength(1);
+    // The JavaScript engine logs each flow at debug level; the native engine's flow count is
+    // checked in native-engine.test.ts (flowsCreated stays 1 across the refusals).
+    if (testEngine() === 'js') {
+      const opened = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('"UDP flow opened"'));
+      expect(opened).toHaveLength(1);
+    }
   });
 
   it('udp forwarder drops datagrams from new clients beyond the flow bound, counted and logged', async () => {
@@ -124,7 +129,8 @@ describe('udp forwarding', () => {
     expect((await udpRequest(b, '127.0.0.1', port, 'b')).toString()).toBe('b');
     await expect(udpRequest(x, '127.0.0.1', port, 'x', 300)).rejects.toThrow('no UDP reply');
     expect((await udpRequest(a, '127.0.0.1', port, 'a2')).toString()).toBe('a2');
-    expect(readFileSync(logFile, 'utf8')).toContain('"maxFlows":2,"msg":"UDP flow limit reached; dropping datagrams from new clients"');
+    // The native engine counts on its own thread; the warning follows within a second.
+    await vi.waitFor(() => expect(readFileSync(logFile, 'utf8')).toContain('"maxFlows":2,"msg":"UDP flow limit reached; dropping datagrams from new clients"'), { timeout: 3000 });
   });
 
   it.skipIf(!IS_ROOT)('udp test backend runs behind a veth in its own network namespace (root only)', () => {
