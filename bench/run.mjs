@@ -91,13 +91,13 @@ function portsFor() {
   return { iperf: base, http: base + 1, echo: base + 2 };
 }
 
-async function startDockerModes(bin, idx) {
+async function startDockerModes(bin, idx, engine = 'js') {
   const ports = portsFor();
   const to = targets(idx);
   const children = [];
   const specs = [['tcp', 'iperf'], ['udp', 'iperf'], ['tcp', 'http'], ['tcp', 'echo']];
   for (const [proto, svc] of specs) {
-    const { child } = await spawnDockerMode('/bin/sh', ['-c', `${RAISE} exec "$0" "$@"`, bin, '-proto', proto, '-host-ip', '127.0.0.1',
+    const { child } = await spawnDockerMode('/bin/sh', ['-c', `${RAISE} USERLAND_PROXY_ENGINE=${engine} exec "$0" "$@"`, bin, '-proto', proto, '-host-ip', '127.0.0.1',
       '-host-port', String(ports[svc]), '-container-ip', BACKEND, '-container-port', String(to[svc])]);
     children.push(child);
   }
@@ -156,11 +156,12 @@ const CONTENDERS = {
     for (const svc of ['iperf', 'http', 'echo']) await waitListening(ports[svc]);
     return { host: '127.0.0.1', ports, pids: [child.pid], udp: false, stop: async () => { await stopChild(child); rmSync(dir, { recursive: true, force: true }); } };
   },
-  'userland-proxy': (idx) => startDockerModes(OURS, idx),
+  'userland-proxy js': (idx) => startDockerModes(OURS, idx, 'js'),
+  'userland-proxy native': (idx) => startDockerModes(OURS, idx, 'native'),
   'userland-proxy standalone': async (idx) => {
     const ports = portsFor();
     const to = targets(idx);
-    const child = spawn('sh', ['-c', `${RAISE} exec "$0" "$@"`, OURS, 'run', '--log-level', 'warn',
+    const child = spawn('sh', ['-c', `${RAISE} exec "$0" "$@"`, OURS, 'run', '--log-level', 'warn', '--engine', 'native',
       '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${PORTS.iperf}`, '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${PORTS.iperf}/udp`,
       '-p', `127.0.0.1:${ports.http}:${BACKEND}:${PORTS.http}`, '-p', `127.0.0.1:${ports.echo}:${BACKEND}:${to.echo}`], { stdio: ['ignore', 'pipe', 'ignore'] });
     await new Promise((res, rej) => {
@@ -173,7 +174,7 @@ const CONTENDERS = {
 };
 // --alt PATH adds another build of ours (a checkout's bin/userland-proxy) for A/B comparisons.
 const ALT = opt('--alt', null);
-if (ALT) CONTENDERS['userland-proxy alt'] = (idx) => startDockerModes(ALT, idx);
+if (ALT) CONTENDERS['userland-proxy alt'] = (idx) => startDockerModes(ALT, idx, 'native');
 const NAMES = opt('--contenders', Object.keys(CONTENDERS).join(',')).split(',');
 for (const n of NAMES) if (!CONTENDERS[n]) throw new Error(`unknown contender ${n}; known: ${Object.keys(CONTENDERS).join(', ')}`);
 
@@ -351,9 +352,10 @@ async function main() {
   await cleanup();
   if (SCENARIOS.includes('startup')) {
     for (let i = 0; i < STARTUPS; i++) {
-      for (const [n, bin] of i % 2 ? [['userland-proxy', OURS], ['docker-proxy', REF]] : [['docker-proxy', REF], ['userland-proxy', OURS]]) {
+      const order = [['docker-proxy', REF, 'js'], ['userland-proxy js', OURS, 'js'], ['userland-proxy native', OURS, 'native']];
+      for (const [n, bin, engine] of i % 2 ? order.reverse() : order) {
         if (!NAMES.includes(n)) continue;
-        const { child, ms } = await spawnDockerMode(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(30990), '-container-ip', '127.0.0.1', '-container-port', '9']);
+        const { child, ms } = await spawnDockerMode(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(30990), '-container-ip', '127.0.0.1', '-container-port', '9'], { ...process.env, USERLAND_PROXY_ENGINE: engine });
         record('startup', n, { ms });
         await stopChild(child);
       }

@@ -14,16 +14,16 @@ const args = process.argv.slice(2);
 const opt = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
 const RUNS = Number(opt('--runs', '20'));
 const BYTES = opt('--bytes', '1G');
-const contenders = [['docker-proxy', REF], ['userland-proxy', OURS]];
+const contenders = [['docker-proxy', REF, 'js'], ['userland-proxy js', OURS, 'js'], ['userland-proxy native', OURS, 'native']];
 for (const [name, bin] of contenders) if (!existsSync(bin)) throw new Error(`${name} not found at ${bin} (run .ci/setup)`);
-const start = (bin, port, targetPort) => spawnDockerMode(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)]);
+const start = (bin, engine, port, targetPort) => spawnDockerMode(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)], { ...process.env, USERLAND_PROXY_ENGINE: engine });
 
 const results = Object.fromEntries(contenders.map(([n]) => [n, { startupMs: [] }]));
 const targetPort = await freePort();
 process.stdout.write(`startup: ${RUNS} runs each, alternating\n`);
 for (let i = 0; i < RUNS; i++) {
-  for (const [name, bin] of i % 2 ? [...contenders].reverse() : contenders) {
-    const { child, ms } = await start(bin, await freePort(), targetPort);
+  for (const [name, bin, engine] of i % 2 ? [...contenders].reverse() : contenders) {
+    const { child, ms } = await start(bin, engine, await freePort(), targetPort);
     results[name].startupMs.push(ms);
     await stop(child);
   }
@@ -32,9 +32,9 @@ const iperfPort = await freePort();
 const server = spawn('iperf3', ['-s', '-p', String(iperfPort), '-B', '127.0.0.1'], { stdio: 'ignore' });
 await sleep(300);
 try {
-  for (const [name, bin] of contenders) {
+  for (const [name, bin, engine] of contenders) {
     const port = await freePort();
-    const { child } = await start(bin, port, iperfPort);
+    const { child } = await start(bin, engine, port, iperfPort);
     await sleep(500);
     results[name].idle = mem(child.pid);
     process.stdout.write(`${name}: moving ${BYTES} through the proxy\n`);

@@ -3,13 +3,13 @@ import { readDockerEnv } from '../../src/docker-env.js';
 
 describe('readDockerEnv()', () => {
   it('readDockerEnv() has docker-proxy\'s defaults', () => {
-    expect(readDockerEnv({})).toEqual({ logFile: undefined, logLevel: 'info', udpIdleTimeoutMs: 90_000, udpMaxFlows: 16_384, textfileDir: undefined, connectTimeoutMs: 30_000, idleTimeoutMs: 0, lingerTimeoutMs: 600_000, access: { allow: [], deny: [] }, proxyProtocol: 'off', maxConnections: null, maxBufferBytes: 1_048_576 });
+    expect(readDockerEnv({})).toEqual({ logFile: undefined, logLevel: 'info', udpIdleTimeoutMs: 90_000, udpMaxFlows: 16_384, textfileDir: undefined, connectTimeoutMs: 30_000, idleTimeoutMs: 0, lingerTimeoutMs: 600_000, access: { allow: [], deny: [] }, proxyProtocol: 'off', maxConnections: null, maxBufferBytes: 1_048_576, engine: 'auto' });
   });
   it('readDockerEnv() reads every variable', () => {
     expect(readDockerEnv({
       USERLAND_PROXY_LOG_FILE: '/tmp/x.log', USERLAND_PROXY_LOG_LEVEL: 'debug',
-      USERLAND_PROXY_UDP_IDLE_TIMEOUT: '500ms', USERLAND_PROXY_UDP_MAX_FLOWS: '10',
-    })).toEqual({ logFile: '/tmp/x.log', logLevel: 'debug', udpIdleTimeoutMs: 500, udpMaxFlows: 10, textfileDir: undefined, connectTimeoutMs: 30_000, idleTimeoutMs: 0, lingerTimeoutMs: 600_000, access: { allow: [], deny: [] }, proxyProtocol: 'off', maxConnections: null, maxBufferBytes: 1_048_576 });
+      USERLAND_PROXY_UDP_IDLE_TIMEOUT: '500ms', USERLAND_PROXY_UDP_MAX_FLOWS: '10', USERLAND_PROXY_ENGINE: 'js',
+    })).toEqual({ logFile: '/tmp/x.log', logLevel: 'debug', udpIdleTimeoutMs: 500, udpMaxFlows: 10, textfileDir: undefined, connectTimeoutMs: 30_000, idleTimeoutMs: 0, lingerTimeoutMs: 600_000, access: { allow: [], deny: [] }, proxyProtocol: 'off', maxConnections: null, maxBufferBytes: 1_048_576, engine: 'js' });
   });
   it('readDockerEnv() rejects bad values with a one-line message naming variable and value', () => {
     expect(() => readDockerEnv({ USERLAND_PROXY_LOG_LEVEL: 'loud' })).toThrow('invalid USERLAND_PROXY_LOG_LEVEL "loud"');
