@@ -264,13 +264,21 @@ async function udp(c, size, rep) {
   // The capacity ladder runs in the first repetition only: it keeps the full run within 10 minutes.
   if (rep > 0) return fixed;
   let capacityPps = 0;
+  let ladderStop = null;
   for (const pps of UDP_LADDER) {
     await sleep(200);
-    const r = pps === UDP_PPS ? fixed : udpAt(c, size, pps, 1);
+    let r;
+    try {
+      r = pps === UDP_PPS ? fixed : udpAt(c, size, pps, 1);
+    } catch (err) {
+      // A step iperf3 itself could not finish counts as failed: capacity is the last good step.
+      ladderStop = `${pps}/s: ${err.message}`;
+      break;
+    }
     if (r.lossPct > 1) break;
     capacityPps = r.deliveredPps;
   }
-  return { ...fixed, capacityPps };
+  return { ...fixed, capacityPps, ...(ladderStop ? { ladderStop } : {}) };
 }
 
 async function idleConnections(c) {

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -48,6 +49,10 @@
 #define UDP_BATCH 32              /* datagrams per recvmmsg/sendmmsg */
 #define UDP_SLOT 65536            /* one datagram buffer: the largest UDP payload fits */
 #define UDP_FLOW_BUFFER (1 << 20) /* SO_RCVBUF/SO_SNDBUF of each flow socket */
+#define GSO_MAX_SEGS 64           /* UDP_MAX_SEGMENTS of older kernels */
+#define GSO_MAX_BYTES 60000       /* one GSO message stays below the 64 KiB IP limit */
+#define GSO_MAX_SEGMENT 1400      /* larger datagrams may not fit the path MTU: sent plainly */
+#define UDP_ROUNDS 8              /* recvmmsg batches per wakeup before other sockets get a turn */
 #define THREAD_STACK (256 * 1024)
 #define MAX_TICK_MS 1000
 
@@ -113,7 +118,7 @@ struct group {
   conn_t *conns;
   /* UDP */
   watch_t lw;
-  int lfd, lfamily, wildcard, tfamily, max_flows, nflows;
+  int lfd, lfamily, wildcard, tfamily, max_flows, nflows, no_gso;
   volatile int draining;
   int js_closed;         /* main thread only */
   struct sockaddr_storage target;
@@ -512,14 +517,19 @@ static void take_pktinfo(flow_t *f, struct msghdr *h) {
 }
 
 #define CTRL_SPACE CMSG_SPACE(sizeof(struct in6_pktinfo))
+#define GSO_CTRL_SPACE (CTRL_SPACE + CMSG_SPACE(sizeof(uint16_t)))
 
 /* The thread's batch state: headers, addresses, control data and 32 x 64 KiB of datagram
- * buffers (2 MiB of address space; pages are touched only as far as datagrams reach). */
+ * buffers (2 MiB of address space; pages are touched only as far as datagrams reach), plus the
+ * GSO messages built over the same iovecs. */
 typedef struct udp_io {
   struct mmsghdr m[UDP_BATCH];
   struct iovec iov[UDP_BATCH];
   struct sockaddr_storage from[UDP_BATCH];
   char ctrl[UDP_BATCH][CTRL_SPACE];
+  struct mmsghdr gm[UDP_BATCH];
+  char gctrl[UDP_BATCH][GSO_CTRL_SPACE];
+  int segs[UDP_BATCH];
   uint8_t buf[(size_t)UDP_BATCH * UDP_SLOT];
 } udp_io_t;
 
@@ -528,8 +538,13 @@ static udp_io_t *udp_buffers(engine_t *e) {
   return e->io;
 }
 
-/* Sends msgs [0, n) on fd; what the socket cannot take now is dropped (UDP semantics). */
-static void send_batch(group_t *g, int fd, struct mmsghdr *m, int n) {
+/* Errors with which a kernel or device refuses UDP_SEGMENT (rather than the datagram). */
+static int gso_refused(int err) { return err == EIO || err == EINVAL || err == ENOPROTOOPT || err == EOPNOTSUPP; }
+
+/* Sends messages [0, n) on fd; segs[i] datagrams each (NULL: one). What the socket cannot take
+ * now is dropped and counted (UDP semantics). Returns -1 with *failed set when the kernel
+ * refuses a GSO message, so that the caller can resend plainly; otherwise 0. */
+static int send_batch(group_t *g, int fd, struct mmsghdr *m, int n, const int *segs, int *failed) {
   int i = 0, retried = 0;
   while (i < n) {
     int r = sendmmsg(fd, m + i, (unsigned)(n - i), MSG_DONTWAIT);
@@ -538,25 +553,83 @@ static void send_batch(group_t *g, int fd, struct mmsghdr *m, int n) {
     } else if (errno == EINTR) {
       continue;
     } else if (errno == EAGAIN) {
-      g->ctr[U_DROP_QUEUE] += n - i;
-      return;
+      for (; i < n; i++) g->ctr[U_DROP_QUEUE] += segs ? segs[i] : 1;
+      return 0;
     } else if (errno == ECONNREFUSED && !retried) {
       /* A pending ICMP port unreachable, reported once; the flow lives on (29.5 semantics). */
       g->ctr[U_REFUSED] += 1;
       retried = 1;
+    } else if (segs && segs[i] > 1 && gso_refused(errno)) {
+      *failed = i;
+      return -1;
     } else {
       if (errno == ECONNREFUSED) g->ctr[U_REFUSED] += 1;
-      else g->ctr[U_DROP_SEND] += 1;
+      else g->ctr[U_DROP_SEND] += segs ? segs[i] : 1;
       i++;
       retried = 0;
     }
   }
+  return 0;
+}
+
+/* Sends datagrams m[0, n), all to one destination, whose iovecs are contiguous. Runs of equal
+ * sizes (the last may be shorter) go as one UDP_SEGMENT (GSO) message: one pass through the
+ * stack, cut back into the very same datagrams before delivery. Only for datagrams that fit any
+ * path MTU; if the kernel refuses GSO, the group stops using it and the rest goes plainly. */
+static void send_datagrams(engine_t *e, group_t *g, int fd, struct mmsghdr *m, int n) {
+  udp_io_t *io = e->io;
+  if (g->no_gso || n < 2) {
+    send_batch(g, fd, m, n, NULL, NULL);
+    return;
+  }
+  int k = 0;
+  for (int i = 0; i < n;) {
+    size_t gso = m[i].msg_hdr.msg_iov[0].iov_len, total = gso;
+    int j = i + 1;
+    if (gso > 0 && gso <= GSO_MAX_SEGMENT) {
+      while (j < n && j - i < GSO_MAX_SEGS) {
+        size_t len = m[j].msg_hdr.msg_iov[0].iov_len;
+        if (len == 0 || len > gso || total + len > GSO_MAX_BYTES) break;
+        total += len;
+        j++;
+        if (len < gso) break;
+      }
+    }
+    struct msghdr *h = &io->gm[k].msg_hdr;
+    *h = m[i].msg_hdr;
+    h->msg_iovlen = (size_t)(j - i);
+    if (j - i > 1) {
+      char *c = io->gctrl[k];
+      size_t used = 0;
+      if (m[i].msg_hdr.msg_controllen) {
+        memcpy(c, m[i].msg_hdr.msg_control, m[i].msg_hdr.msg_controllen);
+        used = m[i].msg_hdr.msg_controllen;
+      }
+      struct cmsghdr *cm = (struct cmsghdr *)(c + used);
+      uint16_t seg = (uint16_t)gso;
+      cm->cmsg_level = SOL_UDP;
+      cm->cmsg_type = UDP_SEGMENT;
+      cm->cmsg_len = CMSG_LEN(sizeof seg);
+      memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+      h->msg_control = c;
+      h->msg_controllen = used + CMSG_SPACE(sizeof seg);
+    }
+    io->segs[k++] = j - i;
+    i = j;
+  }
+  int failed = 0;
+  if (send_batch(g, fd, io->gm, k, io->segs, &failed) < 0) {
+    int done = 0;
+    for (int x = 0; x < failed; x++) done += io->segs[x];
+    g->no_gso = 1;
+    send_batch(g, fd, m + done, n - done, NULL, NULL);
+  }
 }
 
 /* Client datagrams: one recvmmsg, then one sendmmsg per run of datagrams of the same flow. */
-static void udp_listener_event(engine_t *e, group_t *g, int64_t now) {
+static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
   udp_io_t *io = udp_buffers(e);
-  if (!io) return;
+  if (!io) return -1;
   for (int i = 0; i < UDP_BATCH; i++) {
     io->iov[i].iov_base = io->buf + (size_t)i * UDP_SLOT;
     io->iov[i].iov_len = UDP_SLOT;
@@ -570,7 +643,7 @@ static void udp_listener_event(engine_t *e, group_t *g, int64_t now) {
     h->msg_flags = 0;
   }
   int n = recvmmsg(g->lfd, io->m, UDP_BATCH, MSG_DONTWAIT, NULL);
-  if (n <= 0) return;
+  if (n <= 0) return n;
   flow_t *flows[UDP_BATCH];
   for (int i = 0; i < n; i++) {
     struct sockaddr_storage *from = &io->from[i];
@@ -601,16 +674,22 @@ static void udp_listener_event(engine_t *e, group_t *g, int64_t now) {
       h->msg_controllen = 0;
       j++;
     }
-    send_batch(g, flows[i]->fd, io->m + i, j - i);
+    send_datagrams(e, g, flows[i]->fd, io->m + i, j - i);
     i = j;
   }
+  return n;
+}
+
+/* Level-triggered: a few full batches per wakeup, then other sockets get their turn. */
+static void udp_listener_event(engine_t *e, group_t *g, int64_t now) {
+  for (int r = 0; r < UDP_ROUNDS && udp_listener_batch(e, g, now) == UDP_BATCH; r++) {}
 }
 
 /* Target replies: back to the client from the listening socket, from the address it targeted. */
-static void udp_flow_event(engine_t *e, flow_t *f, int64_t now) {
+static int udp_flow_batch(engine_t *e, flow_t *f, int64_t now) {
   group_t *g = f->g;
   udp_io_t *io = udp_buffers(e);
-  if (!io) return;
+  if (!io) return -1;
   for (int i = 0; i < UDP_BATCH; i++) {
     io->iov[i].iov_base = io->buf + (size_t)i * UDP_SLOT;
     io->iov[i].iov_len = UDP_SLOT;
@@ -622,7 +701,7 @@ static void udp_flow_event(engine_t *e, flow_t *f, int64_t now) {
   int n = recvmmsg(f->fd, io->m, UDP_BATCH, MSG_DONTWAIT, NULL);
   if (n < 0) {
     if (errno == ECONNREFUSED) g->ctr[U_REFUSED] += 1;
-    return;
+    return n;
   }
   f->last = now;
   for (int i = 0; i < n; i++) {
@@ -650,7 +729,12 @@ static void udp_flow_event(engine_t *e, flow_t *f, int64_t now) {
       }
     }
   }
-  if (n > 0) send_batch(g, g->lfd, io->m, n);
+  if (n > 0) send_datagrams(e, g, g->lfd, io->m, n);
+  return n;
+}
+
+static void udp_flow_event(engine_t *e, flow_t *f, int64_t now) {
+  for (int r = 0; r < UDP_ROUNDS && udp_flow_batch(e, f, now) == UDP_BATCH; r++) {}
 }
 
 static void udp_add(engine_t *e, group_t *g) {

@@ -227,3 +227,41 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
     expect(data.length).toBe(1 << 20);
   });
 });
+
+describe.skipIf(!HAVE_ADDON)('native engine: batched UDP', () => {
+  it('keeps every datagram boundary through recvmmsg, GSO sendmsg and back (bursts of mixed sizes)', async () => {
+    const udpEcho = createSocket({ type: 'udp4', recvBufferSize: 4 << 20, sendBufferSize: 4 << 20 });
+    udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
+    await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
+    const port = await freePort();
+    await startProxy(['-proto', 'udp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1',
+      '-container-port', String(udpEcho.address().port)], { env: { USERLAND_PROXY_ENGINE: 'native' } });
+    // Room for the whole burst in the client's own receive buffer (the test must not drop).
+    const c = createSocket({ type: 'udp4', recvBufferSize: 4 << 20 });
+    await new Promise<void>((r) => c.bind(0, '127.0.0.1', r));
+    // Runs of equal sizes with a shorter one between them: exactly what GSO packs together;
+    // 2000 and 9000 bytes are above the GSO segment bound and go plainly.
+    const sizes = [1, 1400, 1400, 1400, 300, 1400, 64, 64, 64, 64, 2000, 9000, 0, 1400];
+    const sent = new Map<string, number>();
+    const got: Buffer[] = [];
+    c.on('message', (m: Buffer) => got.push(m));
+    for (let burst = 0; burst < 20; burst++) {
+      for (let i = 0; i < sizes.length; i++) {
+        const size = sizes[i] as number;
+        const b = Buffer.alloc(size, (burst * 31 + i) & 0xff);
+        if (size >= 4) b.writeUInt16BE(burst * 100 + i, 0);
+        sent.set(sha256(b), (sent.get(sha256(b)) ?? 0) + 1);
+        c.send(b, port, '127.0.0.1');
+      }
+    }
+    const total = 20 * sizes.length;
+    await vi.waitFor(() => expect(got.length).toBe(total), { timeout: 5000 });
+    for (const m of got) {
+      const k = sha256(m);
+      expect(sent.get(k), `unexpected datagram of ${m.length} bytes`).toBeGreaterThan(0);
+      sent.set(k, (sent.get(k) as number) - 1);
+    }
+    c.close();
+    udpEcho.close();
+  });
+});
