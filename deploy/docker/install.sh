@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs userland-proxy where dockerd can run it as its userland-proxy-path:
-#   - copies the built project (bin/, dist/, production node_modules) to PREFIX
+#   - copies the built project (bin/, dist/, the native engine if it was built, production
+#     node_modules) to PREFIX
 #     (default /opt/userland-proxy), owned by root, not writable by others;
 #   - records the absolute path of node in PREFIX/dist/node-path, so the launcher never depends
 #     on dockerd's PATH (override at run time with USERLAND_PROXY_NODE);
@@ -25,6 +26,12 @@ rm -rf "$tmp"
 mkdir -p "$tmp"
 cp -R "$src/bin" "$src/dist" "$src/package.json" "$src/package-lock.json" "$tmp/"
 cp -R "$src/node_modules" "$tmp/"
+engine="js (the native engine was not built: see npm ci's output)"
+if [ -f "$src/build/Release/engine.node" ]; then
+  mkdir -p "$tmp/build/Release"
+  cp "$src/build/Release/engine.node" "$tmp/build/Release/"
+  engine="native (splice; USERLAND_PROXY_ENGINE=js in dockerd's environment selects the JavaScript engine)"
+fi
 (cd "$tmp" && npm prune --omit=dev --ignore-scripts --no-audit --no-fund >/dev/null 2>&1) || die "npm prune failed in $tmp"
 printf '%s\n' "$node" > "$tmp/dist/node-path"
 chown -R root:root "$tmp"
@@ -38,6 +45,7 @@ rm -rf "$prefix.old"
 "$prefix/bin/userland-proxy" -v >/dev/null || die "the installed launcher does not run"
 cat <<MSG
 installed: $prefix/bin/userland-proxy (node: $node)
+engine: $engine
 Add to /etc/docker/daemon.json, then restart dockerd (e.g. systemctl restart docker):
   {
     "userland-proxy": true,

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IS_ROOT } from '../helpers/netns.js';
 import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { ROOT } from '../helpers/proxy.js';
+import { testEngine } from '../helpers/engine.js';
 
 const run = promisify(execFile);
 const DOCKERD = '/usr/sbin/dockerd';
@@ -74,7 +75,8 @@ beforeAll(async () => {
   ], {
     stdio: ['ignore', 'pipe', 'pipe'],
     // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
-    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+    // dockerd passes its environment to the proxies: the engine under test and a log to check it.
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', USERLAND_PROXY_ENGINE: testEngine(), USERLAND_PROXY_LOG_FILE: join(dir, 'proxy.log') },
   });
   dockerd.stderr?.on('data', (d) => { daemonLog += d; });
   dockerd.stdout?.on('data', (d) => { daemonLog += d; });
@@ -151,5 +153,8 @@ describe.skipIf(!CAN_RUN)('real dockerd with userland-proxy installed by deploy/
     } finally {
       blocker.close();
     }
+  });
+  it('the proxies dockerd started ran the engine under test', () => {
+    expect(readFileSync(join(dir, 'proxy.log'), 'utf8')).toContain(`"engine":"${testEngine()}"`);
   });
 });
