@@ -1,1 +1,0 @@
-cmd_Release/obj.target/engine.node := g++ -o Release/obj.target/engine.node -shared -pthread -rdynamic -m64  -Wl,-soname=engine.node -Wl,--start-group Release/obj.target/engine/native/engine.o -Wl,--end-group 
