@@ -48,7 +48,10 @@ const BACKEND = `${NET}.2`;
 // TIME_WAIT entries on the proxy-to-container leg, which must not spill into the next contender.
 const PORTS = { iperf: 5201, http: 8000, echo: 7000 };
 /** The backend ports one contender forwards to. */
-const targets = (idx) => ({ ...PORTS, echo: PORTS.echo + idx });
+// Each contender has its own iperf3 server and echo port: datagrams a deep-buffered contender
+// still delivers after its run must not reach the next contender's test (iperf3 takes a stray
+// datagram for a new client's UDP handshake and the real client then waits forever).
+const targets = (idx) => ({ ...PORTS, iperf: PORTS.iperf + idx, echo: PORTS.echo + idx });
 const cleanups = [];
 const ip = (...a) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'] });
 const sh = (cmd) => execFileSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -76,7 +79,7 @@ function setupNamespace() {
   ip('-n', NS, 'link', 'set', 'lo', 'up');
   ip('-n', NS, 'route', 'add', 'default', 'via', `${NET}.1`);
   const procs = [
-    spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-p', String(PORTS.iperf)], { stdio: 'ignore' }),
+    ...Object.keys(CONTENDERS).map((_, i) => spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-p', String(PORTS.iperf + i)], { stdio: 'ignore' })),
     spawn('ip', ['netns', 'exec', NS, 'sh', '-c', `${RAISE} exec "$0" "$@"`, process.execPath, join(ROOT, 'test/helpers/backend.mjs'),
       '--http', String(PORTS.http), ...Object.keys(CONTENDERS).flatMap((_, i) => ['--echo', String(PORTS.echo + i)]), '--host', BACKEND], { stdio: ['pipe', 'ignore', 'ignore'] }),
   ];
@@ -162,7 +165,7 @@ const CONTENDERS = {
     const ports = portsFor();
     const to = targets(idx);
     const child = spawn('sh', ['-c', `${RAISE} exec "$0" "$@"`, OURS, 'run', '--log-level', 'warn', '--engine', 'native',
-      '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${PORTS.iperf}`, '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${PORTS.iperf}/udp`,
+      '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${to.iperf}`, '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${to.iperf}/udp`,
       '-p', `127.0.0.1:${ports.http}:${BACKEND}:${PORTS.http}`, '-p', `127.0.0.1:${ports.echo}:${BACKEND}:${to.echo}`], { stdio: ['ignore', 'pipe', 'ignore'] });
     await new Promise((res, rej) => {
       let out = '';

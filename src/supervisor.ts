@@ -35,7 +35,14 @@ interface Slot {
   timer: NodeJS.Timeout | null;
 }
 
-const WORKER_URL = new URL('./worker.js', import.meta.url);
+declare const __USERLAND_PROXY_WORKER_SOURCE__: string | undefined;
+/**
+ * The single-file executable (deploy/sea) runs no file but its own, so its bundle carries the
+ * worker module as source, started from a data: URL; everywhere else the worker is worker.js.
+ */
+const WORKER: URL = typeof __USERLAND_PROXY_WORKER_SOURCE__ === 'string'
+  ? new URL(`data:text/javascript;base64,${Buffer.from(__USERLAND_PROXY_WORKER_SOURCE__).toString('base64')}`)
+  : new URL('./worker.js', import.meta.url);
 
 /** What identifies a mapping across reloads: everything that would change its behaviour. */
 function slotKey(init: WorkerInit): string {
@@ -163,7 +170,7 @@ export class Supervisor {
   /** Starts the slot's worker; resolves when it serves, rejects with its binding error. */
   #launch(slot: Slot): Promise<void> {
     return new Promise((resolve, reject) => {
-      const worker = new Worker(WORKER_URL, { workerData: slot.init });
+      const worker = new Worker(WORKER, { workerData: slot.init });
       slot.worker = worker;
       let settled = false;
       let failure: string | null = null;

@@ -6,37 +6,27 @@
  * rootfs tar (no registry). Every command is bounded by a timeout; everything started is removed
  * in afterAll, also on failure.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IS_ROOT } from '../helpers/netns.js';
+import { CAN_RUN_DOCKERD, startDockerd, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { ROOT } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
 
-const run = promisify(execFile);
-const DOCKERD = '/usr/sbin/dockerd';
-const DOCKER = '/usr/bin/docker';
-const CAN_RUN = IS_ROOT && existsSync(DOCKERD) && existsSync(DOCKER) && existsSync('/bin/busybox');
-const dir = CAN_RUN ? mkdtempSync('/tmp/upt-dockerd-') : '';
-const sock = join(dir, 'docker.sock');
+const CAN_RUN = CAN_RUN_DOCKERD && existsSync('/bin/busybox');
+/** The image rootfs, the install prefix and the proxies' log. */
+const dir = CAN_RUN ? mkdtempSync('/tmp/upt-e2e-') : '';
 const IMAGE = 'upt-busybox';
-let dockerd: ChildProcess | null = null;
-let daemonLog = '';
+let dockerd: PrivateDockerd | null = null;
 const containers: string[] = [];
 
 /** Runs the docker CLI against our private daemon, bounded by 30 s. */
 async function docker(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const { stdout, stderr } = await run('timeout', ['30', DOCKER, '-H', `unix://${sock}`, ...args], { encoding: 'utf8' });
-    return { stdout, stderr, code: 0 };
-  } catch (err) {
-    const e = err as { stdout?: string; stderr?: string; code?: number };
-    return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: e.code ?? 1 };
-  }
+  if (!dockerd) throw new Error('dockerd is not running');
+  return dockerd.docker(args);
 }
 
 /** Our proxy processes serving a host port, from /proc. */
@@ -68,40 +58,21 @@ beforeAll(async () => {
   // Install the way an operator does, with deploy/docker/install.sh, into a private prefix.
   execFileSync('sh', [join(ROOT, 'deploy/docker/install.sh'), join(dir, 'opt')], { stdio: 'ignore' });
   const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
-  dockerd = spawn('timeout', ['600', DOCKERD,
-    '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'), '-H', `unix://${sock}`,
-    '--pidfile', join(dir, 'docker.pid'), '--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--iptables=false',
-    '--bip', `${subnet}.1/24`, '--storage-driver', 'vfs',
-  ], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+  dockerd = await startDockerd(['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`],
     // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
     // dockerd passes its environment to the proxies: the engine under test and a log to check it.
-    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', USERLAND_PROXY_ENGINE: testEngine(), USERLAND_PROXY_LOG_FILE: join(dir, 'proxy.log') },
-  });
-  dockerd.stderr?.on('data', (d) => { daemonLog += d; });
-  dockerd.stdout?.on('data', (d) => { daemonLog += d; });
-  let up = false;
-  for (let i = 0; i < 60 && !up; i++) {
-    await sleep(500);
-    up = (await docker('info')).code === 0;
-  }
-  if (!up) throw new Error(`dockerd did not come up:\n${daemonLog.slice(-2000)}`);
+    { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', USERLAND_PROXY_ENGINE: testEngine(), USERLAND_PROXY_LOG_FILE: join(dir, 'proxy.log') });
   const imp = await docker('import', join(dir, 'rootfs.tar'), IMAGE);
   if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
 }, 90_000);
 
 afterAll(async () => {
   if (!CAN_RUN) return;
-  for (const c of containers) await docker('rm', '-f', c);
-  if (dockerd && dockerd.exitCode === null) {
-    const exited = new Promise((res) => dockerd?.once('exit', res));
-    dockerd.kill('SIGTERM');
-    await Promise.race([exited, sleep(15_000)]);
-    if (dockerd.exitCode === null) dockerd.kill('SIGKILL');
+  if (dockerd) {
+    for (const c of containers) await docker('rm', '-f', c);
+    await dockerd.stop();
   }
-  try { execFileSync('pkill', ['-f', `containerd.*${dir}`]); } catch { /* none left */ }
   try { execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' }); } catch { /* gone */ }
-  try { execFileSync('umount', ['-R', '-l', dir], { stdio: 'ignore' }); } catch { /* nothing mounted */ }
   rmSync(dir, { recursive: true, force: true });
 }, 60_000);
 
