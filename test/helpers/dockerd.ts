@@ -4,7 +4,7 @@
  * CLI call is bounded; stop() removes the daemon, its containerd, mounts and the directory.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { IS_ROOT } from './netns.js';
@@ -54,7 +54,12 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
       if (child.exitCode === null) child.kill('SIGKILL');
     }
     try { execFileSync('pkill', ['-f', `containerd.*${dir}`]); } catch { /* none left */ }
-    try { execFileSync('umount', ['-R', '-l', dir], { stdio: 'ignore' }); } catch { /* nothing mounted */ }
+    // dockerd leaves bind mounts (netns, overlay/vfs) under its roots when it dies early.
+    const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '')
+      .filter((m) => m.startsWith(`${dir}/`)).sort((a, b) => b.length - a.length);
+    for (const m of mounts) {
+      try { execFileSync('umount', ['-l', m], { stdio: 'ignore' }); } catch { /* already gone */ }
+    }
     rmSync(dir, { recursive: true, force: true });
   };
   for (let i = 0; i < 60; i++) {
