@@ -3,7 +3,7 @@
  * both modes, through the global bin symlink (the launcher resolves it) with a minimal PATH.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -13,6 +13,8 @@ import { ROOT, startProxy } from '../helpers/proxy.js';
 import { createServer } from 'node:net';
 
 const run = promisify(execFile);
+/** With a compiler (as after .ci/setup), installing builds the native engine; it is then forced. */
+const HAVE_CC = existsSync('/usr/bin/gcc') && existsSync('/usr/bin/make');
 const dir = mkdtempSync(join(tmpdir(), 'upt-pack-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -26,6 +28,10 @@ describe('npm pack and npm install -g', () => {
     expect(files).toContain('package/bin/userland-proxy');
     expect(files).toContain('package/dist/cli.js');
     expect(files).not.toContain('package/test/');
+    // The native engine's source travels in the package and is built on install.
+    expect(files).toContain('package/native/engine.c');
+    expect(files).toContain('package/binding.gyp');
+    expect(files).not.toContain('package/build/');
     await run('npm', ['install', '-g', '--prefix', join(dir, 'global'), join(dir, tgz), '--no-audit', '--no-fund'], { timeout: 120_000 });
     const bin = join(dir, 'global/bin/userland-proxy');
     const env = { PATH: '/usr/bin:/bin' };
@@ -35,7 +41,7 @@ describe('npm pack and npm install -g', () => {
     await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
     const port = await freePort();
     const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1',
-      '-container-port', String((echo.address() as { port: number }).port)], { bin, cleanEnv: true, env });
+      '-container-port', String((echo.address() as { port: number }).port)], { bin, cleanEnv: true, env: { ...env, USERLAND_PROXY_ENGINE: HAVE_CC ? 'native' : 'auto' } });
     expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('packed'))).toString()).toBe('packed');
     await p.stop();
     echo.close();
