@@ -4,7 +4,8 @@
  * its `mapping` variable and every panel filters on it. promtool checks live in
  * test/integration/deploy-tools.test.ts.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FAMILIES, PREFIX } from '../../src/metrics.js';
 
@@ -38,5 +39,17 @@ describe('deploy/prometheus/alerts.yml', () => {
     const names = used(readFileSync(new URL('../../deploy/prometheus/alerts.yml', import.meta.url), 'utf8'));
     expect(names.length).toBeGreaterThanOrEqual(5);
     for (const n of names) expect(exported, n).toContain(n);
+  });
+});
+
+describe('deploy/', () => {
+  it('every file is exercised by some test (named there by path or file name): no untested sample', () => {
+    const root = join(import.meta.dirname, '../..');
+    const files = (readdirSync(join(root, 'deploy'), { recursive: true, withFileTypes: true }) as import('node:fs').Dirent[])
+      .filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(root.length + 1));
+    const tests = (readdirSync(join(root, 'test'), { recursive: true }) as string[])
+      .filter((f) => f.endsWith('.ts')).map((f) => readFileSync(join(root, 'test', f), 'utf8')).join('\n');
+    expect(files.length).toBeGreaterThanOrEqual(12);
+    for (const f of files) expect(tests.includes(f) || tests.includes(`'${basename(f)}'`) || tests.includes(`/${basename(f)}`), f).toBe(true);
   });
 });
