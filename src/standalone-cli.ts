@@ -85,8 +85,7 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
     try {
       const { startDemo } = await import('./demo.js');
       const { config, banner } = await startDemo({ port: parsed.port as number, metricsPort: parsed.metricsPort as number });
-      await run(() => config, config);
-      process.stdout.write(`${banner}\n`);
+      await run(() => config, config, `${banner}\n`);
     } catch (err) {
       die(err);
     }
@@ -109,8 +108,8 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
   await run(() => loadConfig(cli), config);
 }
 
-/** Runs the configuration until a signal; `load` re-reads it on reload. */
-async function run(load: () => StandaloneConfig, config: StandaloneConfig): Promise<void> {
+/** Runs the configuration until a signal; `load` re-reads it on reload; `after` follows the ready line. */
+async function run(load: () => StandaloneConfig, config: StandaloneConfig, after = ''): Promise<void> {
   let log: Log;
   try {
     log = await createLogger({ level: config.logLevel, file: config.logFile });
@@ -183,5 +182,6 @@ async function run(load: () => StandaloneConfig, config: StandaloneConfig): Prom
     die(err);
   }
   log.info({ mappings: config.mappings.map((m) => m.id) }, 'all mappings ready');
-  process.stdout.write(`ready: ${describeConfig(config)}`);
+  // One write: whoever waits for "ready:" also gets what follows it (the demo's banner).
+  process.stdout.write(`ready: ${describeConfig(config)}${after}`);
 }

@@ -231,9 +231,11 @@ export class TcpForwarder {
 
   /**
    * The native data path: JavaScript accepts, filters, dials and writes any PROXY header, then
-   * hands both sockets to the native thread (splice) and destroys its Socket objects. Until then
-   * nobody reads: the client is paused since accept (pauseOnConnect), and the upstream is paused
-   * before 'connect', after which Node would otherwise start reading.
+   * hands both sockets to the native thread (splice) and destroys its Socket objects. While the
+   * dial is in flight, the client is read here (as in the JavaScript path): its bytes queue on
+   * the connecting socket and leave with the connect. At the connect, reading stops and what was
+   * read is flushed; the handoff waits for the last write. The upstream is paused before
+   * 'connect' (Node would otherwise start reading it), so only the native thread ever reads it.
    */
   #forwardNative(client: Socket): void {
     const stats = this.stats;
@@ -261,6 +263,12 @@ export class TcpForwarder {
       fail();
     }, connectTimeoutMs) : null;
     client.on('error', () => {});
+    // A client that resets or vanishes during the dial: as in the JavaScript path, aborted.
+    client.on('close', () => {
+      if (done) return;
+      stats.aborted++;
+      fail();
+    });
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       if (done) return;
       stats.connectErrors[connectErrorReason(err.code)]++;
@@ -294,18 +302,44 @@ export class TcpForwarder {
       client.destroy();
       upstream.destroy();
     };
+    // Everything written here must be in the kernel before the native thread writes: the handoff
+    // waits until no write is in flight.
+    let connected = false;
+    let inFlight = 0;
+    const written = (err?: Error | null): void => {
+      inFlight--;
+      if (err) fail();
+      else if (connected && inFlight === 0) handoff();
+    };
+    const send = (chunk: Buffer | string): void => {
+      inFlight++;
+      if (!upstream.write(chunk, written)) client.pause();
+    };
+    const header = proxyHeader(this.#opts.proxyProtocol ?? 'off', {
+      srcAddress: client.remoteAddress ?? '', srcPort: client.remotePort ?? 0,
+      dstAddress: client.localAddress ?? '', dstPort: client.localPort ?? 0,
+    });
+    // Queued on the connecting socket before any client byte: it goes out first.
+    if (header) send(header);
+    client.on('data', send);
+    upstream.on('drain', () => {
+      if (!connected) client.resume();
+    });
+    client.resume();
     upstream.once('connect', () => {
       if (dialTimer) clearTimeout(dialTimer);
       if (done) return;
+      connected = true;
       observe(stats.connectDuration, (performance.now() - acceptedAt) / 1000);
       if (log.debugEnabled) log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
-      const header = proxyHeader(this.#opts.proxyProtocol ?? 'off', {
-        srcAddress: client.remoteAddress ?? '', srcPort: client.remotePort ?? 0,
-        dstAddress: client.localAddress ?? '', dstPort: client.localPort ?? 0,
-      });
-      // The header must be in the kernel before the native thread writes the first client byte.
-      if (header) upstream.write(header, (err) => (err ? fail() : handoff()));
-      else handoff();
+      // Stop reading the client: take what Node already buffered, then stop the handle. read()
+      // may restart the handle; stopping it afterwards, in the same tick, is what counts (libuv
+      // reads only in its poll phase).
+      client.removeListener('data', send);
+      client.pause();
+      for (let chunk = client.read() as Buffer | null; chunk !== null; chunk = client.read() as Buffer | null) send(chunk);
+      stopReading(client);
+      if (inFlight === 0) handoff();
     });
   }
 
@@ -429,6 +463,15 @@ export class TcpForwarder {
       }
       upstream.resume();
     });
+  }
+}
+
+/** Stops libuv reading a socket (private `_handle`; Socket.pause() alone may read one more chunk). */
+function stopReading(socket: Socket): void {
+  const handle = (socket as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
+  if (handle?.readStop) {
+    handle.reading = false;
+    handle.readStop();
   }
 }
 
