@@ -23,8 +23,10 @@ const tcpStats = mapping.proto === 'tcp' ? newTcpStats() : null;
 const udpStats = mapping.proto === 'udp' ? newUdpStats() : null;
 const forwarders: (TcpForwarder | UdpForwarder)[] = [];
 const fdLimit = openFileLimit();
-// Caps apply per listener; the fd-derived ones protect the whole process.
-const connectionCap = init.maxConnections ?? connectionCapFromFdLimit(fdLimit);
+// Caps apply to the whole mapping (its listeners share one stats object); as in docker mode, a
+// configured cap never exceeds what the fd limit allows.
+const fdCap = connectionCapFromFdLimit(fdLimit);
+const connectionCap = init.maxConnections === null ? fdCap : Math.min(init.maxConnections, fdCap ?? Infinity);
 const flowCap = Math.min(init.udpMaxFlows, flowCapFromFdLimit(fdLimit) ?? Infinity);
 const access = compileAccess(mapping.access);
 
