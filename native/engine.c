@@ -626,23 +626,31 @@ static void send_datagrams(engine_t *e, group_t *g, int fd, struct mmsghdr *m, i
   }
 }
 
-/* Client datagrams: one recvmmsg, then one sendmmsg per run of datagrams of the same flow. */
-static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
-  udp_io_t *io = udp_buffers(e);
-  if (!io) return -1;
+/* One recvmmsg into the batch buffers; with_source: also each sender's address and its
+ * destination address (IP_PKTINFO), which only the listener needs. Returns its result. */
+static int recv_batch(udp_io_t *io, int fd, int with_source) {
   for (int i = 0; i < UDP_BATCH; i++) {
     io->iov[i].iov_base = io->buf + (size_t)i * UDP_SLOT;
     io->iov[i].iov_len = UDP_SLOT;
     struct msghdr *h = &io->m[i].msg_hdr;
-    h->msg_name = &io->from[i];
-    h->msg_namelen = sizeof io->from[i];
+    memset(h, 0, sizeof *h);
     h->msg_iov = &io->iov[i];
     h->msg_iovlen = 1;
-    h->msg_control = io->ctrl[i];
-    h->msg_controllen = CTRL_SPACE;
-    h->msg_flags = 0;
+    if (with_source) {
+      h->msg_name = &io->from[i];
+      h->msg_namelen = sizeof io->from[i];
+      h->msg_control = io->ctrl[i];
+      h->msg_controllen = CTRL_SPACE;
+    }
   }
-  int n = recvmmsg(g->lfd, io->m, UDP_BATCH, MSG_DONTWAIT, NULL);
+  return recvmmsg(fd, io->m, UDP_BATCH, MSG_DONTWAIT, NULL);
+}
+
+/* Client datagrams: one recvmmsg, then one sendmmsg per run of datagrams of the same flow. */
+static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
+  udp_io_t *io = udp_buffers(e);
+  if (!io) return -1;
+  int n = recv_batch(io, g->lfd, 1);
   if (n <= 0) return n;
   flow_t *flows[UDP_BATCH];
   for (int i = 0; i < n; i++) {
@@ -690,15 +698,7 @@ static int udp_flow_batch(engine_t *e, flow_t *f, int64_t now) {
   group_t *g = f->g;
   udp_io_t *io = udp_buffers(e);
   if (!io) return -1;
-  for (int i = 0; i < UDP_BATCH; i++) {
-    io->iov[i].iov_base = io->buf + (size_t)i * UDP_SLOT;
-    io->iov[i].iov_len = UDP_SLOT;
-    struct msghdr *h = &io->m[i].msg_hdr;
-    memset(h, 0, sizeof *h);
-    h->msg_iov = &io->iov[i];
-    h->msg_iovlen = 1;
-  }
-  int n = recvmmsg(f->fd, io->m, UDP_BATCH, MSG_DONTWAIT, NULL);
+  int n = recv_batch(io, f->fd, 0);
   if (n < 0) {
     if (errno == ECONNREFUSED) g->ctr[U_REFUSED] += 1;
     return n;
@@ -871,14 +871,20 @@ static engine_t *engine_of(napi_env env) {
   return e;
 }
 
-static void post(engine_t *e, cmd_t *c) {
-  c->next = NULL;
+/* Queues a command for the thread and wakes it; -ENOMEM if it cannot. */
+static int post(engine_t *e, int op, group_t *g, conn_t *c) {
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (!cmd) return -ENOMEM;
+  cmd->op = op;
+  cmd->g = g;
+  cmd->c = c;
   pthread_mutex_lock(&e->mu);
-  *e->cmds_tail = c;
-  e->cmds_tail = &c->next;
+  *e->cmds_tail = cmd;
+  e->cmds_tail = &cmd->next;
   pthread_mutex_unlock(&e->mu);
   uint64_t one = 1;
   while (write(e->evfd, &one, sizeof one) < 0 && errno == EINTR) {}
+  return 0;
 }
 
 /* Live connections and open UDP groups keep the event loop alive, as their sockets did. */
@@ -1063,8 +1069,7 @@ static napi_value js_tcp_adopt(napi_env env, napi_callback_info info) {
   if (!g || get_i64(env, argv[1], &id) < 0 || get_i64(env, argv[2], &cfd) < 0 || get_i64(env, argv[3], &tfd) < 0)
     return e && g ? throw_errno(env, EINVAL, "tcpAdopt") : NULL;
   conn_t *c = calloc(1, sizeof *c);
-  cmd_t *cmd = calloc(1, sizeof *cmd);
-  if (!c || !cmd) { free(c); free(cmd); return throw_errno(env, ENOMEM, "tcpAdopt"); }
+  if (!c) return throw_errno(env, ENOMEM, "tcpAdopt");
   /* Our own references to both sockets; JS closes its fds right after. */
   c->fd[0] = fcntl((int)cfd, F_DUPFD_CLOEXEC, 0);
   c->fd[1] = c->fd[0] < 0 ? -1 : fcntl((int)tfd, F_DUPFD_CLOEXEC, 0);
@@ -1072,7 +1077,6 @@ static napi_value js_tcp_adopt(napi_env env, napi_callback_info info) {
     int err = errno;
     if (c->fd[0] >= 0) close(c->fd[0]);
     free(c);
-    free(cmd);
     return throw_errno(env, err, "dup");
   }
   c->g = g;
@@ -1083,10 +1087,13 @@ static napi_value js_tcp_adopt(napi_env env, napi_callback_info info) {
     c->w[k].owner = c;
     c->d[k].p.r = c->d[k].p.w = -1;
   }
-  cmd->op = C_ADD_CONN;
-  cmd->c = c;
+  if (post(e, C_ADD_CONN, g, c) < 0) {
+    close(c->fd[0]);
+    close(c->fd[1]);
+    free(c);
+    return throw_errno(env, ENOMEM, "tcpAdopt");
+  }
   hold(env, e, 1);
-  post(e, cmd);
   return NULL;
 }
 
@@ -1165,12 +1172,8 @@ static napi_value js_udp_group(napi_env env, napi_callback_info info) {
   int64_t p = idle / 10;
   g->sweep_ms = p < 50 ? 50 : p > MAX_TICK_MS ? MAX_TICK_MS : p;
   publish_group(e, g);
-  cmd_t *cmd = calloc(1, sizeof *cmd);
-  if (!cmd) return throw_errno(env, ENOMEM, "udpGroup");
-  cmd->op = C_ADD_UDP;
-  cmd->g = g;
+  if (post(e, C_ADD_UDP, g, NULL) < 0) return throw_errno(env, ENOMEM, "udpGroup");
   hold(env, e, 1);
-  post(e, cmd);
   return wrap_group(env, g);
 }
 
@@ -1190,13 +1193,9 @@ static napi_value js_group_close(napi_env env, napi_callback_info info) {
   engine_t *e = engine_of(env);
   group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
   if (!g) return NULL;
-  cmd_t *cmd = calloc(1, sizeof *cmd);
-  if (!cmd) return throw_errno(env, ENOMEM, "groupClose");
+  if (post(e, C_CLOSE_GROUP, g, NULL) < 0) return throw_errno(env, ENOMEM, "groupClose");
   if (g->kind == W_UDP_LISTENER && !g->js_closed) hold(env, e, -1);
   g->js_closed = 1;
-  cmd->op = C_CLOSE_GROUP;
-  cmd->g = g;
-  post(e, cmd);
   return NULL;
 }
 
