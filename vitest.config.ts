@@ -14,6 +14,7 @@ const NATIVE_SUITES = [
   'test/integration/dockerd-e2e.test.ts',
   'test/integration/faults.test.ts',
   'test/integration/native-engine.test.ts',
+  'test/integration/node-versions.test.ts',
   'test/integration/proxy-protocol.test.ts',
   'test/integration/soak.test.ts',
   'test/integration/standalone.test.ts',

@@ -3,7 +3,8 @@
  * that may change between majors. This smoke suite runs the built proxy on every supported major
  * (20 here, 22 and 24 fetched by .ci/setup into .cache/nodes) through the launcher's
  * USERLAND_PROXY_NODE override: TCP echo with checksum and half-close, a stalled reader, UDP echo,
- * and -use-listen-fd.
+ * and -use-listen-fd. In the native project (vitest.config.ts) the same runs force the native
+ * engine: the N-API 8 addon built once with Node 20's headers loads on 22 and 24.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
