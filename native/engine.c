@@ -13,7 +13,6 @@
  * - groupStop(group)                   UDP: open no new flows (graceful drain).
  * - groupClose(group)                  closes everything of the group (FIN, no drain).
  * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
- * - stats()                            [live conns, live flows, pipes in pool, pipes open, fds held].
  * Counters live in the caller's Float64Array: only this thread writes them, JavaScript reads
  * them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets we build for).
  *
@@ -108,7 +107,6 @@ typedef struct flow {
 typedef struct acl_entry { uint8_t family, prefix, addr[16]; } acl_entry_t;
 
 struct group {
-  engine_t *e;
   int id, kind, closed;
   double *ctr;
   napi_ref ctr_ref;
@@ -118,7 +116,7 @@ struct group {
   conn_t *conns;
   /* UDP */
   watch_t lw;
-  int lfd, lfamily, wildcard, tfamily, max_flows, nflows, no_gso;
+  int lfd, lfamily, wildcard, max_flows, nflows, no_gso;
   volatile int draining;
   int js_closed;         /* main thread only */
   struct sockaddr_storage target;
@@ -149,8 +147,6 @@ struct engine {
   conn_t *dead;
   double *closed; size_t nclosed, capclosed;
   struct udp_io *io;
-  /* stats, written by the thread */
-  volatile long live_conns, live_flows, pipes_open;
 };
 
 static int64_t now_ms(void) {
@@ -176,22 +172,20 @@ static int pipe_get(engine_t *e, dir_t *d, size_t want) {
   d->p.r = fds[0];
   d->p.w = fds[1];
   d->p.cap = cap > 0 ? (size_t)cap : 65536;
-  e->pipes_open++;
   return 0;
 }
 
-static void pipe_close(engine_t *e, pipe_pair_t *p) {
+static void pipe_close(pipe_pair_t *p) {
   close(p->r);
   close(p->w);
   p->r = p->w = -1;
-  e->pipes_open--;
 }
 
 /* Only an empty pipe goes back to the pool; a pipe still holding bytes is closed. */
 static void pipe_put(engine_t *e, dir_t *d) {
   if (d->p.r < 0) return;
   if (d->inpipe == 0 && e->npool < PIPE_POOL_MAX) e->pool[e->npool++] = d->p;
-  else pipe_close(e, &d->p);
+  else pipe_close(&d->p);
   d->p.r = d->p.w = -1;
   d->inpipe = 0;
 }
@@ -232,7 +226,6 @@ static void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
   if (c->next) c->next->prev = c->prev;
   c->dead_next = e->dead;
   e->dead = c;
-  e->live_conns--;
   note_closed(e, g, c->id, reason);
 }
 
@@ -332,7 +325,6 @@ static void tcp_add(engine_t *e, conn_t *c) {
   c->next = g->conns;
   if (g->conns) g->conns->prev = c;
   g->conns = c;
-  e->live_conns++;
   c->last = now_ms();
   for (int k = 0; k < 2; k++) {
     struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &c->w[k] };
@@ -451,7 +443,6 @@ static void flow_close(engine_t *e, flow_t *f) {
   close(f->fd);
   g->nflows--;
   g->ctr[U_FLOWS_ACTIVE] -= 1;
-  e->live_flows--;
   free(f);
 }
 
@@ -492,7 +483,6 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   g->nflows++;
   g->ctr[U_FLOWS_CREATED] += 1;
   g->ctr[U_FLOWS_ACTIVE] += 1;
-  e->live_flows++;
   return f;
 }
 
@@ -926,7 +916,7 @@ static void engine_stop(engine_t *e) {
 static void engine_teardown(void *arg) {
   engine_t *e = arg;
   engine_stop(e);
-  for (int i = 0; i < e->npool; i++) pipe_close(e, &e->pool[i]);
+  for (int i = 0; i < e->npool; i++) pipe_close(&e->pool[i]);
   while (e->cmds) { cmd_t *c = e->cmds; e->cmds = c->next; if (c->c) { close(c->c->fd[0]); close(c->c->fd[1]); free(c->c); } free(c); }
   while (e->groups) {
     group_t *g = e->groups;
@@ -1005,7 +995,6 @@ static group_t *new_group(napi_env env, engine_t *e, napi_value id, napi_value c
   }
   group_t *g = calloc(1, sizeof *g);
   if (!g) return NULL;
-  g->e = e;
   g->id = (int)gid;
   g->kind = kind;
   g->ctr = data;
@@ -1208,20 +1197,6 @@ static napi_value js_shutdown(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static napi_value js_stats(napi_env env, napi_callback_info info) {
-  (void)info;
-  engine_t *e = engine_of(env);
-  if (!e) return NULL;
-  double v[5] = { (double)e->live_conns, (double)e->live_flows, (double)e->npool, (double)e->pipes_open, (double)e->refs };
-  napi_value arr, x;
-  napi_create_array_with_length(env, 5, &arr);
-  for (uint32_t i = 0; i < 5; i++) {
-    napi_create_double(env, v[i], &x);
-    napi_set_element(env, arr, i, x);
-  }
-  return arr;
-}
-
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     { "init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL },
@@ -1231,7 +1206,6 @@ NAPI_MODULE_INIT() {
     { "groupStop", NULL, js_group_stop, NULL, NULL, NULL, napi_default, NULL },
     { "groupClose", NULL, js_group_close, NULL, NULL, NULL, napi_default, NULL },
     { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
-    { "stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

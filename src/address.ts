@@ -50,6 +50,11 @@ export function ipv6ToBytes(address: string): Buffer {
   return out;
 }
 
+/** The 4 or 16 bytes of a valid IP literal. */
+export function ipToBytes(address: string): Buffer {
+  return address.includes(':') ? ipv6ToBytes(address) : Buffer.from(address.split('.').map(Number));
+}
+
 /** `1.2.3.4:80` or `[::1]:80`, as Go's net.JoinHostPort. */
 export function joinHostPort(address: string, port: number | string): string {
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;

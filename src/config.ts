@@ -20,8 +20,7 @@ import { ProxyError } from './errors.js';
 import { parseCidrs } from './access-list.js';
 import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
-import { parseEngine } from './docker-env.js';
-import type { EngineChoice } from './native-engine.js';
+import { parseEngine, type EngineChoice } from './native-engine.js';
 import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
 
 /** A validated standalone configuration. */
@@ -178,8 +177,10 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     return v === undefined || v === '' ? undefined : v;
   };
   /** The winning value of a scalar setting and where it came from, for messages. */
-  const pick = (k: Key, cliValue: unknown, flag: string): [unknown, string] | undefined => {
-    if (cliValue !== undefined) return [cliValue, `--${flag}`];
+  const pick = (k: Exclude<Key, 'publish' | 'allow' | 'deny'>): [unknown, string] | undefined => {
+    const cliValue = cli[k];
+    // The flag is the key in kebab case (yargs hands the value back under the camelCase key).
+    if (cliValue !== undefined) return [cliValue, `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`];
     const e = envValue(k);
     if (e !== undefined) return [e, ENV_PREFIX + SETTINGS[k]];
     if (file && file[k] !== undefined) return [file[k], `config key "${k}"`];
@@ -196,7 +197,7 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   };
   const allow = list('allow', cli.allow);
   const deny = list('deny', cli.deny);
-  const ppV = pick('proxyProtocol', cli.proxyProtocol, 'proxy-protocol');
+  const ppV = pick('proxyProtocol');
   const protocolOf = (v: unknown, where: string): ProxyProtocol => {
     try {
       return parseProxyProtocol(v);
@@ -234,18 +235,18 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   if (mappings.length === 0) fail('no mappings: give at least one --publish SPEC, USERLAND_PROXY_PUBLISH or "publish" in the config file');
   checkOverlaps(mappings);
 
-  const metricsV = pick('metrics', cli.metrics, 'metrics');
-  const drainV = pick('drainTimeout', cli.drainTimeout, 'drain-timeout');
-  const idleV = pick('udpIdleTimeout', cli.udpIdleTimeout, 'udp-idle-timeout');
-  const flowsV = pick('udpMaxFlows', cli.udpMaxFlows, 'udp-max-flows');
-  const connectV = pick('connectTimeout', cli.connectTimeout, 'connect-timeout');
-  const tcpIdleV = pick('idleTimeout', cli.idleTimeout, 'idle-timeout');
-  const lingerV = pick('lingerTimeout', cli.lingerTimeout, 'linger-timeout');
-  const maxConnV = pick('maxConnections', cli.maxConnections, 'max-connections');
-  const maxBufV = pick('maxBuffer', cli.maxBuffer, 'max-buffer');
-  const levelV = pick('logLevel', cli.logLevel, 'log-level');
-  const fileV = pick('logFile', cli.logFile, 'log-file');
-  const engineV = pick('engine', cli.engine, 'engine');
+  const metricsV = pick('metrics');
+  const drainV = pick('drainTimeout');
+  const idleV = pick('udpIdleTimeout');
+  const flowsV = pick('udpMaxFlows');
+  const connectV = pick('connectTimeout');
+  const tcpIdleV = pick('idleTimeout');
+  const lingerV = pick('lingerTimeout');
+  const maxConnV = pick('maxConnections');
+  const maxBufV = pick('maxBuffer');
+  const levelV = pick('logLevel');
+  const fileV = pick('logFile');
+  const engineV = pick('engine');
 
   const udpIdleTimeoutMs = idleV ? duration(idleV[1], idleV[0]) : UDP_IDLE_TIMEOUT_MS;
   if (udpIdleTimeoutMs < 10) fail(`invalid ${idleV?.[1]}: must be at least 10ms`);

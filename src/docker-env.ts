@@ -11,7 +11,7 @@ import { parseDuration } from './duration.js';
 import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
 import { ProxyError } from './errors.js';
 import { parseLogLevel, type LogLevel } from './logger.js';
-import { ENGINE_CHOICES, type EngineChoice } from './native-engine.js';
+import { parseEngine, type EngineChoice } from './native-engine.js';
 
 /** Docker-mode settings from the environment. */
 export interface DockerEnv {
@@ -112,10 +112,4 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
     udpIdleTimeoutMs,
     udpMaxFlows,
   };
-}
-
-/** Parses an engine choice (auto, native, js). */
-export function parseEngine(v: unknown): EngineChoice {
-  if (typeof v === 'string' && (ENGINE_CHOICES as readonly string[]).includes(v)) return v as EngineChoice;
-  throw new Error(`use one of ${ENGINE_CHOICES.join(', ')}`);
 }

@@ -23,7 +23,7 @@
  */
 import { compileAccess } from './access-list.js';
 import { joinHostPort } from './address.js';
-import { parseEngine, readDockerEnv } from './docker-env.js';
+import { readDockerEnv } from './docker-env.js';
 import { DOCKER_FLAGS, parseDockerArgs, toDockerMapping } from './docker-flags.js';
 import { ProxyError, toProxyError } from './errors.js';
 import { connectionCapFromFdLimit, flowCapFromFdLimit, openFileLimit } from './fd-limit.js';
@@ -33,7 +33,7 @@ import { createLogger, silentLog, type Log } from './logger.js';
 import { reportFailure, reportReady } from './status-pipe.js';
 import { createTcpServer, TcpForwarder, type TcpStats } from './tcp-forwarder.js';
 import { createUdpSocket, UdpForwarder, type UdpStats } from './udp-forwarder.js';
-import { selectEngine, type EngineChoice } from './native-engine.js';
+import { parseEngine, selectEngine, type EngineChoice } from './native-engine.js';
 import { packageVersion } from './version.js';
 
 const PROGRAM = 'userland-proxy';
@@ -112,12 +112,10 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     let stats: { tcp: TcpStats | null; udp: UdpStats | null } = { tcp: null, udp: null };
     const fdLimit = openFileLimit();
     const access = compileAccess(env.access);
-    const engineFlag = flags.values.get('engine') as string;
-    const engine = selectEngine(
-      flags.given.has('engine') ? parseEngineFlag(engineFlag) : env.engine,
-      (msg) => log?.warn({}, msg),
-      flags.given.has('engine') ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV',
-    );
+    // -engine (ours, never from dockerd) wins over USERLAND_PROXY_ENGINE; errors name the source.
+    const fromFlag = flags.given.has('engine');
+    const engine = selectEngine(fromFlag ? parseEngineFlag(flags.values.get('engine') as string) : env.engine,
+      (msg) => log?.warn({}, msg), fromFlag ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV');
     if (m.proto === 'tcp') {
       const server = createTcpServer();
       const fdCap = connectionCapFromFdLimit(fdLimit);

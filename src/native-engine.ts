@@ -11,8 +11,7 @@
  * engine.
  */
 import { createRequire } from 'node:module';
-import { isIP } from 'node:net';
-import { ipv6ToBytes, type IpAddress } from './address.js';
+import { ipToBytes, type IpAddress } from './address.js';
 import type { AccessSpec } from './access-list.js';
 import { ProxyError } from './errors.js';
 
@@ -22,6 +21,12 @@ export type EngineChoice = 'auto' | 'native' | 'js';
 export type EngineName = 'native' | 'js';
 /** The values the setting accepts. */
 export const ENGINE_CHOICES: readonly EngineChoice[] = ['auto', 'native', 'js'];
+
+/** Parses an engine choice (auto, native, js); the message says what is accepted. */
+export function parseEngine(v: unknown): EngineChoice {
+  if (typeof v === 'string' && (ENGINE_CHOICES as readonly string[]).includes(v)) return v as EngineChoice;
+  throw new Error(`use one of ${ENGINE_CHOICES.join(', ')}`);
+}
 
 /** Why a TCP connection ended, as the native thread reports it. */
 export const CLOSE_REASON = { clean: 0, aborted: 1, idle: 2, linger: 3, closed: 4 } as const;
@@ -37,7 +42,6 @@ interface Addon {
   groupStop(group: object): void;
   groupClose(group: object): void;
   shutdown(): void;
-  stats(): number[];
 }
 
 let addon: Addon | null | undefined;
@@ -88,24 +92,11 @@ export function selectEngine(choice: EngineChoice, warn: (msg: string) => void, 
   return 'js';
 }
 
-/** Engine-wide numbers for tests and diagnostics. */
-export function nativeStats(): { conns: number; flows: number; pooledPipes: number; openPipes: number; holds: number } | null {
-  if (!started) return null;
-  const a = engine();
-  const [conns = 0, flows = 0, pooledPipes = 0, openPipes = 0, holds = 0] = a.stats();
-  return { conns, flows, pooledPipes, openPipes, holds };
-}
-
-/** Counter storage the native thread writes: its backing store never moves (off-heap buffer). */
-export function nativeCounters(keys: readonly string[]): Float64Array {
-  return new Float64Array(new ArrayBuffer(8 * keys.length));
-}
-
 /**
  * Makes stats[key] read `base + counters[i]` for each key (and writes adjust the base), so a
  * stats object shared by several forwarders (a port range) reads native and JS counts alike.
  */
-export function bindCounters(stats: object, keys: readonly string[], counters: Float64Array): void {
+function bindCounters(stats: object, keys: readonly string[], counters: Float64Array): void {
   const target = stats as Record<string, number>;
   keys.forEach((key, i) => {
     let base = target[key] ?? 0;
@@ -123,7 +114,8 @@ const countersOf = new WeakMap<object, Float64Array>();
 function sharedCounters(stats: object, keys: readonly string[]): Float64Array {
   let c = countersOf.get(stats);
   if (c === undefined) {
-    c = nativeCounters(keys);
+    // An ArrayBuffer's backing store never moves: the native thread writes into it.
+    c = new Float64Array(new ArrayBuffer(8 * keys.length));
     bindCounters(stats, keys, c);
     countersOf.set(stats, c);
   }
@@ -131,9 +123,9 @@ function sharedCounters(stats: object, keys: readonly string[]): Float64Array {
 }
 
 /** TCP counters the native thread keeps, in the order of native/engine.c. */
-export const TCP_NATIVE_KEYS = ['bytesIn', 'bytesOut', 'pausesClient', 'pausesUpstream'] as const;
+const TCP_NATIVE_KEYS = ['bytesIn', 'bytesOut', 'pausesClient', 'pausesUpstream'] as const;
 /** UDP counters the native thread keeps, in the order of native/engine.c. */
-export const UDP_NATIVE_KEYS = [
+const UDP_NATIVE_KEYS = [
   'flowsCreated', 'flowsActive', 'flowsExpired', 'datagramsIn', 'bytesIn', 'datagramsOut', 'bytesOut',
   'droppedFlowLimit', 'droppedQueueFull', 'droppedSendError', 'droppedBlocked', 'refused',
 ] as const;
@@ -169,15 +161,14 @@ export interface NativeUdp {
 }
 
 /** Packs CIDRs as 18-byte entries [family, prefix, 16 address bytes] for the native ACL. */
-export function packCidrs(cidrs: readonly string[]): Buffer | null {
+function packCidrs(cidrs: readonly string[]): Buffer | null {
   if (cidrs.length === 0) return null;
   const out = Buffer.alloc(18 * cidrs.length);
   cidrs.forEach((cidr, i) => {
     const [addr = '', prefix] = cidr.split('/');
-    const v6 = isIP(addr) === 6;
-    out[18 * i] = v6 ? 6 : 4;
-    out[18 * i + 1] = prefix === undefined ? (v6 ? 128 : 32) : Number(prefix);
-    const bytes = v6 ? ipv6ToBytes(addr) : Buffer.from(addr.split('.').map(Number));
+    const bytes = ipToBytes(addr);
+    out[18 * i] = bytes.length === 16 ? 6 : 4;
+    out[18 * i + 1] = prefix === undefined ? bytes.length * 8 : Number(prefix);
     bytes.copy(out, 18 * i + 2);
   });
   return out;
@@ -189,9 +180,8 @@ export function nativeUdp(
   access: AccessSpec | null, wildcard: boolean,
 ): NativeUdp {
   const a = engine();
-  const targetBytes = target.family === 6 ? ipv6ToBytes(target.address) : Buffer.from(target.address.split('.').map(Number));
   const group = a.udpGroup(
-    nextGroupId++, sharedCounters(stats, UDP_NATIVE_KEYS), listenerFd, targetBytes, targetPort, idleMs, maxFlows,
+    nextGroupId++, sharedCounters(stats, UDP_NATIVE_KEYS), listenerFd, ipToBytes(target.address), targetPort, idleMs, maxFlows,
     packCidrs(access?.allow ?? []), packCidrs(access?.deny ?? []), wildcard,
   );
   let closed = false;
