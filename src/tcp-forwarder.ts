@@ -185,14 +185,23 @@ export class TcpForwarder {
       const reads = c.up.sweep() + c.down.sweep();
       c.idleMs = reads > 0 ? 0 : c.idleMs + this.#sweepMs;
       if (idleTimeoutMs > 0 && c.idleMs >= idleTimeoutMs) {
-        this.stats.idleTimeouts++;
-        this.#limited.warn('idle-timeout', { idleTimeoutMs }, 'closing idle connections (idle timeout)');
+        this.#timedOut('idle');
         this.#expire(c);
       } else if ((c.client.readableEnded || c.upstream.readableEnded) && lingerTimeoutMs > 0 && c.idleMs >= lingerTimeoutMs) {
-        this.stats.lingerTimeouts++;
-        this.#limited.warn('linger-timeout', { lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
+        this.#timedOut('linger');
         this.#expire(c);
       }
+    }
+  }
+
+  /** Counts and logs (once per burst) a connection closed by the idle or linger timeout. */
+  #timedOut(kind: 'idle' | 'linger'): void {
+    if (kind === 'idle') {
+      this.stats.idleTimeouts++;
+      this.#limited.warn('idle-timeout', { idleTimeoutMs: this.#opts.idleTimeoutMs }, 'closing idle connections (idle timeout)');
+    } else {
+      this.stats.lingerTimeouts++;
+      this.#limited.warn('linger-timeout', { lingerTimeoutMs: this.#opts.lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
     }
   }
 
@@ -358,13 +367,8 @@ export class TcpForwarder {
     observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
     // As in the JavaScript path, anything but a clean double close counts as aborted.
     if (reason !== CLOSE_REASON.clean) stats.aborted++;
-    if (reason === CLOSE_REASON.idle) {
-      stats.idleTimeouts++;
-      this.#limited.warn('idle-timeout', { idleTimeoutMs: this.#opts.idleTimeoutMs }, 'closing idle connections (idle timeout)');
-    } else if (reason === CLOSE_REASON.linger) {
-      stats.lingerTimeouts++;
-      this.#limited.warn('linger-timeout', { lingerTimeoutMs: this.#opts.lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
-    }
+    if (reason === CLOSE_REASON.idle) this.#timedOut('idle');
+    else if (reason === CLOSE_REASON.linger) this.#timedOut('linger');
   }
 
   #forwardJs(accepted: Socket): void {
