@@ -9,6 +9,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ROOT, withTimeout } from './proxy.js';
+import { afterAll, beforeAll } from 'vitest';
 
 export const IS_ROOT = process.getuid?.() === 0;
 export const NS_PREFIX = 'upt';
@@ -130,3 +131,22 @@ async function launch(args: string[], ns: string | null, ipv4: string, ipv6: str
     destroy,
   };
 }
+
+/**
+ * The backend of a test file (or describe block): started in beforeAll, destroyed in afterAll,
+ * also after a failure. The returned object is filled in by beforeAll, so tests read
+ * `backend.ipv4` as usual.
+ */
+export function useBackend(args: string[]): Backend {
+  const backend = {} as Backend;
+  let started = false;
+  beforeAll(async () => {
+    Object.assign(backend, await startBackend(args));
+    started = true;
+  });
+  afterAll(async () => {
+    if (started) await backend.destroy();
+  });
+  return backend;
+}
+

@@ -6,8 +6,8 @@
  */
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startBackend, type Backend } from '../helpers/netns.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { BIN, REF_PROXY, haveReference, killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
 
@@ -15,17 +15,11 @@ const ECHO = 7000;
 const GREET = 7002;
 const WHOAMI = 7003;
 const CLOSED = 7009;
-let backend: Backend;
 const HAVE_REF = haveReference();
 const contenders = [['docker-proxy', REF_PROXY], ['userland-proxy', BIN]] as const;
 
-beforeAll(async () => {
-  if (!HAVE_REF) console.warn(`SKIPPED: no reference docker-proxy at ${REF_PROXY}; run .ci/setup as root`);
-  backend = await startBackend(['--echo', String(ECHO), '--greet', String(GREET), '--whoami', String(WHOAMI)]);
-});
-afterAll(async () => {
-  await backend?.destroy();
-});
+if (!HAVE_REF) console.warn(`SKIPPED: no reference docker-proxy at ${REF_PROXY}; run .ci/setup as root`);
+const backend = useBackend(['--echo', String(ECHO), '--greet', String(GREET), '--whoami', String(WHOAMI)]);
 afterEach(async () => {
   await killAllProxies();
 });

@@ -5,20 +5,13 @@
 import { createSocket } from 'node:dgram';
 import { readlinkSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, sha256, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
 
-let backend: Backend;
 const ECHO = 7000;
-
-beforeAll(async () => {
-  backend = await startBackend(['--echo', String(ECHO)]);
-});
-afterAll(async () => {
-  await backend?.destroy();
-});
+const backend = useBackend(['--echo', String(ECHO)]);
 afterEach(async () => {
   await killAllProxies();
 });

@@ -11,26 +11,20 @@ import { existsSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startBackend, type Backend } from '../helpers/netns.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
 
 const run = promisify(execFile);
 const ECHO = 7000;
-let backend: Backend;
 const nodes = [
   ['20', process.execPath],
   ['22', join(ROOT, '.cache/nodes/22/bin/node')],
   ['24', join(ROOT, '.cache/nodes/24/bin/node')],
 ] as const;
 
-beforeAll(async () => {
-  backend = await startBackend(['--echo', String(ECHO)]);
-});
-afterAll(async () => {
-  await backend?.destroy();
-});
+const backend = useBackend(['--echo', String(ECHO)]);
 afterEach(async () => {
   await killAllProxies();
 });

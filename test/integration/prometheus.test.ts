@@ -8,24 +8,20 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startBackend, type Backend } from '../helpers/netns.js';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { useBackend } from '../helpers/netns.js';
 import { freePort, sleep, tcpRoundTrip } from '../helpers/net.js';
 import { killAllProxies, startProxy } from '../helpers/proxy.js';
 import { get, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
 
 const HAVE = existsSync('/usr/bin/promtool') && existsSync('/usr/bin/prometheus');
-let backend: Backend;
 const dir = mkdtempSync(join(tmpdir(), 'upt-prom-'));
 let prometheus: ChildProcess | null = null;
 
-beforeAll(async () => {
-  if (!HAVE) console.warn('SKIPPED: promtool/prometheus not installed (.ci/setup installs Debian\'s prometheus)');
-  backend = await startBackend(['--echo', '7000']);
-});
-afterAll(async () => {
+if (!HAVE) console.warn('SKIPPED: promtool/prometheus not installed (.ci/setup installs Debian\'s prometheus)');
+const backend = useBackend(['--echo', '7000']);
+afterAll(() => {
   prometheus?.kill('SIGKILL');
-  await backend?.destroy();
   rmSync(dir, { recursive: true, force: true });
 });
 afterEach(async () => {

@@ -8,19 +8,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startBackend, type Backend } from '../helpers/netns.js';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { get, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
 
-let backend: Backend;
 const dir = mkdtempSync(join(tmpdir(), 'upt-standalone-'));
 
-beforeAll(async () => {
-  backend = await startBackend(['--tag', '7100', '--tag', '7101', '--tag', '7102', '--echo', '7000', '--hold', '7001', '--whoami', '7003']);
-});
-afterAll(async () => {
-  await backend?.destroy();
+const backend = useBackend(['--tag', '7100', '--tag', '7101', '--tag', '7102', '--echo', '7000', '--hold', '7001', '--whoami', '7003']);
+afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 afterEach(async () => {

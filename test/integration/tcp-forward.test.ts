@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
+import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
 import { BIN, killAllProxies, memoryOf, startProxy, type ProxyProc } from '../helpers/proxy.js';
 
@@ -15,15 +15,13 @@ const ECHO = 7000;
 const HOLD = 7001;
 const GREET = 7002;
 const CLOSED = 7009;
-let backend: Backend;
 const logDir = mkdtempSync(join(tmpdir(), 'upt-log-'));
 
-beforeAll(async () => {
-  backend = await startBackend(['--echo', String(ECHO), '--hold', String(HOLD), '--greet', String(GREET)]);
+const backend = useBackend(['--echo', String(ECHO), '--hold', String(HOLD), '--greet', String(GREET)]);
+beforeAll(() => {
   if (!backend.inNamespace) console.warn('SKIPPED: not root, so the backend runs on loopback instead of a network namespace');
 });
-afterAll(async () => {
-  await backend?.destroy();
+afterAll(() => {
   rmSync(logDir, { recursive: true, force: true });
 });
 afterEach(async () => {

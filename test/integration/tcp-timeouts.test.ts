@@ -9,7 +9,7 @@ import { afterEach, beforeAll, afterAll, describe, expect, it, vi } from 'vitest
 import { listenTcp } from '../../src/listen.js';
 import { silentLog } from '../../src/logger.js';
 import { createTcpServer, TcpForwarder, type TcpForwarderOptions } from '../../src/tcp-forwarder.js';
-import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
+import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { readToClose, sleep, tcpConnect } from '../helpers/net.js';
 import { testEngine } from '../helpers/engine.js';
 
@@ -82,13 +82,9 @@ describe('tcp timeouts', () => {
 });
 
 describe.skipIf(!IS_ROOT)('tcp connect timeout (namespace that drops SYNs)', () => {
-  let backend: Backend;
-  beforeAll(async () => {
-    backend = await startBackend(['--echo', '7000']);
+  const backend = useBackend(['--echo', '7000']); // the DROP rule goes with its namespace
+  beforeAll(() => {
     execFileSync('ip', ['netns', 'exec', backend.namespace as string, 'iptables', '-A', 'INPUT', '-p', 'tcp', '--dport', '7999', '-j', 'DROP']);
-  });
-  afterAll(async () => {
-    await backend?.destroy(); // the rule goes with the namespace
   });
 
   it('connect timeout gives up the dial, counts it and closes the client', async () => {

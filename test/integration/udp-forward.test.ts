@@ -7,8 +7,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Socket as UdpSocket } from 'node:dgram';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { killAllProxies, startProxy, type ProxyProc } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
@@ -16,15 +16,11 @@ import { testEngine } from '../helpers/engine.js';
 const ECHO = 7000;
 const WHOAMI = 7003;
 const LATE = 7004;
-let backend: Backend;
 const clients: UdpSocket[] = [];
 const logDir = mkdtempSync(join(tmpdir(), 'upt-udp-'));
 
-beforeAll(async () => {
-  backend = await startBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI), '--late', String(LATE)]);
-});
-afterAll(async () => {
-  await backend?.destroy();
+const backend = useBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI), '--late', String(LATE)]);
+afterAll(() => {
   rmSync(logDir, { recursive: true, force: true });
 });
 afterEach(async () => {
