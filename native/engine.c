@@ -360,22 +360,17 @@ static int prefix_match(const uint8_t *a, const uint8_t *b, int bits) {
   return (a[full] & mask) == (b[full] & mask);
 }
 
-/* Like node's BlockList: an IPv4 client also matches IPv4-mapped IPv6 rules, and the reverse. */
+/* Families never mix (access-list.ts): an IPv4 or IPv4-mapped client matches only IPv4 rules
+ * (JS turned rules written as mapped IPv6 into IPv4 ones), a plain IPv6 client only IPv6 rules. */
 static int acl_hit(const acl_entry_t *list, int n, const uint8_t *addr, int family) {
   static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-  uint8_t v6[16];
-  const uint8_t *v4 = NULL;
-  if (family == 4) {
-    memcpy(v6, mapped, 12);
-    memcpy(v6 + 12, addr, 4);
-    v4 = addr;
-  } else {
-    memcpy(v6, addr, 16);
-    if (memcmp(addr, mapped, 12) == 0) v4 = addr + 12;
+  int v4 = family == 4;
+  if (!v4 && memcmp(addr, mapped, 12) == 0) {
+    addr += 12;
+    v4 = 1;
   }
   for (int i = 0; i < n; i++) {
-    if (list[i].family == 4 ? (v4 && prefix_match(v4, list[i].addr, list[i].prefix))
-                            : prefix_match(v6, list[i].addr, list[i].prefix)) return 1;
+    if ((list[i].family == 4) == v4 && prefix_match(addr, list[i].addr, list[i].prefix)) return 1;
   }
   return 0;
 }

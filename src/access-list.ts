@@ -3,8 +3,14 @@
  * anything is dialled. Node 20 accepts net.createServer({ blockList }) but does not enforce it,
  * so the forwarders check here themselves. A deny match always wins; with an allow list, only
  * matching clients pass.
+ *
+ * Families never mix: an IPv4 client (or an IPv4-mapped client of a dual-stack socket) is checked
+ * against the IPv4 rules and the rules written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104` is
+ * `10.0.0.0/8`); an IPv6 client against the other IPv6 rules only. So `::/0` or a bogon list
+ * with `::/8` never touches IPv4 clients (Node's BlockList, used as is, would match them all).
  */
 import { BlockList, isIP } from 'node:net';
+import { ipv6ToBytes, parseIp } from './address.js';
 import { ProxyError, type ErrorCode } from './errors.js';
 
 /** Allow and deny lists as given (CIDR strings); structured-clone safe for workers. */
@@ -15,8 +21,8 @@ export interface AccessSpec {
 
 /** Compiled rules, with the spec they came from (the native engine compiles its own). */
 export interface AccessRules {
-  allow: BlockList | null;
-  deny: BlockList | null;
+  allow: FamilyLists | null;
+  deny: FamilyLists | null;
   spec: AccessSpec;
 }
 
@@ -38,15 +44,36 @@ export function parseCidrs(value: unknown, source: string, code: ErrorCode): str
   return items as string[];
 }
 
-function compile(cidrs: readonly string[]): BlockList | null {
+/** One rule in the family it applies to: mapped IPv6 rules become IPv4 ones (see the top). */
+export interface Rule {
+  family: 4 | 6;
+  address: string;
+  prefix: number;
+}
+
+/** The rule a CIDR string (already validated by parseCidrs) stands for. */
+export function ruleOf(cidr: string): Rule {
+  const [addr = '', prefixText] = cidr.split('/');
+  if (isIP(addr) === 4) return { family: 4, address: addr, prefix: prefixText === undefined ? 32 : Number(prefixText) };
+  const prefix = prefixText === undefined ? 128 : Number(prefixText);
+  const bytes = ipv6ToBytes(addr);
+  const mapped = bytes.subarray(0, 10).every((x) => x === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
+  if (mapped && prefix >= 96) return { family: 4, address: [...bytes.subarray(12)].join('.'), prefix: prefix - 96 };
+  return { family: 6, address: addr.split('%')[0] as string, prefix };
+}
+
+/** Both families' lists of one rule set (null: no rule of that family). */
+interface FamilyLists { v4: BlockList | null; v6: BlockList | null }
+
+function compile(cidrs: readonly string[]): FamilyLists | null {
   if (cidrs.length === 0) return null;
-  const list = new BlockList();
-  for (const c of cidrs) {
-    const [addr = '', prefix] = c.split('/');
-    const type = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
-    list.addSubnet(addr, prefix === undefined ? (type === 'ipv6' ? 128 : 32) : Number(prefix), type);
+  const lists: FamilyLists = { v4: null, v6: null };
+  for (const rule of cidrs.map(ruleOf)) {
+    const key = rule.family === 4 ? 'v4' : 'v6';
+    const list = (lists[key] ??= new BlockList());
+    list.addSubnet(rule.address, rule.prefix, rule.family === 4 ? 'ipv4' : 'ipv6');
   }
-  return list;
+  return lists;
 }
 
 /** Compiles a spec; null when it restricts nothing. */
@@ -58,7 +85,10 @@ export function compileAccess(spec: AccessSpec | undefined): AccessRules | null 
 /** True when the client address may connect. */
 export function isAllowed(rules: AccessRules, address: string | undefined): boolean {
   if (address === undefined) return false;
-  const type = isIP(address) === 6 ? 'ipv6' : 'ipv4';
-  if (rules.deny?.check(address, type)) return false;
-  return rules.allow === null || rules.allow.check(address, type);
+  const ip = parseIp(address.split('%')[0] as string);
+  if (ip === null) return false;
+  const key = ip.family === 4 ? 'v4' : 'v6';
+  const type = ip.family === 4 ? 'ipv4' : 'ipv6';
+  if (rules.deny?.[key]?.check(ip.address, type)) return false;
+  return rules.allow === null || rules.allow[key]?.check(ip.address, type) === true;
 }

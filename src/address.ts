@@ -20,7 +20,30 @@ export function parseIp(text: string): IpAddress | null {
   if (family === 4) return { address: text, family: 4 };
   if (family !== 6) return null;
   const v4 = mappedIpv4(text);
-  return v4 === null ? { address: text, family: 6 } : { address: v4, family: 4 };
+  return v4 === null ? { address: canonicalIpv6(text), family: 6 } : { address: v4, family: 4 };
+}
+
+/**
+ * The RFC 5952 text of a valid IPv6 literal (lower case, longest zero run compressed), zone kept:
+ * `[0:0::1]` and `[::1]` are one address, and must compare, label and print as one (Go's
+ * net.IP.String() prints the same form).
+ */
+export function canonicalIpv6(text: string): string {
+  const zone = text.includes('%') ? text.slice(text.indexOf('%')) : '';
+  const b = ipv6ToBytes(text);
+  const groups = Array.from({ length: 8 }, (_, i) => b.readUInt16BE(i * 2));
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) { i++; continue; }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) { best = i; bestLen = j - i; }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (best < 0) return hex.join(':') + zone;
+  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}${zone}`;
 }
 
 /** The IPv4 address inside an IPv4-mapped IPv6 literal (`::ffff:a.b.c.d`, `::ffff:7f00:1`), else null. */

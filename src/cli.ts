@@ -5,6 +5,9 @@
  * argument at all selects standalone mode, loaded lazily, so that docker mode stays cheap.
  * No top-level await: the single-file executable (deploy/sea) bundles this as CommonJS.
  */
+import { holdSignals } from './early-signals.js';
+
+holdSignals();
 const argv = process.argv.slice(2);
 const first = argv[0];
 

@@ -15,7 +15,7 @@ import { parseIp, type IpAddress } from './address.js';
 import {
   DRAIN_TIMEOUT_MS, ENV_PREFIX, RELAY_HIGH_WATER_MARK, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
 } from './constants.js';
-import { parseDuration } from './duration.js';
+import { checkDuration, parseDuration } from './duration.js';
 import { ProxyError } from './errors.js';
 import { parseCidrs } from './access-list.js';
 import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
@@ -41,6 +41,8 @@ export interface StandaloneConfig {
   logFile: string | undefined;
   /** Data path: auto (native when built), native or js. */
   engine: EngineChoice;
+  /** POST /-/reload on the metrics listener is served (else 403; SIGHUP still reloads). */
+  httpReload: boolean;
 }
 
 /** Values as given on the command line (strings, as typed). */
@@ -62,6 +64,7 @@ export interface CliValues {
   logLevel?: string | undefined;
   logFile?: string | undefined;
   engine?: string | undefined;
+  httpReload?: string | undefined;
 }
 
 /** Config file keys and the environment variable for each (the README mirrors this table). */
@@ -82,6 +85,7 @@ export const SETTINGS = {
   logLevel: 'LOG_LEVEL',
   logFile: 'LOG_FILE',
   engine: 'ENGINE',
+  httpReload: 'HTTP_RELOAD',
 } as const;
 type Key = keyof typeof SETTINGS;
 /** Variables read elsewhere (the launcher), naming the config file, or a test hook. */
@@ -122,10 +126,11 @@ function describe(v: unknown): string {
 }
 
 function duration(where: string, v: unknown): number {
-  if (typeof v === 'number' && Number.isFinite(v) && v >= 0) return Math.round(v * 1000);
-  if (typeof v !== 'string') fail(`invalid ${where} ${describe(v)}: use a duration such as 10s or 500ms`);
+  if (typeof v === 'number' && !(Number.isFinite(v) && v >= 0)) fail(`invalid ${where} ${describe(v)}: use a duration such as 10s or 500ms`);
+  if (typeof v !== 'string' && typeof v !== 'number') fail(`invalid ${where} ${describe(v)}: use a duration such as 10s or 500ms`);
   try {
-    return parseDuration(v);
+    // A JSON number is seconds, bounded like the text form.
+    return typeof v === 'number' ? checkDuration(v * 1000, `${v}`) : parseDuration(v);
   } catch (err) {
     fail(`invalid ${where}: ${(err as Error).message}`);
   }
@@ -135,6 +140,12 @@ function integer(where: string, v: unknown, min: number, max: number): number {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) fail(`invalid ${where} ${describe(v)}: must be an integer ${min}-${max}`);
   return n;
+}
+
+function boolean(where: string, v: unknown): boolean {
+  if (v === true || v === 'true' || v === 'on' || v === '1') return true;
+  if (v === false || v === 'false' || v === 'off' || v === '0') return false;
+  fail(`invalid ${where} ${describe(v)}: use true or false`);
 }
 
 /** `HOST:PORT`, `[V6]:PORT` or `PORT` (loopback) for the metrics listener. */
@@ -169,7 +180,8 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   }
   if (file) {
     for (const key of Object.keys(file)) {
-      if (!(key in SETTINGS)) fail(`unknown key "${key}" in config file (known: ${Object.keys(SETTINGS).join(', ')})`);
+      // Own keys only: "constructor", "toString" or "__proto__" are no settings.
+      if (!Object.hasOwn(SETTINGS, key)) fail(`unknown key "${key}" in config file (known: ${Object.keys(SETTINGS).join(', ')})`);
     }
   }
   const envValue = (k: Key): string | undefined => {
@@ -247,6 +259,7 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   const levelV = pick('logLevel');
   const fileV = pick('logFile');
   const engineV = pick('engine');
+  const httpReloadV = pick('httpReload');
 
   const udpIdleTimeoutMs = idleV ? duration(idleV[1], idleV[0]) : UDP_IDLE_TIMEOUT_MS;
   if (udpIdleTimeoutMs < 10) fail(`invalid ${idleV?.[1]}: must be at least 10ms`);
@@ -266,5 +279,6 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     logLevel: (levelV?.[0] as LogLevel | undefined) ?? 'info',
     logFile: fileV?.[0] as string | undefined,
     engine: engineV ? engineOf(engineV[0], engineV[1]) : 'auto',
+    httpReload: httpReloadV ? boolean(httpReloadV[1], httpReloadV[0]) : true,
   };
 }

@@ -91,6 +91,16 @@ export const RESTART_RESET_AFTER_MS = 60_000;
 /** How long a scrape waits for a worker's counters. */
 export const STATS_TIMEOUT_MS = 1_000;
 
+/**
+ * The HTTP endpoint (metrics, health, reload): at most this many connections at once (their fds
+ * come out of the process budget), headers within 10 s, a whole request within 30 s.
+ */
+export const METRICS_MAX_CONNECTIONS = 64;
+export const METRICS_HEADERS_TIMEOUT_MS = 10_000;
+export const METRICS_REQUEST_TIMEOUT_MS = 30_000;
+export const METRICS_KEEPALIVE_TIMEOUT_MS = 5_000;
+export const METRICS_CHECK_INTERVAL_MS = 1_000;
+
 /** Docker mode's textfile-collector metrics file is rewritten this often. */
 export const TEXTFILE_INTERVAL_MS = 5_000;
 

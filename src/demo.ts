@@ -54,6 +54,7 @@ export async function startDemo(opts: DemoOptions): Promise<{ config: Standalone
     maxConnections: null,
     maxBufferBytes: RELAY_HIGH_WATER_MARK,
     engine: 'auto',
+    httpReload: true,
     logLevel: 'info',
     logFile: undefined,
   };

@@ -27,6 +27,7 @@ import { readDockerEnv } from './docker-env.js';
 import { DOCKER_FLAGS, parseDockerArgs, toDockerMapping } from './docker-flags.js';
 import { ProxyError, toProxyError } from './errors.js';
 import { connectionCapFromFdLimit, flowCapFromFdLimit, openFileLimit } from './fd-limit.js';
+import { releaseSignals } from './early-signals.js';
 import { formatUsage } from './go-flags.js';
 import { bindUdp, listenTcp } from './listen.js';
 import { createLogger, silentLog, type Log } from './logger.js';
@@ -75,6 +76,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
       process.stderr.write(`${PROGRAM}: cannot reopen log file: ${(err as Error).message}\n`);
     }
   });
+  releaseSignals('SIGINT', 'SIGTERM', 'SIGHUP');
   process.on('uncaughtException', (err) => {
     if (!ready) fail(err, log);
     if (log.toFile) {

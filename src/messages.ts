@@ -26,5 +26,7 @@ export type ToWorker =
 /** Worker to supervisor. */
 export type FromWorker =
   | { type: 'ready' }
+  /** After a drain request: every listener is closed, the ports are free. */
+  | { type: 'released' }
   | { type: 'failed'; message: string }
   | { type: 'stats'; id: number; tcp: TcpStats | null; udp: UdpStats | null };

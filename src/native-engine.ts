@@ -12,7 +12,7 @@
  */
 import { createRequire } from 'node:module';
 import { ipToBytes, type IpAddress } from './address.js';
-import type { AccessSpec } from './access-list.js';
+import { ruleOf, type AccessSpec } from './access-list.js';
 import { ProxyError } from './errors.js';
 
 /** What a user may ask for. */
@@ -160,16 +160,17 @@ export interface NativeUdp {
   close(): void;
 }
 
-/** Packs CIDRs as 18-byte entries [family, prefix, 16 address bytes] for the native ACL. */
+/**
+ * Packs CIDRs as 18-byte entries [family, prefix, 16 address bytes] for the native ACL, in the
+ * family each rule applies to (access-list.ts: mapped IPv6 rules are IPv4 rules).
+ */
 function packCidrs(cidrs: readonly string[]): Buffer | null {
   if (cidrs.length === 0) return null;
   const out = Buffer.alloc(18 * cidrs.length);
-  cidrs.forEach((cidr, i) => {
-    const [addr = '', prefix] = cidr.split('/');
-    const bytes = ipToBytes(addr);
-    out[18 * i] = bytes.length === 16 ? 6 : 4;
-    out[18 * i + 1] = prefix === undefined ? bytes.length * 8 : Number(prefix);
-    bytes.copy(out, 18 * i + 2);
+  cidrs.map(ruleOf).forEach((rule, i) => {
+    out[18 * i] = rule.family;
+    out[18 * i + 1] = rule.prefix;
+    ipToBytes(rule.address).copy(out, 18 * i + 2);
   });
   return out;
 }

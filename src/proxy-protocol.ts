@@ -4,7 +4,7 @@
  * the proxy's (moby/moby#15086, #39465). Opt-in per mapping: the target must expect it.
  */
 import { isIP } from 'node:net';
-import { ipv6ToBytes } from './address.js';
+import { ipv6ToBytes, parseIp } from './address.js';
 
 /** Which header to send, if any. */
 export type ProxyProtocol = 'off' | 'v1' | 'v2';
@@ -24,8 +24,9 @@ export interface ConnectionEnds {
  * The header for a connection, or null when off. Both ends must be of one family (they always
  * are for one TCP connection); anything else yields v1's "PROXY UNKNOWN" / v2's LOCAL command.
  */
-export function proxyHeader(mode: ProxyProtocol, ends: ConnectionEnds): Buffer | null {
+export function proxyHeader(mode: ProxyProtocol, given: ConnectionEnds): Buffer | null {
   if (mode === 'off') return null;
+  const ends = { ...given, srcAddress: headerAddress(given.srcAddress), dstAddress: headerAddress(given.dstAddress) };
   const fam = isIP(ends.srcAddress);
   const same = fam !== 0 && fam === isIP(ends.dstAddress);
   if (mode === 'v1') {
@@ -51,6 +52,16 @@ export function proxyHeader(mode: ProxyProtocol, ends: ConnectionEnds): Buffer |
     head.writeUInt16BE(ends.dstPort, 50);
   }
   return head;
+}
+
+/**
+ * An address as the header carries it: no zone (the spec's address field has none, and strict
+ * parsers such as nginx reject the whole header), and an IPv4-mapped client of a dual-stack
+ * socket as the IPv4 address it is, so that the target's IPv4 trust lists match it.
+ */
+function headerAddress(address: string): string {
+  const bare = address.split('%')[0] as string;
+  return parseIp(bare)?.address ?? bare;
 }
 
 /** Parses a setting value; throws an Error naming it. */

@@ -13,6 +13,7 @@ import yargs from 'yargs';
 import { SETTINGS, buildConfig, readConfigFile, type CliValues, type StandaloneConfig } from './config.js';
 import { ENV_PREFIX } from './constants.js';
 import { ProxyError, toProxyError } from './errors.js';
+import { releaseSignals } from './early-signals.js';
 import { createLogger, type Log } from './logger.js';
 import { Supervisor } from './supervisor.js';
 
@@ -67,6 +68,7 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .option('proxy-protocol', { type: 'string', describe: 'off|v1|v2: send a PROXY protocol header to TCP targets (default off)' })
       .option('log-level', { type: 'string', describe: 'trace|debug|info|warn|error|fatal|silent (default info)' })
       .option('log-file', { type: 'string', describe: 'append JSON logs to this file (default stderr)' })
+      .option('http-reload', { type: 'string', describe: 'true|false: serve POST /-/reload on the metrics listener (default true)' })
       .option('engine', { type: 'string', describe: 'auto|native|js: data path; auto uses the native (splice) engine when built (default auto)' })
       .strict()
       .version(false)
@@ -137,50 +139,61 @@ async function run(load: () => StandaloneConfig, config: StandaloneConfig, after
       process.exit(0);
     });
   };
-  let reloading: Promise<string> = Promise.resolve('');
-  /** Reloads once the previous reload is done; resolves a one-line outcome. */
-  const reload = (): Promise<string> => {
-    reloading = reloading.then(async () => {
+  let ready = false;
+  /** The tail of the reload chain; it never rejects, so one refused reload cannot block the next. */
+  let reloading: Promise<unknown> = Promise.resolve();
+  /**
+   * Reloads once the previous reload is done, reading the file again every time; resolves a
+   * one-line outcome, rejects with a one-line refusal. Every refusal is logged, whoever asked.
+   */
+  const reload = (trigger: 'SIGHUP' | 'http'): Promise<string> => {
+    const run = reloading.then(async () => {
       if (stopping) return 'stopping';
+      if (!ready) return 'not ready yet: starting';
       let next: StandaloneConfig;
       try {
         next = load();
       } catch (err) {
         const msg = `reload rejected, running configuration kept: ${toProxyError(err).message}`;
-        log.error({}, msg);
+        log.error({ trigger }, msg);
         throw new Error(msg);
       }
-      if (JSON.stringify(next.metrics) !== JSON.stringify(current.metrics) || next.logFile !== current.logFile) {
-        log.warn({}, 'the metrics address and the main log file take effect at the next start, not on reload');
+      if (JSON.stringify(next.metrics) !== JSON.stringify(current.metrics) || next.logFile !== current.logFile || next.httpReload !== current.httpReload) {
+        log.warn({}, 'the metrics address and options and the main log file take effect at the next start, not on reload');
       }
       try {
         const r = await supervisor.reload(next, next.drainTimeoutMs);
         current = next;
-        log.info(r, 'configuration reloaded');
+        log.info({ trigger, ...r }, 'configuration reloaded');
         return `reloaded: ${r.added} added, ${r.removed} removed, ${r.kept} unchanged`;
       } catch (err) {
-        const msg = `reload failed, new mappings rolled back: ${toProxyError(err).message}`;
-        log.error({}, msg);
+        const msg = `reload failed, previous configuration restored: ${toProxyError(err).message}`;
+        log.error({ trigger }, msg);
         throw new Error(msg);
       }
     });
-    return reloading;
+    reloading = run.catch(() => {});
+    return run;
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  process.on('SIGHUP', () => void reload().catch(() => {}));
+  releaseSignals('SIGTERM', 'SIGINT');
   try {
     if (config.metrics) {
       const { createRegistry } = await import('./metrics.js');
       const { startMetricsServer } = await import('./metrics-server.js');
       const registry = createRegistry(() => supervisor.states, { defaultMetrics: true });
-      await startMetricsServer({ ...config.metrics, registry, supervisor, onReload: reload });
+      await startMetricsServer({ ...config.metrics, registry, supervisor, onReload: config.httpReload ? () => reload('http') : null });
       log.info({ metrics: config.metrics }, 'metrics listening');
     }
     await supervisor.start(config);
   } catch (err) {
     die(err);
   }
+  // SIGHUP was ignored until now (early-signals.ts): a reload needs a running configuration.
+  ready = true;
+  process.on('SIGHUP', () => void reload('SIGHUP').catch(() => {}));
+  releaseSignals('SIGHUP');
   log.info({ mappings: config.mappings.map((m) => m.id) }, 'all mappings ready');
   // One write: whoever waits for "ready:" also gets what follows it (the demo's banner).
   process.stdout.write(`ready: ${describeConfig(config)}${after}`);

@@ -1,12 +1,19 @@
 /**
  * Standalone mode's main thread: one worker thread per mapping, started all-or-nothing,
  * restarted with exponential backoff when it crashes (never taking other mappings down),
- * reconfigured live (added mappings start, removed ones drain, unchanged ones are not touched),
- * and drained on shutdown.
+ * reconfigured live, and drained on shutdown.
+ *
+ * A reload is a transaction: added mappings start while the old ones still serve; a mapping that
+ * takes over a removed one's port starts right after that one released its listener (the removed
+ * mapping's open connections drain in the background); unchanged mappings are never touched. If
+ * anything added cannot start, every added mapping stops and every released one is started again
+ * with its previous settings, so exactly the previous set serves. A configured mapping that is not
+ * serving stays listed (mapping_up 0, /readyz 503) and is retried with backoff: it never vanishes.
  */
 import { Worker } from 'node:worker_threads';
 import type { StandaloneConfig } from './config.js';
 import { RESTART_BACKOFF_MAX_MS, RESTART_BACKOFF_MIN_MS, RESTART_RESET_AFTER_MS, STATS_TIMEOUT_MS } from './constants.js';
+import { MAX_DURATION_MS } from './duration.js';
 import { ProxyError } from './errors.js';
 import type { Log } from './logger.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
@@ -68,11 +75,22 @@ function initsOf(config: StandaloneConfig, crashId: string | undefined, engine: 
   }));
 }
 
+/** True when two mappings could want the same socket: same protocol, overlapping ports. */
+function clash(a: Mapping, b: Mapping): boolean {
+  return a.proto === b.proto && a.hostPort <= b.hostPortEnd && b.hostPort <= a.hostPortEnd;
+}
+
 /** Runs and supervises the workers of a configuration. */
 export class Supervisor {
   readonly #log: Log;
   readonly #slots = new Map<string, Slot>();
   readonly #crashId: string | undefined;
+  /** The configured mappings (slot key -> mapping id): what /readyz compares the live set with. */
+  #configured = new Map<string, string>();
+  /** Workers of removed mappings still draining their connections. */
+  readonly #draining = new Set<Promise<void>>();
+  /** The refresh in progress: concurrent scrapes share it (one message listener per worker). */
+  #refreshing: Promise<void> | null = null;
   #statsSeq = 0;
 
   /** The engine workers run: resolved here, so that a fallback warns once, not per worker. */
@@ -90,49 +108,76 @@ export class Supervisor {
     return [...this.#slots.values()].map((s) => s.state);
   }
 
-  /** True when every mapping is bound and serving. */
-  get allUp(): boolean {
-    return this.states.every((s) => s.up);
+  /** The ids of configured mappings that are not serving (none: ready). */
+  get down(): string[] {
+    return [...this.#configured].filter(([key]) => this.#slots.get(key)?.state.up !== true).map(([, id]) => id);
   }
 
   /** Starts every mapping; all-or-nothing: on the first failure everything stops and it throws. */
   async start(config: StandaloneConfig): Promise<void> {
-    const slots = initsOf(config, this.#crashId, this.#engine(config)).map((init) => this.#newSlot(init));
+    const inits = initsOf(config, this.#crashId, this.#engine(config));
+    const slots = inits.map((init) => this.#newSlot(init));
     try {
       await Promise.all(slots.map((s) => this.#launch(s)));
     } catch (err) {
-      await Promise.all(slots.map((s) => this.#stop(s, 0)));
+      await Promise.all(slots.map((s) => this.#stop(s, 0).exited));
       throw err;
     }
+    this.#configured = new Map(slots.map((s) => [s.key, s.init.mapping.id]));
   }
 
   /**
-   * Applies a new configuration: mappings no longer present drain and stop, new ones start
-   * (all-or-nothing among the new ones), unchanged ones are not touched.
+   * Applies a new configuration as a transaction (see the top of this file). Resolves once every
+   * added mapping serves; removed mappings finish draining in the background.
    */
   async reload(config: StandaloneConfig, drainTimeoutMs: number): Promise<{ added: number; removed: number; kept: number }> {
     const wanted = new Map(initsOf(config, undefined, this.#engine(config)).map((i) => [slotKey(i), i]));
     const removed = [...this.#slots.values()].filter((s) => !wanted.has(s.key));
     const added = [...wanted.entries()].filter(([k]) => !this.#slots.has(k)).map(([, init]) => init);
-    // Free the ports of removed mappings first: an edited mapping may reuse them.
-    await Promise.all(removed.map((s) => this.#stop(s, drainTimeoutMs)));
-    const fresh = added.map((init) => this.#newSlot(init));
+    const takesOver = (init: WorkerInit): boolean => removed.some((s) => clash(s.init.mapping, init.mapping));
+    const fresh: Slot[] = [];
+    const released: Slot[] = [];
+    const launch = async (inits: WorkerInit[]): Promise<void> => {
+      const slots = inits.map((init) => this.#newSlot(init));
+      fresh.push(...slots);
+      await Promise.all(slots.map((s) => this.#launch(s)));
+    };
     try {
-      await Promise.all(fresh.map((s) => this.#launch(s)));
+      await launch(added.filter((i) => !takesOver(i)));
+      const late = added.filter(takesOver);
+      const blocking = removed.filter((s) => late.some((i) => clash(s.init.mapping, i.mapping)));
+      released.push(...blocking);
+      await Promise.all(blocking.map((s) => this.#retire(s, drainTimeoutMs)));
+      await launch(late);
     } catch (err) {
-      await Promise.all(fresh.map((s) => this.#stop(s, 0)));
+      await Promise.all(fresh.map((s) => this.#stop(s, 0).exited));
+      for (const old of released) {
+        const again = this.#newSlot({ ...old.init, crashAfterMs: undefined });
+        this.#launch(again).catch((e: Error) => {
+          this.#log.error({ mapping: again.init.mapping.id, err: e.message }, 'cannot restore mapping; retrying');
+          if (!again.stopping) this.#scheduleRestart(again, 1);
+        });
+      }
       throw err;
     }
+    await Promise.all(removed.filter((s) => !released.includes(s)).map((s) => this.#retire(s, drainTimeoutMs)));
+    this.#configured = new Map([...wanted].map(([key, init]) => [key, init.mapping.id]));
     return { added: added.length, removed: removed.length, kept: this.#slots.size - added.length };
   }
 
   /** Drains every mapping (at most drainTimeoutMs) and stops all workers. */
   async stopAll(drainTimeoutMs: number): Promise<void> {
-    await Promise.all([...this.#slots.values()].map((s) => this.#stop(s, drainTimeoutMs)));
+    await Promise.all([...[...this.#slots.values()].map((s) => this.#stop(s, drainTimeoutMs).exited), ...this.#draining]);
+  }
+
+  /** Refreshes every running worker's counters; concurrent callers share one refresh. */
+  refreshStats(): Promise<void> {
+    this.#refreshing ??= this.#refresh().finally(() => { this.#refreshing = null; });
+    return this.#refreshing;
   }
 
   /** Asks every running worker for its counters (at most STATS_TIMEOUT_MS) and stores them. */
-  async refreshStats(): Promise<void> {
+  async #refresh(): Promise<void> {
     await Promise.all([...this.#slots.values()].map((slot) => new Promise<void>((resolve) => {
       const w = slot.worker;
       if (!w) {
@@ -156,6 +201,14 @@ export class Supervisor {
       w.on('message', onMessage);
       w.postMessage({ type: 'stats', id } satisfies ToWorker);
     })));
+  }
+
+  /** Stops a removed slot: resolves once its listeners are closed; its connections drain on. */
+  async #retire(slot: Slot, drainTimeoutMs: number): Promise<void> {
+    const { released, exited } = this.#stop(slot, drainTimeoutMs);
+    this.#draining.add(exited);
+    void exited.then(() => this.#draining.delete(exited));
+    await released;
   }
 
   #newSlot(init: WorkerInit): Slot {
@@ -219,17 +272,28 @@ export class Supervisor {
     }, delay);
   }
 
-  /** Drains and stops one slot's worker; removes the slot. */
-  async #stop(slot: Slot, drainTimeoutMs: number): Promise<void> {
+  /**
+   * Drains and stops one slot's worker and removes the slot. `released` resolves once the
+   * worker closed its listeners (the ports are free), `exited` once it is gone.
+   */
+  #stop(slot: Slot, drainTimeoutMs: number): { released: Promise<void>; exited: Promise<void> } {
     slot.stopping = true;
     if (slot.timer) clearTimeout(slot.timer);
     this.#slots.delete(slot.key);
     const w = slot.worker;
-    if (!w) return;
+    if (!w) return { released: Promise.resolve(), exited: Promise.resolve() };
     const exited = new Promise<void>((r) => w.once('exit', () => r()));
+    const released = new Promise<void>((r) => {
+      const onMessage = (m: FromWorker): void => {
+        if (m.type !== 'released') return;
+        w.off('message', onMessage);
+        r();
+      };
+      w.on('message', onMessage);
+      void exited.then(() => r());
+    });
     w.postMessage({ type: 'drain', timeoutMs: drainTimeoutMs } satisfies ToWorker);
-    const hard = setTimeout(() => void w.terminate(), drainTimeoutMs + 1000);
-    await exited;
-    clearTimeout(hard);
+    const hard = setTimeout(() => void w.terminate(), Math.min(drainTimeoutMs + 1000, MAX_DURATION_MS));
+    return { released, exited: exited.then(() => clearTimeout(hard)) };
   }
 }

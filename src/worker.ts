@@ -36,11 +36,15 @@ port.on('message', (m: ToWorker) => {
 });
 
 /**
- * Stops accepting, waits for open TCP connections (at most timeoutMs), then closes everything.
- * UDP has nothing in flight to finish (a flow is only an address pair), so it closes at once.
+ * Stops accepting (the ports are free once 'released' is sent), waits for open TCP connections
+ * (at most timeoutMs), then closes everything.
  */
 async function drain(timeoutMs: number): Promise<void> {
   for (const f of forwarders) f.stopAccepting();
+  // UDP has nothing in flight to finish (a flow is only an address pair): it closes now, which
+  // frees its ports for a mapping that takes them over.
+  if (udpStats) for (const f of forwarders) f.close();
+  send({ type: 'released' });
   const deadline = Date.now() + timeoutMs;
   const busy = (): boolean => (tcpStats?.active ?? 0) > 0;
   while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));

@@ -29,3 +29,25 @@ describe('isAllowed()', () => {
     expect(compileAccess({ allow: [], deny: [] })).toBeNull();
   });
 });
+
+describe('isAllowed() across families (audit L9)', () => {
+  it('isAllowed() matches IPv4 clients only with IPv4 rules or rules written as IPv4-mapped', () => {
+    const anyV6 = compileAccess({ allow: [], deny: ['::/0'] })!;
+    expect(isAllowed(anyV6, '127.0.0.1')).toBe(true);
+    expect(isAllowed(anyV6, '::ffff:127.0.0.1')).toBe(true);
+    expect(isAllowed(anyV6, '::1')).toBe(false);
+    const bogons = compileAccess({ allow: [], deny: ['::/8'] })!;
+    expect(isAllowed(bogons, '192.0.2.1')).toBe(true);
+    const onlyV6 = compileAccess({ allow: ['::/1'], deny: [] })!;
+    expect(isAllowed(onlyV6, '127.0.0.1')).toBe(false);
+    const mapped = compileAccess({ allow: [], deny: ['::ffff:127.0.0.0/104'] })!;
+    expect(isAllowed(mapped, '127.0.0.1')).toBe(false);
+    expect(isAllowed(mapped, '::ffff:127.0.0.1')).toBe(false);
+    expect(isAllowed(mapped, '10.0.0.1')).toBe(true);
+    const v4rule = compileAccess({ allow: ['127.0.0.1'], deny: [] })!;
+    expect(isAllowed(v4rule, '::ffff:127.0.0.1')).toBe(true);
+    expect(isAllowed(v4rule, '::1')).toBe(false);
+    const zoned = compileAccess({ allow: [], deny: ['fe80::/10'] })!;
+    expect(isAllowed(zoned, 'fe80::1%eth0')).toBe(false);
+  });
+});

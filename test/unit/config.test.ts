@@ -33,6 +33,19 @@ describe('buildConfig()', () => {
     const p = { publish: ['8080:10.0.0.2:80'] };
     expect(f({}, {})).toThrow('no mappings');
     expect(f(p, {}, { publsh: [] })).toThrow('unknown key "publsh" in config file');
+    // Audit L8: prototype names are no settings.
+    for (const key of ['constructor', 'toString', '__proto__']) expect(f(p, {}, JSON.parse(`{"${key}": 1}`))).toThrow(`unknown key "${key}"`);
+    // Audit L8: one IPv6 address in two spellings is one binding, labelled canonically.
+    expect(f({ publish: ['[::1]:5:10.0.0.2:80', '[0:0::1]:5:10.0.0.2:80'] }, {})).toThrow('duplicate binding');
+    expect(buildConfig({ publish: ['[0:0::1]:5:10.0.0.2:80'] }, {}).mappings[0]?.id).toBe('tcp/[::1]:5');
+    // Audit L1: a JSON-number duration is bounded like the text form.
+    expect(f(p, {}, { connectTimeout: 3_000_000 })).toThrow('invalid config key "connectTimeout": duration 3000000 is too large (at most 2147483.647s)');
+    expect(f(p, {}, { drainTimeout: 1e7 })).toThrow('too large');
+    expect(buildConfig(p, {}, { drainTimeout: 2147483 }).drainTimeoutMs).toBe(2_147_483_000);
+    // Reload over HTTP can be turned off (audit M5).
+    expect(buildConfig(p, {}, {}).httpReload).toBe(true);
+    expect(buildConfig(p, { USERLAND_PROXY_HTTP_RELOAD: 'false' }).httpReload).toBe(false);
+    expect(f(p, {}, { httpReload: 'maybe' })).toThrow('invalid config key "httpReload" "maybe": use true or false');
     expect(f(p, { USERLAND_PROXY_PUBLSH: 'x' })).toThrow('unknown environment variable USERLAND_PROXY_PUBLSH');
     expect(f(p, {}, { publish: '8080:10.0.0.2:80' })).toThrow('config key "publish" must be an array');
     expect(f({ ...p, drainTimeout: 'soon' }, {})).toThrow('invalid --drain-timeout: invalid duration "soon"');

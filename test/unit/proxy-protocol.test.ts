@@ -26,6 +26,14 @@ describe('proxyHeader()', () => {
     expect(proxyHeader('v2', { ...v4, dstAddress: '::1' })?.subarray(12).toString('hex')).toBe('20000000');
   });
 
+  it('proxyHeader() drops zones and sends IPv4-mapped ends as IPv4 (audit L5)', () => {
+    const ll = { srcAddress: 'fe80::b898:84ff:fedf:d946%aud-w0', srcPort: 35202, dstAddress: 'fe80::a823:84ff:fec3:e212%aud-w0', dstPort: 21065 };
+    expect(proxyHeader('v1', ll)?.toString()).toBe('PROXY TCP6 fe80::b898:84ff:fedf:d946 fe80::a823:84ff:fec3:e212 35202 21065\r\n');
+    const mapped = { srcAddress: '::ffff:127.0.0.1', srcPort: 1, dstAddress: '::ffff:127.0.0.1', dstPort: 2 };
+    expect(proxyHeader('v1', mapped)?.toString()).toBe('PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\n');
+    expect(proxyHeader('v2', mapped)?.subarray(12, 16).toString('hex')).toBe('2111000c');
+  });
+
   it('parseProxyProtocol() accepts off, v1, v2 and nothing else', () => {
     expect(parseProxyProtocol('v2')).toBe('v2');
     expect(parseProxyProtocol(undefined)).toBe('off');
