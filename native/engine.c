@@ -44,7 +44,9 @@
 
 /* Tunables (mirrors of src/constants.ts where both exist). */
 #define EVENTS_PER_WAIT 128
-#define PIPE_POOL_MAX 32          /* idle pipes kept per thread (pasta keeps 32) */
+#define PIPE_POOL_MAX 8           /* idle pipes kept per thread: 16 fds, inside JS's FD_RESERVE */
+#define POOL_TRIM_MS 5000         /* pooled pipes unused for this long are closed */
+#define QUOTA_BUCKETS 256         /* per-source flow counts of one UDP mapping */
 #define UDP_BATCH 32              /* datagrams per recvmmsg/sendmmsg */
 #define UDP_SLOT 65536            /* one datagram buffer: the largest UDP payload fits */
 #define UDP_FLOW_BUFFER (1 << 20) /* SO_RCVBUF/SO_SNDBUF of each flow socket */
@@ -106,6 +108,11 @@ typedef struct flow {
 
 typedef struct acl_entry { uint8_t family, prefix, addr[16]; } acl_entry_t;
 
+/* Flows per client address across the groups (ports) of one UDP mapping, which share its
+ * counters array: that pointer identifies the mapping. Thread-only. */
+typedef struct src_count { uint8_t addr[16]; int n; struct src_count *next; } src_count_t;
+typedef struct quota { double *ctr; int refs; src_count_t *b[QUOTA_BUCKETS]; struct quota *next; } quota_t;
+
 struct group {
   int id, kind, closed;
   double *ctr;
@@ -116,7 +123,13 @@ struct group {
   conn_t *conns;
   /* UDP */
   watch_t lw;
-  int lfd, lfamily, wildcard, max_flows, nflows, no_gso;
+  int lfd, lfamily, wildcard, max_flows, per_source, nflows, no_gso;
+  quota_t *quota;
+  int32_t *budget;       /* the process fd budget (shared memory): [0] fds in use */
+  napi_ref budget_ref;   /* keeps that memory alive */
+  int budget_own;        /* > 0: this worker's own cell, counted too (fd-limit.ts) */
+  int64_t budget_limit;
+  int close_done;        /* C_CLOSE_GROUP ran (guarded by the engine mutex) */
   volatile int draining;
   int js_closed;         /* main thread only */
   struct sockaddr_storage target;
@@ -129,13 +142,14 @@ struct group {
 };
 
 typedef struct cmd { int op; group_t *g; conn_t *c; struct cmd *next; } cmd_t;
-enum { C_ADD_CONN, C_ADD_UDP, C_CLOSE_GROUP };
+enum { C_ADD_CONN, C_CLOSE_GROUP };
 
 struct engine {
   int epfd, evfd, started;
   volatile int stop;
   pthread_t thread;
   pthread_mutex_t mu;
+  pthread_cond_t closed_cv; /* signalled after each C_CLOSE_GROUP */
   cmd_t *cmds, **cmds_tail;
   napi_threadsafe_function tsfn;
   int refs, refed;        /* main thread only: live conns + open UDP groups keep the loop alive */
@@ -143,7 +157,9 @@ struct engine {
   watch_t evw;
   /* thread-only state */
   pipe_pair_t pool[PIPE_POOL_MAX];
-  int npool;
+  int npool, pool_low;    /* pool_low: fewest pooled pipes since the last trim */
+  int64_t next_trim;
+  quota_t *quotas;
   conn_t *dead;
   double *closed; size_t nclosed, capclosed;
   struct udp_io *io;
@@ -163,6 +179,7 @@ static int64_t now_ms(void) {
 static int pipe_get(engine_t *e, dir_t *d, size_t want) {
   if (e->npool > 0) {
     d->p = e->pool[--e->npool];
+    if (e->npool < e->pool_low) e->pool_low = e->npool;
     return 0;
   }
   int fds[2];
@@ -188,6 +205,18 @@ static void pipe_put(engine_t *e, dir_t *d) {
   else pipe_close(&d->p);
   d->p.r = d->p.w = -1;
   d->inpipe = 0;
+}
+
+/* The pool shrinks when idle: pipes that stayed pooled through a whole trim period (the bottom
+ * of the stack: takes and puts happen at the top) are closed. */
+static void pool_trim(engine_t *e, int64_t now) {
+  if (now < e->next_trim) return;
+  e->next_trim = now + POOL_TRIM_MS;
+  int unused = e->pool_low;
+  for (int i = 0; i < unused; i++) pipe_close(&e->pool[i]);
+  memmove(e->pool, e->pool + unused, (size_t)(e->npool - unused) * sizeof e->pool[0]);
+  e->npool -= unused;
+  e->pool_low = e->npool;
 }
 
 /* ---------- TCP ---------- */
@@ -267,6 +296,7 @@ static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now) {
       if (m > 0) {
         d->inpipe -= (size_t)m;
         d->blocked = 0;
+        c->last = now; /* bytes moving out count as activity too */
         progress = 1;
       } else if (m < 0 && errno == EAGAIN) {
         if (!d->blocked) {
@@ -311,6 +341,9 @@ static void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
     conn_close(e, c, R_CLEAN, 0);
   }
 }
+
+/* Bytes read from one side and not yet written to the other: a forced close must then reset. */
+static int conn_pending(const conn_t *c) { return c->d[0].inpipe > 0 || c->d[1].inpipe > 0; }
 
 static void tcp_add(engine_t *e, conn_t *c) {
   group_t *g = c->g;
@@ -426,6 +459,81 @@ static int table_grow(group_t *g) {
   return 0;
 }
 
+/* The quota of a mapping (found by its counters), made on first use. The list is taken by the
+ * JS thread (new groups) and the engine thread (closes): under the engine mutex. */
+/* One fd from the process budget (fd-limit.ts: cell 0 for the process, and the worker's own). */
+static int budget_take(group_t *g) {
+  if (!g->budget) return 1;
+  if (__atomic_add_fetch(&g->budget[0], 1, __ATOMIC_RELAXED) > g->budget_limit) {
+    __atomic_sub_fetch(&g->budget[0], 1, __ATOMIC_RELAXED);
+    return 0;
+  }
+  if (g->budget_own > 0) __atomic_add_fetch(&g->budget[g->budget_own], 1, __ATOMIC_RELAXED);
+  return 1;
+}
+
+static void budget_give(group_t *g) {
+  if (!g->budget) return;
+  __atomic_sub_fetch(&g->budget[0], 1, __ATOMIC_RELAXED);
+  if (g->budget_own > 0) __atomic_sub_fetch(&g->budget[g->budget_own], 1, __ATOMIC_RELAXED);
+}
+
+static quota_t *quota_get(engine_t *e, double *ctr) {
+  pthread_mutex_lock(&e->mu);
+  quota_t *q = e->quotas;
+  while (q && q->ctr != ctr) q = q->next;
+  if (q) q->refs++;
+  else if ((q = calloc(1, sizeof *q))) {
+    q->ctr = ctr;
+    q->refs = 1;
+    q->next = e->quotas;
+    e->quotas = q;
+  }
+  pthread_mutex_unlock(&e->mu);
+  return q;
+}
+
+static void quota_put(engine_t *e, quota_t *q) {
+  if (!q) return;
+  pthread_mutex_lock(&e->mu);
+  int last = --q->refs == 0;
+  if (last) for (quota_t **pp = &e->quotas; *pp; pp = &(*pp)->next) if (*pp == q) { *pp = q->next; break; }
+  pthread_mutex_unlock(&e->mu);
+  if (!last) return;
+  for (int i = 0; i < QUOTA_BUCKETS; i++) while (q->b[i]) { src_count_t *s = q->b[i]; q->b[i] = s->next; free(s); }
+  free(q);
+}
+
+/* The count of a client address (as 16 bytes, IPv4 mapped), made on first use when `make`. */
+static src_count_t *src_slot(quota_t *q, const struct sockaddr_storage *ss, int make) {
+  uint8_t a[16] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+  uint8_t raw[16];
+  int fam;
+  addr_bytes(ss, raw, &fam);
+  memcpy(fam == 4 ? a + 12 : a, raw, fam == 4 ? 4 : 16);
+  uint32_t h = 2166136261u;
+  for (int i = 0; i < 16; i++) h = (h ^ a[i]) * 16777619u;
+  src_count_t **head = &q->b[h % QUOTA_BUCKETS];
+  for (src_count_t *s = *head; s; s = s->next) if (memcmp(s->addr, a, 16) == 0) return s;
+  if (!make) return NULL;
+  src_count_t *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  memcpy(s->addr, a, 16);
+  s->next = *head;
+  *head = s;
+  return s;
+}
+
+/* One flow fewer for a client address; a count of zero is freed. */
+static void src_release(quota_t *q, const struct sockaddr_storage *ss) {
+  src_count_t *s = q ? src_slot(q, ss, 0) : NULL;
+  if (!s || --s->n > 0) return;
+  uint32_t h = 2166136261u;
+  for (int i = 0; i < 16; i++) h = (h ^ s->addr[i]) * 16777619u;
+  for (src_count_t **pp = &q->b[h % QUOTA_BUCKETS]; *pp; pp = &(*pp)->next) if (*pp == s) { *pp = s->next; break; }
+  free(s);
+}
+
 static void flow_close(engine_t *e, flow_t *f) {
   group_t *g = f->g;
   flow_t **pp = &g->table[addr_hash(&f->client) & (g->buckets - 1)];
@@ -436,6 +544,8 @@ static void flow_close(engine_t *e, flow_t *f) {
   if (f->next) f->next->prev = f->prev;
   epoll_ctl(e->epfd, EPOLL_CTL_DEL, f->fd, NULL);
   close(f->fd);
+  budget_give(g);
+  src_release(g->quota, &f->client);
   g->nflows--;
   g->ctr[U_FLOWS_ACTIVE] -= 1;
   free(f);
@@ -444,8 +554,21 @@ static void flow_close(engine_t *e, flow_t *f) {
 /* A flow's own connected socket: the connect filters replies from anyone but the target. */
 static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage *ss, socklen_t len, int64_t now) {
   if ((size_t)g->nflows >= g->buckets && table_grow(g) < 0) return NULL;
+  src_count_t *src = g->quota ? src_slot(g->quota, ss, 1) : NULL;
+  if (!src) return NULL;
+  /* One fd out of the process budget, shared with every other mapping and engine. */
+  if (!budget_take(g)) {
+    src->n++;
+    src_release(g->quota, ss);
+    return NULL;
+  }
+  src->n++;
   int fd = socket(g->target.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return NULL;
+  if (fd < 0) {
+    budget_give(g);
+    src_release(g->quota, ss);
+    return NULL;
+  }
   int sz = UDP_FLOW_BUFFER;
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
@@ -453,6 +576,8 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   if (!f || connect(fd, (struct sockaddr *)&g->target, g->tlen) < 0) {
     free(f);
     close(fd);
+    budget_give(g);
+    src_release(g->quota, ss);
     return NULL;
   }
   f->w.kind = W_UDP_FLOW;
@@ -467,6 +592,8 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
     close(fd);
     free(f);
+    budget_give(g);
+    src_release(g->quota, ss);
     return NULL;
   }
   size_t b = addr_hash(ss) & (g->buckets - 1);
@@ -488,15 +615,18 @@ static void take_pktinfo(flow_t *f, struct msghdr *h) {
       struct in_pktinfo pi;
       memcpy(&pi, CMSG_DATA(cm), sizeof pi);
       memset(&f->dst.v4, 0, sizeof f->dst.v4);
-      /* Reply from the address the client targeted; ifindex 0 lets routing pick the device. */
-      f->dst.v4.ipi_spec_dst = pi.ipi_addr;
+      /* Reply from the local address the kernel says the datagram was for: the address the
+       * client targeted for unicast, an address of the interface for a broadcast or multicast
+       * destination (which is never a valid source). ifindex 0 lets routing pick the device. */
+      f->dst.v4.ipi_spec_dst = pi.ipi_spec_dst;
       f->has_dst = 1;
     } else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) {
       struct in6_pktinfo pi;
       memcpy(&pi, CMSG_DATA(cm), sizeof pi);
       memset(&f->dst.v6, 0, sizeof f->dst.v6);
       f->dst.v6.ipi6_addr = pi.ipi6_addr;
-      f->has_dst = 1;
+      /* A multicast destination is no valid source: let the kernel choose. */
+      f->has_dst = !IN6_IS_ADDR_MULTICAST(&pi.ipi6_addr);
     }
   }
 }
@@ -644,7 +774,11 @@ static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
     if (!f) {
       if (g->draining) { flows[i] = NULL; continue; }
       if (!udp_allowed(g, from)) { g->ctr[U_DROP_BLOCKED] += 1; flows[i] = NULL; continue; }
-      if (g->nflows >= g->max_flows) { g->ctr[U_DROP_LIMIT] += 1; flows[i] = NULL; continue; }
+      /* The cap is per mapping: every port of a range shares its counters (M3); one client
+       * address may hold only its share of it (L7). */
+      if (g->ctr[U_FLOWS_ACTIVE] >= g->max_flows) { g->ctr[U_DROP_LIMIT] += 1; flows[i] = NULL; continue; }
+      src_count_t *sc = src_slot(g->quota, from, 0);
+      if (sc && sc->n >= g->per_source) { g->ctr[U_DROP_LIMIT] += 1; flows[i] = NULL; continue; }
       f = flow_open(e, g, from, io->m[i].msg_hdr.msg_namelen, now);
       if (!f) { g->ctr[U_DROP_SEND] += 1; flows[i] = NULL; continue; }
     }
@@ -722,30 +856,20 @@ static void udp_flow_event(engine_t *e, flow_t *f, int64_t now) {
   for (int r = 0; r < UDP_ROUNDS && udp_flow_batch(e, f, now) == UDP_BATCH; r++) {}
 }
 
-static void udp_add(engine_t *e, group_t *g) {
-  int on = 1;
-  if (g->lfamily == AF_INET) setsockopt(g->lfd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
-  else setsockopt(g->lfd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
-  g->lw.kind = W_UDP_LISTENER;
-  g->lw.owner = g;
-  struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &g->lw };
-  epoll_ctl(e->epfd, EPOLL_CTL_ADD, g->lfd, &ev);
-  g->table = NULL;
-  g->buckets = 0;
-  table_grow(g);
-}
 
 /* ---------- the thread ---------- */
 
 static void group_close(engine_t *e, group_t *g) {
   g->closed = 1;
-  while (g->conns) conn_close(e, g->conns, R_CLOSED, 0);
+  while (g->conns) conn_close(e, g->conns, R_CLOSED, conn_pending(g->conns));
   while (g->flows) flow_close(e, g->flows);
   if (g->kind == W_UDP_LISTENER && g->lfd >= 0) {
     epoll_ctl(e->epfd, EPOLL_CTL_DEL, g->lfd, NULL);
     close(g->lfd);
     g->lfd = -1;
   }
+  quota_put(e, g->quota);
+  g->quota = NULL;
 }
 
 /* Idle and linger timeouts, and UDP flow expiry: one walk per group per sweep period, no timer
@@ -756,8 +880,8 @@ static void sweep(engine_t *e, group_t *g, int64_t now) {
   for (conn_t *c = g->conns, *next; c; c = next) {
     next = c->next;
     int64_t idle = now - c->last;
-    if (g->idle_ms > 0 && idle >= g->idle_ms) conn_close(e, c, R_IDLE, 0);
-    else if (g->linger_ms > 0 && (c->d[0].eof || c->d[1].eof) && idle >= g->linger_ms) conn_close(e, c, R_LINGER, 0);
+    if (g->idle_ms > 0 && idle >= g->idle_ms) conn_close(e, c, R_IDLE, conn_pending(c));
+    else if (g->linger_ms > 0 && (c->d[0].eof || c->d[1].eof) && idle >= g->linger_ms) conn_close(e, c, R_LINGER, conn_pending(c));
   }
   for (flow_t *f = g->flows, *next; f; f = next) {
     next = f->next;
@@ -779,8 +903,14 @@ static void run_commands(engine_t *e) {
   while (q) {
     cmd_t *next = q->next;
     if (q->op == C_ADD_CONN) tcp_add(e, q->c);
-    else if (q->op == C_ADD_UDP) udp_add(e, q->g);
-    else if (q->op == C_CLOSE_GROUP) group_close(e, q->g);
+    else if (q->op == C_CLOSE_GROUP) {
+      group_close(e, q->g);
+      /* JS waits for this: the port must be free when groupClose returns. */
+      pthread_mutex_lock(&e->mu);
+      q->g->close_done = 1;
+      pthread_cond_broadcast(&e->closed_cv);
+      pthread_mutex_unlock(&e->mu);
+    }
     free(q);
     q = next;
   }
@@ -830,6 +960,7 @@ static void *thread_main(void *arg) {
     }
     if (commands) run_commands(e);
     for (group_t *g = groups; g; g = g->next) sweep(e, g, now);
+    pool_trim(e, now);
     flush(e);
   }
   for (group_t *g = e->groups; g; g = g->next) group_close(e, g);
@@ -926,6 +1057,8 @@ static void engine_teardown(void *arg) {
   close(e->evfd);
   free(e->closed);
   free(e->io);
+  while (e->quotas) { e->quotas->refs = 1; quota_put(e, e->quotas); }
+  pthread_cond_destroy(&e->closed_cv);
   pthread_mutex_destroy(&e->mu);
   free(e);
 }
@@ -948,11 +1081,18 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
     free(e);
     return throw_errno(env, err, "epoll");
   }
-  pthread_mutex_init(&e->mu, NULL);
-  e->cmds_tail = &e->cmds;
   e->evw.kind = W_EVENT;
   struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &e->evw };
-  epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev);
+  if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev) < 0) {
+    int err = errno;
+    close(e->epfd);
+    close(e->evfd);
+    free(e);
+    return throw_errno(env, err, "epoll_ctl");
+  }
+  pthread_mutex_init(&e->mu, NULL);
+  pthread_cond_init(&e->closed_cv, NULL);
+  e->cmds_tail = &e->cmds;
   CHECK(napi_create_string_utf8(env, "userland-proxy native engine", NAPI_AUTO_LENGTH, &name));
   CHECK(napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, e, call_js, &e->tsfn));
   napi_unref_threadsafe_function(env, e->tsfn);
@@ -1104,20 +1244,38 @@ static int read_acl(napi_env env, napi_value v, acl_entry_t **out, int *n) {
   return 0;
 }
 
+/* udpGroup(id, counters, listenerFd, targetBytes, targetPort, idleMs, maxFlows, allow, deny,
+ *          wildcard, perSource, budget: Int32Array | null, budgetLimit, budgetOwn, scopeId)
+ * Everything is set up here, on the JS thread, and the listener is registered last: a failure
+ * throws (the mapping then fails to start) instead of leaving a port that nobody serves. */
 static napi_value js_udp_group(napi_env env, napi_callback_info info) {
-  size_t argc = 10;
-  napi_value argv[10];
+  size_t argc = 15;
+  napi_value argv[15];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   engine_t *e = engine_of(env);
   if (!e) return NULL;
-  int64_t lfd, port, idle, max_flows;
+  int64_t lfd, port, idle, max_flows, per_source, budget_limit, budget_own, scope;
   bool wildcard;
   void *taddr;
   size_t tlen;
-  if (get_i64(env, argv[2], &lfd) < 0 || napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok ||
+  if (argc < 15 || get_i64(env, argv[2], &lfd) < 0 || napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok ||
       (tlen != 4 && tlen != 16) || get_i64(env, argv[4], &port) < 0 || get_i64(env, argv[5], &idle) < 0 ||
-      get_i64(env, argv[6], &max_flows) < 0 || napi_get_value_bool(env, argv[9], &wildcard) != napi_ok)
+      get_i64(env, argv[6], &max_flows) < 0 || napi_get_value_bool(env, argv[9], &wildcard) != napi_ok ||
+      get_i64(env, argv[10], &per_source) < 0 || get_i64(env, argv[12], &budget_limit) < 0 || get_i64(env, argv[13], &budget_own) < 0 ||
+      get_i64(env, argv[14], &scope) < 0)
     return throw_errno(env, EINVAL, "udpGroup");
+  int32_t *budget = NULL;
+  napi_valuetype bt;
+  napi_typeof(env, argv[11], &bt);
+  if (bt != napi_null && bt != napi_undefined) {
+    napi_typedarray_type type;
+    size_t blen;
+    void *bdata;
+    if (napi_get_typedarray_info(env, argv[11], &type, &blen, &bdata, NULL, NULL) != napi_ok || type != napi_int32_array ||
+        budget_own < 0 || (size_t)budget_own >= blen)
+      return throw_errno(env, EINVAL, "udpGroup budget");
+    budget = bdata;
+  }
   group_t *g = new_group(env, e, argv[0], argv[1], W_UDP_LISTENER, U_COUNT);
   if (!g) return NULL;
   if (read_acl(env, argv[7], &g->allow, &g->nallow) < 0 || read_acl(env, argv[8], &g->deny, &g->ndeny) < 0) {
@@ -1149,14 +1307,38 @@ static napi_value js_udp_group(napi_env env, napi_callback_info info) {
     t->sin6_family = AF_INET6;
     t->sin6_port = htons((uint16_t)port);
     memcpy(&t->sin6_addr, taddr, 16);
+    t->sin6_scope_id = (uint32_t)scope; /* a link-local target's interface (its %zone) */
     g->tlen = sizeof *t;
   }
   g->idle_ms = idle;
   g->max_flows = (int)max_flows;
+  g->per_source = per_source > 0 ? (int)per_source : 1;
+  g->budget = budget;
+  g->budget_limit = budget_limit;
+  g->budget_own = (int)budget_own;
+  if (budget) napi_create_reference(env, argv[11], 1, &g->budget_ref);
   int64_t p = idle / 10;
   g->sweep_ms = p < 50 ? 50 : p > MAX_TICK_MS ? MAX_TICK_MS : p;
+  int on = 1;
+  if (g->lfamily == AF_INET) setsockopt(g->lfd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
+  else setsockopt(g->lfd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
+  g->lw.kind = W_UDP_LISTENER;
+  g->lw.owner = g;
+  g->quota = quota_get(e, g->ctr);
+  struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &g->lw };
+  if (!g->quota || table_grow(g) < 0 || epoll_ctl(e->epfd, EPOLL_CTL_ADD, g->lfd, &ev) < 0) {
+    int err = g->quota && g->table ? errno : ENOMEM;
+    quota_put(e, g->quota);
+    close(g->lfd);
+    free(g->table);
+    free(g->allow);
+    free(g->deny);
+    napi_delete_reference(env, g->ctr_ref);
+    if (g->budget_ref) napi_delete_reference(env, g->budget_ref);
+    free(g);
+    return throw_errno(env, err, "udpGroup epoll");
+  }
   publish_group(e, g);
-  if (post(e, C_ADD_UDP, g, NULL) < 0) return throw_errno(env, ENOMEM, "udpGroup");
   hold(env, e, 1);
   return wrap_group(env, g);
 }
@@ -1178,7 +1360,17 @@ static napi_value js_group_close(napi_env env, napi_callback_info info) {
   group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
   if (!g) return NULL;
   if (post(e, C_CLOSE_GROUP, g, NULL) < 0) return throw_errno(env, ENOMEM, "groupClose");
-  if (g->kind == W_UDP_LISTENER && !g->js_closed) hold(env, e, -1);
+  if (g->kind == W_UDP_LISTENER && !g->js_closed) {
+    hold(env, e, -1);
+    /* The listener's port must be free when this returns (a reload may bind it next): wait for
+     * the thread, which runs commands at once, at most 2 s. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 2;
+    pthread_mutex_lock(&e->mu);
+    while (e->started && !g->close_done && pthread_cond_timedwait(&e->closed_cv, &e->mu, &until) == 0) {}
+    pthread_mutex_unlock(&e->mu);
+  }
   g->js_closed = 1;
   return NULL;
 }

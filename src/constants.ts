@@ -24,6 +24,12 @@ export const RELAY_BIG_BUFFER = 256 * 1024;
  */
 export const RELAY_HIGH_WATER_MARK = 1024 * 1024;
 /**
+ * JavaScript engine: bytes all connections of one thread may hold in write queues before every
+ * direction pauses after each queued write and reads into small buffers (bounds the memory a
+ * crowd of stalled readers can pin to this plus about one buffer each).
+ */
+export const RELAY_QUEUE_BUDGET = 64 * 1024 * 1024;
+/**
  * Native engine: each direction's pipe holds at most the buffer limit, within these bounds. The
  * upper bound is the unprivileged fs.pipe-max-size; 1 MiB pipes are where splice beats Go's
  * 64 KiB ones (splice-notes.md). A pipe is held only while bytes are in flight.
@@ -53,6 +59,12 @@ export const TCP_LINGER_TIMEOUT_MS = 600_000;
 export const UDP_IDLE_TIMEOUT_MS = 90_000;
 /** Default bound on concurrent UDP flows (each costs one socket); docker-proxy has none. */
 export const UDP_MAX_FLOWS = 16_384;
+/**
+ * 1/this of a mapping's UDP flows stays for other client addresses: one address holds at most the
+ * rest (12288 of the default 16384), so a flood of source ports from one host cannot lock out
+ * every other client.
+ */
+export const UDP_OTHERS_SHARE_DIVISOR = 4;
 /** Datagrams buffered per flow while its upstream socket is still connecting. */
 export const UDP_PENDING_PER_FLOW = 64;
 /** Datagrams that may sit in libuv's send queue of one socket before we drop instead of queueing. */
@@ -71,8 +83,13 @@ export const UDP_MAX_PAYLOAD = 65_507;
 export const UDP_SWEEP_MIN_MS = 50;
 export const UDP_SWEEP_MAX_MS = 1_000;
 
-/** File descriptors kept free under RLIMIT_NOFILE for Node itself, logs and status pipes. */
+/**
+ * File descriptors kept free under RLIMIT_NOFILE for Node itself, logs, status pipes and the
+ * native engine's epoll and pooled pipes (at most 16).
+ */
 export const FD_RESERVE = 32;
+/** fds a mapping's worker thread takes from the budget for itself (its event loop, its native engine). */
+export const WORKER_FDS = 8;
 
 /** Repeated errors of one kind are logged once, then at most once per window with a count. */
 export const LOG_RATE_WINDOW_MS = 10_000;

@@ -26,7 +26,7 @@ import { joinHostPort } from './address.js';
 import { readDockerEnv } from './docker-env.js';
 import { DOCKER_FLAGS, parseDockerArgs, toDockerMapping } from './docker-flags.js';
 import { ProxyError, toProxyError } from './errors.js';
-import { connectionCapFromFdLimit, flowCapFromFdLimit, openFileLimit } from './fd-limit.js';
+import { FdBudget } from './fd-limit.js';
 import { releaseSignals } from './early-signals.js';
 import { formatUsage } from './go-flags.js';
 import { bindUdp, listenTcp } from './listen.js';
@@ -112,7 +112,9 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
     const listen = { host: m.host, port: m.hostPort, useListenFd: m.useListenFd };
     let stats: { tcp: TcpStats | null; udp: UdpStats | null } = { tcp: null, udp: null };
-    const fdLimit = openFileLimit();
+    // The process fd budget (fd-limit.ts); the listener takes its own fd first.
+    const budget = FdBudget.forProcess();
+    budget.take(1);
     const access = compileAccess(env.access);
     // -engine (ours, never from dockerd) wins over USERLAND_PROXY_ENGINE; errors name the source.
     const fromFlag = flags.given.has('engine');
@@ -120,10 +122,8 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
       (msg) => log?.warn({}, msg), fromFlag ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV');
     if (m.proto === 'tcp') {
       const server = createTcpServer();
-      const fdCap = connectionCapFromFdLimit(fdLimit);
-      const maxConnections = env.maxConnections === null ? fdCap : Math.min(env.maxConnections, fdCap ?? Infinity);
       const tcp = new TcpForwarder(server, {
-        target: m.target, targetPort: m.targetPort, log, maxConnections,
+        target: m.target, targetPort: m.targetPort, log, maxConnections: env.maxConnections, budget,
         connectTimeoutMs: env.connectTimeoutMs, idleTimeoutMs: env.idleTimeoutMs, lingerTimeoutMs: env.lingerTimeoutMs,
         access,
         proxyProtocol: env.proxyProtocol,
@@ -139,7 +139,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
         target: m.target, targetPort: m.targetPort, log,
         idleTimeoutMs: env.udpIdleTimeoutMs,
         access,
-        maxFlows: Math.min(env.udpMaxFlows, flowCapFromFdLimit(fdLimit) ?? Infinity),
+        maxFlows: env.udpMaxFlows, budget,
         engine,
       });
       forwarder = udp;

@@ -1,13 +1,22 @@
 /**
- * The open-file limit, and the connection and flow caps derived from it.
+ * One file-descriptor budget per process, shared by every mapping (worker threads included, through
+ * shared memory), both engines and the HTTP endpoint.
  *
  * Past RLIMIT_NOFILE, accept() fails with EMFILE; libuv then silently accepts and closes the
- * pending connections (its reserve-fd trick) without telling JavaScript, so nobody would know.
- * Capping connections a little below the limit turns that into Node's counted 'drop' event,
- * which we log, and keeps fds free for the upstream side and for logging.
+ * pending connections (its reserve-fd trick) without telling JavaScript, and a dial, a pipe or a
+ * UDP flow socket fails mid-connection. So every connection and flow takes its fds from this
+ * budget before it opens anything, and is refused at once (counted as a limit refusal, logged)
+ * when the budget is spent. What a connection takes is what its engine really holds at most:
+ * two sockets on the JavaScript engine; two sockets and two pipes (one per direction while bytes
+ * are in flight) on the native engine. A UDP flow takes one socket. Listening sockets take one
+ * each, the HTTP endpoint its connection cap. FD_RESERVE stays free for Node itself, logs, the
+ * native engine's epoll and its pooled pipes (at most 16 fds).
  */
 import { readFileSync } from 'node:fs';
 import { FD_RESERVE } from './constants.js';
+
+/** fds one TCP connection holds at most, per engine. */
+export const TCP_CONNECTION_FDS = { js: 2, native: 6 } as const;
 
 /** The soft RLIMIT_NOFILE of this process (Node raises it to the hard limit at start), or null. */
 export function openFileLimit(): number | null {
@@ -20,12 +29,74 @@ export function openFileLimit(): number | null {
   }
 }
 
-/** Most TCP connections (two fds each) that fit under the limit, or null when unbounded. */
-export function connectionCapFromFdLimit(limit: number | null): number | null {
-  return limit === null ? null : Math.max(1, Math.floor((limit - FD_RESERVE) / 2));
+/** What a worker needs to join its process's budget (structured-clone safe). */
+export interface SharedBudget {
+  cells: Int32Array;
+  limit: number;
+  /** This worker's own cell (> 0), or 0 for none. */
+  own: number;
 }
 
-/** Most UDP flows (one fd each) that fit under the limit, or null when unbounded. */
-export function flowCapFromFdLimit(limit: number | null): number | null {
-  return limit === null ? null : Math.max(1, limit - FD_RESERVE);
+/** Workers whose takes are also counted in a cell of their own (see release()). */
+const OWN_CELLS = 4096;
+
+/**
+ * The process fd budget: cells[0] counts the fds taken, out of `limit`. A worker's takes also
+ * count in its own cell, so that when it dies (a crash, a terminate) the supervisor can give back
+ * everything it held at once.
+ */
+export class FdBudget {
+  readonly cells: Int32Array;
+  readonly limit: number;
+  /** This side's own cell (0: none). */
+  readonly own: number;
+  /** Own cells free for workers (supervisor side). */
+  readonly #free: number[] = [];
+
+  constructor(shared: SharedBudget) {
+    this.cells = shared.cells;
+    this.limit = shared.limit;
+    this.own = shared.own;
+  }
+
+  /** A new budget for this process: the fd limit less the reserve and `reserved` fds. */
+  static forProcess(reserved = 0, limit = openFileLimit()): FdBudget {
+    const cells = new Int32Array(new SharedArrayBuffer(4 * (1 + OWN_CELLS)));
+    const b = new FdBudget({ cells, limit: limit === null ? 2 ** 31 - 1 : Math.max(0, limit - FD_RESERVE - reserved), own: 0 });
+    for (let i = OWN_CELLS; i >= 1; i--) b.#free.push(i);
+    return b;
+  }
+
+  /** Takes n fds; false (nothing taken) when that would pass the limit. */
+  take(n: number): boolean {
+    if (Atomics.add(this.cells, 0, n) + n > this.limit) {
+      Atomics.sub(this.cells, 0, n);
+      return false;
+    }
+    if (this.own > 0) Atomics.add(this.cells, this.own, n);
+    return true;
+  }
+
+  /** Gives n fds back. */
+  give(n: number): void {
+    Atomics.sub(this.cells, 0, n);
+    if (this.own > 0) Atomics.sub(this.cells, this.own, n);
+  }
+
+  /** The shared part for a new worker, with a cell of its own when one is free. */
+  forWorker(): SharedBudget {
+    return { cells: this.cells, limit: this.limit, own: this.#free.pop() ?? 0 };
+  }
+
+  /** A worker is gone: gives back whatever it still held and frees its cell. */
+  release(shared: SharedBudget): void {
+    if (shared.own <= 0) return;
+    Atomics.sub(this.cells, 0, Atomics.exchange(this.cells, shared.own, 0));
+    this.#free.push(shared.own);
+  }
+
+  /** fds taken now. */
+  get used(): number {
+    return Atomics.load(this.cells, 0);
+  }
 }

@@ -6,6 +6,7 @@ import type { StandaloneConfig } from './config.js';
 import type { TcpStats } from './tcp-forwarder.js';
 import type { UdpStats } from './udp-forwarder.js';
 import type { EngineName } from './native-engine.js';
+import type { SharedBudget } from './fd-limit.js';
 
 /** What a worker is started with (workerData): its mapping and the settings that apply to it. */
 export type WorkerInit = Pick<StandaloneConfig,
@@ -14,6 +15,8 @@ export type WorkerInit = Pick<StandaloneConfig,
   mapping: Mapping;
   /** The engine the supervisor resolved (never 'auto'). */
   engine: EngineName;
+  /** The process fd budget, in shared memory (fd-limit.ts). */
+  budget: SharedBudget;
   /** Test hook: a worker that crashes after this many ms (USERLAND_PROXY_TEST_CRASH). */
   crashAfterMs?: number | undefined;
 };

@@ -10,7 +10,9 @@
  * forwarders' plain stats objects read them, so metrics code sees one set of numbers whatever the
  * engine.
  */
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import type { FdBudget } from './fd-limit.js';
 import { ipToBytes, type IpAddress } from './address.js';
 import { ruleOf, type AccessSpec } from './access-list.js';
 import { ProxyError } from './errors.js';
@@ -37,7 +39,8 @@ interface Addon {
   tcpAdopt(group: object, connId: number, clientFd: number, targetFd: number): void;
   udpGroup(
     id: number, counters: Float64Array, listenerFd: number, target: Buffer, targetPort: number, idleMs: number,
-    maxFlows: number, allow: Buffer | null, deny: Buffer | null, wildcard: boolean,
+    maxFlows: number, allow: Buffer | null, deny: Buffer | null, wildcard: boolean, perSource: number,
+    budget: Int32Array | null, budgetLimit: number, budgetOwn: number, scopeId: number,
   ): object;
   groupStop(group: object): void;
   groupClose(group: object): void;
@@ -175,15 +178,31 @@ function packCidrs(cidrs: readonly string[]): Buffer | null {
   return out;
 }
 
+/**
+ * The interface index of a scoped IPv6 address's zone (`fe80::1%eth0`, `fe80::1%3`), 0 without
+ * one: the native engine connects its flow sockets with it as sin6_scope_id.
+ */
+export function scopeIdOf(address: string): number {
+  const zone = address.split('%')[1];
+  if (zone === undefined) return 0;
+  if (/^\d+$/.test(zone)) return Number(zone);
+  try {
+    return Number(readFileSync(`/sys/class/net/${zone.replace(/[/.]/g, '')}/ifindex`, 'utf8').trim());
+  } catch {
+    throw new Error(`unknown network interface "${zone}" in ${address}`);
+  }
+}
+
 /** Serves a bound UDP listener natively (flows, expiry, limits, ACL); its counters feed `stats`. */
 export function nativeUdp(
   stats: object, listenerFd: number, target: IpAddress, targetPort: number, idleMs: number, maxFlows: number,
-  access: AccessSpec | null, wildcard: boolean,
+  access: AccessSpec | null, wildcard: boolean, perSource: number, budget: FdBudget | null,
 ): NativeUdp {
   const a = engine();
   const group = a.udpGroup(
     nextGroupId++, sharedCounters(stats, UDP_NATIVE_KEYS), listenerFd, ipToBytes(target.address), targetPort, idleMs, maxFlows,
-    packCidrs(access?.allow ?? []), packCidrs(access?.deny ?? []), wildcard,
+    packCidrs(access?.allow ?? []), packCidrs(access?.deny ?? []), wildcard, perSource,
+    budget?.cells ?? null, budget?.limit ?? 0, budget?.own ?? 0, scopeIdOf(target.address),
   );
   let closed = false;
   return {

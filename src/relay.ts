@@ -18,12 +18,33 @@
  * connections that once moved a large response must not pin 2 x 256 KiB each. Buffers come from
  * and return to small process-wide free lists. Backpressure: when `dst.write()` reports its high-water mark, reading
  * stops until 'drain'; memory per direction is bounded by that mark plus one buffer.
+ *
+ * Process budget: bytes queued in write queues (not taken by the kernel at once) are counted
+ * across every connection of this thread. Above RELAY_QUEUE_BUDGET a direction pauses after any
+ * queued write and reads into small buffers only, so a crowd of stalled readers costs about one
+ * buffer each instead of the high-water mark each (audit M6).
+ *
+ * Resets at EOF (audit H3): libuv before 1.52 (Node 20, 22) reports EOF when epoll says POLLHUP
+ * after a partial read, without reading the ECONNRESET that a reset right after the data left
+ * pending (libuv#2319, fixed by libuv PR #4997). Before passing an EOF on as a FIN we therefore
+ * write zero bytes to the source: on a reset socket that write fails with the pending
+ * ECONNRESET (the socket errors and the relay resets the other side); after a real FIN it
+ * succeeds and the FIN goes on. The probe goes through Node's public write path and costs one
+ * syscall per connection.
  */
 import type { Socket } from 'node:net';
-import { RELAY_BIG_BUFFER, RELAY_FREE_BIG, RELAY_FREE_SMALL, RELAY_SHRINK_AFTER, RELAY_SMALL_BUFFER } from './constants.js';
+import { RELAY_BIG_BUFFER, RELAY_FREE_BIG, RELAY_FREE_SMALL, RELAY_QUEUE_BUDGET, RELAY_SHRINK_AFTER, RELAY_SMALL_BUFFER } from './constants.js';
 
 const freeSmall: Buffer[] = [];
 const freeBig: Buffer[] = [];
+const EMPTY = Buffer.alloc(0);
+/** Bytes in write queues of every relay on this thread (see the top of this file). */
+let queuedBytes = 0;
+
+/** Bytes queued by every relay on this thread (for tests and diagnostics). */
+export function relayQueuedBytes(): number {
+  return queuedBytes;
+}
 
 function take(size: number): Buffer {
   const list = size === RELAY_BIG_BUFFER ? freeBig : freeSmall;
@@ -57,6 +78,10 @@ export class Pump {
   #buf: Buffer = take(RELAY_SMALL_BUFFER);
   /** Per write in flight: the buffer it pins, or null when it completed synchronously. */
   readonly #pinned: (Buffer | null)[] = [];
+  /** Per write in flight: the bytes it added to queuedBytes. */
+  readonly #queued: number[] = [];
+  /** Writes completed since the last idle sweep (bytes moving out count as activity). */
+  #writes = 0;
   #smallReads = 0;
   #dst: Socket | null = null;
   #src: Socket | null = null;
@@ -81,8 +106,18 @@ export class Pump {
     this.#dst = dst;
     this.#src = src;
     dst.on('drain', () => src.resume());
-    // Half-close: shutdown(SHUT_WR) on dst after everything queued is written.
-    src.on('end', () => dst.end());
+    // Half-close: shutdown(SHUT_WR) on dst after everything queued is written, unless the EOF
+    // hid a reset (see the top of this file): then the failed probe errors src and the relay
+    // resets dst instead.
+    src.on('end', () => {
+      if (!src.writable) {
+        dst.end();
+        return;
+      }
+      src.write(EMPTY, (err) => {
+        if (!err) dst.end();
+      });
+    });
   }
 
   readonly #nextBuffer = (): Buffer => this.#buf;
@@ -95,11 +130,20 @@ export class Pump {
     this.#reads++;
     if (this.#inbound) this.#counters.bytesIn += n;
     else this.#counters.bytesOut += n;
-    const more = dst.write(buf.subarray(0, n), this.#afterWrite);
+    let more = dst.write(buf.subarray(0, n), this.#afterWrite);
     const pinned = dst.writableLength !== 0;
     this.#pinned.push(pinned ? buf : null);
+    this.#queued.push(pinned ? n : 0);
+    let overBudget = false;
+    if (pinned) {
+      queuedBytes += n;
+      overBudget = queuedBytes > RELAY_QUEUE_BUDGET;
+      if (overBudget) more = false;
+    }
     let size = buf.length;
-    if (n === buf.length) {
+    if (overBudget) {
+      size = RELAY_SMALL_BUFFER;
+    } else if (n === buf.length) {
       size = RELAY_BIG_BUFFER;
       this.#smallReads = 0;
     } else if (n <= RELAY_SMALL_BUFFER) {
@@ -125,19 +169,27 @@ export class Pump {
   };
 
   readonly #afterWrite = (): void => {
+    this.#writes++;
+    queuedBytes -= this.#queued.shift() ?? 0;
     const b = this.#pinned.shift();
     if (b) give(b);
   };
 
+  /** Bytes this direction has queued and not yet written (destroying the socket drops them). */
+  get pending(): number {
+    return this.#queued.reduce((a, b) => a + b, 0);
+  }
+
   /**
-   * Called by the forwarder's periodic sweep: returns how many reads happened since the previous
-   * sweep, and gives a direction that holds a big buffer and read nothing a small one. Between
+   * Called by the forwarder's periodic sweep: returns how many reads and completed writes
+   * happened since the previous sweep, and gives a direction that holds a big buffer and read nothing a small one. Between
    * reads nothing references the next-read buffer, so it can be swapped in the handle (libuv only
    * writes into it during a read callback on this thread).
    */
   sweep(): number {
-    const reads = this.#reads;
+    const reads = this.#reads + this.#writes;
     this.#reads = 0;
+    this.#writes = 0;
     if (reads > 0 || this.#buf.length !== RELAY_BIG_BUFFER) return reads;
     const handle = (this.#src as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } } | null)?._handle;
     if (typeof handle?.useUserBuffer !== 'function') return reads;
@@ -149,9 +201,15 @@ export class Pump {
     return reads;
   }
 
-  /** Returns the idle buffer to the pool once the source is closed. */
+  /** Returns the idle buffer to the pool once the source is closed; forgets queued bytes. */
   release(): void {
     give(this.#buf);
-    this.#buf = Buffer.alloc(0);
+    this.#buf = EMPTY;
+  }
+
+  /** The destination is gone: its queued writes will never complete (no callbacks on destroy). */
+  dropQueued(): void {
+    for (const n of this.#queued.splice(0)) queuedBytes -= n;
+    this.#pinned.length = 0;
   }
 }

@@ -11,7 +11,7 @@
  */
 import yargs from 'yargs';
 import { SETTINGS, buildConfig, readConfigFile, type CliValues, type StandaloneConfig } from './config.js';
-import { ENV_PREFIX } from './constants.js';
+import { ENV_PREFIX, METRICS_MAX_CONNECTIONS } from './constants.js';
 import { ProxyError, toProxyError } from './errors.js';
 import { releaseSignals } from './early-signals.js';
 import { createLogger, type Log } from './logger.js';
@@ -126,7 +126,10 @@ async function run(load: () => StandaloneConfig, config: StandaloneConfig, after
     process.stderr.write(`${PROGRAM}: internal error: ${err.message}\n`);
     process.exit(1);
   });
-  const supervisor = new Supervisor(log, { crashMappingId: process.env[`${ENV_PREFIX}TEST_CRASH`] });
+  const supervisor = new Supervisor(log, {
+    crashMappingId: process.env[`${ENV_PREFIX}TEST_CRASH`],
+    reservedFds: config.metrics ? METRICS_MAX_CONNECTIONS + 1 : 0,
+  });
   let current = config;
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {

@@ -14,6 +14,7 @@ import { Worker } from 'node:worker_threads';
 import type { StandaloneConfig } from './config.js';
 import { RESTART_BACKOFF_MAX_MS, RESTART_BACKOFF_MIN_MS, RESTART_RESET_AFTER_MS, STATS_TIMEOUT_MS } from './constants.js';
 import { MAX_DURATION_MS } from './duration.js';
+import { FdBudget } from './fd-limit.js';
 import { ProxyError } from './errors.js';
 import type { Log } from './logger.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
@@ -54,14 +55,15 @@ const WORKER: URL = typeof __USERLAND_PROXY_WORKER_SOURCE__ === 'string'
 /** What identifies a mapping across reloads: everything that would change its behaviour. */
 function slotKey(init: WorkerInit): string {
   const { spec: _spec, ...m } = init.mapping;
-  const { mapping: _m, crashAfterMs: _c, ...settings } = init;
+  const { mapping: _m, crashAfterMs: _c, budget: _b, ...settings } = init;
   return JSON.stringify([m, settings]);
 }
 
-function initsOf(config: StandaloneConfig, crashId: string | undefined, engine: EngineName): WorkerInit[] {
+function initsOf(config: StandaloneConfig, crashId: string | undefined, engine: EngineName, budget: FdBudget): WorkerInit[] {
   return config.mappings.map((mapping) => ({
     mapping,
     engine,
+    budget: { cells: budget.cells, limit: budget.limit, own: 0 },
     udpIdleTimeoutMs: config.udpIdleTimeoutMs,
     udpMaxFlows: config.udpMaxFlows,
     connectTimeoutMs: config.connectTimeoutMs,
@@ -85,6 +87,8 @@ export class Supervisor {
   readonly #log: Log;
   readonly #slots = new Map<string, Slot>();
   readonly #crashId: string | undefined;
+  /** The fd budget of the whole process, shared with every worker. */
+  readonly #budget: FdBudget;
   /** The configured mappings (slot key -> mapping id): what /readyz compares the live set with. */
   #configured = new Map<string, string>();
   /** Workers of removed mappings still draining their connections. */
@@ -98,9 +102,11 @@ export class Supervisor {
     return selectEngine(config.engine, (msg) => this.#log.warn({}, msg), 'UPROXY_ERR_CONFIG');
   }
 
-  constructor(log: Log, opts: { crashMappingId?: string | undefined } = {}) {
+  /** `reservedFds`: fds kept out of the budget for the HTTP endpoint. */
+  constructor(log: Log, opts: { crashMappingId?: string | undefined; reservedFds?: number } = {}) {
     this.#log = log;
     this.#crashId = opts.crashMappingId;
+    this.#budget = FdBudget.forProcess(opts.reservedFds ?? 0);
   }
 
   /** Every mapping's state (latest stats from the last refresh). */
@@ -115,7 +121,7 @@ export class Supervisor {
 
   /** Starts every mapping; all-or-nothing: on the first failure everything stops and it throws. */
   async start(config: StandaloneConfig): Promise<void> {
-    const inits = initsOf(config, this.#crashId, this.#engine(config));
+    const inits = initsOf(config, this.#crashId, this.#engine(config), this.#budget);
     const slots = inits.map((init) => this.#newSlot(init));
     try {
       await Promise.all(slots.map((s) => this.#launch(s)));
@@ -131,7 +137,7 @@ export class Supervisor {
    * added mapping serves; removed mappings finish draining in the background.
    */
   async reload(config: StandaloneConfig, drainTimeoutMs: number): Promise<{ added: number; removed: number; kept: number }> {
-    const wanted = new Map(initsOf(config, undefined, this.#engine(config)).map((i) => [slotKey(i), i]));
+    const wanted = new Map(initsOf(config, undefined, this.#engine(config), this.#budget).map((i) => [slotKey(i), i]));
     const removed = [...this.#slots.values()].filter((s) => !wanted.has(s.key));
     const added = [...wanted.entries()].filter(([k]) => !this.#slots.has(k)).map(([, init]) => init);
     const takesOver = (init: WorkerInit): boolean => removed.some((s) => clash(s.init.mapping, init.mapping));
@@ -223,7 +229,8 @@ export class Supervisor {
   /** Starts the slot's worker; resolves when it serves, rejects with its binding error. */
   #launch(slot: Slot): Promise<void> {
     return new Promise((resolve, reject) => {
-      const worker = new Worker(WORKER, { workerData: slot.init });
+      const budget = this.#budget.forWorker();
+      const worker = new Worker(WORKER, { workerData: { ...slot.init, budget } });
       slot.worker = worker;
       let settled = false;
       let failure: string | null = null;
@@ -241,6 +248,7 @@ export class Supervisor {
         this.#log.error({ mapping: slot.init.mapping.id, err: err.message }, 'worker crashed');
       });
       worker.on('exit', (code) => {
+        this.#budget.release(budget);
         slot.state.up = false;
         if (slot.worker === worker) slot.worker = null;
         if (!settled) {

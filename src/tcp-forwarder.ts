@@ -6,13 +6,18 @@
  * - TCP_NODELAY on both sides and 15 s keepalive on the client side: Go's defaults.
  * - A client FIN becomes an upstream FIN (shutdown(SHUT_WR)) and vice versa; both sockets close
  *   only when both directions are done (libnetwork#1598).
- * - A failed dial closes the client at once (accept, then FIN), as docker-proxy does.
+ * - A failed dial closes the client at once: FIN (as docker-proxy) for a client that sent nothing,
+ *   a reset for one whose bytes were read and now cannot be delivered.
+ * - A forced close (idle or linger timeout, drain timeout, stop) of a connection with bytes still
+ *   queued towards either side is a reset, never a FIN: a truncated stream must not look
+ *   complete. "Idle" means no byte moved either way, reads and writes both.
  * - A reset or error on one side resets the other: a truncated stream must never look like a
  *   complete one (docker-proxy turns an upstream RST into a clean FIN).
- * - Accept errors (EMFILE, ENFILE, ...) never stop the listener. Connections are capped a little
- *   below RLIMIT_NOFILE (fd-limit.ts), so excess clients are refused at once, counted and logged
- *   (rate-limited) before EMFILE can happen; if it happens anyway libuv's reserve-fd trick closes
- *   the pending connections and we keep serving. docker-proxy exits here and the port goes dead.
+ * - Accept errors (EMFILE, ENFILE, ...) never stop the listener. Every connection takes the fds
+ *   its engine holds from the process budget (fd-limit.ts) before dialling, so excess clients are
+ *   refused at once, counted and logged (rate-limited) before EMFILE can happen; if it happens
+ *   anyway libuv's reserve-fd trick closes the pending connections and we keep serving.
+ *   docker-proxy exits here and the port goes dead.
  * - Memory per connection is bounded: a direction stops reading when its destination holds more
  *   than its high-water mark (16 KiB on Node 20) plus one read buffer (relay.ts).
  */
@@ -25,6 +30,7 @@ import { CONNECT_BUCKETS, LIFETIME_BUCKETS, newHistogram, observe, type PlainHis
 import { RateLimitedLog, type Log } from './logger.js';
 import { Pump } from './relay.js';
 import { CLOSE_REASON, nativeTcp, type EngineName, type NativeTcp } from './native-engine.js';
+import { TCP_CONNECTION_FDS, type FdBudget } from './fd-limit.js';
 
 /** Plain-number counters, read by metrics at scrape time (never prom-client on the hot path). */
 export interface TcpStats {
@@ -73,6 +79,8 @@ export interface TcpForwarderOptions {
   stats?: TcpStats;
   /** Refuse (accept and close at once) connections beyond this many; null: no cap. */
   maxConnections?: number | null;
+  /** The process fd budget every connection takes its fds from; null: unbounded. */
+  budget?: FdBudget | null;
   /** Unsent bytes one socket may hold before its source stops reading (default 1 MiB). */
   maxBufferBytes?: number;
   /** PROXY protocol header sent to the target first (default off). */
@@ -130,6 +138,8 @@ export class TcpForwarder {
   /** Native-path connections still dialling: [client, upstream]. */
   readonly #dialing = new Set<[Socket, Socket]>();
   #nextId = 1;
+  /** fds one connection takes from the budget (what its engine holds at most). */
+  readonly #fds: number;
 
   constructor(server: Server, opts: TcpForwarderOptions) {
     this.#server = server;
@@ -143,6 +153,7 @@ export class TcpForwarder {
       const pipeBytes = Math.min(NATIVE_PIPE_MAX, Math.max(NATIVE_PIPE_MIN, this.#highWaterMark));
       this.#native = nativeTcp(this.stats, opts.idleTimeoutMs ?? 0, opts.lingerTimeoutMs ?? 0, pipeBytes, (id, reason) => this.#onNativeClose(id, reason));
     }
+    this.#fds = TCP_CONNECTION_FDS[this.#native ? 'native' : 'js'];
     server.on('connection', (client: Socket) => this.#onConnection(client));
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
@@ -167,11 +178,7 @@ export class TcpForwarder {
         upstream.destroy();
       }
     }
-    for (const c of this.#live) {
-      c.client.destroy();
-      c.upstream.destroy();
-    }
-    this.#live.clear();
+    for (const c of this.#live) this.#expire(c);
   }
 
   /**
@@ -205,11 +212,16 @@ export class TcpForwarder {
     }
   }
 
-  /** Closes both sides (FIN); nothing is pending on a connection that read nothing. */
+  /** Forced close: FIN when nothing is queued either way, else a reset of both sides. */
   #expire(c: Conn): void {
     this.#live.delete(c);
-    c.upstream.destroy();
-    c.client.destroy();
+    if (c.up.pending + c.down.pending + c.client.writableLength + c.upstream.writableLength > 0) {
+      c.upstream.resetAndDestroy();
+      c.client.resetAndDestroy();
+    } else {
+      c.upstream.destroy();
+      c.client.destroy();
+    }
   }
 
   /** Stops accepting; open connections carry on (graceful drain). */
@@ -232,6 +244,13 @@ export class TcpForwarder {
       this.#limited.warn('blocked', { client: accepted.remoteAddress }, 'connection refused by the access lists');
       // A reset, not a clean close: the client must not mistake this for an empty answer.
       accepted.resetAndDestroy();
+      return;
+    }
+    const { budget } = this.#opts;
+    if (budget && !budget.take(this.#fds)) {
+      stats.rejectedLimit++;
+      this.#limited.warn('fd-budget', { fdBudget: budget.limit }, 'file descriptor budget of the process spent; refusing new connections');
+      accepted.destroy();
       return;
     }
     if (this.#native) this.#forwardNative(accepted);
@@ -263,8 +282,9 @@ export class TcpForwarder {
       this.#dialing.delete(pair);
       if (dialTimer) clearTimeout(dialTimer);
       stats.active--;
+      this.#opts.budget?.give(this.#fds);
       upstream.destroy();
-      client.destroy();
+      closeUndialled(client);
     };
     const dialTimer = connectTimeoutMs > 0 ? setTimeout(() => {
       stats.connectErrors.timeout++;
@@ -282,7 +302,6 @@ export class TcpForwarder {
       if (done) return;
       stats.connectErrors[connectErrorReason(err.code)]++;
       this.#limited.warn(`connect:${err.code}`, { target: `${target.address}:${targetPort}`, err: err.message }, 'cannot connect to target; closing client');
-      // Like docker-proxy: the client was accepted, so it sees a close (FIN), not a refusal.
       fail();
     });
     const handoff = (): void => {
@@ -364,6 +383,7 @@ export class TcpForwarder {
   #finishNative(acceptedAt: number, reason: number): void {
     const stats = this.stats;
     stats.active--;
+    this.#opts.budget?.give(this.#fds);
     observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
     // As in the JavaScript path, anything but a clean double close counts as aborted.
     if (reason !== CLOSE_REASON.clean) stats.aborted++;
@@ -377,7 +397,10 @@ export class TcpForwarder {
     const up = new Pump(stats, true);
     const down = new Pump(stats, false);
     const client = adoptAccepted(accepted, up.onread, this.#highWaterMark);
-    if (client === null) return;
+    if (client === null) {
+      this.#opts.budget?.give(this.#fds);
+      return;
+    }
     if (this.#sweep === null) {
       this.#sweep = setInterval(() => this.sweep(), this.#sweepMs);
       this.#sweep.unref();
@@ -411,13 +434,14 @@ export class TcpForwarder {
       stats.connectErrors.timeout++;
       this.#limited.warn('connect:timeout', { target: `${this.#opts.target.address}:${this.#opts.targetPort}`, connectTimeoutMs }, 'connect to target timed out; closing client');
       upstream.destroy();
-      client.destroy();
+      closeUndialled(client);
     }, connectTimeoutMs) : null;
 
     const finish = (aborted: boolean): void => {
       if (finished) return;
       finished = true;
       stats.active--;
+      this.#opts.budget?.give(this.#fds);
       this.#live.delete(conn);
       if (dialTimer) clearTimeout(dialTimer);
       if (connected) observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
@@ -426,8 +450,9 @@ export class TcpForwarder {
 
     // An error or premature close on one side resets the other; a clean close (both directions
     // ended and flushed) needs nothing: the peer finishes its own directions and closes itself.
-    const onClose = (self: Socket, peer: Socket, pump: Pump): void => {
+    const onClose = (self: Socket, peer: Socket, pump: Pump, into: Pump): void => {
       pump.release();
+      into.dropQueued();
       const clean = self.readableEnded && self.writableFinished;
       if (!clean && !peer.destroyed) {
         if (connected) peer.resetAndDestroy();
@@ -437,8 +462,8 @@ export class TcpForwarder {
       else if (!clean) finish(true);
     };
     client.on('error', () => {});
-    client.on('close', () => onClose(client, upstream, up));
-    upstream.on('close', () => onClose(upstream, client, down));
+    client.on('close', () => onClose(client, upstream, up, down));
+    upstream.on('close', () => onClose(upstream, client, down, up));
 
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       if (!connected) {
@@ -448,8 +473,7 @@ export class TcpForwarder {
           { target: `${this.#opts.target.address}:${this.#opts.targetPort}`, err: err.message },
           'cannot connect to target; closing client',
         );
-        // Like docker-proxy: the client was accepted, so it sees a close (FIN), not a refusal.
-        client.destroy();
+        closeUndialled(client);
       }
     });
     // Read the client while the dial is in flight: Node queues writes on a connecting socket
@@ -468,6 +492,16 @@ export class TcpForwarder {
       upstream.resume();
     });
   }
+}
+
+/**
+ * Closes a client whose dial failed. Like docker-proxy, a client that sent nothing sees a close
+ * (FIN), not a refusal: it was accepted. A client whose bytes were read (or still wait in the
+ * kernel, where close() would reset anyway) gets a reset on both engines: its data was lost.
+ */
+function closeUndialled(client: Socket): void {
+  if (client.bytesRead > 0 || client.readableLength > 0) client.resetAndDestroy();
+  else client.destroy();
 }
 
 /** Stops libuv reading a socket (private `_handle`; Socket.pause() alone may read one more chunk). */

@@ -12,21 +12,24 @@
  * - ICMP port unreachable from the target surfaces as ECONNREFUSED on the flow socket; it never
  *   kills the flow (29.5 semantics): the next datagram is sent again normally.
  * - Datagrams up to 65507 bytes pass intact (the receive buffer is 64 KiB).
- * - At most maxFlows flows. When full, datagrams from new clients are dropped (counted, logged
- *   once per burst) and established flows keep working: a flood of new source ports cannot evict
- *   real clients nor exhaust file descriptors.
+ * - At most maxFlows flows per mapping (every port of a range counts), and one client address
+ *   holds at most maxFlows less a quarter (flowsPerSource): a host that floods new source ports
+ *   cannot lock other clients out. Each flow also takes one fd from the process
+ *   budget (fd-limit.ts). When a bound is hit, datagrams from new flows are dropped (counted as
+ *   flow_limit, logged once per burst) and established flows keep working.
  * - Nothing queues without bound: while a flow is connecting it buffers a few datagrams; when a
  *   socket's send queue is full, datagrams are dropped and counted (UDP's own semantics).
  */
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import type { IpAddress } from './address.js';
 import {
-  UDP_FLOW_BUFFER, UDP_LISTENER_BUFFER, UDP_PENDING_PER_FLOW, UDP_SEND_QUEUE_MAX, UDP_SWEEP_MAX_MS, UDP_SWEEP_MIN_MS,
+  UDP_FLOW_BUFFER, UDP_LISTENER_BUFFER, UDP_PENDING_PER_FLOW, UDP_SEND_QUEUE_MAX, UDP_OTHERS_SHARE_DIVISOR, UDP_SWEEP_MAX_MS, UDP_SWEEP_MIN_MS,
 } from './constants.js';
 import { isAllowed, type AccessRules } from './access-list.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { parseIp, isUnspecified } from './address.js';
 import { nativeUdp, type EngineName, type NativeUdp } from './native-engine.js';
+import type { FdBudget } from './fd-limit.js';
 
 /** Plain-number counters, read by metrics at scrape time. */
 export interface UdpStats {
@@ -67,6 +70,15 @@ export interface UdpForwarderOptions {
   access?: AccessRules | null;
   /** 'js' (this file) or 'native' (recvmmsg/sendmmsg with IP_PKTINFO, native/engine.c). */
   engine?: EngineName;
+  /** The process fd budget each flow takes one fd from; null: unbounded. */
+  budget?: FdBudget | null;
+  /** Flows per client address, shared by every port of the mapping (JS engine). */
+  sources?: Map<string, number>;
+}
+
+/** How many flows of a mapping one client address may hold: all but the share kept for others. */
+export function flowsPerSource(maxFlows: number): number {
+  return Math.max(1, maxFlows - Math.ceil(maxFlows / UDP_OTHERS_SHARE_DIVISOR));
 }
 
 interface Flow {
@@ -122,10 +134,14 @@ export class UdpForwarder {
   #now = Date.now();
   #draining = false;
   #native: NativeUdp | null = null;
+  readonly #sources: Map<string, number>;
+  readonly #perSource: number;
 
   constructor(listener: Socket, opts: UdpForwarderOptions) {
     this.#listener = listener;
     this.#opts = opts;
+    this.#sources = opts.sources ?? new Map();
+    this.#perSource = flowsPerSource(opts.maxFlows);
     this.stats = opts.stats ?? newUdpStats();
     this.#limited = new RateLimitedLog(opts.log);
     this.#sweepMs = Math.min(UDP_SWEEP_MAX_MS, Math.max(UDP_SWEEP_MIN_MS, Math.floor(opts.idleTimeoutMs / 10)));
@@ -147,13 +163,14 @@ export class UdpForwarder {
     handle?.recvStop?.();
     const { target, targetPort, idleTimeoutMs, maxFlows, access } = this.#opts;
     const local = parseIp(this.#listener.address().address);
-    this.#native = nativeUdp(this.stats, handle?.fd ?? -1, target, targetPort, idleTimeoutMs, maxFlows, access?.spec ?? null, local !== null && isUnspecified(local));
+    this.#native = nativeUdp(this.stats, handle?.fd ?? -1, target, targetPort, idleTimeoutMs, maxFlows, access?.spec ?? null,
+      local !== null && isUnspecified(local), this.#perSource, this.#opts.budget ?? null);
     // The native thread counts; warnings come from here, once per burst as in the JS engine.
     const seen = { droppedBlocked: 0, droppedFlowLimit: 0, droppedSendError: 0 };
     this.#timer = setInterval(() => {
       const s = this.stats;
       if (s.droppedBlocked > seen.droppedBlocked) this.#limited.warn('blocked', {}, 'datagrams refused by the access lists');
-      if (s.droppedFlowLimit > seen.droppedFlowLimit) this.#limited.warn('flow-limit', { maxFlows }, 'UDP flow limit reached; dropping datagrams from new clients');
+      if (s.droppedFlowLimit > seen.droppedFlowLimit) this.#limited.warn('flow-limit', { maxFlows, perSource: this.#perSource }, 'UDP flow limit reached; dropping datagrams from new clients');
       if (s.droppedSendError > seen.droppedSendError) this.#limited.warn('flow:error', {}, 'cannot open UDP flow to target, or send failed');
       for (const k of Object.keys(seen) as (keyof typeof seen)[]) seen[k] = s[k];
     }, UDP_SWEEP_MAX_MS);
@@ -192,11 +209,13 @@ export class UdpForwarder {
         this.#limited.warn('blocked', { client: rinfo.address }, 'datagrams refused by the access lists');
         return;
       }
-      if (this.#flows.size >= this.#opts.maxFlows) {
+      const own = this.#sources.get(rinfo.address) ?? 0;
+      if (stats.flowsActive >= this.#opts.maxFlows || own >= this.#perSource || !(this.#opts.budget?.take(1) ?? true)) {
         stats.droppedFlowLimit++;
-        this.#limited.warn('flow-limit', { maxFlows: this.#opts.maxFlows }, 'UDP flow limit reached; dropping datagrams from new clients');
+        this.#limited.warn('flow-limit', { maxFlows: this.#opts.maxFlows, perSource: this.#perSource }, 'UDP flow limit reached; dropping datagrams from new clients');
         return;
       }
+      this.#sources.set(rinfo.address, own + 1);
       flow = this.#openFlow(key, rinfo);
     }
     stats.datagramsIn++;
@@ -267,6 +286,10 @@ export class UdpForwarder {
 
   #closeFlow(flow: Flow): void {
     this.stats.flowsActive--;
+    this.#opts.budget?.give(1);
+    const own = (this.#sources.get(flow.address) ?? 1) - 1;
+    if (own > 0) this.#sources.set(flow.address, own);
+    else this.#sources.delete(flow.address);
     flow.pending = null;
     try {
       flow.socket.close();

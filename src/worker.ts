@@ -8,7 +8,8 @@ import { compileAccess } from './access-list.js';
 import { bindUdp, listenTcp } from './listen.js';
 import { createLogger } from './logger.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
-import { connectionCapFromFdLimit, flowCapFromFdLimit, openFileLimit } from './fd-limit.js';
+import { FdBudget } from './fd-limit.js';
+import { WORKER_FDS } from './constants.js';
 import { createTcpServer, newTcpStats, TcpForwarder } from './tcp-forwarder.js';
 import { createUdpSocket, newUdpStats, UdpForwarder } from './udp-forwarder.js';
 
@@ -22,12 +23,11 @@ const log = await createLogger({ level: init.logLevel, file: init.logFile, base:
 const tcpStats = mapping.proto === 'tcp' ? newTcpStats() : null;
 const udpStats = mapping.proto === 'udp' ? newUdpStats() : null;
 const forwarders: (TcpForwarder | UdpForwarder)[] = [];
-const fdLimit = openFileLimit();
-// Caps apply to the whole mapping (its listeners share one stats object); as in docker mode, a
-// configured cap never exceeds what the fd limit allows.
-const fdCap = connectionCapFromFdLimit(fdLimit);
-const connectionCap = init.maxConnections === null ? fdCap : Math.min(init.maxConnections, fdCap ?? Infinity);
-const flowCap = Math.min(init.udpMaxFlows, flowCapFromFdLimit(fdLimit) ?? Infinity);
+// Caps apply to the whole mapping (its listeners share one stats object and one per-source
+// table); fds come out of the budget of the whole process, shared with every other worker. What
+// this worker takes is also counted in its own cell: the supervisor gives it back when we exit.
+const budget = new FdBudget(init.budget);
+const sources = new Map<string, number>();
 const access = compileAccess(mapping.access);
 
 port.on('message', (m: ToWorker) => {
@@ -58,6 +58,9 @@ async function drain(timeoutMs: number): Promise<void> {
 
 try {
   const count = mapping.hostPortEnd - mapping.hostPort + 1;
+  if (!budget.take(WORKER_FDS + count)) {
+    throw new Error(`file descriptor budget spent: ${budget.used} of ${budget.limit} taken, this mapping needs ${WORKER_FDS + count} (raise RLIMIT_NOFILE)`);
+  }
   const opened: Promise<void>[] = [];
   for (let i = 0; i < count; i++) {
     const listen = { host: mapping.host, port: mapping.hostPort + i, useListenFd: false };
@@ -66,7 +69,7 @@ try {
       const server = createTcpServer();
       forwarders.push(new TcpForwarder(server, {
         ...target, stats: tcpStats as NonNullable<typeof tcpStats>,
-        maxConnections: connectionCap,
+        maxConnections: init.maxConnections, budget,
         proxyProtocol: mapping.proxyProtocol,
         maxBufferBytes: init.maxBufferBytes,
         connectTimeoutMs: init.connectTimeoutMs, idleTimeoutMs: init.idleTimeoutMs, lingerTimeoutMs: init.lingerTimeoutMs,
@@ -77,7 +80,7 @@ try {
       const socket = createUdpSocket(mapping.host.family);
       forwarders.push(new UdpForwarder(socket, {
         ...target, stats: udpStats as NonNullable<typeof udpStats>, idleTimeoutMs: init.udpIdleTimeoutMs,
-        maxFlows: flowCap, engine: init.engine,
+        maxFlows: init.udpMaxFlows, engine: init.engine, budget, sources,
       }));
       opened.push(bindUdp(socket, listen));
     }

@@ -9,6 +9,8 @@
 //   --greet PORT   TCP: sends "hello\n" and FIN first, then reads to EOF and prints
 //                  "greet-done <bytes> <sha256>" on stdout (upstream-first half-close)
 //   --tag PORT     TCP and UDP: answer "port <PORT>" (tells which target port a range mapped to)
+//   --rst PORT     TCP: reads a number N and a newline, sends N bytes and resets at once
+//   --flood PORT   TCP: on the first byte sends 4 000 000 bytes and FIN, then reads to EOF
 //   --host ADDR    address to bind (repeatable; default 0.0.0.0 and ::)
 // Prints "ready" on stdout once every socket is bound. Exits when stdin closes.
 import { createHash } from 'node:crypto';
@@ -22,6 +24,7 @@ const hosts = opt('--host').length ? opt('--host') : ['0.0.0.0', '::'];
 const pending = [];
 const held = [];
 const late = [];
+const FLOOD = Buffer.alloc(4_000_000, 100);
 
 function tcp(port, host, onConn) {
   const s = createServer({ allowHalfOpen: true }, onConn);
@@ -66,6 +69,24 @@ for (const host of hosts) {
   for (const p of opt('--tag')) {
     tcp(Number(p), host, (c) => { c.on('error', () => {}); c.end(`port ${p}`); });
     udp(Number(p), host, (s, m, r) => s.send(`port ${p}`, r.port, r.address));
+  }
+  for (const p of opt('--rst')) {
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      let line = '';
+      c.on('data', (d) => {
+        line += d;
+        if (!line.includes('\n')) return;
+        c.write(Buffer.alloc(Number(line.trim()), 114), () => c.resetAndDestroy());
+      });
+    });
+  }
+  for (const p of opt('--flood')) {
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      c.once('data', () => c.end(FLOOD));
+      c.resume();
+    });
   }
   for (const p of opt('--late')) late.push([Number(p), host]);
   for (const p of opt('--http')) {

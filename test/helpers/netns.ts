@@ -23,9 +23,24 @@ export interface Backend {
   inNamespace: boolean;
   /** The namespace's name (for `ip netns exec`), or null on loopback. */
   namespace: string | null;
+  /** The veth ends on the host and in the namespace (namespace backends only). */
+  hostInterface?: string;
+  nsInterface?: string;
   /** Sends a control line (resume, listen) and optionally waits for an answer line. */
   command(line: string, waitFor?: string): Promise<void>;
   destroy(): Promise<void>;
+}
+
+/** The link-local IPv6 address of the backend's veth end, once it left DAD (namespace only). */
+export async function linkLocalOf(backend: Backend): Promise<string> {
+  for (let i = 0; i < 100; i++) {
+    const out = execFileSync('ip', ['-n', backend.namespace as string, '-6', 'addr', 'show', 'dev', backend.nsInterface as string, 'scope', 'link'], { encoding: 'utf8' });
+    const host = execFileSync('ip', ['-6', 'addr', 'show', 'dev', backend.hostInterface as string, 'scope', 'link'], { encoding: 'utf8' });
+    const m = /inet6 (fe80::[0-9a-f:]+)\/64/.exec(out);
+    if (m && !out.includes('tentative') && host.includes('fe80::') && !host.includes('tentative')) return m[1] as string;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('no link-local address on the backend veth');
 }
 
 function ip(args: string[]): void {
@@ -83,7 +98,7 @@ export async function startBackend(args: string[]): Promise<Backend> {
     try { ip(['link', 'del', hostIf]); } catch { /* not created */ }
     throw new Error(`cannot create namespace ${name}: ${(err as { stderr?: Buffer }).stderr?.toString() ?? err}`);
   }
-  return launch(args, name, `${v4}.2`, `${v6}::2`, []);
+  return { ...(await launch(args, name, `${v4}.2`, `${v6}::2`, [])), hostInterface: hostIf, nsInterface: nsIf };
 }
 
 async function launch(args: string[], ns: string | null, ipv4: string, ipv6: string, hostArgs: string[]): Promise<Backend> {

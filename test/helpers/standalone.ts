@@ -42,9 +42,14 @@ export async function killAllStandalone(): Promise<void> {
 }
 
 /** GET a URL; returns status and body. */
-export async function get(url: string, method = 'GET'): Promise<{ status: number; body: string }> {
-  const r = await fetch(url, { method, signal: AbortSignal.timeout(5000) });
+export async function get(url: string, method = 'GET', headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  const r = await fetch(url, { method, headers, signal: AbortSignal.timeout(5000) });
   return { status: r.status, body: await r.text() };
+}
+
+/** POST /-/reload as the README says (JSON content type); returns status and body. */
+export function postReload(metricsPort: number, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  return get(`http://127.0.0.1:${metricsPort}/-/reload`, 'POST', { 'content-type': 'application/json', ...headers });
 }
 
 /** Value of one sample in a Prometheus text exposition, or undefined. */

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { get, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
+import { get, postReload, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'upt-standalone-'));
 
@@ -154,7 +154,7 @@ describe('userland-proxy run', () => {
 
     // An invalid file is rejected and everything keeps running; POST /-/reload says why.
     writeFileSync(file, JSON.stringify({ publish: ['not a spec'], metrics: `127.0.0.1:${mp}` }));
-    const r = await get(`http://127.0.0.1:${mp}/-/reload`, 'POST');
+    const r = await postReload(mp);
     expect(r.status).toBe(500);
     expect(r.body).toContain('reload rejected, running configuration kept: invalid publish spec "not a spec"');
     expect(await echoed('still')).toBe('still');

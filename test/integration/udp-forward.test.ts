@@ -8,7 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Socket as UdpSocket } from 'node:dgram';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import { IS_ROOT, useBackend } from '../helpers/netns.js';
+import { IS_ROOT, linkLocalOf, useBackend } from '../helpers/netns.js';
+import { get, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { killAllProxies, startProxy, type ProxyProc } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
@@ -19,13 +20,14 @@ const LATE = 7004;
 const clients: UdpSocket[] = [];
 const logDir = mkdtempSync(join(tmpdir(), 'upt-udp-'));
 
-const backend = useBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI), '--late', String(LATE)]);
+const backend = useBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI), '--late', String(LATE), '--echo', '7010', '--echo', '7011', '--echo', '7012', '--echo', '7013']);
 afterAll(() => {
   rmSync(logDir, { recursive: true, force: true });
 });
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close();
   await killAllProxies();
+  await killAllStandalone();
 });
 
 async function proxy(hostIp: string, target: string, targetPort: number, env: Record<string, string> = {}): Promise<{ p: ProxyProc; port: number }> {
@@ -33,11 +35,26 @@ async function proxy(hostIp: string, target: string, targetPort: number, env: Re
   const p = await startProxy(['-proto', 'udp', '-host-ip', hostIp, '-host-port', String(port), '-container-ip', target, '-container-port', String(targetPort)], { env });
   return { p, port };
 }
-function client(family: 4 | 6): UdpSocket {
+function client(family: 4 | 6, from?: string): UdpSocket {
   const c = udpClient(family);
+  if (from !== undefined) c.bind(0, from);
   clients.push(c);
   return c;
 }
+/** Four consecutive ports free for UDP on 127.0.0.1. */
+async function freeRange(n: number): Promise<number> {
+  for (;;) {
+    const base = await freePort();
+    if (base + n > 65535) continue;
+    const probes = await Promise.all(Array.from({ length: n }, (_, i) => new Promise<boolean>((res) => {
+      const s = udpClient(4);
+      s.once('error', () => res(false));
+      s.bind(base + i, '127.0.0.1', () => { s.close(); res(true); });
+    })));
+    if (probes.every(Boolean)) return base;
+  }
+}
+const answered = (c: UdpSocket, port: number, msg: string) => udpRequest(c, '127.0.0.1', port, msg, 400).then(() => true, () => false);
 /** Asks the whoami target which source address:port the flow uses. */
 async function flowSource(c: UdpSocket, host: string, port: number): Promise<string> {
   return (await udpRequest(c, host, port, 'who')).toString();
@@ -120,13 +137,55 @@ describe('udp forwarding', () => {
   it('udp forwarder drops datagrams from new clients beyond the flow bound, counted and logged', async () => {
     const logFile = join(logDir, 'limit.log');
     const { port } = await proxy('127.0.0.1', backend.ipv4, ECHO, { USERLAND_PROXY_UDP_MAX_FLOWS: '2', USERLAND_PROXY_LOG_FILE: logFile });
-    const [a, b, x] = [client(4), client(4), client(4)];
+    // Two client addresses: one address alone may hold only 2 - 2/4 flows (the rest stays for others).
+    const [a, b, x] = [client(4), client(4, '127.0.0.2'), client(4, '127.0.0.3')];
     expect((await udpRequest(a, '127.0.0.1', port, 'a')).toString()).toBe('a');
     expect((await udpRequest(b, '127.0.0.1', port, 'b')).toString()).toBe('b');
     await expect(udpRequest(x, '127.0.0.1', port, 'x', 300)).rejects.toThrow('no UDP reply');
     expect((await udpRequest(a, '127.0.0.1', port, 'a2')).toString()).toBe('a2');
     // The native engine counts on its own thread; the warning follows within a second.
-    await vi.waitFor(() => expect(readFileSync(logFile, 'utf8')).toContain('"maxFlows":2,"msg":"UDP flow limit reached; dropping datagrams from new clients"'), { timeout: 3000 });
+    await vi.waitFor(() => expect(readFileSync(logFile, 'utf8')).toContain('"maxFlows":2,"perSource":1,"msg":"UDP flow limit reached; dropping datagrams from new clients"'), { timeout: 3000 });
+  });
+
+  it('the flow cap holds for a whole port range, not per port (audit M3)', async () => {
+    const base = await freeRange(4);
+    const mp = await freePort();
+    const s = await startStandalone(['run', '-p', `127.0.0.1:${base}-${base + 3}:${backend.ipv4}:7010-7013/udp`, '--udp-max-flows', '8', '--metrics', `127.0.0.1:${mp}`]);
+    let served = 0;
+    for (let i = 0; i < 16; i++) served += Number(await answered(client(4, i % 2 ? '127.0.0.2' : '127.0.0.1'), base + (i % 4), `m${i}`));
+    expect(served).toBe(8);
+    const metrics = (await get(`http://127.0.0.1:${mp}/metrics`)).body;
+    const id = `udp/127.0.0.1:${base}-${base + 3}`;
+    expect(sample(metrics, 'userland_proxy_udp_flows_active', { mapping: id })).toBe(8);
+    expect(sample(metrics, 'userland_proxy_udp_datagrams_dropped_total', { mapping: id, reason: 'flow_limit' })).toBe(8);
+    await s.stop();
+  });
+
+  it('one client address cannot take the whole flow table: a quarter stays for the others (audit L7)', async () => {
+    const { port } = await proxy('127.0.0.1', backend.ipv4, ECHO, { USERLAND_PROXY_UDP_MAX_FLOWS: '8' });
+    let served = 0;
+    for (let i = 0; i < 10; i++) served += Number(await answered(client(4), port, `flood${i}`));
+    expect(served).toBe(6);
+    expect(await answered(client(4, '127.0.0.2'), port, 'fresh')).toBe(true);
+  });
+
+  it('replies to a datagram sent to a broadcast address reach the client through a wildcard listener (audit L3)', async () => {
+    const port = await freePort();
+    await startProxy(['-proto', 'udp', '-host-ip', '0.0.0.0', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(ECHO)]);
+    for (const dst of ['127.0.0.1', '127.0.0.5', '127.255.255.255']) {
+      const c = client(4);
+      await new Promise<void>((res) => c.bind(0, () => res()));
+      c.setBroadcast(true);
+      expect((await udpRequest(c, dst, port, `to ${dst}`)).toString(), dst).toBe(`to ${dst}`);
+    }
+  });
+
+  it.skipIf(!IS_ROOT)('a link-local IPv6 target with a zone is served (audit L4)', async () => {
+    const ll = await linkLocalOf(backend);
+    const port = await freePort();
+    const s = await startStandalone(['run', '-p', `127.0.0.1:${port}:[${ll}%${backend.hostInterface}]:${ECHO}/udp`]);
+    expect((await udpRequest(client(4), '127.0.0.1', port, 'scoped')).toString()).toBe('scoped');
+    await s.stop();
   });
 
   it.skipIf(!IS_ROOT)('udp test backend runs behind a veth in its own network namespace (root only)', () => {
