@@ -13,6 +13,7 @@ const NATIVE_SUITES = [
   'test/integration/docker-contract.test.ts',
   'test/integration/dockerd-e2e.test.ts',
   'test/integration/faults.test.ts',
+  'test/integration/fd-budget.test.ts',
   'test/integration/native-engine.test.ts',
   'test/integration/node-versions.test.ts',
   'test/integration/proxy-protocol.test.ts',

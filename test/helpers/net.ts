@@ -42,7 +42,11 @@ export async function tcpRoundTrip(host: string, port: number, data: Buffer): Pr
   });
 }
 
-/** Resolves what arrives before the peer closes or resets, and how it ended. */
+/**
+ * Resolves what arrives before the peer closes or resets, and how it ended. At EOF it writes zero
+ * bytes before ending: Node 20 and 22 report a reset that follows data closely as EOF (libuv
+ * POLLHUP, audit H3), and that write is what surfaces the pending ECONNRESET.
+ */
 export function readToClose(s: Socket): Promise<{ data: Buffer; error: string | null }> {
   return new Promise((res) => {
     const chunks: Buffer[] = [];
@@ -50,7 +54,10 @@ export function readToClose(s: Socket): Promise<{ data: Buffer; error: string | 
     s.on('data', (d) => chunks.push(d));
     s.on('error', (e: NodeJS.ErrnoException) => { error = e.code ?? e.message; });
     s.on('close', () => res({ data: Buffer.concat(chunks), error }));
-    s.on('end', () => s.end());
+    s.on('end', () => {
+      if (s.writable) s.write(Buffer.alloc(0), (err) => { if (!err) s.end(); });
+      else s.end();
+    });
   });
 }
 

@@ -13,8 +13,10 @@ export interface Standalone {
 const live = new Set<ChildProcess>();
 
 /** Spawns standalone mode; resolves once it printed "ready:", rejects if it exits first. */
-export async function startStandalone(args: string[], env: Record<string, string> = {}, wait = true): Promise<Standalone> {
-  const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, cwd: '/' });
+export async function startStandalone(
+  args: string[], env: Record<string, string> = {}, wait = true, launch: { bin?: string; prefix?: string[] } = {},
+): Promise<Standalone> {
+  const child = spawn(launch.bin ?? BIN, [...(launch.prefix ?? []), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, cwd: '/' });
   live.add(child);
   let out = '';
   let err = '';

@@ -50,6 +50,38 @@ describe('faults', () => {
     expect(f.stats.aborted).toBe(1);
   });
 
+  it('a target reset right after its data reaches the client as a reset, every time (audit H3: libuv POLLHUP EOF)', async () => {
+    const t = await target((c) => {
+      c.on('error', () => {});
+      c.once('data', (d) => c.write(Buffer.alloc(Number(d.toString()), 114), () => c.resetAndDestroy()));
+    });
+    const { port } = await forwardTo(t);
+    const seen: string[] = [];
+    for (const size of [10, 5000, 100_000, 1_000_000]) {
+      for (let i = 0; i < 15; i++) {
+        const s = await tcpConnect('127.0.0.1', port);
+        const done = readToClose(s);
+        s.write(String(size));
+        const { error } = await done;
+        seen.push(`${size}:${error ?? 'FIN'}`);
+      }
+    }
+    expect(seen.filter((x) => !x.endsWith(':ECONNRESET'))).toEqual([]);
+  });
+
+  it('a failed dial closes a silent client with FIN and resets a client whose bytes were lost (audit L6)', async () => {
+    const closed = await freePort();
+    const { port } = await forwardTo(closed);
+    for (let i = 0; i < 5; i++) {
+      const silent = await readToClose(await tcpConnect('127.0.0.1', port));
+      expect(silent.error).toBeNull();
+      const s = await tcpConnect('127.0.0.1', port);
+      const talker = readToClose(s);
+      s.write('x');
+      expect((await talker).error).toBe('ECONNRESET');
+    }
+  });
+
   it('a client abort mid-transfer resets the target and frees the connection', async () => {
     let seen: Promise<string> = Promise.resolve('none');
     const t = await target((c) => {

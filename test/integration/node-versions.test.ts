@@ -1,10 +1,12 @@
 /**
  * The relay re-wraps accepted handles and reads through `onread`, which leans on Node internals
  * that may change between majors. This smoke suite runs the built proxy on every supported major
- * (20 here, 22 and 24 fetched by .ci/setup into .cache/nodes) through the launcher's
+ * (20 here, 22, 24 and 26 fetched by .ci/setup into .cache/nodes) through the launcher's
  * USERLAND_PROXY_NODE override: TCP echo with checksum and half-close, a stalled reader, UDP echo,
  * and -use-listen-fd. In the native project (vitest.config.ts) the same runs force the native
- * engine: the N-API 8 addon built once with Node 20's headers loads on 22 and 24.
+ * engine: the N-API 8 addon built once with Node 20's headers loads on 22, 24 and 26. A target
+ * reset right after its data must reach the client as a reset on every major: Node 20 and 22 ship
+ * a libuv that reports such a reset as EOF (audit H3), newer ones read the error.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -18,13 +20,15 @@ import { ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
 
 const run = promisify(execFile);
 const ECHO = 7000;
+const RST = 7001;
 const nodes = [
   ['20', process.execPath],
   ['22', join(ROOT, '.cache/nodes/22/bin/node')],
   ['24', join(ROOT, '.cache/nodes/24/bin/node')],
+  ['26', join(ROOT, '.cache/nodes/26/bin/node')],
 ] as const;
 
-const backend = useBackend(['--echo', String(ECHO)]);
+const backend = useBackend(['--echo', String(ECHO), '--rst', String(RST)]);
 afterEach(async () => {
   await killAllProxies();
 });
@@ -52,8 +56,24 @@ for (const [major, node] of nodes) {
     it(`the in-process relay suite (buffer swaps through private handle APIs) passes on Node ${major}`, async () => {
       if (major === '20') return; // it runs in this very process as part of the main suite
       const { stdout } = await run(node, [join(ROOT, 'node_modules/vitest/vitest.mjs'), 'run', 'test/integration/relay.test.ts'], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000 });
-      expect(stdout).toMatch(/Tests\s+1 passed/);
+      expect(stdout).toMatch(/Tests\s+\d+ passed/);
+      expect(stdout).not.toMatch(/failed/);
     }, 70_000);
+
+    it(`a target reset right after its data reaches the client as a reset on Node ${major}`, async () => {
+      const port = await freePort();
+      await startProxy([...argv('tcp', port).slice(0, -1), String(RST)], { env });
+      const seen: string[] = [];
+      for (const size of [10, 5000, 1_000_000]) {
+        for (let i = 0; i < 10; i++) {
+          const s = await tcpConnect('127.0.0.1', port);
+          const done = readToClose(s);
+          s.write(`${size}\n`);
+          seen.push(`${size}:${(await done).error ?? 'FIN'}`);
+        }
+      }
+      expect(seen.filter((x) => !x.endsWith(':ECONNRESET'))).toEqual([]);
+    });
 
     it(`udp and -use-listen-fd work on Node ${major}`, async () => {
       const port = await freePort();

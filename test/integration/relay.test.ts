@@ -1,13 +1,15 @@
 /**
  * The relay in-process through real loopback sockets: buffers grow for bulk, an idle sweep gives
  * idle directions small buffers back (so idle keep-alive connections do not pin 2 x 256 KiB), and
- * bytes stay intact across every swap.
+ * bytes stay intact across every swap. A crowd of stalled readers stays within the thread's queue
+ * budget (audit M6).
  */
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listenTcp } from '../../src/listen.js';
 import { silentLog } from '../../src/logger.js';
-import { relayPoolStats } from '../../src/relay.js';
+import { relayPoolStats, relayQueuedBytes } from '../../src/relay.js';
+import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/constants.js';
 import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
 import { randomBytes, sha256, sleep, tcpConnect } from '../helpers/net.js';
 
@@ -62,4 +64,41 @@ describe('relay buffers', () => {
     }
     s.destroy();
   });
+});
+
+describe('relay memory budget', () => {
+  it('200 stalled readers pin at most the queue budget plus about one buffer each (audit M6)', async () => {
+    const big = Buffer.alloc(4_000_000, 1);
+    const source = createServer((c) => { c.on('error', () => {}); c.end(big); });
+    await new Promise<void>((r) => source.listen(0, '127.0.0.1', r));
+    const front = createTcpServer();
+    const f = new TcpForwarder(front, { target: { address: '127.0.0.1', family: 4 }, targetPort: (source.address() as { port: number }).port, log: silentLog });
+    await listenTcp(front, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+    const port = (front.address() as { port: number }).port;
+    const before = process.memoryUsage().arrayBuffers;
+    const readers = [];
+    for (let i = 0; i < 200; i++) {
+      const s = await tcpConnect('127.0.0.1', port);
+      s.pause();
+      readers.push(s);
+    }
+    await sleep(2000);
+    const grown = process.memoryUsage().arrayBuffers - before;
+    // Without the budget: about 200 x 1.25 MiB (high-water mark plus pinned buffers).
+    expect(relayQueuedBytes()).toBeLessThanOrEqual(RELAY_QUEUE_BUDGET + 200 * RELAY_BIG_BUFFER);
+    expect(grown).toBeLessThan(RELAY_QUEUE_BUDGET + 200 * (RELAY_BIG_BUFFER + 16 * 1024));
+    // Every stalled stream is still whole once read.
+    const whole = await Promise.all(readers.slice(0, 5).map((s) => new Promise<number>((res) => {
+      let n = 0;
+      s.on('data', (d: Buffer) => { n += d.length; });
+      s.on('end', () => res(n));
+      s.resume();
+    })));
+    expect(whole).toEqual([4_000_000, 4_000_000, 4_000_000, 4_000_000, 4_000_000]);
+    for (const s of readers) s.destroy();
+    await sleep(200);
+    expect(relayQueuedBytes()).toBe(0);
+    f.close();
+    source.close();
+  }, 30_000);
 });

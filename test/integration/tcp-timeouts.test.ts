@@ -2,15 +2,21 @@
  * TCP timeouts through the real forwarder in-process (real loopback sockets, short timeouts):
  * idle connections close, busy ones stay; half-closed connections that stay idle close after the
  * linger timeout; a dial into a namespace that drops SYNs gives up after the connect timeout.
+ * Forced closes of stalled (not idle) connections, through spawned proxies: idle and linger
+ * timeouts, SIGTERM and the drain timeout reset a connection that still holds bytes, never end it
+ * with a clean FIN (audit M1).
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { join } from 'node:path';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, beforeAll, afterAll, describe, expect, it, vi } from 'vitest';
 import { listenTcp } from '../../src/listen.js';
 import { silentLog } from '../../src/logger.js';
 import { createTcpServer, TcpForwarder, type TcpForwarderOptions } from '../../src/tcp-forwarder.js';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
-import { readToClose, sleep, tcpConnect } from '../helpers/net.js';
+import { freePort, readToClose, sleep, tcpConnect } from '../helpers/net.js';
+import { ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
+import { killAllStandalone, startStandalone } from '../helpers/standalone.js';
 import { testEngine } from '../helpers/engine.js';
 
 const forwarders: TcpForwarder[] = [];
@@ -97,5 +103,64 @@ describe.skipIf(!IS_ROOT)('tcp connect timeout (namespace that drops SYNs)', () 
     expect(f.stats.connectErrors.timeout).toBe(1);
     await sleep(50);
     expect(f.stats.active).toBe(0);
+  });
+});
+
+const FLOOD = 7200;
+const flood = useBackend(['--flood', String(FLOOD)]);
+
+/** Runs the slow reader against a port; `onStall` runs once it stopped reading. Resolves its verdict line. */
+function stallClient(port: number, halfClose: boolean, pauseS: number, onStall?: () => void): Promise<string> {
+  return new Promise((res) => {
+    const c = spawn('python3', [join(ROOT, 'test/helpers/stall-client.py'), String(port), halfClose ? '1' : '0', String(pauseS)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    c.stdout.on('data', (d) => {
+      out += d;
+      if (out.includes('stalled\n') && onStall) {
+        const f = onStall;
+        onStall = undefined;
+        f();
+      }
+    });
+    c.once('exit', () => res(out.trim().split('\n').pop() ?? ''));
+  });
+}
+
+describe('forced closes of stalled connections (audit M1)', () => {
+  afterEach(async () => {
+    await killAllProxies();
+    await killAllStandalone();
+  });
+  const docker = async (env: Record<string, string>) => {
+    const port = await freePort();
+    const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', flood.ipv4, '-container-port', String(FLOOD)], { env });
+    return { port, p };
+  };
+  const truncatedReset = (verdict: string) => {
+    const [kind, bytes] = verdict.split(' ');
+    expect(kind, verdict).toBe('reset');
+    expect(Number(bytes)).toBeLessThan(4_000_000);
+  };
+
+  it('the idle timeout resets a connection whose reader stalled; a reader that keeps reading is never idle', async () => {
+    const { port } = await docker({ USERLAND_PROXY_IDLE_TIMEOUT: '1s' });
+    truncatedReset(await stallClient(port, false, 3));
+    expect(await stallClient(port, false, 0.5)).toBe('eof 4000000');
+  });
+
+  it('the linger timeout resets a half-closed connection whose reader stalled', async () => {
+    const { port } = await docker({ USERLAND_PROXY_LINGER_TIMEOUT: '1s' });
+    truncatedReset(await stallClient(port, true, 3));
+  });
+
+  it('SIGTERM in docker mode resets a stalled connection', async () => {
+    const { port, p } = await docker({});
+    truncatedReset(await stallClient(port, false, 2, () => void sleep(300).then(() => p.stop('SIGTERM'))));
+  });
+
+  it('the drain timeout of standalone mode resets a stalled connection', async () => {
+    const port = await freePort();
+    const s = await startStandalone(['run', '-p', `127.0.0.1:${port}:${flood.ipv4}:${FLOOD}`, '--drain-timeout', '500ms']);
+    truncatedReset(await stallClient(port, false, 3, () => void sleep(300).then(() => s.stop('SIGTERM'))));
   });
 });

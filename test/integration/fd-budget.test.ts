@@ -1,0 +1,144 @@
+/**
+ * One fd budget per process (audit M2, M4), under a low RLIMIT_NOFILE set with `ulimit -n`: every
+ * connection takes what its engine really holds (the native engine's pipes included), every
+ * mapping and the HTTP endpoint draw from the same budget, and what does not fit is refused at
+ * once, counted and logged: never an EMFILE in the middle of a connection, never a stream cut.
+ */
+import { readdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { useBackend } from '../helpers/netns.js';
+import { freePort, sleep, tcpConnect } from '../helpers/net.js';
+import { BIN, killAllProxies, startProxy } from '../helpers/proxy.js';
+import { get, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
+
+const ECHO = 7000;
+const FLOOD = 7200;
+const dir = mkdtempSync(join(tmpdir(), 'upt-fd-'));
+const backend = useBackend(['--echo', String(ECHO), '--flood', String(FLOOD)]);
+afterEach(async () => {
+  await killAllProxies();
+  await killAllStandalone();
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const limited = (n: number) => ({ bin: '/bin/sh', prefix: ['-c', `ulimit -n ${n} && exec "$0" "$@"`, BIN] });
+const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
+
+/** Opens a connection, sends one byte; resolves it (or null when it could not connect). */
+function open(port: number, byte: string): Promise<Socket | null> {
+  return new Promise((res) => {
+    const s = connect(port, '127.0.0.1');
+    s.on('error', () => {}); // a refused connection may be reset while nobody reads it
+    s.once('connect', () => { s.write(byte); res(s); });
+    s.once('close', () => res(null));
+  });
+}
+
+/** Reads a socket to its end: the byte count and whether it ended cleanly. */
+function drain(s: Socket): Promise<{ n: number; clean: boolean }> {
+  return new Promise((res) => {
+    if (s.destroyed) {
+      res({ n: 0, clean: false }); // refused and reset before anyone read
+      return;
+    }
+    let n = 0;
+    let clean = false;
+    s.on('data', (d: Buffer) => { n += d.length; });
+    s.on('end', () => { clean = true; });
+    s.on('error', () => {});
+    s.on('close', () => res({ n, clean }));
+    s.resume();
+  });
+}
+
+describe('the process fd budget', () => {
+  it('slow readers under a low fd limit: each one is served whole or refused at once; pooled pipes go back (M2)', async () => {
+    const port = await freePort();
+    const log = join(dir, 'm2.log');
+    const argv = ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(FLOOD)];
+    const p = await startProxy([...limited(200).prefix, ...argv], { bin: '/bin/sh', env: { USERLAND_PROXY_LOG_FILE: log } });
+    const baseline = fds(p.pid);
+    const socks: Socket[] = [];
+    for (let i = 0; i < 80; i++) {
+      const s = await open(port, 'B');
+      if (s) {
+        s.pause();
+        socks.push(s);
+      }
+    }
+    await sleep(1000); // every served stream is now stalled: pipes in flight on the native engine
+    const results = await Promise.all(socks.map(drain));
+    const whole = results.filter((r) => r.n === 4_000_000 && r.clean).length;
+    const refused = results.filter((r) => r.n === 0).length;
+    expect(whole + refused, JSON.stringify(results.filter((r) => r.n !== 0 && r.n !== 4_000_000))).toBe(80);
+    expect(whole).toBeGreaterThan(20);
+    const text = readFileSync(log, 'utf8');
+    expect(text).not.toMatch(/EMFILE|Too many open files/);
+    if (refused > 0) expect(text).toContain('file descriptor budget of the process spent; refusing new connections');
+    // Idle again: the native pipe pool shrinks back (at most 8 pipes, gone after two idle periods).
+    await vi.waitFor(() => expect(fds(p.pid)).toBeLessThanOrEqual(baseline + 2), { timeout: 15_000, interval: 500 });
+  }, 40_000);
+
+  it('two mappings share one budget with the HTTP endpoint; refusals are counted, no EMFILE (M4)', async () => {
+    const [a, b, mp] = [await freePort(), await freePort(), await freePort()];
+    const s = await startStandalone(['run', '-p', `127.0.0.1:${a}:${backend.ipv4}:${ECHO}`, '-p', `127.0.0.1:${b}:${backend.ipv4}:${ECHO}`,
+      '--metrics', `127.0.0.1:${mp}`], {}, true, limited(300));
+    const held: Socket[] = [];
+    let echoing = 0;
+    for (const port of [a, b]) {
+      for (let i = 0; i < 100; i++) {
+        const c = await open(port, 'p');
+        if (!c) continue;
+        held.push(c);
+        const ok = await new Promise<boolean>((res) => {
+          c.once('data', () => res(true));
+          c.once('close', () => res(false));
+          c.on('error', () => {});
+        });
+        echoing += Number(ok);
+      }
+    }
+    const metrics = (await get(`http://127.0.0.1:${mp}/metrics`)).body;
+    const rejected = [a, b].reduce((n, port) => n + (sample(metrics, 'userland_proxy_connections_rejected_total', { mapping: `tcp/127.0.0.1:${port}`, reason: 'limit' }) ?? 0), 0);
+    expect(echoing + rejected).toBe(200);
+    expect(rejected).toBeGreaterThan(0);
+    expect(s.stderr()).not.toMatch(/EMFILE|Too many open files/);
+    for (const c of held) c.destroy();
+    await sleep(300);
+    for (const port of [a, b]) {
+      const c = await tcpConnect('127.0.0.1', port);
+      const back = new Promise<string>((res) => c.once('data', (d) => res(d.toString())));
+      c.write('again');
+      expect(await back).toBe('again');
+      c.destroy();
+    }
+  }, 40_000);
+
+  it('half-sent requests to the HTTP endpoint cannot starve the proxied clients (M4)', async () => {
+    const [a, mp] = [await freePort(), await freePort()];
+    await startStandalone(['run', '-p', `127.0.0.1:${a}:${backend.ipv4}:${ECHO}`, '--metrics', `127.0.0.1:${mp}`], {}, true, limited(300));
+    const slow: Socket[] = [];
+    for (let i = 0; i < 290; i++) {
+      const c = await open(mp, 'G');
+      if (c) {
+        c.on('error', () => {});
+        c.write('ET /metrics HTTP/1.1\r\nHost: x\r\n');
+        slow.push(c);
+      }
+    }
+    let echoing = 0;
+    for (let i = 0; i < 20; i++) {
+      const c = await tcpConnect('127.0.0.1', a);
+      const back = new Promise<boolean>((res) => { c.once('data', () => res(true)); c.once('close', () => res(false)); });
+      c.write('p');
+      echoing += Number(await back);
+      c.destroy();
+    }
+    expect(echoing).toBe(20);
+    for (const c of slow) c.destroy();
+    await vi.waitFor(async () => expect((await get(`http://127.0.0.1:${mp}/healthz`)).status).toBe(200), { timeout: 5000 });
+  }, 40_000);
+});
