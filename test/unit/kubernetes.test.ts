@@ -48,9 +48,14 @@ describe('deploy/kubernetes/userland-proxy.yaml', () => {
     const config = buildConfig({}, env, file);
     expect(config.mappings.length).toBeGreaterThan(0);
     const metricsPort = config.metrics?.port;
-    expect(config.metrics?.host.address).toBe('127.0.0.1');
-    expect(c.livenessProbe?.httpGet).toMatchObject({ host: '127.0.0.1', path: '/healthz', port: metricsPort });
-    expect(c.readinessProbe?.httpGet).toMatchObject({ host: '127.0.0.1', path: '/readyz', port: metricsPort });
+    // Host networking: Prometheus scrapes podIP = the node's IP, and the kubelet probes it too, so
+    // the listener binds every address; reachable from the node's network, it must not reload.
+    expect(pod.hostNetwork).toBe(true);
+    expect(config.metrics?.host.address).toBe('0.0.0.0');
+    expect(config.httpReload).toBe(false);
+    expect(c.livenessProbe?.httpGet).toMatchObject({ path: '/healthz', port: metricsPort });
+    expect(c.readinessProbe?.httpGet).toMatchObject({ path: '/readyz', port: metricsPort });
+    expect(c.livenessProbe?.httpGet?.host).toBeUndefined();
     expect(c.ports?.find((p) => p.name === 'metrics')?.containerPort).toBe(metricsPort);
     expect(ds.spec?.template.metadata?.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(metricsPort), 'prometheus.io/path': '/metrics' });
     // The config volume is the ConfigMap, mounted where USERLAND_PROXY_CONFIG points.
