@@ -82,6 +82,8 @@ export class Pump {
   readonly #queued: number[] = [];
   /** Writes completed since the last idle sweep (bytes moving out count as activity). */
   #writes = 0;
+  /** Reading stopped for the queue budget alone: the next completed write restarts it ('drain' would not come). */
+  #budgetPaused = false;
   #smallReads = 0;
   #dst: Socket | null = null;
   #src: Socket | null = null;
@@ -138,7 +140,10 @@ export class Pump {
     if (pinned) {
       queuedBytes += n;
       overBudget = queuedBytes > RELAY_QUEUE_BUDGET;
-      if (overBudget) more = false;
+      if (overBudget && more) {
+        more = false;
+        this.#budgetPaused = true;
+      }
     }
     let size = buf.length;
     if (overBudget) {
@@ -173,6 +178,10 @@ export class Pump {
     queuedBytes -= this.#queued.shift() ?? 0;
     const b = this.#pinned.shift();
     if (b) give(b);
+    if (this.#budgetPaused) {
+      this.#budgetPaused = false;
+      this.#src?.resume();
+    }
   };
 
   /** Bytes this direction has queued and not yet written (destroying the socket drops them). */

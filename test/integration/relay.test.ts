@@ -87,14 +87,15 @@ describe('relay memory budget', () => {
     // Without the budget: about 200 x 1.25 MiB (high-water mark plus pinned buffers).
     expect(relayQueuedBytes()).toBeLessThanOrEqual(RELAY_QUEUE_BUDGET + 200 * RELAY_BIG_BUFFER);
     expect(grown).toBeLessThan(RELAY_QUEUE_BUDGET + 200 * (RELAY_BIG_BUFFER + 16 * 1024));
-    // Every stalled stream is still whole once read.
-    const whole = await Promise.all(readers.slice(0, 5).map((s) => new Promise<number>((res) => {
+    // Every stalled stream is still whole once read (a direction paused for the budget alone
+    // must resume when its write completes: no 'drain' comes for it).
+    const whole = await Promise.all(readers.map((s) => new Promise<number>((res) => {
       let n = 0;
       s.on('data', (d: Buffer) => { n += d.length; });
       s.on('end', () => res(n));
       s.resume();
     })));
-    expect(whole).toEqual([4_000_000, 4_000_000, 4_000_000, 4_000_000, 4_000_000]);
+    expect(whole.filter((n) => n !== 4_000_000)).toEqual([]);
     for (const s of readers) s.destroy();
     await sleep(200);
     expect(relayQueuedBytes()).toBe(0);
