@@ -157,13 +157,16 @@ export class Supervisor {
       await launch(late);
     } catch (err) {
       await Promise.all(fresh.map((s) => this.#stop(s, 0).exited));
-      for (const old of released) {
+      // Restore what was released; a port taken meanwhile is retried with backoff (mapping_up 0).
+      await Promise.all(released.map(async (old) => {
         const again = this.#newSlot({ ...old.init, crashAfterMs: undefined });
-        this.#launch(again).catch((e: Error) => {
-          this.#log.error({ mapping: again.init.mapping.id, err: e.message }, 'cannot restore mapping; retrying');
+        try {
+          await this.#launch(again);
+        } catch (e) {
+          this.#log.error({ mapping: again.init.mapping.id, err: (e as Error).message }, 'cannot restore mapping; retrying');
           if (!again.stopping) this.#scheduleRestart(again, 1);
-        });
-      }
+        }
+      }));
       throw err;
     }
     await Promise.all(removed.filter((s) => !released.includes(s)).map((s) => this.#retire(s, drainTimeoutMs)));
