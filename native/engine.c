@@ -57,15 +57,24 @@
 #define THREAD_STACK (256 * 1024)
 #define MAX_TICK_MS 1000
 
-/* Close reasons reported to JavaScript. */
-enum { R_CLEAN = 0, R_ABORTED = 1, R_IDLE = 2, R_LINGER = 3, R_CLOSED = 4 };
-/* TCP counters (indices into the group's Float64Array). */
-enum { T_BYTES_IN, T_BYTES_OUT, T_PAUSES_CLIENT, T_PAUSES_UPSTREAM, T_COUNT };
-/* UDP counters. */
-enum {
-  U_FLOWS_CREATED, U_FLOWS_ACTIVE, U_FLOWS_EXPIRED, U_DGRAMS_IN, U_BYTES_IN, U_DGRAMS_OUT, U_BYTES_OUT,
-  U_DROP_LIMIT, U_DROP_QUEUE, U_DROP_SEND, U_DROP_BLOCKED, U_REFUSED, U_COUNT
-};
+/* The JS<->C contract, each list written once: the enums below and the `contract` export that
+ * native-engine.ts compares with its own tables when it loads the addon (a mismatch refuses the
+ * addon instead of silently swapping counters). */
+/* Close reasons reported to JavaScript (CLOSE_REASON). */
+#define CLOSE_REASONS(X) X(R_CLEAN, "clean") X(R_ABORTED, "aborted") X(R_IDLE, "idle") X(R_LINGER, "linger") X(R_CLOSED, "closed")
+/* TCP counters: indices into the group's Float64Array, named as the TcpStats keys they feed. */
+#define TCP_COUNTERS(X) X(T_BYTES_IN, "bytesIn") X(T_BYTES_OUT, "bytesOut") X(T_PAUSES_CLIENT, "pausesClient") \
+  X(T_PAUSES_UPSTREAM, "pausesUpstream")
+/* UDP counters, named as the UdpStats keys. */
+#define UDP_COUNTERS(X) X(U_FLOWS_CREATED, "flowsCreated") X(U_FLOWS_ACTIVE, "flowsActive") X(U_FLOWS_EXPIRED, "flowsExpired") \
+  X(U_DGRAMS_IN, "datagramsIn") X(U_BYTES_IN, "bytesIn") X(U_DGRAMS_OUT, "datagramsOut") X(U_BYTES_OUT, "bytesOut") \
+  X(U_DROP_LIMIT, "droppedFlowLimit") X(U_DROP_QUEUE, "droppedQueueFull") X(U_DROP_SEND, "droppedSendError") \
+  X(U_DROP_BLOCKED, "droppedBlocked") X(U_REFUSED, "refused")
+#define ENUM_ITEM(id, name) id,
+enum { CLOSE_REASONS(ENUM_ITEM) R_COUNT };
+enum { TCP_COUNTERS(ENUM_ITEM) T_COUNT };
+enum { UDP_COUNTERS(ENUM_ITEM) U_COUNT };
+#define ACL_RECORD_BYTES 18 /* [family, prefix, 16 address bytes] */
 enum { W_EVENT, W_TCP, W_UDP_LISTENER, W_UDP_FLOW };
 
 typedef struct engine engine_t;
@@ -1221,7 +1230,7 @@ static napi_value js_tcp_adopt(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* acl: Uint8Array of 18-byte entries [family 4|6, prefix, 16 address bytes]. */
+/* acl: Uint8Array of ACL_RECORD_BYTES entries [family 4|6, prefix, 16 address bytes]. */
 static int read_acl(napi_env env, napi_value v, acl_entry_t **out, int *n) {
   void *data;
   size_t len;
@@ -1230,17 +1239,17 @@ static int read_acl(napi_env env, napi_value v, acl_entry_t **out, int *n) {
   *out = NULL;
   *n = 0;
   if (t == napi_undefined || t == napi_null) return 0;
-  if (napi_get_buffer_info(env, v, &data, &len) != napi_ok || len % 18 != 0) return -1;
+  if (napi_get_buffer_info(env, v, &data, &len) != napi_ok || len % ACL_RECORD_BYTES != 0) return -1;
   if (len == 0) return 0;
-  *out = malloc(len / 18 * sizeof(acl_entry_t));
+  *out = malloc(len / ACL_RECORD_BYTES * sizeof(acl_entry_t));
   if (!*out) return -1;
-  for (size_t i = 0; i < len / 18; i++) {
-    const uint8_t *p = (const uint8_t *)data + i * 18;
+  for (size_t i = 0; i < len / ACL_RECORD_BYTES; i++) {
+    const uint8_t *p = (const uint8_t *)data + i * ACL_RECORD_BYTES;
     (*out)[i].family = p[0];
     (*out)[i].prefix = p[1];
     memcpy((*out)[i].addr, p + 2, 16);
   }
-  *n = (int)(len / 18);
+  *n = (int)(len / ACL_RECORD_BYTES);
   return 0;
 }
 
@@ -1384,6 +1393,41 @@ static napi_value js_shutdown(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value names_array(napi_env env, const char *const *names, size_t n) {
+  napi_value arr, v;
+  napi_create_array_with_length(env, n, &arr);
+  for (size_t i = 0; i < n; i++) {
+    napi_create_string_utf8(env, names[i], NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, arr, (uint32_t)i, v);
+  }
+  return arr;
+}
+
+static void set_int(napi_env env, napi_value obj, const char *key, int64_t value) {
+  napi_value v;
+  napi_create_int64(env, value, &v);
+  napi_set_named_property(env, obj, key, v);
+}
+
+/* The contract export: { closeReasons: {name: value}, tcpCounters: [names in index order],
+ * udpCounters: [...], aclRecordBytes, udpFlowBuffer }. */
+static napi_value make_contract(napi_env env) {
+#define ENUM_NAME(id, name) name,
+  static const char *const tcp[] = { TCP_COUNTERS(ENUM_NAME) };
+  static const char *const udp[] = { UDP_COUNTERS(ENUM_NAME) };
+  napi_value c, reasons;
+  napi_create_object(env, &c);
+  napi_create_object(env, &reasons);
+#define REASON_PROP(id, name) set_int(env, reasons, name, id);
+  CLOSE_REASONS(REASON_PROP)
+  napi_set_named_property(env, c, "closeReasons", reasons);
+  napi_set_named_property(env, c, "tcpCounters", names_array(env, tcp, T_COUNT));
+  napi_set_named_property(env, c, "udpCounters", names_array(env, udp, U_COUNT));
+  set_int(env, c, "aclRecordBytes", ACL_RECORD_BYTES);
+  set_int(env, c, "udpFlowBuffer", UDP_FLOW_BUFFER);
+  return c;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     { "init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL },
@@ -1395,5 +1439,6 @@ NAPI_MODULE_INIT() {
     { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_set_named_property(env, exports, "contract", make_contract(env));
   return exports;
 }

@@ -13,6 +13,7 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { FdBudget } from './fd-limit.js';
+import { UDP_FLOW_BUFFER } from './constants.js';
 import { ipToBytes, type IpAddress } from './address.js';
 import { ruleOf, type AccessSpec } from './access-list.js';
 import { ProxyError } from './errors.js';
@@ -33,7 +34,17 @@ export function parseEngine(v: unknown): EngineChoice {
 /** Why a TCP connection ended, as the native thread reports it. */
 export const CLOSE_REASON = { clean: 0, aborted: 1, idle: 2, linger: 3, closed: 4 } as const;
 
+/** What the addon says of its side of the contract (native/engine.c, make_contract). */
+export interface NativeContract {
+  closeReasons: Record<string, number>;
+  tcpCounters: string[];
+  udpCounters: string[];
+  aclRecordBytes: number;
+  udpFlowBuffer: number;
+}
+
 interface Addon {
+  contract: NativeContract;
   init(onClose: (batch: number[]) => void): void;
   tcpGroup(id: number, counters: Float64Array, idleMs: number, lingerMs: number, pipeBytes: number): object;
   tcpAdopt(group: object, connId: number, clientFd: number, targetFd: number): void;
@@ -53,11 +64,34 @@ const onClose = new Map<number, (connId: number, reason: number) => void>();
 let nextGroupId = 1;
 let warned = false;
 
+/** ACL record: [family, prefix, 16 address bytes] (packCidrs). */
+const ACL_RECORD_BYTES = 18;
+
+/**
+ * Compares the addon's contract with this side's tables; returns what differs (null: all agree).
+ * An addon built from other sources (an old build/ left behind) must never swap counters or
+ * misread close reasons silently.
+ */
+export function contractMismatch(c: Partial<NativeContract> | undefined): string | null {
+  const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+  const mine: NativeContract = {
+    closeReasons: CLOSE_REASON, tcpCounters: [...TCP_NATIVE_KEYS], udpCounters: [...UDP_NATIVE_KEYS],
+    aclRecordBytes: ACL_RECORD_BYTES, udpFlowBuffer: UDP_FLOW_BUFFER,
+  };
+  for (const key of Object.keys(mine) as (keyof NativeContract)[]) {
+    if (!same(c?.[key], mine[key])) return `${key} ${JSON.stringify(c?.[key])}, expected ${JSON.stringify(mine[key])}`;
+  }
+  return null;
+}
+
 /** Loads the addon once per environment (process or worker); null if it cannot. */
 function load(): Addon | null {
   if (addon !== undefined) return addon;
   try {
-    addon = createRequire(import.meta.url)('../build/Release/engine.node') as Addon;
+    const a = createRequire(import.meta.url)('../build/Release/engine.node') as Addon;
+    const mismatch = contractMismatch(a.contract);
+    if (mismatch !== null) throw new Error(`the addon does not match this build (${mismatch}); rebuild it with npm ci`);
+    addon = a;
   } catch (err) {
     loadError = (err as Error).message.split('\n')[0] ?? 'unknown error';
     addon = null;
@@ -125,9 +159,9 @@ function sharedCounters(stats: object, keys: readonly string[]): Float64Array {
   return c;
 }
 
-/** TCP counters the native thread keeps, in the order of native/engine.c. */
+/** TCP counters the native thread keeps, in the order of native/engine.c (checked at load). */
 const TCP_NATIVE_KEYS = ['bytesIn', 'bytesOut', 'pausesClient', 'pausesUpstream'] as const;
-/** UDP counters the native thread keeps, in the order of native/engine.c. */
+/** UDP counters the native thread keeps, in the order of native/engine.c (checked at load). */
 const UDP_NATIVE_KEYS = [
   'flowsCreated', 'flowsActive', 'flowsExpired', 'datagramsIn', 'bytesIn', 'datagramsOut', 'bytesOut',
   'droppedFlowLimit', 'droppedQueueFull', 'droppedSendError', 'droppedBlocked', 'refused',
@@ -169,11 +203,11 @@ export interface NativeUdp {
  */
 function packCidrs(cidrs: readonly string[]): Buffer | null {
   if (cidrs.length === 0) return null;
-  const out = Buffer.alloc(18 * cidrs.length);
+  const out = Buffer.alloc(ACL_RECORD_BYTES * cidrs.length);
   cidrs.map(ruleOf).forEach((rule, i) => {
-    out[18 * i] = rule.family;
-    out[18 * i + 1] = rule.prefix;
-    ipToBytes(rule.address).copy(out, 18 * i + 2);
+    out[ACL_RECORD_BYTES * i] = rule.family;
+    out[ACL_RECORD_BYTES * i + 1] = rule.prefix;
+    ipToBytes(rule.address).copy(out, ACL_RECORD_BYTES * i + 2);
   });
   return out;
 }
