@@ -33,6 +33,7 @@
  * syscall per connection.
  */
 import type { Socket } from 'node:net';
+import { swapReadBuffer } from './node-internals.js';
 import { RELAY_BIG_BUFFER, RELAY_FREE_BIG, RELAY_FREE_SMALL, RELAY_QUEUE_BUDGET, RELAY_SHRINK_AFTER, RELAY_SMALL_BUFFER } from './constants.js';
 
 const freeSmall: Buffer[] = [];
@@ -200,10 +201,11 @@ export class Pump {
     this.#reads = 0;
     this.#writes = 0;
     if (reads > 0 || this.#buf.length !== RELAY_BIG_BUFFER) return reads;
-    const handle = (this.#src as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } } | null)?._handle;
-    if (typeof handle?.useUserBuffer !== 'function') return reads;
     const small = take(RELAY_SMALL_BUFFER);
-    handle.useUserBuffer(small);
+    if (!swapReadBuffer(this.#src, small)) {
+      give(small);
+      return reads;
+    }
     give(this.#buf);
     this.#buf = small;
     this.#smallReads = 0;

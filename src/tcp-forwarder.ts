@@ -21,7 +21,7 @@
  * - Memory per connection is bounded: a direction stops reading when its destination holds more
  *   than its high-water mark (16 KiB on Node 20) plus one read buffer (relay.ts).
  */
-import { connect, createServer, Socket, type Server } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { IpAddress } from './address.js';
 import { CLIENT_KEEPALIVE_MS, NATIVE_PIPE_MAX, NATIVE_PIPE_MIN, RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from './constants.js';
 import { isAllowed, type AccessRules } from './access-list.js';
@@ -31,6 +31,7 @@ import { RateLimitedLog, type Log } from './logger.js';
 import { Pump } from './relay.js';
 import { CLOSE_REASON, nativeTcp, type EngineName, type NativeTcp } from './native-engine.js';
 import { TCP_CONNECTION_FDS, type FdBudget } from './fd-limit.js';
+import { adoptAccepted, socketFd, stopReading } from './node-internals.js';
 
 /** Plain-number counters, read by metrics at scrape time (never prom-client on the hot path). */
 export interface TcpStats {
@@ -306,8 +307,8 @@ export class TcpForwarder {
     });
     const handoff = (): void => {
       if (done) return;
-      const clientFd = handleFd(client);
-      const upstreamFd = handleFd(upstream);
+      const clientFd = socketFd(client);
+      const upstreamFd = socketFd(upstream);
       try {
         if (clientFd < 0 || upstreamFd < 0) throw new Error('connection already closed');
         const id = this.#nextId;
@@ -504,51 +505,10 @@ function closeUndialled(client: Socket): void {
   else client.destroy();
 }
 
-/** Stops libuv reading a socket (private `_handle`; Socket.pause() alone may read one more chunk). */
-function stopReading(socket: Socket): void {
-  const handle = (socket as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
-  if (handle?.readStop) {
-    handle.reading = false;
-    handle.readStop();
-  }
-}
-
-/** The file descriptor of a connected socket (private `_handle.fd`, the only way in Node 20). */
-function handleFd(socket: Socket): number {
-  const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  return typeof fd === 'number' ? fd : -1;
-}
-
 /** The metrics reason of a failed dial. */
 function connectErrorReason(code: string | undefined): keyof TcpStats['connectErrors'] {
   if (code === 'ECONNREFUSED') return 'refused';
   if (code === 'ETIMEDOUT') return 'timeout';
   if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
   return 'other';
-}
-
-/**
- * Re-wraps an accepted connection so that it reads through onread: Node 20 ignores `onread` for
- * sockets a server creates, so we take the accepted handle (still paused: pauseOnConnect) into a
- * new Socket that has it. The old Socket object, left without a handle, closes nothing when
- * destroyed. Returns null if the connection is already gone.
- */
-function adoptAccepted(accepted: Socket, onread: Pump['onread'], highWaterMark: number): Socket | null {
-  const internal = accepted as unknown as { _handle: unknown };
-  const handle = internal._handle;
-  if (!handle) {
-    accepted.destroy();
-    return null;
-  }
-  internal._handle = null;
-  accepted.destroy();
-  return new Socket({
-    handle,
-    allowHalfOpen: true,
-    readable: true,
-    writable: true,
-    manualStart: true,
-    onread,
-    writableHighWaterMark: highWaterMark,
-  } as ConstructorParameters<typeof Socket>[0]);
 }

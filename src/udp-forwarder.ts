@@ -30,6 +30,7 @@ import { RateLimitedLog, type Log } from './logger.js';
 import { parseIp, isUnspecified } from './address.js';
 import { nativeUdp, type EngineName, type NativeUdp } from './native-engine.js';
 import type { FdBudget } from './fd-limit.js';
+import { udpHandle } from './node-internals.js';
 
 /** Plain-number counters, read by metrics at scrape time. */
 export interface UdpStats {
@@ -114,13 +115,6 @@ export function createUdpSocket(family: 4 | 6, bufferBytes = UDP_LISTENER_BUFFER
   });
 }
 
-/** dgram keeps its handle behind a private symbol (the `_handle` getter is deprecated). */
-function dgramState(socket: Socket): symbol {
-  const sym = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
-  if (sym === undefined) throw new Error('dgram internals changed: no state symbol');
-  return sym;
-}
-
 /** Forwards datagrams between clients of a bound listening socket and one target. */
 export class UdpForwarder {
   readonly stats: UdpStats;
@@ -159,11 +153,11 @@ export class UdpForwarder {
    * The JavaScript socket stays open (it owns the port for close()) but never reads again.
    */
   #handoff(): void {
-    const handle = (this.#listener as unknown as Record<symbol, { handle?: { fd?: number; recvStop?: () => number } }>)[dgramState(this.#listener)]?.handle;
-    handle?.recvStop?.();
+    const handle = udpHandle(this.#listener);
+    handle.recvStop();
     const { target, targetPort, idleTimeoutMs, maxFlows, access } = this.#opts;
     const local = parseIp(this.#listener.address().address);
-    this.#native = nativeUdp(this.stats, handle?.fd ?? -1, target, targetPort, idleTimeoutMs, maxFlows, access?.spec ?? null,
+    this.#native = nativeUdp(this.stats, handle.fd, target, targetPort, idleTimeoutMs, maxFlows, access?.spec ?? null,
       local !== null && isUnspecified(local), this.#perSource, this.#opts.budget ?? null);
     // The native thread counts; warnings come from here, once per burst as in the JS engine.
     const seen = { droppedBlocked: 0, droppedFlowLimit: 0, droppedSendError: 0 };
