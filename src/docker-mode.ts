@@ -29,11 +29,9 @@ import { ProxyError, toProxyError } from './errors.js';
 import { FdBudget } from './fd-limit.js';
 import { releaseSignals } from './early-signals.js';
 import { formatUsage } from './go-flags.js';
-import { bindUdp, listenTcp } from './listen.js';
 import { createLogger, silentLog, type Log } from './logger.js';
 import { reportFailure, reportReady } from './status-pipe.js';
-import { createTcpServer, TcpForwarder, type TcpStats } from './tcp-forwarder.js';
-import { createUdpSocket, UdpForwarder, type UdpStats } from './udp-forwarder.js';
+import { openMapping } from './forward.js';
 import { parseEngine, selectEngine, type EngineChoice } from './native-engine.js';
 import { packageVersion } from './version.js';
 
@@ -110,42 +108,19 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     const id = `${m.proto}/${joinHostPort(m.host.address, m.hostPort)}`;
     log = await createLogger({ level: env.logLevel, file: env.logFile, base: { mapping: id } });
     const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
-    const listen = { host: m.host, port: m.hostPort, useListenFd: m.useListenFd };
-    let stats: { tcp: TcpStats | null; udp: UdpStats | null } = { tcp: null, udp: null };
     // The process fd budget (fd-limit.ts); the listener takes its own fd first.
     const budget = FdBudget.forProcess();
     budget.take(1);
-    const access = compileAccess(env.access);
     // -engine (ours, never from dockerd) wins over USERLAND_PROXY_ENGINE; errors name the source.
     const fromFlag = flags.given.has('engine');
     const engine = selectEngine(fromFlag ? parseEngineFlag(flags.values.get('engine') as string) : env.engine,
       (msg) => log?.warn({}, msg), fromFlag ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV');
-    if (m.proto === 'tcp') {
-      const server = createTcpServer();
-      const tcp = new TcpForwarder(server, {
-        target: m.target, targetPort: m.targetPort, log, maxConnections: env.maxConnections, budget,
-        connectTimeoutMs: env.connectTimeoutMs, idleTimeoutMs: env.idleTimeoutMs, lingerTimeoutMs: env.lingerTimeoutMs,
-        access,
-        proxyProtocol: env.proxyProtocol,
-        maxBufferBytes: env.maxBufferBytes,
-        engine,
-      });
-      forwarder = tcp;
-      await listenTcp(server, listen);
-      stats = { tcp: tcp.stats, udp: null };
-    } else {
-      const socket = createUdpSocket(m.host.family);
-      const udp = new UdpForwarder(socket, {
-        target: m.target, targetPort: m.targetPort, log,
-        idleTimeoutMs: env.udpIdleTimeoutMs,
-        access,
-        maxFlows: env.udpMaxFlows, budget,
-        engine,
-      });
-      forwarder = udp;
-      await bindUdp(socket, listen);
-      stats = { tcp: null, udp: udp.stats };
-    }
+    const open = await openMapping({
+      ...m, hostPortEnd: m.hostPort, proxyProtocol: m.proto === 'tcp' ? env.proxyProtocol : 'off',
+      access: compileAccess(env.access), settings: { ...env, engine }, log, budget,
+    });
+    forwarder = open;
+    const stats = { tcp: open.tcp, udp: open.udp };
     if (env.textfileDir !== undefined) {
       const { startTextfileWriter } = await import('./textfile-metrics.js');
       const writer = startTextfileWriter(env.textfileDir, { id, mapping: m, stats });

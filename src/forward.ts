@@ -1,0 +1,101 @@
+/**
+ * The one forward path: opens every host port of a mapping (a range is one mapping) with the
+ * forwarder of its protocol, sharing one stats object, one per-source UDP table and the process
+ * fd budget. Docker mode (one port, maybe on fd 4) and standalone workers (a port range each) both
+ * open their mappings here; so will any later caller.
+ */
+import type { IpAddress } from './address.js';
+import type { AccessRules } from './access-list.js';
+import type { Proto } from './docker-flags.js';
+import type { FdBudget } from './fd-limit.js';
+import { bindUdp, listenTcp } from './listen.js';
+import type { Log } from './logger.js';
+import type { EngineName } from './native-engine.js';
+import type { ProxyProtocol } from './proxy-protocol.js';
+import { createTcpServer, newTcpStats, TcpForwarder, type TcpStats } from './tcp-forwarder.js';
+import { createUdpSocket, newUdpStats, UdpForwarder, type UdpStats } from './udp-forwarder.js';
+
+/** The settings a mapping's forwarders take (docker mode: the environment; standalone: the config). */
+export interface ForwardSettings {
+  engine: EngineName;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  lingerTimeoutMs: number;
+  maxConnections: number | null;
+  maxBufferBytes: number;
+  udpIdleTimeoutMs: number;
+  udpMaxFlows: number;
+}
+
+/** What to open. */
+export interface ForwardSpec {
+  proto: Proto;
+  host: IpAddress;
+  hostPort: number;
+  /** Last host port of the range (== hostPort for one port). */
+  hostPortEnd: number;
+  target: IpAddress;
+  targetPort: number;
+  /** Adopt the socket on fd 4 instead of binding (docker mode's -use-listen-fd). */
+  useListenFd: boolean;
+  proxyProtocol: ProxyProtocol;
+  access: AccessRules | null;
+  settings: ForwardSettings;
+  log: Log;
+  budget: FdBudget | null;
+}
+
+/** An open mapping: its counters, and its listeners to stop or close. */
+export interface OpenMapping {
+  tcp: TcpStats | null;
+  udp: UdpStats | null;
+  /** Closes the listeners; TCP connections carry on (drain). UDP closes at once. */
+  stopAccepting(): void;
+  /** Closes listeners, connections and flows. */
+  close(): void;
+}
+
+/** Opens every port of a mapping; all or nothing (a failure closes what opened and throws). */
+export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
+  const { settings: s, log, budget, access } = spec;
+  const tcp = spec.proto === 'tcp' ? newTcpStats() : null;
+  const udp = spec.proto === 'udp' ? newUdpStats() : null;
+  const sources = new Map<string, number>();
+  const forwarders: (TcpForwarder | UdpForwarder)[] = [];
+  const opened: Promise<void>[] = [];
+  for (let i = 0; i <= spec.hostPortEnd - spec.hostPort; i++) {
+    const listen = { host: spec.host, port: spec.hostPort + i, useListenFd: spec.useListenFd };
+    const target = { target: spec.target, targetPort: spec.targetPort + i, log, access, budget, engine: s.engine };
+    if (tcp) {
+      const server = createTcpServer();
+      forwarders.push(new TcpForwarder(server, {
+        ...target, stats: tcp, maxConnections: s.maxConnections, proxyProtocol: spec.proxyProtocol, maxBufferBytes: s.maxBufferBytes,
+        connectTimeoutMs: s.connectTimeoutMs, idleTimeoutMs: s.idleTimeoutMs, lingerTimeoutMs: s.lingerTimeoutMs,
+      }));
+      opened.push(listenTcp(server, listen));
+    } else {
+      const socket = createUdpSocket(spec.host.family);
+      forwarders.push(new UdpForwarder(socket, {
+        ...target, stats: udp as UdpStats, idleTimeoutMs: s.udpIdleTimeoutMs, maxFlows: s.udpMaxFlows, sources,
+      }));
+      opened.push(bindUdp(socket, listen));
+    }
+  }
+  const failure = (await Promise.allSettled(opened)).find((r) => r.status === 'rejected');
+  const close = (): void => { for (const f of forwarders) f.close(); };
+  if (failure) {
+    close();
+    throw (failure as PromiseRejectedResult).reason;
+  }
+  return {
+    tcp,
+    udp,
+    stopAccepting: () => {
+      for (const f of forwarders) f.stopAccepting();
+      // UDP has nothing in flight to finish (a flow is only an address pair): it closes now,
+      // which frees its ports for a mapping that takes them over.
+      if (udp) close();
+    },
+    close,
+  };
+}
