@@ -2,8 +2,8 @@
   "targets": [
     {
       "target_name": "engine",
-      "sources": ["native/engine.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"]
+      "sources": ["native/binding.c", "native/loop.c", "native/tcp.c", "native/udp.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11", "-fvisibility=hidden"]
     }
   ]
 }

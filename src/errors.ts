@@ -21,6 +21,8 @@ export const ERROR_CODES = {
   UPROXY_ERR_CONFIG: 2,
   /** The log destination cannot be opened. */
   UPROXY_ERR_LOG: 1,
+  /** The native engine failed: forced but unavailable, or a call into it failed (native/binding.c). */
+  UPROXY_ERR_NATIVE: 1,
   /** An unexpected internal failure (a bug): logged on one line, exit 1. */
   UPROXY_ERR_INTERNAL: 1,
 } as const;
@@ -45,5 +47,6 @@ export class ProxyError extends Error {
 export function toProxyError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
   const message = err instanceof Error ? err.message : String(err);
+  if ((err as { code?: unknown } | null)?.code === 'UPROXY_ERR_NATIVE') return new ProxyError('UPROXY_ERR_NATIVE', `native engine: ${message}`);
   return new ProxyError('UPROXY_ERR_INTERNAL', `internal error: ${message}`);
 }

@@ -1,5 +1,5 @@
 /**
- * Engine choice and the JavaScript face of the native engine (native/engine.c): splice(2) for
+ * Engine choice and the JavaScript face of the native engine (native/): splice(2) for
  * TCP, recvmmsg/sendmmsg with IP_PKTINFO for UDP, on one native thread per environment.
  *
  * `auto` (the default) uses the native engine when the addon built and loads, otherwise the
@@ -34,7 +34,7 @@ export function parseEngine(v: unknown): EngineChoice {
 /** Why a TCP connection ended, as the native thread reports it. */
 export const CLOSE_REASON = { clean: 0, aborted: 1, idle: 2, linger: 3, closed: 4 } as const;
 
-/** What the addon says of its side of the contract (native/engine.c, make_contract). */
+/** What the addon says of its side of the contract (native/binding.c, make_contract). */
 export interface NativeContract {
   closeReasons: Record<string, number>;
   tcpCounters: string[];
@@ -159,9 +159,9 @@ function sharedCounters(stats: object, keys: readonly string[]): Float64Array {
   return c;
 }
 
-/** TCP counters the native thread keeps, in the order of native/engine.c (checked at load). */
+/** TCP counters the native thread keeps, in the order of native/engine.h (checked at load). */
 const TCP_NATIVE_KEYS = ['bytesIn', 'bytesOut', 'pausesClient', 'pausesUpstream'] as const;
-/** UDP counters the native thread keeps, in the order of native/engine.c (checked at load). */
+/** UDP counters the native thread keeps, in the order of native/engine.h (checked at load). */
 const UDP_NATIVE_KEYS = [
   'flowsCreated', 'flowsActive', 'flowsExpired', 'datagramsIn', 'bytesIn', 'datagramsOut', 'bytesOut',
   'droppedFlowLimit', 'droppedQueueFull', 'droppedSendError', 'droppedBlocked', 'refused',

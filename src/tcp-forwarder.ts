@@ -96,7 +96,7 @@ export interface TcpForwarderOptions {
   lingerTimeoutMs?: number;
   /** Period of the sweep (idle buffers and timeouts); derived from the timeouts when absent. */
   idleSweepMs?: number;
-  /** Data path after the dial: 'js' (relay.ts) or 'native' (splice, native/engine.c). */
+  /** Data path after the dial: 'js' (relay.ts) or 'native' (splice, native/). */
   engine?: EngineName;
 }
 

@@ -69,7 +69,7 @@ export interface UdpForwarderOptions {
   stats?: UdpStats;
   /** Allow/deny lists checked before a flow opens; null: everyone. */
   access?: AccessRules | null;
-  /** 'js' (this file) or 'native' (recvmmsg/sendmmsg with IP_PKTINFO, native/engine.c). */
+  /** 'js' (this file) or 'native' (recvmmsg/sendmmsg with IP_PKTINFO, native/). */
   engine?: EngineName;
   /** The process fd budget each flow takes one fd from; null: unbounded. */
   budget?: FdBudget | null;

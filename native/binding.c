@@ -1,0 +1,500 @@
+/*
+ * The N-API face of the native engine: splice(2) relay for TCP, batched UDP, on one epoll thread
+ * per Node environment (the main thread in docker mode, each worker in standalone mode).
+ *
+ * Contract with JavaScript (src/native-engine.ts is the only caller; the tables it shares with
+ * us are the `contract` export, compared at load):
+ * - init(onClose)                      once per environment; onClose(batch) receives a flat array
+ *                                      [groupId, connId, reason, ...] of closed TCP connections.
+ * - tcpGroup(id, counters, idleMs, lingerMs, pipeBytes)      -> group
+ * - tcpAdopt(group, connId, clientFd, targetFd)  dups both fds (JS then closes its own copies)
+ *                                      and relays them until both directions end or one fails.
+ * - udpGroup(id, counters, listenerFd, target, targetPort, idleMs, maxFlows, allow, deny,
+ *            wildcard, perSource, budget, budgetLimit, budgetOwn, scopeId)
+ *                                      -> group; dups the bound listener and serves every flow.
+ * - groupStop(group)                   UDP: open no new flows (graceful drain).
+ * - groupClose(group)                  closes everything of the group (a reset where bytes are
+ *                                      pending, else FIN; no drain); for UDP it returns once
+ *                                      the listener is closed (its port is free).
+ * - contract                           { closeReasons, tcpCounters, udpCounters, aclRecordBytes,
+ *                                      udpFlowBuffer } (engine.h)
+ * Errors are thrown with the code UPROXY_ERR_NATIVE (src/errors.ts).
+ * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
+ * Counters live in the caller's Float64Array: only this thread writes them, JavaScript reads
+ * them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets we build for).
+ *
+ * Ownership: JavaScript has accepted, filtered, dialled and written any PROXY header; from the
+ * handoff on, nobody but this thread reads or writes the sockets (JS keeps them paused and
+ * destroys them right after; libuv does EPOLL_CTL_DEL before close, and the socket lives on in
+ * our dup). Every fd we hold is removed from our epoll before close: a registration follows the
+ * open file description, not the fd number.
+ */
+#include "engine.h"
+
+/* The error catalog's code for a failed native call (src/errors.ts). */
+#define NATIVE_ERROR "UPROXY_ERR_NATIVE"
+
+/* ---------- N-API ---------- */
+
+#define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NATIVE_ERROR, #call " failed"); return NULL; } } while (0)
+
+static napi_value throw_errno(napi_env env, int err, const char *what) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, NATIVE_ERROR, msg);
+  return NULL;
+}
+
+static engine_t *engine_of(napi_env env) {
+  engine_t *e = NULL;
+  napi_get_instance_data(env, (void **)&e);
+  if (!e) napi_throw_error(env, NATIVE_ERROR, "native engine not initialised");
+  return e;
+}
+
+/* Queues a command for the thread and wakes it; -ENOMEM if it cannot. */
+static int post(engine_t *e, int op, group_t *g, conn_t *c) {
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (!cmd) return -ENOMEM;
+  cmd->op = op;
+  cmd->g = g;
+  cmd->c = c;
+  pthread_mutex_lock(&e->mu);
+  *e->cmds_tail = cmd;
+  e->cmds_tail = &cmd->next;
+  pthread_mutex_unlock(&e->mu);
+  uint64_t one = 1;
+  while (write(e->evfd, &one, sizeof one) < 0 && errno == EINTR) {}
+  return 0;
+}
+
+/* Live connections and open UDP groups keep the event loop alive, as their sockets did. */
+static void hold(napi_env env, engine_t *e, int delta) {
+  e->refs += delta;
+  if (e->refs > 0 && !e->refed) { napi_ref_threadsafe_function(env, e->tsfn); e->refed = 1; }
+  else if (e->refs <= 0 && e->refed) { napi_unref_threadsafe_function(env, e->tsfn); e->refed = 0; }
+}
+
+static void call_js(napi_env env, napi_value cb, void *ctx, void *data) {
+  engine_t *e = ctx;
+  double *batch = data;
+  if (env != NULL) {
+    size_t n = (size_t)batch[0];
+    napi_value arr, v, undef;
+    napi_create_array_with_length(env, n, &arr);
+    for (size_t i = 0; i < n; i++) {
+      napi_create_double(env, batch[i + 1], &v);
+      napi_set_element(env, arr, (uint32_t)i, v);
+    }
+    hold(env, e, -(int)(n / 3));
+    napi_get_undefined(env, &undef);
+    napi_call_function(env, undef, cb, 1, &arr, NULL);
+  }
+  free(batch);
+}
+
+/* Stops and joins the thread, which closes every connection, flow and listener it holds. */
+static void engine_stop(engine_t *e) {
+  if (!e->started) return;
+  e->started = 0;
+  e->stop = 1;
+  uint64_t one = 1;
+  while (write(e->evfd, &one, sizeof one) < 0 && errno == EINTR) {}
+  pthread_join(e->thread, NULL);
+  napi_release_threadsafe_function(e->tsfn, napi_tsfn_abort);
+}
+
+static void engine_teardown(void *arg) {
+  engine_t *e = arg;
+  engine_stop(e);
+  for (int i = 0; i < e->npool; i++) pipe_close(&e->pool[i]);
+  while (e->cmds) { cmd_t *c = e->cmds; e->cmds = c->next; if (c->c) { close(c->c->fd[0]); close(c->c->fd[1]); free(c->c); } free(c); }
+  while (e->groups) {
+    group_t *g = e->groups;
+    e->groups = g->next;
+    if (g->lfd >= 0) close(g->lfd);
+    free(g->table);
+    free(g->allow);
+    free(g->deny);
+    free(g);
+  }
+  close(e->epfd);
+  close(e->evfd);
+  free(e->closed);
+  free(e->io);
+  while (e->quotas) { e->quotas->refs = 1; quota_put(e, e->quotas); }
+  pthread_cond_destroy(&e->closed_cv);
+  pthread_mutex_destroy(&e->mu);
+  free(e);
+}
+
+static napi_value js_init(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], name;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  engine_t *e = NULL;
+  napi_get_instance_data(env, (void **)&e);
+  if (e) return NULL;
+  e = calloc(1, sizeof *e);
+  if (!e) return throw_errno(env, ENOMEM, "native engine");
+  e->epfd = epoll_create1(EPOLL_CLOEXEC);
+  e->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (e->epfd < 0 || e->evfd < 0) {
+    int err = errno;
+    if (e->epfd >= 0) close(e->epfd);
+    if (e->evfd >= 0) close(e->evfd);
+    free(e);
+    return throw_errno(env, err, "epoll");
+  }
+  e->evw.kind = W_EVENT;
+  struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &e->evw };
+  if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->evfd, &ev) < 0) {
+    int err = errno;
+    close(e->epfd);
+    close(e->evfd);
+    free(e);
+    return throw_errno(env, err, "epoll_ctl");
+  }
+  pthread_mutex_init(&e->mu, NULL);
+  pthread_cond_init(&e->closed_cv, NULL);
+  e->cmds_tail = &e->cmds;
+  CHECK(napi_create_string_utf8(env, "userland-proxy native engine", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, e, call_js, &e->tsfn));
+  napi_unref_threadsafe_function(env, e->tsfn);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, THREAD_STACK);
+  if (pthread_create(&e->thread, &attr, thread_main, e) != 0) {
+    pthread_attr_destroy(&attr);
+    napi_release_threadsafe_function(e->tsfn, napi_tsfn_abort);
+    close(e->epfd);
+    close(e->evfd);
+    free(e);
+    return throw_errno(env, EAGAIN, "native engine thread");
+  }
+  pthread_attr_destroy(&attr);
+  e->started = 1;
+  CHECK(napi_set_instance_data(env, e, NULL, NULL));
+  /* Stop and join the thread when this environment (process or worker) goes away. */
+  CHECK(napi_add_env_cleanup_hook(env, engine_teardown, e));
+  return NULL;
+}
+
+static int get_i64(napi_env env, napi_value v, int64_t *out) { return napi_get_value_int64(env, v, out) == napi_ok ? 0 : -1; }
+
+static group_t *new_group(napi_env env, engine_t *e, napi_value id, napi_value counters, int kind, size_t need) {
+  int64_t gid;
+  napi_typedarray_type type;
+  size_t len;
+  void *data;
+  if (get_i64(env, id, &gid) < 0 ||
+      napi_get_typedarray_info(env, counters, &type, &len, &data, NULL, NULL) != napi_ok ||
+      type != napi_float64_array || len < need) {
+    napi_throw_type_error(env, NATIVE_ERROR, "bad group arguments");
+    return NULL;
+  }
+  group_t *g = calloc(1, sizeof *g);
+  if (!g) return NULL;
+  g->id = (int)gid;
+  g->kind = kind;
+  g->ctr = data;
+  g->lfd = -1;
+  napi_create_reference(env, counters, 1, &g->ctr_ref); /* keeps the counters' memory alive */
+  return g;
+}
+
+static void publish_group(engine_t *e, group_t *g) {
+  pthread_mutex_lock(&e->mu);
+  g->next = e->groups;
+  e->groups = g;
+  pthread_mutex_unlock(&e->mu);
+}
+
+static napi_value wrap_group(napi_env env, group_t *g) {
+  napi_value ext;
+  if (napi_create_external(env, g, NULL, NULL, &ext) != napi_ok) return NULL;
+  return ext;
+}
+
+static group_t *unwrap_group(napi_env env, napi_value v) {
+  group_t *g = NULL;
+  if (napi_get_value_external(env, v, (void **)&g) != napi_ok || !g) napi_throw_type_error(env, NATIVE_ERROR, "not a group");
+  return g;
+}
+
+static int64_t sweep_period(int64_t a, int64_t b) {
+  int64_t p = MAX_TICK_MS;
+  if (a > 0 && a / 4 < p) p = a / 4;
+  if (b > 0 && b / 4 < p) p = b / 4;
+  return p < 25 ? 25 : p;
+}
+
+static napi_value js_tcp_group(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  engine_t *e = engine_of(env);
+  if (!e) return NULL;
+  int64_t idle, linger, pipe_bytes;
+  if (get_i64(env, argv[2], &idle) < 0 || get_i64(env, argv[3], &linger) < 0 || get_i64(env, argv[4], &pipe_bytes) < 0)
+    return throw_errno(env, EINVAL, "tcpGroup");
+  group_t *g = new_group(env, e, argv[0], argv[1], W_TCP, T_COUNT);
+  if (!g) return NULL;
+  g->idle_ms = idle;
+  g->linger_ms = linger;
+  g->sweep_ms = sweep_period(idle, linger);
+  g->pipe_bytes = (size_t)pipe_bytes;
+  publish_group(e, g);
+  return wrap_group(env, g);
+}
+
+static napi_value js_tcp_adopt(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  engine_t *e = engine_of(env);
+  group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
+  int64_t id, cfd, tfd;
+  if (!g || get_i64(env, argv[1], &id) < 0 || get_i64(env, argv[2], &cfd) < 0 || get_i64(env, argv[3], &tfd) < 0)
+    return e && g ? throw_errno(env, EINVAL, "tcpAdopt") : NULL;
+  conn_t *c = calloc(1, sizeof *c);
+  if (!c) return throw_errno(env, ENOMEM, "tcpAdopt");
+  /* Our own references to both sockets; JS closes its fds right after. */
+  c->fd[0] = fcntl((int)cfd, F_DUPFD_CLOEXEC, 0);
+  c->fd[1] = c->fd[0] < 0 ? -1 : fcntl((int)tfd, F_DUPFD_CLOEXEC, 0);
+  if (c->fd[1] < 0) {
+    int err = errno;
+    if (c->fd[0] >= 0) close(c->fd[0]);
+    free(c);
+    return throw_errno(env, err, "dup");
+  }
+  c->g = g;
+  c->id = (uint32_t)id;
+  for (int k = 0; k < 2; k++) {
+    c->w[k].kind = W_TCP;
+    c->w[k].side = k;
+    c->w[k].owner = c;
+    c->d[k].p.r = c->d[k].p.w = -1;
+  }
+  if (post(e, C_ADD_CONN, g, c) < 0) {
+    close(c->fd[0]);
+    close(c->fd[1]);
+    free(c);
+    return throw_errno(env, ENOMEM, "tcpAdopt");
+  }
+  hold(env, e, 1);
+  return NULL;
+}
+
+/* acl: Uint8Array of ACL_RECORD_BYTES entries [family 4|6, prefix, 16 address bytes]. */
+static int read_acl(napi_env env, napi_value v, acl_entry_t **out, int *n) {
+  void *data;
+  size_t len;
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  *out = NULL;
+  *n = 0;
+  if (t == napi_undefined || t == napi_null) return 0;
+  if (napi_get_buffer_info(env, v, &data, &len) != napi_ok || len % ACL_RECORD_BYTES != 0) return -1;
+  if (len == 0) return 0;
+  *out = malloc(len / ACL_RECORD_BYTES * sizeof(acl_entry_t));
+  if (!*out) return -1;
+  for (size_t i = 0; i < len / ACL_RECORD_BYTES; i++) {
+    const uint8_t *p = (const uint8_t *)data + i * ACL_RECORD_BYTES;
+    (*out)[i].family = p[0];
+    (*out)[i].prefix = p[1];
+    memcpy((*out)[i].addr, p + 2, 16);
+  }
+  *n = (int)(len / ACL_RECORD_BYTES);
+  return 0;
+}
+
+/* udpGroup(id, counters, listenerFd, targetBytes, targetPort, idleMs, maxFlows, allow, deny,
+ *          wildcard, perSource, budget: Int32Array | null, budgetLimit, budgetOwn, scopeId)
+ * Everything is set up here, on the JS thread, and the listener is registered last: a failure
+ * throws (the mapping then fails to start) instead of leaving a port that nobody serves. */
+static napi_value js_udp_group(napi_env env, napi_callback_info info) {
+  size_t argc = 15;
+  napi_value argv[15];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  engine_t *e = engine_of(env);
+  if (!e) return NULL;
+  int64_t lfd, port, idle, max_flows, per_source, budget_limit, budget_own, scope;
+  bool wildcard;
+  void *taddr;
+  size_t tlen;
+  if (argc < 15 || get_i64(env, argv[2], &lfd) < 0 || napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok ||
+      (tlen != 4 && tlen != 16) || get_i64(env, argv[4], &port) < 0 || get_i64(env, argv[5], &idle) < 0 ||
+      get_i64(env, argv[6], &max_flows) < 0 || napi_get_value_bool(env, argv[9], &wildcard) != napi_ok ||
+      get_i64(env, argv[10], &per_source) < 0 || get_i64(env, argv[12], &budget_limit) < 0 || get_i64(env, argv[13], &budget_own) < 0 ||
+      get_i64(env, argv[14], &scope) < 0)
+    return throw_errno(env, EINVAL, "udpGroup");
+  int32_t *budget = NULL;
+  napi_valuetype bt;
+  napi_typeof(env, argv[11], &bt);
+  if (bt != napi_null && bt != napi_undefined) {
+    napi_typedarray_type type;
+    size_t blen;
+    void *bdata;
+    if (napi_get_typedarray_info(env, argv[11], &type, &blen, &bdata, NULL, NULL) != napi_ok || type != napi_int32_array ||
+        budget_own < 0 || (size_t)budget_own >= blen)
+      return throw_errno(env, EINVAL, "udpGroup budget");
+    budget = bdata;
+  }
+  group_t *g = new_group(env, e, argv[0], argv[1], W_UDP_LISTENER, U_COUNT);
+  if (!g) return NULL;
+  if (read_acl(env, argv[7], &g->allow, &g->nallow) < 0 || read_acl(env, argv[8], &g->deny, &g->ndeny) < 0) {
+    free(g->allow);
+    free(g);
+    return throw_errno(env, EINVAL, "udpGroup acl");
+  }
+  struct sockaddr_storage local;
+  socklen_t llen = sizeof local;
+  g->lfd = fcntl((int)lfd, F_DUPFD_CLOEXEC, 0);
+  if (g->lfd < 0 || getsockname(g->lfd, (struct sockaddr *)&local, &llen) < 0) {
+    int err = errno;
+    if (g->lfd >= 0) close(g->lfd);
+    free(g->allow);
+    free(g->deny);
+    free(g);
+    return throw_errno(env, err, "udpGroup listener");
+  }
+  g->lfamily = local.ss_family;
+  g->wildcard = wildcard;
+  if (tlen == 4) {
+    struct sockaddr_in *t = (struct sockaddr_in *)&g->target;
+    t->sin_family = AF_INET;
+    t->sin_port = htons((uint16_t)port);
+    memcpy(&t->sin_addr, taddr, 4);
+    g->tlen = sizeof *t;
+  } else {
+    struct sockaddr_in6 *t = (struct sockaddr_in6 *)&g->target;
+    t->sin6_family = AF_INET6;
+    t->sin6_port = htons((uint16_t)port);
+    memcpy(&t->sin6_addr, taddr, 16);
+    t->sin6_scope_id = (uint32_t)scope; /* a link-local target's interface (its %zone) */
+    g->tlen = sizeof *t;
+  }
+  g->idle_ms = idle;
+  g->max_flows = (int)max_flows;
+  g->per_source = per_source > 0 ? (int)per_source : 1;
+  g->budget = budget;
+  g->budget_limit = budget_limit;
+  g->budget_own = (int)budget_own;
+  if (budget) napi_create_reference(env, argv[11], 1, &g->budget_ref);
+  int64_t p = idle / 10;
+  g->sweep_ms = p < 50 ? 50 : p > MAX_TICK_MS ? MAX_TICK_MS : p;
+  int on = 1;
+  if (g->lfamily == AF_INET) setsockopt(g->lfd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
+  else setsockopt(g->lfd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
+  g->lw.kind = W_UDP_LISTENER;
+  g->lw.owner = g;
+  g->quota = quota_get(e, g->ctr);
+  struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &g->lw };
+  if (!g->quota || table_grow(g) < 0 || epoll_ctl(e->epfd, EPOLL_CTL_ADD, g->lfd, &ev) < 0) {
+    int err = g->quota && g->table ? errno : ENOMEM;
+    quota_put(e, g->quota);
+    close(g->lfd);
+    free(g->table);
+    free(g->allow);
+    free(g->deny);
+    napi_delete_reference(env, g->ctr_ref);
+    if (g->budget_ref) napi_delete_reference(env, g->budget_ref);
+    free(g);
+    return throw_errno(env, err, "udpGroup epoll");
+  }
+  publish_group(e, g);
+  hold(env, e, 1);
+  return wrap_group(env, g);
+}
+
+static napi_value js_group_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  group_t *g = unwrap_group(env, argv[0]);
+  if (g) g->draining = 1;
+  return NULL;
+}
+
+static napi_value js_group_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  engine_t *e = engine_of(env);
+  group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
+  if (!g) return NULL;
+  if (post(e, C_CLOSE_GROUP, g, NULL) < 0) return throw_errno(env, ENOMEM, "groupClose");
+  if (g->kind == W_UDP_LISTENER && !g->js_closed) {
+    hold(env, e, -1);
+    /* The listener's port must be free when this returns (a reload may bind it next): wait for
+     * the thread, which runs commands at once, at most 2 s. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 2;
+    pthread_mutex_lock(&e->mu);
+    while (e->started && !g->close_done && pthread_cond_timedwait(&e->closed_cv, &e->mu, &until) == 0) {}
+    pthread_mutex_unlock(&e->mu);
+  }
+  g->js_closed = 1;
+  return NULL;
+}
+
+/* Called on process 'exit': exit() must not run while our thread still uses the runtime. */
+static napi_value js_shutdown(napi_env env, napi_callback_info info) {
+  (void)info;
+  engine_t *e = NULL;
+  napi_get_instance_data(env, (void **)&e);
+  if (e) engine_stop(e);
+  return NULL;
+}
+
+static napi_value names_array(napi_env env, const char *const *names, size_t n) {
+  napi_value arr, v;
+  napi_create_array_with_length(env, n, &arr);
+  for (size_t i = 0; i < n; i++) {
+    napi_create_string_utf8(env, names[i], NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, arr, (uint32_t)i, v);
+  }
+  return arr;
+}
+
+static void set_int(napi_env env, napi_value obj, const char *key, int64_t value) {
+  napi_value v;
+  napi_create_int64(env, value, &v);
+  napi_set_named_property(env, obj, key, v);
+}
+
+/* The contract export: { closeReasons: {name: value}, tcpCounters: [names in index order],
+ * udpCounters: [...], aclRecordBytes, udpFlowBuffer }. */
+static napi_value make_contract(napi_env env) {
+#define ENUM_NAME(id, name) name,
+  static const char *const tcp[] = { TCP_COUNTERS(ENUM_NAME) };
+  static const char *const udp[] = { UDP_COUNTERS(ENUM_NAME) };
+  napi_value c, reasons;
+  napi_create_object(env, &c);
+  napi_create_object(env, &reasons);
+#define REASON_PROP(id, name) set_int(env, reasons, name, id);
+  CLOSE_REASONS(REASON_PROP)
+  napi_set_named_property(env, c, "closeReasons", reasons);
+  napi_set_named_property(env, c, "tcpCounters", names_array(env, tcp, T_COUNT));
+  napi_set_named_property(env, c, "udpCounters", names_array(env, udp, U_COUNT));
+  set_int(env, c, "aclRecordBytes", ACL_RECORD_BYTES);
+  set_int(env, c, "udpFlowBuffer", UDP_FLOW_BUFFER);
+  return c;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+    { "init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL },
+    { "tcpGroup", NULL, js_tcp_group, NULL, NULL, NULL, napi_default, NULL },
+    { "tcpAdopt", NULL, js_tcp_adopt, NULL, NULL, NULL, napi_default, NULL },
+    { "udpGroup", NULL, js_udp_group, NULL, NULL, NULL, napi_default, NULL },
+    { "groupStop", NULL, js_group_stop, NULL, NULL, NULL, napi_default, NULL },
+    { "groupClose", NULL, js_group_close, NULL, NULL, NULL, napi_default, NULL },
+    { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_set_named_property(env, exports, "contract", make_contract(env));
+  return exports;
+}
