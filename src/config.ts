@@ -12,15 +12,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseIp, type IpAddress } from './address.js';
-import {
-  DRAIN_TIMEOUT_MS, ENV_PREFIX, RELAY_HIGH_WATER_MARK, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
-} from './constants.js';
-import { checkDuration, parseDuration } from './duration.js';
+import { ENV_PREFIX } from './constants.js';
 import { ProxyError } from './errors.js';
 import { parseCidrs } from './access-list.js';
 import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
-import { LOG_LEVELS, type LogLevel } from './logger.js';
-import { parseEngine, type EngineChoice } from './native-engine.js';
+import type { LogLevel } from './logger.js';
+import type { EngineChoice } from './native-engine.js';
+import { flagOf, OTHER_ENV, parseValue, setting, SETTINGS, settingsOf } from './settings.js';
 import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
 
 /** A validated standalone configuration. */
@@ -45,51 +43,8 @@ export interface StandaloneConfig {
   httpReload: boolean;
 }
 
-/** Values as given on the command line (strings, as typed). */
-export interface CliValues {
-  publish?: string[] | undefined;
-  config?: string | undefined;
-  metrics?: string | undefined;
-  drainTimeout?: string | undefined;
-  udpIdleTimeout?: string | undefined;
-  udpMaxFlows?: string | undefined;
-  connectTimeout?: string | undefined;
-  idleTimeout?: string | undefined;
-  lingerTimeout?: string | undefined;
-  maxConnections?: string | undefined;
-  allow?: string[] | undefined;
-  deny?: string[] | undefined;
-  proxyProtocol?: string | undefined;
-  maxBuffer?: string | undefined;
-  logLevel?: string | undefined;
-  logFile?: string | undefined;
-  engine?: string | undefined;
-  httpReload?: string | undefined;
-}
-
-/** Config file keys and the environment variable for each (the README mirrors this table). */
-export const SETTINGS = {
-  publish: 'PUBLISH',
-  metrics: 'METRICS',
-  drainTimeout: 'DRAIN_TIMEOUT',
-  udpIdleTimeout: 'UDP_IDLE_TIMEOUT',
-  udpMaxFlows: 'UDP_MAX_FLOWS',
-  connectTimeout: 'CONNECT_TIMEOUT',
-  idleTimeout: 'IDLE_TIMEOUT',
-  lingerTimeout: 'LINGER_TIMEOUT',
-  maxConnections: 'MAX_CONNECTIONS',
-  allow: 'ALLOW',
-  deny: 'DENY',
-  proxyProtocol: 'PROXY_PROTOCOL',
-  maxBuffer: 'MAX_BUFFER',
-  logLevel: 'LOG_LEVEL',
-  logFile: 'LOG_FILE',
-  engine: 'ENGINE',
-  httpReload: 'HTTP_RELOAD',
-} as const;
-type Key = keyof typeof SETTINGS;
-/** Variables read elsewhere (the launcher), naming the config file, or a test hook. */
-const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS', 'TEST_CRASH', 'TEXTFILE_DIR'];
+/** Values as given on the command line (strings as typed; lists for publish, allow, deny), by setting key. */
+export type CliValues = Partial<Record<string, string | string[] | undefined>> & { config?: string | undefined };
 
 function fail(message: string): never {
   throw new ProxyError('UPROXY_ERR_CONFIG', message);
@@ -113,40 +68,13 @@ export function readConfigFile(path: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function engineOf(v: unknown, where: string): EngineChoice {
-  try {
-    return parseEngine(v);
-  } catch (err) {
-    fail(`invalid ${where} ${describe(v)}: ${(err as Error).message}`);
-  }
-}
 
 function describe(v: unknown): string {
   return typeof v === 'string' ? `"${v}"` : JSON.stringify(v) ?? String(v);
 }
 
-function duration(where: string, v: unknown): number {
-  if (typeof v === 'number' && !(Number.isFinite(v) && v >= 0)) fail(`invalid ${where} ${describe(v)}: use a duration such as 10s or 500ms`);
-  if (typeof v !== 'string' && typeof v !== 'number') fail(`invalid ${where} ${describe(v)}: use a duration such as 10s or 500ms`);
-  try {
-    // A JSON number is seconds, bounded like the text form.
-    return typeof v === 'number' ? checkDuration(v * 1000, `${v}`) : parseDuration(v);
-  } catch (err) {
-    fail(`invalid ${where}: ${(err as Error).message}`);
-  }
-}
 
-function integer(where: string, v: unknown, min: number, max: number): number {
-  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) fail(`invalid ${where} ${describe(v)}: must be an integer ${min}-${max}`);
-  return n;
-}
 
-function boolean(where: string, v: unknown): boolean {
-  if (v === true || v === 'true' || v === 'on' || v === '1') return true;
-  if (v === false || v === 'false' || v === 'off' || v === '0') return false;
-  fail(`invalid ${where} ${describe(v)}: use true or false`);
-}
 
 /** `HOST:PORT`, `[V6]:PORT` or `PORT` (loopback) for the metrics listener. */
 export function parseListenAddress(where: string, v: unknown): { host: IpAddress; port: number } {
@@ -171,53 +99,61 @@ function splitSpecs(text: string): string[] {
  * Throws ProxyError UPROXY_ERR_CONFIG (exit 2) with one line naming the offending value.
  */
 export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Record<string, unknown>): StandaloneConfig {
+  const knownEnv = [...SETTINGS.map((x) => x.env), ...OTHER_ENV];
   for (const name of Object.keys(env)) {
     if (!name.startsWith(ENV_PREFIX)) continue;
-    const key = name.slice(ENV_PREFIX.length);
-    if (!(Object.values(SETTINGS) as string[]).includes(key) && !OTHER_ENV.includes(key)) {
-      fail(`unknown environment variable ${name} (known: ${[...Object.values(SETTINGS), ...OTHER_ENV].map((k) => ENV_PREFIX + k).join(', ')})`);
+    if (!knownEnv.includes(name.slice(ENV_PREFIX.length))) {
+      fail(`unknown environment variable ${name} (known: ${knownEnv.map((k) => ENV_PREFIX + k).join(', ')})`);
     }
   }
+  const keys = settingsOf('standalone').map((x) => x.key);
   if (file) {
-    for (const key of Object.keys(file)) {
-      // Own keys only: "constructor", "toString" or "__proto__" are no settings.
-      if (!Object.hasOwn(SETTINGS, key)) fail(`unknown key "${key}" in config file (known: ${Object.keys(SETTINGS).join(', ')})`);
-    }
+    // Own keys only: "constructor", "toString" or "__proto__" are no settings.
+    for (const key of Object.keys(file)) if (!keys.includes(key)) fail(`unknown key "${key}" in config file (known: ${keys.join(', ')})`);
   }
-  const envValue = (k: Key): string | undefined => {
-    const v = env[ENV_PREFIX + SETTINGS[k]];
+  const envValue = (k: string): string | undefined => {
+    const v = env[ENV_PREFIX + setting(k).env];
     return v === undefined || v === '' ? undefined : v;
   };
   /** The winning value of a scalar setting and where it came from, for messages. */
-  const pick = (k: Exclude<Key, 'publish' | 'allow' | 'deny'>): [unknown, string] | undefined => {
-    const cliValue = cli[k];
-    // The flag is the key in kebab case (yargs hands the value back under the camelCase key).
-    if (cliValue !== undefined) return [cliValue, `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`];
+  const pick = (k: string): [unknown, string] | undefined => {
+    // yargs hands each flag's value back under the camelCase key.
+    if (cli[k] !== undefined) return [cli[k], flagOf(setting(k))];
     const e = envValue(k);
-    if (e !== undefined) return [e, ENV_PREFIX + SETTINGS[k]];
+    if (e !== undefined) return [e, ENV_PREFIX + setting(k).env];
     if (file && file[k] !== undefined) return [file[k], `config key "${k}"`];
     return undefined;
+  };
+  /** A scalar setting's value: parsed from its winning source, else its default. */
+  const value = <T>(k: string): T => {
+    const p = pick(k);
+    if (p === undefined) return setting(k).default as T;
+    try {
+      return parseValue(setting(k), p[0], 'UPROXY_ERR_CONFIG', p[1]) as T;
+    } catch (err) {
+      if (err instanceof ProxyError) throw err;
+      fail(`invalid ${p[1]} ${describe(p[0])}: ${(err as Error).message}`);
+    }
   };
 
   const list = (k: 'allow' | 'deny', cliValue: string[] | undefined): string[] => {
     const out: string[] = [];
     for (const v of cliValue ?? []) out.push(...parseCidrs(v, `--${k}`, 'UPROXY_ERR_CONFIG'));
     const e = envValue(k);
-    if (e !== undefined) out.push(...parseCidrs(e, ENV_PREFIX + SETTINGS[k], 'UPROXY_ERR_CONFIG'));
+    if (e !== undefined) out.push(...parseCidrs(e, ENV_PREFIX + setting(k).env, 'UPROXY_ERR_CONFIG'));
     if (file && file[k] !== undefined) out.push(...parseCidrs(file[k], `config key "${k}"`, 'UPROXY_ERR_CONFIG'));
     return out;
   };
-  const allow = list('allow', cli.allow);
-  const deny = list('deny', cli.deny);
-  const ppV = pick('proxyProtocol');
+  const allow = list('allow', cli.allow as string[] | undefined);
+  const deny = list('deny', cli.deny as string[] | undefined);
   const protocolOf = (v: unknown, where: string): ProxyProtocol => {
     try {
       return parseProxyProtocol(v);
     } catch (err) {
-      fail(`invalid ${where}: ${(err as Error).message}`);
+      fail(`invalid ${where} ${describe(v)}: ${(err as Error).message}`);
     }
   };
-  const globalPp = ppV ? protocolOf(ppV[0], ppV[1]) : 'off';
+  const globalPp = value<ProxyProtocol>('proxyProtocol');
   /** The global setting applies to TCP mappings; UDP has no PROXY protocol here. */
   const withPp = (m: Mapping): Mapping => ({ ...m, proxyProtocol: m.proto === 'tcp' ? globalPp : 'off' });
   /** A publish entry: a spec, or (config file) { "spec", "allow", "deny" } with its own lists. */
@@ -237,9 +173,9 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     return { ...mapped, proxyProtocol: pp };
   };
 
-  const mappings: Mapping[] = (cli.publish ?? []).map((p) => entry(p, '--publish'));
+  const mappings: Mapping[] = ((cli.publish ?? []) as string[]).map((p) => entry(p, '--publish'));
   const envPublish = envValue('publish');
-  if (envPublish !== undefined) mappings.push(...splitSpecs(envPublish).map((p) => entry(p, ENV_PREFIX + SETTINGS.publish)));
+  if (envPublish !== undefined) mappings.push(...splitSpecs(envPublish).map((p) => entry(p, ENV_PREFIX + setting('publish').env)));
   if (file && file.publish !== undefined) {
     if (!Array.isArray(file.publish)) fail('config key "publish" must be an array of publish specs (strings or { "spec", "allow", "deny" } objects)');
     mappings.push(...file.publish.map((p, i) => entry(p, `config "publish"[${i}]`)));
@@ -248,37 +184,20 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   checkOverlaps(mappings);
 
   const metricsV = pick('metrics');
-  const drainV = pick('drainTimeout');
-  const idleV = pick('udpIdleTimeout');
-  const flowsV = pick('udpMaxFlows');
-  const connectV = pick('connectTimeout');
-  const tcpIdleV = pick('idleTimeout');
-  const lingerV = pick('lingerTimeout');
-  const maxConnV = pick('maxConnections');
-  const maxBufV = pick('maxBuffer');
-  const levelV = pick('logLevel');
-  const fileV = pick('logFile');
-  const engineV = pick('engine');
-  const httpReloadV = pick('httpReload');
-
-  const udpIdleTimeoutMs = idleV ? duration(idleV[1], idleV[0]) : UDP_IDLE_TIMEOUT_MS;
-  if (udpIdleTimeoutMs < 10) fail(`invalid ${idleV?.[1]}: must be at least 10ms`);
-  if (levelV && !(LOG_LEVELS as readonly unknown[]).includes(levelV[0])) fail(`invalid ${levelV[1]} ${describe(levelV[0])}: use one of ${LOG_LEVELS.join(', ')}`);
-  if (fileV && (typeof fileV[0] !== 'string' || fileV[0] === '')) fail(`invalid ${fileV[1]} ${describe(fileV[0])}: must be a file path`);
   return {
     mappings,
     metrics: metricsV ? parseListenAddress(metricsV[1], metricsV[0]) : null,
-    drainTimeoutMs: drainV ? duration(drainV[1], drainV[0]) : DRAIN_TIMEOUT_MS,
-    udpIdleTimeoutMs,
-    udpMaxFlows: flowsV ? integer(flowsV[1], flowsV[0], 1, 1_000_000) : UDP_MAX_FLOWS,
-    connectTimeoutMs: connectV ? duration(connectV[1], connectV[0]) : TCP_CONNECT_TIMEOUT_MS,
-    idleTimeoutMs: tcpIdleV ? duration(tcpIdleV[1], tcpIdleV[0]) : TCP_IDLE_TIMEOUT_MS,
-    lingerTimeoutMs: lingerV ? duration(lingerV[1], lingerV[0]) : TCP_LINGER_TIMEOUT_MS,
-    maxConnections: maxConnV ? integer(maxConnV[1], maxConnV[0], 1, 10_000_000) : null,
-    maxBufferBytes: maxBufV ? integer(maxBufV[1], maxBufV[0], 16_384, 256 * 1024 * 1024) : RELAY_HIGH_WATER_MARK,
-    logLevel: (levelV?.[0] as LogLevel | undefined) ?? 'info',
-    logFile: fileV?.[0] as string | undefined,
-    engine: engineV ? engineOf(engineV[0], engineV[1]) : 'auto',
-    httpReload: httpReloadV ? boolean(httpReloadV[1], httpReloadV[0]) : true,
+    drainTimeoutMs: value('drainTimeout'),
+    udpIdleTimeoutMs: value('udpIdleTimeout'),
+    udpMaxFlows: value('udpMaxFlows'),
+    connectTimeoutMs: value('connectTimeout'),
+    idleTimeoutMs: value('idleTimeout'),
+    lingerTimeoutMs: value('lingerTimeout'),
+    maxConnections: value('maxConnections'),
+    maxBufferBytes: value('maxBuffer'),
+    logLevel: value('logLevel'),
+    logFile: value('logFile'),
+    engine: value('engine'),
+    httpReload: value('httpReload'),
   };
 }

@@ -68,5 +68,5 @@ function headerAddress(address: string): string {
 export function parseProxyProtocol(text: unknown): ProxyProtocol {
   if (text === 'off' || text === 'v1' || text === 'v2') return text;
   if (text === '' || text === undefined || text === false) return 'off';
-  throw new Error(`"${String(text)}" is not off, v1 or v2`);
+  throw new Error('use off, v1 or v2');
 }

@@ -10,7 +10,8 @@
  * 1 a mapping cannot bind (all-or-nothing: nothing keeps running).
  */
 import yargs from 'yargs';
-import { SETTINGS, buildConfig, readConfigFile, type CliValues, type StandaloneConfig } from './config.js';
+import { buildConfig, readConfigFile, type CliValues, type StandaloneConfig } from './config.js';
+import { flagOf, settingsOf } from './settings.js';
 import { ENV_PREFIX, METRICS_MAX_CONNECTIONS } from './constants.js';
 import { ProxyError, toProxyError } from './errors.js';
 import { releaseSignals } from './early-signals.js';
@@ -52,24 +53,13 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .option('port', { type: 'number', default: 8080, describe: 'demo: the port to forward (127.0.0.1)' })
       .option('metrics-port', { type: 'number', default: 9464, describe: 'demo: the metrics port (127.0.0.1)' })
       .demandCommand(1, 'give a command: run, check or demo (see: userland-proxy help; docker mode takes docker-proxy flags)')
-      .option('publish', { alias: 'p', type: 'string', array: true, describe: 'mapping: [HOST_IP:]HOST_PORT[-END]:TARGET_IP:TARGET_PORT[-END][/tcp|/udp] (repeatable)' })
       .option('config', { alias: 'c', type: 'string', describe: `JSON config file (or ${ENV_PREFIX}CONFIG)` })
-      .option('metrics', { type: 'string', describe: 'serve /metrics, /healthz, /readyz on HOST:PORT' })
-      .option('drain-timeout', { type: 'string', describe: 'how long open connections may finish on stop or removal (default 10s)' })
-      .option('udp-idle-timeout', { type: 'string', describe: 'UDP flow idle timeout (default 90s)' })
-      .option('udp-max-flows', { type: 'string', describe: 'most UDP flows per mapping (default 16384)' })
-      .option('connect-timeout', { type: 'string', describe: 'TCP: give up a dial after this long, 0 = never (default 30s)' })
-      .option('idle-timeout', { type: 'string', describe: 'TCP: close connections idle this long, 0 = never (default 0)' })
-      .option('linger-timeout', { type: 'string', describe: 'TCP: close half-closed connections idle this long, 0 = never (default 10m)' })
-      .option('max-connections', { type: 'string', describe: 'TCP: most connections per port; excess refused at once (default: from the fd limit)' })
-      .option('allow', { type: 'string', array: true, describe: 'only clients in these CIDR ranges (repeatable, comma-separated)' })
-      .option('deny', { type: 'string', array: true, describe: 'refuse clients in these CIDR ranges (repeatable, comma-separated)' })
-      .option('max-buffer', { type: 'string', describe: 'TCP: unsent bytes per direction before reading pauses (default 1048576)' })
-      .option('proxy-protocol', { type: 'string', describe: 'off|v1|v2: send a PROXY protocol header to TCP targets (default off)' })
-      .option('log-level', { type: 'string', describe: 'trace|debug|info|warn|error|fatal|silent (default info)' })
-      .option('log-file', { type: 'string', describe: 'append JSON logs to this file (default stderr)' })
-      .option('http-reload', { type: 'string', describe: 'true|false: serve POST /-/reload on the metrics listener (default true)' })
-      .option('engine', { type: 'string', describe: 'auto|native|js: data path; auto uses the native (splice) engine when built (default auto)' })
+      .options(Object.fromEntries(settingsOf('standalone').map((x) => [flagOf(x).slice(2), {
+        type: 'string' as const,
+        ...(x.kind === 'publish' || x.kind === 'cidrs' ? { array: true } : {}),
+        ...(x.key === 'publish' ? { alias: 'p' } : {}),
+        describe: `${x.description} (default ${x.shown}; ${ENV_PREFIX}${x.env})`,
+      }])))
       .strict()
       .version(false)
       .help()
@@ -95,7 +85,7 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
   }
   if ((parsed._ as unknown[]).length > 1) die(new ProxyError('UPROXY_ERR_BAD_FLAG', `unexpected argument "${String((parsed._ as unknown[])[1])}"`));
   // yargs camel-cases each option into its config key (--drain-timeout -> drainTimeout).
-  const cli = Object.fromEntries([...Object.keys(SETTINGS), 'config'].map((k) => [k, parsed[k]])) as CliValues;
+  const cli = Object.fromEntries([...settingsOf('standalone').map((x) => x.key), 'config'].map((k) => [k, parsed[k]])) as CliValues;
   let config: StandaloneConfig;
   try {
     config = loadConfig(cli);

@@ -94,7 +94,7 @@ describe('status pipe (fd 3)', () => {
       [args('tcp', '127.0.0.1', 70000), {}, 'invalid -host-port 70000: must be 0-65535'],
       [args('sctp', '127.0.0.1', 1), {}, 'SCTP is not supported: Node.js has no SCTP sockets (keep docker-proxy for SCTP ports)'],
       [args('icmp', '127.0.0.1', 1), {}, 'unsupported protocol icmp'],
-      [args('udp', '127.0.0.1', 1), { USERLAND_PROXY_UDP_IDLE_TIMEOUT: 'x' }, 'invalid USERLAND_PROXY_UDP_IDLE_TIMEOUT "x": invalid duration "x" (use e.g. 500ms, 90s, 5m)'],
+      [args('udp', '127.0.0.1', 1), { USERLAND_PROXY_UDP_IDLE_TIMEOUT: 'x' }, 'invalid USERLAND_PROXY_UDP_IDLE_TIMEOUT "x": use a duration such as 500ms, 90s or 5m (a bare number is seconds)'],
       [args('tcp', '127.0.0.1', 1), { USERLAND_PROXY_LOG_FILE: '/nonexistent/dir/x.log' }, 'cannot open log file /nonexistent/dir/x.log'],
     ];
     for (const [argv, env, msg] of cases) {

@@ -196,7 +196,7 @@ describe('userland-proxy run', () => {
     const bad = join(dir, 'bad.json');
     writeFileSync(bad, JSON.stringify({ publish: ['8080:10.0.0.2:80'], drainTimeout: 'forever' }));
     for (const [args, msg] of [
-      [['check', '--config', bad], 'invalid config key "drainTimeout": invalid duration "forever"'],
+      [['check', '--config', bad], 'invalid config key "drainTimeout" "forever": use a duration such as 500ms, 90s or 5m'],
       [['run', '-p', '8080:10.0.0.2:80', '-p', '8080:10.0.0.3:80'], 'duplicate binding'],
       [['run', '--bogus'], 'Unknown argument: bogus'],
       [['check'], 'no mappings'],

@@ -39,7 +39,7 @@ describe('buildConfig()', () => {
     expect(f({ publish: ['[::1]:5:10.0.0.2:80', '[0:0::1]:5:10.0.0.2:80'] }, {})).toThrow('duplicate binding');
     expect(buildConfig({ publish: ['[0:0::1]:5:10.0.0.2:80'] }, {}).mappings[0]?.id).toBe('tcp/[::1]:5');
     // Audit L1: a JSON-number duration is bounded like the text form.
-    expect(f(p, {}, { connectTimeout: 3_000_000 })).toThrow('invalid config key "connectTimeout": duration 3000000 is too large (at most 2147483.647s)');
+    expect(f(p, {}, { connectTimeout: 3_000_000 })).toThrow('invalid config key "connectTimeout" 3000000: too large (at most 2147483.647s)');
     expect(f(p, {}, { drainTimeout: 1e7 })).toThrow('too large');
     expect(buildConfig(p, {}, { drainTimeout: 2147483 }).drainTimeoutMs).toBe(2_147_483_000);
     // Reload over HTTP can be turned off (audit M5).
@@ -48,7 +48,7 @@ describe('buildConfig()', () => {
     expect(f(p, {}, { httpReload: 'maybe' })).toThrow('invalid config key "httpReload" "maybe": use true or false');
     expect(f(p, { USERLAND_PROXY_PUBLSH: 'x' })).toThrow('unknown environment variable USERLAND_PROXY_PUBLSH');
     expect(f(p, {}, { publish: '8080:10.0.0.2:80' })).toThrow('config key "publish" must be an array');
-    expect(f({ ...p, drainTimeout: 'soon' }, {})).toThrow('invalid --drain-timeout: invalid duration "soon"');
+    expect(f({ ...p, drainTimeout: 'soon' }, {})).toThrow('invalid --drain-timeout "soon": use a duration such as 500ms, 90s or 5m');
     expect(f(p, { USERLAND_PROXY_UDP_MAX_FLOWS: '0' })).toThrow('invalid USERLAND_PROXY_UDP_MAX_FLOWS "0": must be an integer 1-1000000');
     expect(f(p, {}, { logLevel: 'loud' })).toThrow('invalid config key "logLevel" "loud"');
     expect(f(p, {}, { metrics: 'localhost:9464' })).toThrow('"localhost" is not an IP address');
@@ -87,7 +87,7 @@ describe('buildConfig() access lists', () => {
     const c = buildConfig({ publish: ['8080:10.0.0.2:80', '5353:10.0.0.2:53/udp'], proxyProtocol: 'v2' }, {}, { publish: [{ spec: '9090:10.0.0.2:90', proxyProtocol: 'v1' }] });
     expect(c.mappings.map((m) => m.proxyProtocol)).toEqual(['v2', 'off', 'v1']);
     expect(() => buildConfig({}, {}, { publish: [{ spec: '53:10.0.0.2:53/udp', proxyProtocol: 'v2' }] })).toThrow('the PROXY protocol is supported on TCP mappings only');
-    expect(() => buildConfig({ publish: ['1:10.0.0.2:1'] }, { USERLAND_PROXY_PROXY_PROTOCOL: 'yes' })).toThrow('invalid USERLAND_PROXY_PROXY_PROTOCOL: "yes" is not off, v1 or v2');
+    expect(() => buildConfig({ publish: ['1:10.0.0.2:1'] }, { USERLAND_PROXY_PROXY_PROTOCOL: 'yes' })).toThrow('invalid USERLAND_PROXY_PROXY_PROTOCOL "yes": use off, v1 or v2');
   });
 });
 

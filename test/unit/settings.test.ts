@@ -1,0 +1,55 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { flagOf, parseValue, setting, SETTINGS, settingsOf } from '../../src/settings.js';
+
+const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+
+/** The rows of the first Markdown table after a heading, as cells. */
+function table(heading: string): string[][] {
+  const from = readme.indexOf(`\n${heading}\n`);
+  expect(from, heading).toBeGreaterThan(0);
+  const lines = readme.slice(from).split('\n');
+  const start = lines.findIndex((l) => l.startsWith('|'));
+  const rows: string[][] = [];
+  for (const l of lines.slice(start + 2)) {
+    if (!l.startsWith('|')) break;
+    rows.push(l.split(/(?<!\\)\|/).slice(1, -1).map((c) => c.trim()));
+  }
+  return rows;
+}
+
+describe('the settings table', () => {
+  it('the README\'s docker-mode variables are exactly the docker settings (plus the launcher\'s), with their defaults', () => {
+    const rows = table('### Environment variables');
+    const names = rows.map((r) => /`USERLAND_PROXY_(\w+)`/.exec(r[0] ?? '')?.[1]);
+    expect(new Set(names)).toEqual(new Set([...settingsOf('docker').map((s) => s.env), 'NODE', 'NODE_OPTIONS']));
+    for (const s of settingsOf('docker')) {
+      const row = rows.find((r) => r[0] === `\`USERLAND_PROXY_${s.env}\``) as string[];
+      expect(row[2], s.env).toContain(s.shown);
+    }
+  });
+
+  it('the README\'s standalone options are exactly the standalone settings, with variable, key and default', () => {
+    const rows = table('### Options, environment and config file');
+    const flags = rows.map((r) => /^`(--[a-z-]+)/.exec(r[0] ?? '')?.[1]);
+    expect(new Set(flags)).toEqual(new Set([...settingsOf('standalone').map(flagOf), '--config']));
+    for (const s of settingsOf('standalone')) {
+      const row = rows.find((r) => r[0]?.startsWith(`\`${flagOf(s)}`)) as string[];
+      expect(row[1], s.key).toContain(`USERLAND_PROXY_${s.env}`);
+      expect(row[2], s.key).toContain(`\`${s.key}\``);
+      expect(row[4], s.key).toContain(s.shown);
+    }
+  });
+
+  it('every bound is enforced with a message saying what is accepted', () => {
+    const bad = (key: string, v: unknown) => () => parseValue(setting(key), v, 'UPROXY_ERR_CONFIG', 'X');
+    expect(bad('udpMaxFlows', '0')).toThrow('must be an integer 1-1000000');
+    expect(bad('maxBuffer', 1024)).toThrow('must be an integer 16384-268435456');
+    expect(bad('udpIdleTimeout', '5ms')).toThrow('must be at least 10ms');
+    expect(bad('drainTimeout', 1e7)).toThrow('too large (at most 2147483.647s)');
+    expect(bad('drainTimeout', '25d')).toThrow('use a duration such as 500ms, 90s or 5m');
+    expect(bad('httpReload', 'maybe')).toThrow('use true or false');
+    expect(parseValue(setting('connectTimeout'), 2, 'UPROXY_ERR_CONFIG', 'X')).toBe(2000);
+    for (const s of SETTINGS) expect(s.description.length, s.key).toBeGreaterThan(0);
+  });
+});
