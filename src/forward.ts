@@ -4,14 +4,12 @@
  * fd budget. Docker mode (one port, maybe on fd 4) and standalone workers (a port range each) both
  * open their mappings here; so will any later caller.
  */
-import type { IpAddress } from './address.js';
 import type { AccessRules } from './access-list.js';
-import type { Proto } from './docker-flags.js';
 import type { FdBudget } from './fd-limit.js';
 import { bindUdp, listenTcp } from './listen.js';
 import type { Log } from './logger.js';
 import type { EngineName } from './native-engine.js';
-import type { ProxyProtocol } from './proxy-protocol.js';
+import type { Mapping } from './publish-spec.js';
 import { createTcpServer, newTcpStats, TcpForwarder, type TcpStats } from './tcp-forwarder.js';
 import { createUdpSocket, newUdpStats, UdpForwarder, type UdpStats } from './udp-forwarder.js';
 
@@ -27,18 +25,10 @@ export interface ForwardSettings {
   udpMaxFlows: number;
 }
 
-/** What to open. */
-export interface ForwardSpec {
-  proto: Proto;
-  host: IpAddress;
-  hostPort: number;
-  /** Last host port of the range (== hostPort for one port). */
-  hostPortEnd: number;
-  target: IpAddress;
-  targetPort: number;
+/** What to open: the mapping's addresses and ports (a range when hostPortEnd > hostPort), and how. */
+export interface ForwardSpec extends Pick<Mapping, 'proto' | 'host' | 'hostPort' | 'hostPortEnd' | 'target' | 'targetPort' | 'proxyProtocol'> {
   /** Adopt the socket on fd 4 instead of binding (docker mode's -use-listen-fd). */
   useListenFd: boolean;
-  proxyProtocol: ProxyProtocol;
   access: AccessRules | null;
   settings: ForwardSettings;
   log: Log;
