@@ -1,0 +1,80 @@
+/**
+ * The one dial path of both engines: connect to the target with Go's socket options, give up
+ * after the connect timeout, count and log a failure by reason (rate-limited), time a success, and
+ * build the PROXY protocol header the caller sends first. What happens around it (reading the
+ * client meanwhile, relaying, handing off) is the engine's: tcp-js-path.ts, tcp-native-path.ts.
+ */
+import { connect, type Socket } from 'node:net';
+import { observe } from './histogram.js';
+import { proxyHeader } from './proxy-protocol.js';
+import type { TcpPathContext } from './tcp-forwarder.js';
+
+/** What a dial reports back. Exactly one of them runs, once. */
+export interface DialHooks {
+  /** Extra options for net.connect (the JavaScript engine reads through onread). */
+  socketOptions?: object;
+  /** The target accepted; the connect time is counted. */
+  onConnect(): void;
+  /** The dial failed or timed out; counted and logged. The caller closes both sockets. */
+  onFail(): void;
+}
+
+/** A dial in progress: the upstream socket and the header to send before any client byte. */
+export interface Dial {
+  upstream: Socket;
+  header: Buffer | null;
+}
+
+/** Starts a dial to the context's target on behalf of `client`, accepted at `acceptedAt`. */
+export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, hooks: DialHooks): Dial {
+  const { target, targetPort, connectTimeoutMs = 0, proxyProtocol = 'off' } = ctx.opts;
+  const upstream = connect({ host: target.address, port: targetPort, family: target.family, allowHalfOpen: true, noDelay: true, ...hooks.socketOptions });
+  const where = `${target.address}:${targetPort}`;
+  let settled = false;
+  const timer = connectTimeoutMs > 0 ? setTimeout(() => {
+    if (settled) return;
+    settled = true;
+    ctx.stats.connectErrors.timeout++;
+    ctx.limited.warn('connect:timeout', { target: where, connectTimeoutMs }, 'connect to target timed out; closing client');
+    hooks.onFail();
+  }, connectTimeoutMs) : null;
+  upstream.on('error', (err: NodeJS.ErrnoException) => {
+    if (settled) return; // after the connect, the engine's own close handling takes over
+    settled = true;
+    if (timer) clearTimeout(timer);
+    ctx.stats.connectErrors[connectErrorReason(err.code)]++;
+    ctx.limited.warn(`connect:${err.code}`, { target: where, err: err.message }, 'cannot connect to target; closing client');
+    hooks.onFail();
+  });
+  upstream.once('connect', () => {
+    if (settled) return;
+    settled = true;
+    if (timer) clearTimeout(timer);
+    observe(ctx.stats.connectDuration, (performance.now() - acceptedAt) / 1000);
+    if (ctx.opts.log.debugEnabled) ctx.opts.log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
+    hooks.onConnect();
+  });
+  const header = proxyHeader(proxyProtocol, {
+    srcAddress: client.remoteAddress ?? '', srcPort: client.remotePort ?? 0,
+    dstAddress: client.localAddress ?? '', dstPort: client.localPort ?? 0,
+  });
+  return { upstream, header };
+}
+
+/**
+ * Closes a client whose dial failed. Like docker-proxy, a client that sent nothing sees a close
+ * (FIN), not a refusal: it was accepted. A client whose bytes were read (or still wait in the
+ * kernel, where close() would reset anyway) gets a reset on both engines: its data was lost.
+ */
+export function closeUndialled(client: Socket): void {
+  if (client.bytesRead > 0 || client.readableLength > 0) client.resetAndDestroy();
+  else client.destroy();
+}
+
+/** The metrics reason of a failed dial. */
+function connectErrorReason(code: string | undefined): 'refused' | 'timeout' | 'unreachable' | 'other' {
+  if (code === 'ECONNREFUSED') return 'refused';
+  if (code === 'ETIMEDOUT') return 'timeout';
+  if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
+  return 'other';
+}
