@@ -6,6 +6,7 @@
  * `USERLAND_PROXY_LOG_FILE` names a file to append to instead; SIGHUP reopens it (logrotate).
  */
 import { fstatSync, statSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { LOG_RATE_WINDOW_MS } from './constants.js';
 import { ProxyError } from './errors.js';
 
@@ -41,6 +42,33 @@ export interface LoggerOptions {
   file?: string | undefined;
   /** Bound into every line (e.g. the mapping). */
   base?: Record<string, unknown>;
+  /**
+   * Standalone and demo: when no file is set and stderr is a terminal, write one human-readable,
+   * level-coloured line per event instead of JSON (a person is reading).
+   */
+  humanOnTty?: boolean;
+}
+
+const LEVEL_COLOURS: Record<string, string> = {
+  trace: '\x1b[90m', debug: '\x1b[36m', info: '\x1b[32m', warn: '\x1b[33m', error: '\x1b[31m', fatal: '\x1b[35m',
+};
+
+/**
+ * One JSON log line as a person reads it: `HH:MM:SS.mmm LEVEL [mapping] message key=value ...`,
+ * the level coloured unless `colour` is false (NO_COLOR).
+ */
+export function humanLine(json: string, colour: boolean): string {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    return json;
+  }
+  const { time, level, msg, pid: _pid, mapping, ...rest } = o;
+  const name = String(level ?? '').toUpperCase().padEnd(5);
+  const lv = colour ? `${LEVEL_COLOURS[String(level)] ?? ''}${name}\x1b[0m` : name;
+  const fields = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ');
+  return `${String(time ?? '').slice(11, 23)} ${lv} ${mapping === undefined ? '' : `[${String(mapping)}] `}${String(msg ?? '')}${fields ? ` ${fields}` : ''}\n`;
 }
 
 const noop: LogFn = () => {};
@@ -81,6 +109,11 @@ export async function createLogger(opts: LoggerOptions): Promise<Log> {
   } catch (err) {
     throw new ProxyError('UPROXY_ERR_LOG', `cannot open log file ${opts.file}: ${(err as Error).message}`);
   }
+  // fd 2 directly (a worker thread's process.stderr goes through the main thread): a terminal
+  // gets human lines, anything else JSON.
+  const human = opts.humanOnTty === true && !opts.file && isatty(2);
+  const colour = human && !process.env.NO_COLOR;
+  const out = human ? { write: (line: string) => dest.write(humanLine(line, colour)) } : dest;
   const logger = pino(
     {
       level: opts.level,
@@ -88,7 +121,7 @@ export async function createLogger(opts: LoggerOptions): Promise<Log> {
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    dest,
+    out,
   );
   return {
     trace: logger.trace.bind(logger),

@@ -104,7 +104,7 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
 async function run(load: () => StandaloneConfig, config: StandaloneConfig, after = ''): Promise<void> {
   let log: Log;
   try {
-    log = await createLogger({ level: config.logLevel, file: config.logFile });
+    log = await createLogger({ level: config.logLevel, file: config.logFile, humanOnTty: true });
   } catch (err) {
     die(err);
   }

@@ -17,7 +17,7 @@ if (!port) throw new Error('worker.ts must run as a worker thread');
 const send = (m: FromWorker): void => port.postMessage(m);
 
 const { mapping } = init;
-const log = await createLogger({ level: init.logLevel, file: init.logFile, base: { mapping: mapping.id } });
+const log = await createLogger({ level: init.logLevel, file: init.logFile, base: { mapping: mapping.id }, humanOnTty: true });
 // fds come out of the budget of the whole process, shared with every other worker. What this
 // worker takes is also counted in its own cell: the supervisor gives it back when we exit.
 const budget = new FdBudget(init.budget);

@@ -4,14 +4,16 @@
  * connections and UDP flows alone, drain on SIGTERM, exact counters on /metrics, health
  * endpoints, all-or-nothing start, check and demo.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { get, postReload, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
+import { BIN } from '../helpers/proxy.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'upt-standalone-'));
 
@@ -209,6 +211,23 @@ describe('userland-proxy run', () => {
     const ok = await startStandalone(['check', '-p', '127.0.0.1:8000-8009:10.0.0.2:9000-9009/udp'], {}, false);
     expect((await ok.exited).code).toBe(0);
     expect(ok.stdout()).toContain('udp/127.0.0.1:8000-8009 -> 10.0.0.2:9000-9009');
+  });
+
+  it.skipIf(!existsSync('/usr/bin/script'))('run prints human-readable, level-coloured lines to a terminal (JSON elsewhere)', async () => {
+    const port = await freePort();
+    const child = spawn('script', ['-qfec', `${BIN} run -p 127.0.0.1:${port}:${backend.ipv4}:7000`, '/dev/null'], { stdio: ['pipe', 'pipe', 'ignore'], env: { ...process.env, NO_COLOR: '' } });
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    try {
+      await vi.waitFor(() => expect(out).toContain('ready:'), { timeout: 10_000 });
+      const line = out.split(/\r?\n/).find((l) => l.includes('mapping ready')) ?? '';
+      expect(line).toMatch(/^\d\d:\d\d:\d\d\.\d{3} /);
+      expect(line).toContain(`\x1b[32mINFO \x1b[0m [tcp/127.0.0.1:${port}] mapping ready ports=1`);
+      expect(out).not.toContain('{"level"');
+    } finally {
+      child.kill('SIGKILL');
+      spawnSync('pkill', ['-f', `-p 127.0.0.1:${port}:`]);
+    }
   });
 
   it('demo serves HTTP and UDP through the engine with metrics, and stops on SIGINT', async () => {

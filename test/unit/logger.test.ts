@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { RateLimitedLog, parseLogLevel, silentLog, type Log } from '../../src/logger.js';
+import { RateLimitedLog, parseLogLevel, silentLog, type Log, humanLine } from '../../src/logger.js';
 
 function recorder(): { log: Log; lines: { obj: object; msg: string }[] } {
   const lines: { obj: object; msg: string }[] = [];
@@ -23,5 +23,14 @@ describe('parseLogLevel()', () => {
   it('parseLogLevel() accepts pino levels only', () => {
     expect(parseLogLevel('debug', 'X')).toBe('debug');
     expect(() => parseLogLevel('verbose', 'X')).toThrow('invalid X "verbose"');
+  });
+});
+
+describe('humanLine()', () => {
+  it('humanLine() turns a JSON line into time, coloured level, mapping, message and fields', () => {
+    const json = JSON.stringify({ level: 'warn', time: '2026-11-30T08:12:58.920Z', pid: 1, mapping: 'tcp/127.0.0.1:80', maxConnections: 3, msg: 'connection limit reached' });
+    expect(humanLine(json, false)).toBe('08:12:58.920 WARN  [tcp/127.0.0.1:80] connection limit reached maxConnections=3\n');
+    expect(humanLine(json, true)).toBe('08:12:58.920 \x1b[33mWARN \x1b[0m [tcp/127.0.0.1:80] connection limit reached maxConnections=3\n');
+    expect(humanLine('not json', false)).toBe('not json');
   });
 });
