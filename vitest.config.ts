@@ -1,28 +1,16 @@
 import { defineConfig } from 'vitest/config';
 
 /**
- * Two projects, one per engine: every suite runs on the JavaScript engine, and every suite that
- * touches the data path runs again on the native one (`native` is forced, so a missing addon
- * fails CI instead of silently testing JavaScript twice). groupOrder runs them one after the
- * other: the same suite in both projects at once would fight over dockerd and fixed resources.
- * Integration suites spawn real processes and namespaces: two files at a time fits 2 cores.
+ * Two projects, one per engine: every suite runs on the JavaScript engine, and every integration
+ * suite (test/integration: the data path) runs again on the native one, except those about the
+ * JavaScript relay's own internals (`native` is forced, so a missing addon fails CI instead of
+ * silently testing JavaScript twice). Unit suites (test/unit) and deploy suites (test/deploy)
+ * run once. groupOrder runs the projects one after the other: the same suite in both at once
+ * would fight over dockerd and fixed resources. Integration suites spawn real processes and
+ * namespaces: two files at a time fits 2 cores.
  */
-const NATIVE_SUITES = [
-  'test/integration/access.test.ts',
-  'test/integration/differential.test.ts',
-  'test/integration/docker-contract.test.ts',
-  'test/integration/dockerd-e2e.test.ts',
-  'test/integration/faults.test.ts',
-  'test/integration/fd-budget.test.ts',
-  'test/integration/native-engine.test.ts',
-  'test/integration/node-versions.test.ts',
-  'test/integration/proxy-protocol.test.ts',
-  'test/integration/soak.test.ts',
-  'test/integration/standalone.test.ts',
-  'test/integration/tcp-forward.test.ts',
-  'test/integration/tcp-timeouts.test.ts',
-  'test/integration/udp-forward.test.ts',
-];
+/** Integration suites that run once: the JavaScript relay's internals, and the bench harness (it runs both engines itself). */
+const ONCE = ['test/integration/relay.test.ts', 'test/integration/bench-smoke.test.ts'];
 
 export default defineConfig({
   test: {
@@ -44,7 +32,13 @@ export default defineConfig({
       },
       {
         extends: true,
-        test: { name: 'native', include: NATIVE_SUITES, env: { USERLAND_PROXY_ENGINE: 'native' }, sequence: { groupOrder: 1 } },
+        test: {
+          name: 'native',
+          include: ['test/integration/**/*.test.ts'],
+          exclude: ONCE,
+          env: { USERLAND_PROXY_ENGINE: 'native' },
+          sequence: { groupOrder: 1 },
+        },
       },
     ],
   },

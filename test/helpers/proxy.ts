@@ -4,6 +4,7 @@
  * the status bytes, and stops it with SIGINT. Every process is tracked and killed in cleanup.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { track } from './processes.js';
 import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -40,7 +41,11 @@ export interface SpawnOptions {
   cleanEnv?: boolean;
 }
 
-const live = new Set<ChildProcess>();
+
+/** docker-proxy's argv as dockerd writes it (without -use-listen-fd). */
+export function dockerArgv(proto: string, hostIp: string, hostPort: number | string, target: string, targetPort: number | string): string[] {
+  return ['-proto', proto, '-host-ip', hostIp, '-host-port', String(hostPort), '-container-ip', target, '-container-port', String(targetPort)];
+}
 
 /** Spawns a proxy the way dockerd does. */
 export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): ProxyProc {
@@ -64,18 +69,12 @@ export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): Pr
     uid: opts.uid,
     gid: opts.gid,
   });
-  live.add(child);
   if (writeFd >= 0) closeSync(writeFd);
   let err = '';
   let out = '';
   child.stderr?.on('data', (d) => { err += d; });
   child.stdout?.on('data', (d) => { out += d; });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
-    child.once('exit', (code, signal) => {
-      live.delete(child);
-      res({ code, signal });
-    });
-  });
+  const exited = track(child);
   const status = new Promise<string>((res) => {
     if (readFd < 0) {
       res('');
@@ -116,11 +115,6 @@ export async function startProxy(args: readonly string[], opts: SpawnOptions = {
   return p;
 }
 
-/** Kills every proxy still running (afterAll / afterEach). */
-export async function killAllProxies(): Promise<void> {
-  const waits = [...live].map((c) => new Promise((res) => { c.once('exit', res); c.kill('SIGKILL'); }));
-  await Promise.all(waits);
-}
 
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout;

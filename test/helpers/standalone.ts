@@ -1,6 +1,7 @@
 /** Runs `bin/userland-proxy run|demo ...` and waits for its "ready:" line (or its exit). */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { BIN, withTimeout } from './proxy.js';
+import { track } from './processes.js';
 
 export interface Standalone {
   child: ChildProcess;
@@ -10,19 +11,17 @@ export interface Standalone {
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-const live = new Set<ChildProcess>();
 
 /** Spawns standalone mode; resolves once it printed "ready:", rejects if it exits first. */
 export async function startStandalone(
   args: string[], env: Record<string, string> = {}, wait = true, launch: { bin?: string; prefix?: string[] } = {},
 ): Promise<Standalone> {
   const child = spawn(launch.bin ?? BIN, [...(launch.prefix ?? []), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, cwd: '/' });
-  live.add(child);
   let out = '';
   let err = '';
   child.stdout?.on('data', (d) => { out += d; });
   child.stderr?.on('data', (d) => { err += d; });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.once('exit', (code, signal) => { live.delete(child); res({ code, signal }); }));
+  const exited = track(child);
   const s: Standalone = {
     child, exited, stdout: () => out, stderr: () => err,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
@@ -39,9 +38,6 @@ export async function startStandalone(
   return s;
 }
 
-export async function killAllStandalone(): Promise<void> {
-  await Promise.all([...live].map((c) => new Promise((res) => { c.once('exit', res); c.kill('SIGKILL'); })));
-}
 
 /** GET a URL; returns status and body. */
 export async function get(url: string, method = 'GET', headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {

@@ -12,8 +12,9 @@ import { silentLog } from '../../src/logger.js';
 import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
 import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
 import { freePort, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
+import { spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
+import { killTracked } from '../helpers/processes.js';
 
 let echo: Server;
 let dialled = 0;
@@ -30,7 +31,7 @@ afterAll(async () => {
   for (const c of closers) c();
   echo.close();
   udpEcho.close();
-  await killAllProxies();
+  await killTracked();
 });
 
 const echoPort = (): number => (echo.address() as { port: number }).port;
@@ -78,7 +79,7 @@ describe('access lists', () => {
 
   it('docker mode takes USERLAND_PROXY_DENY / _ALLOW and rejects bad lists at start', async () => {
     const port = await freePort();
-    const argv = ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(echoPort())];
+    const argv = dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', echoPort());
     const denied = await startProxy(argv, { env: { USERLAND_PROXY_DENY: '127.0.0.0/8' } });
     const { error } = await tcpConnect('127.0.0.1', port).then(readToClose, (err: NodeJS.ErrnoException) => ({ error: err.code }));
     expect(error).toBe('ECONNRESET');

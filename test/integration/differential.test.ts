@@ -9,7 +9,8 @@ import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { BIN, REF_PROXY, haveReference, killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
+import { BIN, REF_PROXY, haveReference, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
+import { killTracked } from '../helpers/processes.js';
 
 const ECHO = 7000;
 const GREET = 7002;
@@ -21,19 +22,17 @@ const contenders = [['docker-proxy', REF_PROXY], ['userland-proxy', BIN]] as con
 if (!HAVE_REF) console.warn(`SKIPPED: no reference docker-proxy at ${REF_PROXY}; run .ci/setup as root`);
 const backend = useBackend(['--echo', String(ECHO), '--greet', String(GREET), '--whoami', String(WHOAMI)]);
 afterEach(async () => {
-  await killAllProxies();
+  await killTracked();
 });
 
-const argv = (proto: string, hostIp: string, port: number, target: string, targetPort: number) => [
-  '-proto', proto, '-host-ip', hostIp, '-host-port', String(port), '-container-ip', target, '-container-port', String(targetPort),
-];
+const argv = (proto: string, hostIp: string, port: number, target: string, targetPort: number) => dockerArgv(proto, hostIp, port, target, String(targetPort),);
 
 /** Runs a scenario against both proxies and returns [reference, ours]. */
 async function both<T>(scenario: (bin: string) => Promise<T>): Promise<[T, T]> {
   const out: T[] = [];
   for (const [, bin] of contenders) {
     out.push(await scenario(bin));
-    await killAllProxies();
+    await killTracked();
   }
   return out as [T, T];
 }

@@ -2,23 +2,24 @@
  * The docker-proxy process contract, through the built launcher with a harness that plays dockerd:
  * a real pipe on fd 3, pre-bound sockets on fd 4, SIGINT to stop, 16 s readiness limit.
  */
+import { spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { readlinkSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, sha256, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
+import { BIN, ROOT, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
+import { join } from 'node:path';
+import { killTracked } from '../helpers/processes.js';
 
 const ECHO = 7000;
 const backend = useBackend(['--echo', String(ECHO)]);
 afterEach(async () => {
-  await killAllProxies();
+  await killTracked();
 });
 
-const args = (proto: string, hostIp: string, hostPort: number, target = backend.ipv4) => [
-  '-proto', proto, '-host-ip', hostIp, '-host-port', String(hostPort), '-container-ip', target, '-container-port', String(ECHO),
-];
+const args = (proto: string, hostIp: string, hostPort: number, target = backend.ipv4) => dockerArgv(proto, hostIp, hostPort, target, String(ECHO),);
 
 function listenOn(port: number, host: string): Promise<Server> {
   return new Promise((res, rej) => {
@@ -235,6 +236,11 @@ describe('-use-listen-fd (Docker 28+)', () => {
 
 describe('privileged ports', () => {
   it.skipIf(!IS_ROOT)('reports a port below 1024 without CAP_NET_BIND_SERVICE clearly, exit 1', async () => {
+    // The proxy runs as nobody: say at once when nobody cannot even reach it (a clone under a
+    // directory others cannot enter, such as one made by mktemp -d), instead of timing out.
+    const cli = join(ROOT, 'dist/cli.js');
+    const reach = spawnSync('/bin/sh', ['-c', 'test -x "$0" && test -r "$1"', BIN, cli], { uid: 65534, gid: 65534 });
+    if (reach.status !== 0) throw new Error(`nobody (uid 65534) cannot reach ${BIN} or ${cli}: a parent directory is not searchable by others; clone under one that is`);
     const p = spawnProxy(args('tcp', '127.0.0.1', 1000), { uid: 65534, gid: 65534 });
     expect(await p.status).toBe('1\nlisten tcp4 127.0.0.1:1000: bind: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)');
     expect((await p.exited).code).toBe(1);

@@ -11,16 +11,17 @@ import { listenTcp } from '../../src/listen.js';
 import { silentLog } from '../../src/logger.js';
 import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
 import { freePort, randomBytes, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
+import { spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { testEngine } from '../helpers/engine.js';
+import { killTracked } from '../helpers/processes.js';
 
 const servers: Server[] = [];
 const forwarders: TcpForwarder[] = [];
 afterAll(async () => {
   for (const f of forwarders) f.close();
   for (const s of servers) s.close();
-  await killAllProxies();
+  await killTracked();
 });
 
 async function target(onConn: (c: Socket) => void): Promise<number> {
@@ -110,7 +111,7 @@ describe('hostile traffic and lifecycle (spawned, like a runtime)', () => {
 
   it('a UDP flood from 300 source ports stays within the flow bound; established flows keep working', async () => {
     const port = await freePort();
-    await startProxy(['-proto', 'udp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(echo.address().port)],
+    await startProxy(dockerArgv('udp', '127.0.0.1', port, '127.0.0.1', echo.address().port),
       { env: { USERLAND_PROXY_UDP_MAX_FLOWS: '50' } });
     const first = udpClient(4);
     expect((await udpRequest(first, '127.0.0.1', port, 'first')).toString()).toBe('first');
@@ -130,14 +131,14 @@ describe('hostile traffic and lifecycle (spawned, like a runtime)', () => {
     const port = await freePort();
     const fdsBefore = readdirSync('/proc/self/fd').length;
     for (let i = 0; i < 100; i++) {
-      const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(t)]);
+      const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', t));
       if (i % 10 === 0) expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from(`cycle ${i}`))).toString()).toBe(`cycle ${i}`);
       expect(await p.stop('SIGINT')).toEqual({ code: 0, signal: null });
     }
     expect(readdirSync('/proc/self/fd').length).toBeLessThanOrEqual(fdsBefore + 2);
     const left = execFileSync('ps', ['-eo', 'args='], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(`-host-port ${port} `));
     expect(left).toEqual([]);
-    const again = spawnProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(t)]);
+    const again = spawnProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', t));
     expect(await again.status).toBe('0\n'); // the port is free
     await again.stop();
   }, 60_000);

@@ -13,17 +13,17 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, sleep, tcpConnect } from '../helpers/net.js';
-import { BIN, ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
+import { BIN, ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/constants.js';
-import { get, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
+import { get, sample, startStandalone } from '../helpers/standalone.js';
+import { killTracked } from '../helpers/processes.js';
 
 const ECHO = 7000;
 const FLOOD = 7200;
 const dir = mkdtempSync(join(tmpdir(), 'upt-fd-'));
 const backend = useBackend(['--echo', String(ECHO), '--flood', String(FLOOD)]);
 afterEach(async () => {
-  await killAllProxies();
-  await killAllStandalone();
+  await killTracked();
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -60,7 +60,7 @@ function drain(s: Socket): Promise<{ n: number; clean: boolean }> {
 describe('the memory of stalled readers (audit M6)', () => {
   it('150 stalled downloads cost a bounded amount of proxy memory, and every one completes once read', async () => {
     const port = await freePort();
-    const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(FLOOD)]);
+    const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD));
     const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1]) * 1024;
     const before = rss();
     const crowd = spawn('python3', [join(ROOT, 'test/helpers/stall-crowd.py'), String(port), '150', '3'], { stdio: ['pipe', 'pipe', 'inherit'] });
@@ -81,7 +81,7 @@ describe('the process fd budget', () => {
   it('slow readers under a low fd limit: each one is served whole or refused at once; pooled pipes go back (M2)', async () => {
     const port = await freePort();
     const log = join(dir, 'm2.log');
-    const argv = ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(FLOOD)];
+    const argv = dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD);
     const p = await startProxy([...limited(200).prefix, ...argv], { bin: '/bin/sh', env: { USERLAND_PROXY_LOG_FILE: log } });
     const baseline = fds(p.pid);
     const socks: Socket[] = [];

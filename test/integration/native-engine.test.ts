@@ -12,10 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { BIN, ROOT, killAllProxies, spawnProxy, startProxy } from '../helpers/proxy.js';
+import { BIN, ROOT, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { bindUdp } from '../../src/listen.js';
 import { silentLog } from '../../src/logger.js';
 import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
+import { killTracked } from '../helpers/processes.js';
 
 const HAVE_ADDON = existsSync(join(ROOT, 'build/Release/engine.node'));
 let echo: Server;
@@ -32,7 +33,7 @@ afterAll(() => {
   rmSync(tmp, { recursive: true, force: true });
 });
 afterEach(async () => {
-  await killAllProxies();
+  await killTracked();
 });
 
 /** Open fds of a process by kind: sockets, pipes, other (eventfd, epoll, files). */
@@ -49,7 +50,7 @@ function fds(pid: number): { socket: number; pipe: number; other: number } {
 }
 
 function tcpArgs(port: number, targetPort: number): string[] {
-  return ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)];
+  return dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', targetPort);
 }
 
 describe.skipIf(!HAVE_ADDON)('native engine', () => {
@@ -79,8 +80,7 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
     const udpEcho = createSocket('udp4');
     udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
     await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
-    const u = await startProxy(['-proto', 'udp', '-host-ip', '127.0.0.1', '-host-port', String(uport), '-container-ip', '127.0.0.1',
-      '-container-port', String(udpEcho.address().port)], { env: { USERLAND_PROXY_ENGINE: 'native', USERLAND_PROXY_UDP_IDLE_TIMEOUT: '300ms' } });
+    const u = await startProxy(dockerArgv('udp', '127.0.0.1', uport, '127.0.0.1', udpEcho.address().port), { env: { USERLAND_PROXY_ENGINE: 'native', USERLAND_PROXY_UDP_IDLE_TIMEOUT: '300ms' } });
     const c0 = udpClient(4);
     await udpRequest(c0, '127.0.0.1', uport, 'warm');
     c0.close();
@@ -123,8 +123,7 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
     udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
     await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
     const port = await freePort('0.0.0.0');
-    await startProxy(['-proto', 'udp', '-host-ip', '0.0.0.0', '-host-port', String(port), '-container-ip', '127.0.0.1',
-      '-container-port', String(udpEcho.address().port)], { env: { USERLAND_PROXY_ENGINE: 'native' } });
+    await startProxy(dockerArgv('udp', '0.0.0.0', port, '127.0.0.1', udpEcho.address().port), { env: { USERLAND_PROXY_ENGINE: 'native' } });
     // A client bound to 127.0.0.1 and connected to 127.0.0.2 accepts only replies from
     // 127.0.0.2:port. Without IP_PKTINFO the kernel would answer from 127.0.0.1 (the route's
     // source), and the connected client would never see it.
@@ -234,8 +233,7 @@ describe.skipIf(!HAVE_ADDON)('native engine: batched UDP', () => {
     udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
     await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
     const port = await freePort();
-    await startProxy(['-proto', 'udp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1',
-      '-container-port', String(udpEcho.address().port)], { env: { USERLAND_PROXY_ENGINE: 'native' } });
+    await startProxy(dockerArgv('udp', '127.0.0.1', port, '127.0.0.1', udpEcho.address().port), { env: { USERLAND_PROXY_ENGINE: 'native' } });
     // Room for the whole burst in the client's own receive buffer (the test must not drop).
     const c = createSocket({ type: 'udp4', recvBufferSize: 4 << 20 });
     await new Promise<void>((r) => c.bind(0, '127.0.0.1', r));

@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
+import { ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
+import { killTracked } from '../helpers/processes.js';
 
 const run = promisify(execFile);
 const ECHO = 7000;
@@ -30,13 +31,13 @@ const nodes = [
 
 const backend = useBackend(['--echo', String(ECHO), '--rst', String(RST)]);
 afterEach(async () => {
-  await killAllProxies();
+  await killTracked();
 });
 
 for (const [major, node] of nodes) {
   describe.skipIf(!existsSync(node))(`on Node.js ${major}`, () => {
     const env = { USERLAND_PROXY_NODE: node };
-    const argv = (proto: string, port: number) => ['-proto', proto, '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(ECHO)];
+    const argv = (proto: string, port: number) => dockerArgv(proto, '127.0.0.1', port, backend.ipv4, ECHO);
 
     it(`tcp relay keeps every byte and half-closes on Node ${major}`, async () => {
       const port = await freePort();

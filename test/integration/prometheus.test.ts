@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, sleep, tcpRoundTrip } from '../helpers/net.js';
-import { killAllProxies, startProxy } from '../helpers/proxy.js';
-import { get, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
+import { startProxy, dockerArgv } from '../helpers/proxy.js';
+import { get, sample, startStandalone } from '../helpers/standalone.js';
+import { killTracked } from '../helpers/processes.js';
 
 const HAVE = existsSync('/usr/bin/promtool') && existsSync('/usr/bin/prometheus');
 const dir = mkdtempSync(join(tmpdir(), 'upt-prom-'));
@@ -25,8 +26,7 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 afterEach(async () => {
-  await killAllStandalone();
-  await killAllProxies();
+  await killTracked();
 });
 
 function promtoolCheck(text: string): string {
@@ -47,7 +47,7 @@ describe.skipIf(!HAVE)('prometheus tooling', () => {
   it('docker mode keeps a textfile-collector file up to date, lint-clean, and removes it on exit', async () => {
     const tf = mkdtempSync(join(dir, 'textfile-'));
     const port = await freePort();
-    const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', '7000'], { env: { USERLAND_PROXY_TEXTFILE_DIR: tf } });
+    const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, '7000'), { env: { USERLAND_PROXY_TEXTFILE_DIR: tf } });
     const file = join(tf, `tcp_127.0.0.1_${port}.prom`);
     expect(readdirSync(tf)).toEqual([`tcp_127.0.0.1_${port}.prom`]);
     expect(sample(readFileSync(file, 'utf8'), 'userland_proxy_connections_accepted_total', { mapping: `tcp/127.0.0.1:${port}` })).toBe(0);

@@ -12,8 +12,9 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
 import { freePort, sleep, tcpConnect } from '../helpers/net.js';
-import { killAllProxies, startProxy } from '../helpers/proxy.js';
-import { killAllStandalone, startStandalone } from '../helpers/standalone.js';
+import { startProxy, dockerArgv } from '../helpers/proxy.js';
+import { startStandalone } from '../helpers/standalone.js';
+import { killTracked } from '../helpers/processes.js';
 
 const CAN = IS_ROOT && existsSync('/usr/sbin/nginx');
 const dir = mkdtempSync(join(tmpdir(), 'upt-nginx-'));
@@ -55,8 +56,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 afterEach(async () => {
-  await killAllProxies();
-  await killAllStandalone();
+  await killTracked();
 });
 
 /** GET / from a known local port; returns nginx's answer and that port. */
@@ -81,11 +81,11 @@ describe.skipIf(!CAN)('PROXY protocol with nginx', () => {
     it(`docker mode sends a ${version} header: nginx sees the real client address and port (IPv4 and IPv6 fronts)`, async () => {
       for (const [front, target] of [['127.0.0.1', backend.ipv4], ['::1', backend.ipv6]] as const) {
         const port = await freePort(front);
-        await startProxy(['-proto', 'tcp', '-host-ip', front, '-host-port', String(port), '-container-ip', target, '-container-port', String(NGINX_PORT)],
+        await startProxy(dockerArgv('tcp', front, port, target, NGINX_PORT),
           { env: { USERLAND_PROXY_PROXY_PROTOCOL: version } });
         const { body, localPort } = await getFrom(front, port);
         expect(body).toBe(`${front} ${localPort}\n`);
-        await killAllProxies();
+        await killTracked();
       }
       expect(readFileSync(join(dir, 'access.log'), 'utf8')).toMatch(/^127\.0\.0\.1 \d+$/m);
     });
@@ -102,7 +102,7 @@ describe.skipIf(!CAN)('PROXY protocol with nginx', () => {
 
   it('without the option nginx rejects the connection (it requires the header): the option is what makes it work', async () => {
     const port = await freePort();
-    await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(NGINX_PORT)]);
+    await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, NGINX_PORT));
     await expect(getFrom('127.0.0.1', port)).rejects.toThrow();
   });
 });

@@ -15,14 +15,15 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, sleep, tcpConnect, udpClient, udpRequest } from '../helpers/net.js';
-import { BIN } from '../helpers/proxy.js';
-import { get, killAllStandalone, postReload, sample, startStandalone } from '../helpers/standalone.js';
+import { BIN, dockerArgv } from '../helpers/proxy.js';
+import { get, postReload, sample, startStandalone } from '../helpers/standalone.js';
+import { killTracked } from '../helpers/processes.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'upt-reload-'));
 const backend = useBackend(['--echo', '7000', '--tag', '7100']);
 const servers: Server[] = [];
 afterEach(async () => {
-  await killAllStandalone();
+  await killTracked();
   for (const s of servers.splice(0)) s.close();
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -204,7 +205,7 @@ describe('signals during startup (audit L2)', () => {
     it(`${mode} mode: SIGTERM at any moment of startup exits 0; SIGHUP never kills it`, async () => {
       const port = await freePort();
       const argv = mode === 'docker'
-        ? ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', '7100']
+        ? dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, '7100')
         : ['run', '-p', `127.0.0.1:${port}:${backend.ipv4}:7100`];
       // Node's own startup (about 40 ms here, before any JavaScript runs) is the floor; the
       // delays leave room for a loaded CI machine and cover module loading (up to 0.5 s).

@@ -12,8 +12,9 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { get, postReload, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
+import { get, postReload, sample, startStandalone } from '../helpers/standalone.js';
 import { BIN } from '../helpers/proxy.js';
+import { killTracked } from '../helpers/processes.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'upt-standalone-'));
 
@@ -22,7 +23,7 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 afterEach(async () => {
-  await killAllStandalone();
+  await killTracked();
 });
 
 /** Three consecutive free ports on host. */

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
-import { BIN, killAllProxies, memoryOf, startProxy, type ProxyProc } from '../helpers/proxy.js';
+import { BIN, memoryOf, startProxy, type ProxyProc, dockerArgv } from '../helpers/proxy.js';
+import { killTracked } from '../helpers/processes.js';
 
 const ECHO = 7000;
 const HOLD = 7001;
@@ -25,12 +26,12 @@ afterAll(() => {
   rmSync(logDir, { recursive: true, force: true });
 });
 afterEach(async () => {
-  await killAllProxies();
+  await killTracked();
 });
 
 async function proxy(hostIp: string, target: string, targetPort: number, extra: { bin?: string; prefix?: string[]; env?: Record<string, string> } = {}): Promise<{ p: ProxyProc; port: number }> {
   const port = await freePort(hostIp);
-  const argv = ['-proto', 'tcp', '-host-ip', hostIp, '-host-port', String(port), '-container-ip', target, '-container-port', String(targetPort)];
+  const argv = dockerArgv('tcp', hostIp, port, target, targetPort);
   const p = await startProxy([...(extra.prefix ?? []), ...argv], { ...(extra.bin ? { bin: extra.bin } : {}), env: extra.env ?? {} });
   return { p, port };
 }
@@ -51,7 +52,7 @@ describe('tcp forwarding', () => {
 
   it('tcp forwarder listens IPv6-only on "::", so 0.0.0.0:P and [::]:P proxies coexist', async () => {
     const port = await freePort('::');
-    const argv = (ip: string) => ['-proto', 'tcp', '-host-ip', ip, '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(ECHO)];
+    const argv = (ip: string) => dockerArgv('tcp', ip, port, backend.ipv4, ECHO);
     const v4 = await startProxy(argv('0.0.0.0'));
     const v6 = await startProxy(argv('::'));
     expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('four'))).toString()).toBe('four');

@@ -15,9 +15,10 @@ import { silentLog } from '../../src/logger.js';
 import { createTcpServer, TcpForwarder, type TcpForwarderOptions } from '../../src/tcp-forwarder.js';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, readToClose, sleep, tcpConnect } from '../helpers/net.js';
-import { ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
-import { killAllStandalone, startStandalone } from '../helpers/standalone.js';
+import { ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
+import { startStandalone } from '../helpers/standalone.js';
 import { testEngine } from '../helpers/engine.js';
+import { killTracked } from '../helpers/processes.js';
 
 const forwarders: TcpForwarder[] = [];
 let echo: Server;
@@ -128,12 +129,11 @@ function stallClient(port: number, halfClose: boolean, pauseS: number, onStall?:
 
 describe('forced closes of stalled connections (audit M1)', () => {
   afterEach(async () => {
-    await killAllProxies();
-    await killAllStandalone();
+    await killTracked();
   });
   const docker = async (env: Record<string, string>) => {
     const port = await freePort();
-    const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', flood.ipv4, '-container-port', String(FLOOD)], { env });
+    const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, flood.ipv4, FLOOD), { env });
     return { port, p };
   };
   const truncatedReset = (verdict: string) => {

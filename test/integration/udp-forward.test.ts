@@ -9,10 +9,11 @@ import { join } from 'node:path';
 import type { Socket as UdpSocket } from 'node:dgram';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { IS_ROOT, linkLocalOf, useBackend } from '../helpers/netns.js';
-import { get, killAllStandalone, sample, startStandalone } from '../helpers/standalone.js';
+import { get, sample, startStandalone } from '../helpers/standalone.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
-import { killAllProxies, startProxy, type ProxyProc } from '../helpers/proxy.js';
+import { startProxy, type ProxyProc, dockerArgv } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
+import { killTracked } from '../helpers/processes.js';
 
 const ECHO = 7000;
 const WHOAMI = 7003;
@@ -26,13 +27,12 @@ afterAll(() => {
 });
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close();
-  await killAllProxies();
-  await killAllStandalone();
+  await killTracked();
 });
 
 async function proxy(hostIp: string, target: string, targetPort: number, env: Record<string, string> = {}): Promise<{ p: ProxyProc; port: number }> {
   const port = await freePort(hostIp);
-  const p = await startProxy(['-proto', 'udp', '-host-ip', hostIp, '-host-port', String(port), '-container-ip', target, '-container-port', String(targetPort)], { env });
+  const p = await startProxy(dockerArgv('udp', hostIp, port, target, targetPort), { env });
   return { p, port };
 }
 function client(family: 4 | 6, from?: string): UdpSocket {
@@ -171,7 +171,7 @@ describe('udp forwarding', () => {
 
   it('replies to a datagram sent to a broadcast address reach the client through a wildcard listener (audit L3)', async () => {
     const port = await freePort();
-    await startProxy(['-proto', 'udp', '-host-ip', '0.0.0.0', '-host-port', String(port), '-container-ip', backend.ipv4, '-container-port', String(ECHO)]);
+    await startProxy(dockerArgv('udp', '0.0.0.0', port, backend.ipv4, ECHO));
     for (const dst of ['127.0.0.1', '127.0.0.5', '127.255.255.255']) {
       const c = client(4);
       await new Promise<void>((res) => c.bind(0, () => res()));

@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, tcpRoundTrip } from '../helpers/net.js';
-import { ROOT, killAllProxies, startProxy } from '../helpers/proxy.js';
+import { ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
+import { killTracked } from '../helpers/processes.js';
 
 const NODE22 = join(ROOT, '.cache/nodes/22/bin/node');
 const node = existsSync(NODE22) ? NODE22 : process.execPath;
@@ -27,13 +28,13 @@ beforeAll(async () => {
   echoPort = (echo.address() as { port: number }).port;
 }, 150_000);
 afterAll(async () => {
-  await killAllProxies();
+  await killTracked();
   echo?.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
 const dockerArgs = (port: number): string[] =>
-  ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(echoPort)];
+  dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', echoPort);
 
 describe('single-file executable', () => {
   it('docker mode runs with an empty environment: status pipe, bytes, -v, SIGINT exit 0', async () => {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, tcpRoundTrip } from '../helpers/net.js';
-import { ROOT, startProxy } from '../helpers/proxy.js';
+import { ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { createServer } from 'node:net';
 
 const run = promisify(execFile);
@@ -40,8 +40,7 @@ describe('npm pack and npm install -g', () => {
     const echo = createServer((c) => c.pipe(c));
     await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
     const port = await freePort();
-    const p = await startProxy(['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1',
-      '-container-port', String((echo.address() as { port: number }).port)], { bin, cleanEnv: true, env: { ...env, USERLAND_PROXY_ENGINE: HAVE_CC ? 'native' : 'auto' } });
+    const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', (echo.address() as { port: number }).port), { bin, cleanEnv: true, env: { ...env, USERLAND_PROXY_ENGINE: HAVE_CC ? 'native' : 'auto' } });
     expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('packed'))).toString()).toBe('packed');
     await p.stop();
     echo.close();

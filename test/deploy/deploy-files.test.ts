@@ -2,7 +2,7 @@
  * deploy/ files validated against what the code exports: every metric a dashboard panel or an
  * alert rule uses exists (histograms through their _bucket/_sum/_count series), the dashboard has
  * its `mapping` variable and every panel filters on it. promtool checks live in
- * test/integration/deploy-tools.test.ts.
+ * test/deploy/deploy-tools.test.ts.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
