@@ -11,9 +11,13 @@ export const OURS = join(ROOT, 'bin/userland-proxy');
 export const REF = process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy');
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export const freePort = (host = '127.0.0.1') => new Promise((res) => {
-  const s = createServer().listen(0, host, () => { const { port } = s.address(); s.close(() => res(port)); });
-});
+export const freePort = (host = '127.0.0.1') =>
+  new Promise((res) => {
+    const s = createServer().listen(0, host, () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
 
 export function median(xs) {
   const s = [...xs].sort((a, b) => a - b);
@@ -58,16 +62,20 @@ export function spawnDockerMode(bin, argv, env = process.env) {
       got += d;
       if (got === '0\n') res({ child, ms: Number(process.hrtime.bigint() - t0) / 1e6 });
     });
-    s.on('end', () => { s.destroy(); if (got !== '0\n') rej(new Error(`${bin}: ${JSON.stringify(got)}`)); });
+    s.on('end', () => {
+      s.destroy();
+      if (got !== '0\n') rej(new Error(`${bin}: ${JSON.stringify(got)}`));
+    });
   });
 }
 
 /** SIGINT and wait for the exit. */
-export const stopChild = (child) => new Promise((res) => {
-  if (child.exitCode !== null || child.signalCode !== null) return res();
-  child.once('exit', res);
-  child.kill('SIGINT');
-});
+export const stopChild = (child) =>
+  new Promise((res) => {
+    if (child.exitCode !== null || child.signalCode !== null) return res();
+    child.once('exit', res);
+    child.kill('SIGINT');
+  });
 
 /**
  * The machine and the environment a run measured with: startup figures depend on it (Node 20 pays
@@ -75,6 +83,8 @@ export const stopChild = (child) => new Promise((res) => {
  */
 export function machine() {
   const env = ['NODE_EXTRA_CA_CERTS', 'NODE_OPTIONS', 'USERLAND_PROXY_NODE_OPTIONS'].filter((k) => process.env[k]).map((k) => `${k} set`);
-  return `${execFileSync('nproc').toString().trim()} vCPU, node ${process.version}, kernel ${execFileSync('uname', ['-r']).toString().trim()}` +
-    `, environment: ${env.length ? env.join(', ') : 'no NODE_EXTRA_CA_CERTS/NODE_OPTIONS'} (the launcher unsets NODE_EXTRA_CA_CERTS)`;
+  return (
+    `${execFileSync('nproc').toString().trim()} vCPU, node ${process.version}, kernel ${execFileSync('uname', ['-r']).toString().trim()}` +
+    `, environment: ${env.length ? env.join(', ') : 'no NODE_EXTRA_CA_CERTS/NODE_OPTIONS'} (the launcher unsets NODE_EXTRA_CA_CERTS)`
+  );
 }

@@ -60,7 +60,9 @@ export function renderMarkdown(report) {
     });
     lines.push(`| ${label} (${higher ? 'higher' : 'lower'} is better) | ${cells.join(' | ')} |`);
   }
-  const errors = Object.entries(report.results).flatMap(([sc, byName]) => Object.entries(byName).flatMap(([n, vs]) => vs.filter((v) => v?.error).map((v) => `- ${sc}, ${n}: ${v.error}`)));
+  const errors = Object.entries(report.results).flatMap(([sc, byName]) =>
+    Object.entries(byName).flatMap(([n, vs]) => vs.filter((v) => v?.error).map((v) => `- ${sc}, ${n}: ${v.error}`)),
+  );
   if (errors.length) lines.push('', 'Failed runs:', '', ...errors);
   return `${lines.join('\n')}\n`;
 }
@@ -75,11 +77,13 @@ export function renderSvg(report) {
   const left = 250;
   const width = 760;
   const scaleMax = 2.5;
-  const x = (r) => left + Math.min(r, scaleMax) / scaleMax * (width - left - 120);
+  const x = (r) => left + (Math.min(r, scaleMax) / scaleMax) * (width - left - 120);
   const out = [];
   const height = rows.length * rowH + 60 + names.length * 16;
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`);
-  out.push(`<text x="10" y="16" font-size="13" font-weight="bold">Throughput relative to docker-proxy (1.0 = docker-proxy; ${report.date.slice(0, 10)}, ${escapeXml(report.machine)})</text>`);
+  out.push(
+    `<text x="10" y="16" font-size="13" font-weight="bold">Throughput relative to docker-proxy (1.0 = docker-proxy; ${report.date.slice(0, 10)}, ${escapeXml(report.machine)})</text>`,
+  );
   rows.forEach(([scenario, field, label], i) => {
     const y0 = 30 + i * rowH;
     out.push(`<text x="10" y="${y0 + rowH / 2}">${escapeXml(label)}</text>`);

@@ -11,7 +11,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
-import { OURS, REF, ROOT, cpuSeconds, machine, median, mem, sleep, spawnDockerMode, stopChild } from './lib.mjs';
+import { OURS, REF, ROOT, cpuSeconds, machine, sleep, spawnDockerMode, stopChild } from './lib.mjs';
 import { renderMarkdown, renderSvg } from './report.mjs';
 
 const args = process.argv.slice(2);
@@ -61,16 +61,29 @@ const RAISE = 'ulimit -n "$(ulimit -Hn)" 2>/dev/null;';
 
 async function cleanup() {
   for (const f of cleanups.splice(0).reverse()) {
-    try { await f(); } catch { /* best effort */ }
+    try {
+      await f();
+    } catch {
+      /* best effort */
+    }
   }
 }
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { void cleanup().then(() => process.exit(130)); });
+for (const sig of ['SIGINT', 'SIGTERM'])
+  process.on(sig, () => {
+    void cleanup().then(() => process.exit(130));
+  });
 
 function setupNamespace() {
   ip('netns', 'add', NS);
   cleanups.push(() => ip('netns', 'del', NS));
   ip('link', 'add', HIF, 'type', 'veth', 'peer', 'name', NIF);
-  cleanups.push(() => { try { ip('link', 'del', HIF); } catch { /* gone with the namespace */ } });
+  cleanups.push(() => {
+    try {
+      ip('link', 'del', HIF);
+    } catch {
+      /* gone with the namespace */
+    }
+  });
   ip('link', 'set', NIF, 'netns', NS);
   ip('addr', 'add', `${NET}.1/24`, 'dev', HIF);
   ip('link', 'set', HIF, 'up');
@@ -80,8 +93,25 @@ function setupNamespace() {
   ip('-n', NS, 'route', 'add', 'default', 'via', `${NET}.1`);
   const procs = [
     ...Object.keys(CONTENDERS).map((_, i) => spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-p', String(PORTS.iperf + i)], { stdio: 'ignore' })),
-    spawn('ip', ['netns', 'exec', NS, 'sh', '-c', `${RAISE} exec "$0" "$@"`, process.execPath, join(ROOT, 'test/helpers/backend.mjs'),
-      '--http', String(PORTS.http), ...Object.keys(CONTENDERS).flatMap((_, i) => ['--echo', String(PORTS.echo + i)]), '--host', BACKEND], { stdio: ['pipe', 'ignore', 'ignore'] }),
+    spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        NS,
+        'sh',
+        '-c',
+        `${RAISE} exec "$0" "$@"`,
+        process.execPath,
+        join(ROOT, 'test/helpers/backend.mjs'),
+        '--http',
+        String(PORTS.http),
+        ...Object.keys(CONTENDERS).flatMap((_, i) => ['--echo', String(PORTS.echo + i)]),
+        '--host',
+        BACKEND,
+      ],
+      { stdio: ['pipe', 'ignore', 'ignore'] },
+    ),
   ];
   for (const p of procs) cleanups.push(() => p.kill('SIGKILL'));
 }
@@ -98,10 +128,28 @@ async function startDockerModes(bin, idx, engine = 'js') {
   const ports = portsFor();
   const to = targets(idx);
   const children = [];
-  const specs = [['tcp', 'iperf'], ['udp', 'iperf'], ['tcp', 'http'], ['tcp', 'echo']];
+  const specs = [
+    ['tcp', 'iperf'],
+    ['udp', 'iperf'],
+    ['tcp', 'http'],
+    ['tcp', 'echo'],
+  ];
   for (const [proto, svc] of specs) {
-    const { child } = await spawnDockerMode('/bin/sh', ['-c', `${RAISE} USERLAND_PROXY_ENGINE=${engine} exec "$0" "$@"`, bin, '-proto', proto, '-host-ip', '127.0.0.1',
-      '-host-port', String(ports[svc]), '-container-ip', BACKEND, '-container-port', String(to[svc])]);
+    const { child } = await spawnDockerMode('/bin/sh', [
+      '-c',
+      `${RAISE} USERLAND_PROXY_ENGINE=${engine} exec "$0" "$@"`,
+      bin,
+      '-proto',
+      proto,
+      '-host-ip',
+      '127.0.0.1',
+      '-host-port',
+      String(ports[svc]),
+      '-container-ip',
+      BACKEND,
+      '-container-port',
+      String(to[svc]),
+    ]);
     children.push(child);
   }
   // The echo port's process is the one that holds the idle connections.
@@ -110,7 +158,13 @@ async function startDockerModes(bin, idx, engine = 'js') {
 
 async function waitListening(port) {
   for (let i = 0; i < 100; i++) {
-    const ok = await new Promise((res) => { const s = connect(port, '127.0.0.1', () => { s.destroy(); res(true); }); s.on('error', () => res(false)); });
+    const ok = await new Promise((res) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.destroy();
+        res(true);
+      });
+      s.on('error', () => res(false));
+    });
     if (ok) return;
     await sleep(50);
   }
@@ -128,7 +182,12 @@ const CONTENDERS = {
     const rules = [];
     sh(`iptables -t nat -N ${chain}`);
     rules.push(`-t nat -A OUTPUT -j ${chain}`, `-t nat -A POSTROUTING -o ${HIF} -m addrtype --src-type LOCAL -j MASQUERADE`);
-    for (const [svc, proto] of [['iperf', 'tcp'], ['iperf', 'udp'], ['http', 'tcp'], ['echo', 'tcp']]) {
+    for (const [svc, proto] of [
+      ['iperf', 'tcp'],
+      ['iperf', 'udp'],
+      ['http', 'tcp'],
+      ['echo', 'tcp'],
+    ]) {
       rules.push(`-t nat -A ${chain} -d 127.0.0.1/32 -p ${proto} --dport ${ports[svc]} -j DNAT --to-destination ${BACKEND}:${to[svc]}`);
     }
     for (const r of rules) sh(`iptables ${r}`);
@@ -143,33 +202,84 @@ const CONTENDERS = {
   socat: async (idx) => {
     const ports = portsFor();
     const to = targets(idx);
-    const children = ['iperf', 'http', 'echo'].map((svc) => spawn('sh', ['-c', `${RAISE} exec socat -b131072 TCP-LISTEN:${ports[svc]},bind=127.0.0.1,fork,reuseaddr TCP:${BACKEND}:${to[svc]}`], { stdio: 'ignore' }));
+    const children = ['iperf', 'http', 'echo'].map((svc) =>
+      spawn('sh', ['-c', `${RAISE} exec socat -b131072 TCP-LISTEN:${ports[svc]},bind=127.0.0.1,fork,reuseaddr TCP:${BACKEND}:${to[svc]}`], { stdio: 'ignore' }),
+    );
     for (const svc of ['iperf', 'http', 'echo']) await waitListening(ports[svc]);
     // socat forks a process per connection: count the whole process group.
-    return { host: '127.0.0.1', ports, pids: children.map((c) => c.pid), tree: true, udp: false, stop: async () => { sh(`pkill -f "socat -b131072 TCP-LISTEN:(${ports.iperf}|${ports.http}|${ports.echo}),"` ); await Promise.all(children.map(stopChild)); } };
+    return {
+      host: '127.0.0.1',
+      ports,
+      pids: children.map((c) => c.pid),
+      tree: true,
+      udp: false,
+      stop: async () => {
+        sh(`pkill -f "socat -b131072 TCP-LISTEN:(${ports.iperf}|${ports.http}|${ports.echo}),"`);
+        await Promise.all(children.map(stopChild));
+      },
+    };
   },
   haproxy: async (idx) => {
     const ports = portsFor();
     const to = targets(idx);
     const dir = mkdtempSync(join(tmpdir(), 'upb-haproxy-'));
-    const cfg = ['global', '  maxconn 9500', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 1h', '  timeout server 1h',
-      ...['iperf', 'http', 'echo'].flatMap((svc) => [`listen ${svc}`, `  bind 127.0.0.1:${ports[svc]}`, `  server b ${BACKEND}:${to[svc]}`])].join('\n');
+    const cfg = [
+      'global',
+      '  maxconn 9500',
+      'defaults',
+      '  mode tcp',
+      '  timeout connect 5s',
+      '  timeout client 1h',
+      '  timeout server 1h',
+      ...['iperf', 'http', 'echo'].flatMap((svc) => [`listen ${svc}`, `  bind 127.0.0.1:${ports[svc]}`, `  server b ${BACKEND}:${to[svc]}`]),
+    ].join('\n');
     writeFileSync(join(dir, 'haproxy.cfg'), `${cfg}\n`);
     const child = spawn('sh', ['-c', `${RAISE} exec haproxy -db -f ${join(dir, 'haproxy.cfg')}`], { stdio: 'ignore' });
     for (const svc of ['iperf', 'http', 'echo']) await waitListening(ports[svc]);
-    return { host: '127.0.0.1', ports, pids: [child.pid], udp: false, stop: async () => { await stopChild(child); rmSync(dir, { recursive: true, force: true }); } };
+    return {
+      host: '127.0.0.1',
+      ports,
+      pids: [child.pid],
+      udp: false,
+      stop: async () => {
+        await stopChild(child);
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
   },
   'userland-proxy js': (idx) => startDockerModes(OURS, idx, 'js'),
   'userland-proxy native': (idx) => startDockerModes(OURS, idx, 'native'),
   'userland-proxy standalone': async (idx) => {
     const ports = portsFor();
     const to = targets(idx);
-    const child = spawn('sh', ['-c', `${RAISE} exec "$0" "$@"`, OURS, 'run', '--log-level', 'warn', '--engine', 'native',
-      '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${to.iperf}`, '-p', `127.0.0.1:${ports.iperf}:${BACKEND}:${to.iperf}/udp`,
-      '-p', `127.0.0.1:${ports.http}:${BACKEND}:${PORTS.http}`, '-p', `127.0.0.1:${ports.echo}:${BACKEND}:${to.echo}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const child = spawn(
+      'sh',
+      [
+        '-c',
+        `${RAISE} exec "$0" "$@"`,
+        OURS,
+        'run',
+        '--log-level',
+        'warn',
+        '--engine',
+        'native',
+        '-p',
+        `127.0.0.1:${ports.iperf}:${BACKEND}:${to.iperf}`,
+        '-p',
+        `127.0.0.1:${ports.iperf}:${BACKEND}:${to.iperf}/udp`,
+        '-p',
+        `127.0.0.1:${ports.http}:${BACKEND}:${PORTS.http}`,
+        '-p',
+        `127.0.0.1:${ports.echo}:${BACKEND}:${to.echo}`,
+      ],
+      { stdio: ['ignore', 'pipe', 'ignore'] },
+    );
     await new Promise((res, rej) => {
       let out = '';
-      child.stdout.on('data', (d) => { out += d; if (out.includes('ready:')) res(); });
+      child.stdout.on('data', (d) => {
+        out += d;
+        if (out.includes('ready:')) res();
+      });
       child.once('exit', (c) => rej(new Error(`standalone exited ${c}`)));
     });
     return { host: '127.0.0.1', ports, pids: [child.pid], udp: true, stop: () => stopChild(child) };
@@ -184,18 +294,28 @@ for (const n of NAMES) if (!CONTENDERS[n]) throw new Error(`unknown contender ${
 // ---- measurements ----
 function allPids(c) {
   if (!c.tree) return c.pids;
-  const out = execFileSync('ps', ['-eo', 'pid=,ppid=']).toString().trim().split('\n').map((l) => l.trim().split(/\s+/).map(Number));
+  const out = execFileSync('ps', ['-eo', 'pid=,ppid='])
+    .toString()
+    .trim()
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/).map(Number));
   const set = new Set(c.pids);
-  for (let grew = true; grew;) {
+  for (let grew = true; grew; ) {
     grew = false;
-    for (const [pid, ppid] of out) if (set.has(ppid) && !set.has(pid)) { set.add(pid); grew = true; }
+    for (const [pid, ppid] of out)
+      if (set.has(ppid) && !set.has(pid)) {
+        set.add(pid);
+        grew = true;
+      }
   }
   return [...set];
 }
 const cpuOf = (c) => allPids(c).reduce((a, p) => a + cpuSeconds(p), 0);
 function memOf(c) {
   const pids = allPids(c);
-  const sum = pids.map(mem).reduce((a, m) => ({ rssMiB: a.rssMiB + m.rssMiB, privateDirtyMiB: a.privateDirtyMiB + m.privateDirtyMiB }), { rssMiB: 0, privateDirtyMiB: 0 });
+  const sum = pids
+    .map(mem)
+    .reduce((a, m) => ({ rssMiB: a.rssMiB + m.rssMiB, privateDirtyMiB: a.privateDirtyMiB + m.privateDirtyMiB }), { rssMiB: 0, privateDirtyMiB: 0 });
   return { ...sum, processes: pids.length, privateDirtyPerProcessMiB: sum.privateDirtyMiB / pids.length };
 }
 
@@ -225,7 +345,10 @@ async function short(c) {
     await new Promise((res, rej) => {
       const s = connect(c.ports.echo, c.host, () => s.write(payload));
       let got = 0;
-      s.on('data', (d) => { got += d.length; if (got >= payload.length) s.destroy(); });
+      s.on('data', (d) => {
+        got += d.length;
+        if (got >= payload.length) s.destroy();
+      });
       s.on('close', () => (got >= payload.length ? res() : rej(new Error('short read'))));
       s.on('error', rej);
     });
@@ -242,7 +365,11 @@ function iperfJson(argv, secs) {
     return JSON.parse(execFileSync('timeout', [String(secs + 20), 'iperf3', ...argv, '-J'], { maxBuffer: 64 << 20 }).toString());
   } catch (err) {
     let why = err.message;
-    try { why = JSON.parse(err.stdout.toString()).error ?? why; } catch { /* not JSON */ }
+    try {
+      why = JSON.parse(err.stdout.toString()).error ?? why;
+    } catch {
+      /* not JSON */
+    }
     throw new Error(`iperf3: ${why}`);
   }
 }
@@ -251,7 +378,10 @@ function udpAt(c, size, pps, secs) {
   // No omitted first second for UDP: iperf3 then counts sent and received over different spans.
   // -w 4M gives iperf3's own sockets (client and server) room for bursts, so that losses are the
   // contender's, not the load generator's; the same for every contender.
-  const j = iperfJson(['-c', c.host, '-p', String(c.ports.iperf), '-t', String(secs), '-u', '-w', '4M', '-l', String(size), '-b', String(size * 8 * pps)], secs);
+  const j = iperfJson(
+    ['-c', c.host, '-p', String(c.ports.iperf), '-t', String(secs), '-u', '-w', '4M', '-l', String(size), '-b', String(size * 8 * pps)],
+    secs,
+  );
   const delivered = j.end.sum_received.bytes / size;
   return { deliveredPps: delivered / j.end.sum_received.seconds, lossPct: 100 * Math.max(0, 1 - delivered / j.end.sum_sent.packets) };
 }
@@ -288,7 +418,12 @@ async function idleConnections(c) {
   const socks = [];
   try {
     for (let i = 0; i < IDLE_CONNS; i++) {
-      socks.push(await new Promise((res, rej) => { const s = connect(c.ports.echo, c.host, () => res(s)); s.on('error', rej); }));
+      socks.push(
+        await new Promise((res, rej) => {
+          const s = connect(c.ports.echo, c.host, () => res(s));
+          s.on('error', rej);
+        }),
+      );
     }
   } catch (err) {
     for (const s of socks) s.destroy();
@@ -296,7 +431,11 @@ async function idleConnections(c) {
     return { error: `after ${socks.length} connections: ${err.message}${alive ? '' : ' (the proxy process exited)'}` };
   }
   // A round trip on the last one proves the proxy is through with all of them.
-  await new Promise((res) => { const s = socks[socks.length - 1]; s.once('data', res); s.write('x'); });
+  await new Promise((res) => {
+    const s = socks[socks.length - 1];
+    s.once('data', res);
+    s.write('x');
+  });
   await sleep(500);
   const m = memOf(c.echoPid ? { pids: [c.echoPid] } : c);
   for (const s of socks) s.destroy();
@@ -307,7 +446,9 @@ async function idleConnections(c) {
 // ---- the run ----
 const results = {};
 const record = (scenario, name, value) => {
-  ((results[scenario] ??= {})[name] ??= []).push(value);
+  results[scenario] ??= {};
+  results[scenario][name] ??= [];
+  results[scenario][name].push(value);
 };
 
 async function main() {
@@ -345,7 +486,7 @@ async function main() {
           v = { error: String(err.message ?? err).split('\n')[0] };
         }
         if (v !== null) record(scenario, n, v);
-        log(`${scenario} rep ${rep + 1}/${REPS} ${n}: ${JSON.stringify(v, (k, x) => (typeof x === 'number' ? Number(x.toFixed(3)) : x))}`);
+        log(`${scenario} rep ${rep + 1}/${REPS} ${n}: ${JSON.stringify(v, (_k, x) => (typeof x === 'number' ? Number(x.toFixed(3)) : x))}`);
       }
     }
   }
@@ -363,22 +504,42 @@ async function main() {
   await cleanup();
   if (SCENARIOS.includes('startup')) {
     for (let i = 0; i < STARTUPS; i++) {
-      const order = [['docker-proxy', REF, 'js'], ['userland-proxy js', OURS, 'js'], ['userland-proxy native', OURS, 'native']];
+      const order = [
+        ['docker-proxy', REF, 'js'],
+        ['userland-proxy js', OURS, 'js'],
+        ['userland-proxy native', OURS, 'native'],
+      ];
       for (const [n, bin, engine] of i % 2 ? order.reverse() : order) {
         if (!NAMES.includes(n)) continue;
-        const { child, ms } = await spawnDockerMode(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(30990), '-container-ip', '127.0.0.1', '-container-port', '9'], { ...process.env, USERLAND_PROXY_ENGINE: engine });
+        const { child, ms } = await spawnDockerMode(
+          bin,
+          ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(30990), '-container-ip', '127.0.0.1', '-container-port', '9'],
+          { ...process.env, USERLAND_PROXY_ENGINE: engine },
+        );
         record('startup', n, { ms });
         await stopChild(child);
       }
     }
     log(`startup: ${STARTUPS} runs each`);
   }
-  const report = { date: new Date().toISOString(), machine: machine(), quick: QUICK, reps: REPS, seconds: SECS, idleConns: IDLE_CONNS, shortConns: SHORT_CONNS, contenders: NAMES, results };
+  const report = {
+    date: new Date().toISOString(),
+    machine: machine(),
+    quick: QUICK,
+    reps: REPS,
+    seconds: SECS,
+    idleConns: IDLE_CONNS,
+    shortConns: SHORT_CONNS,
+    contenders: NAMES,
+    results,
+  };
   mkdirSync(OUT, { recursive: true });
   writeFileSync(join(OUT, 'latest.json'), `${JSON.stringify(report, null, 2)}\n`);
   writeFileSync(join(OUT, 'latest.md'), renderMarkdown(report));
   writeFileSync(join(OUT, 'ratios.svg'), renderSvg(report));
-  process.stdout.write(`\n${renderMarkdown(report)}\nwritten: ${join(OUT, 'latest.json')}, latest.md, ratios.svg (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
+  process.stdout.write(
+    `\n${renderMarkdown(report)}\nwritten: ${join(OUT, 'latest.json')}, latest.md, ratios.svg (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`,
+  );
 }
 
 main().catch(async (err) => {

@@ -20,25 +20,42 @@ const runs = [];
 for (let i = 0; i < 3; i++) {
   const t0 = process.hrtime.bigint();
   const specs = ['0.0.0.0', '[::]'].flatMap((h) => [
-    '-p', `${h}:${BASE}-${BASE + TCP - 1}:127.0.0.1:${BASE + 10000}-${BASE + 10000 + TCP - 1}`,
-    '-p', `${h}:${BASE}-${BASE + UDP - 1}:127.0.0.1:${BASE + 10000}-${BASE + 10000 + UDP - 1}/udp`,
+    '-p',
+    `${h}:${BASE}-${BASE + TCP - 1}:127.0.0.1:${BASE + 10000}-${BASE + 10000 + TCP - 1}`,
+    '-p',
+    `${h}:${BASE}-${BASE + UDP - 1}:127.0.0.1:${BASE + 10000}-${BASE + 10000 + UDP - 1}/udp`,
   ]);
   const child = spawn(join(ROOT, 'bin/userland-proxy'), ['run', ...specs, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const readyMs = await new Promise((res, rej) => {
     let out = '';
-    child.stdout.on('data', (d) => { out += d; if (out.includes('ready:')) res(Number(process.hrtime.bigint() - t0) / 1e6); });
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (out.includes('ready:')) res(Number(process.hrtime.bigint() - t0) / 1e6);
+    });
     child.once('exit', (c) => rej(new Error(`exited ${c}`)));
   });
   await sleep(1000);
   const m = mem(child.pid);
-  const fds = execFileSync('ls', [`/proc/${child.pid}/fd`]).toString().trim().split('\n').length;
+  const fds = execFileSync('ls', [`/proc/${child.pid}/fd`])
+    .toString()
+    .trim()
+    .split('\n').length;
   runs.push({ readyMs, ...m, fds });
-  await new Promise((r) => { child.once('exit', r); child.kill('SIGTERM'); });
-  process.stdout.write(`run ${i + 1}: ready in ${readyMs.toFixed(0)} ms, Rss ${m.rssMiB.toFixed(1)} MiB, Private_Dirty ${m.privateDirtyMiB.toFixed(1)} MiB, ${fds} fds\n`);
+  await new Promise((r) => {
+    child.once('exit', r);
+    child.kill('SIGTERM');
+  });
+  process.stdout.write(
+    `run ${i + 1}: ready in ${readyMs.toFixed(0)} ms, Rss ${m.rssMiB.toFixed(1)} MiB, Private_Dirty ${m.privateDirtyMiB.toFixed(1)} MiB, ${fds} fds\n`,
+  );
 }
 let ref = null;
 if (existsSync(REF)) {
-  const c = spawn(REF, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(BASE), '-container-ip', '127.0.0.1', '-container-port', String(BASE + 10000)], { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
+  const c = spawn(
+    REF,
+    ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(BASE), '-container-ip', '127.0.0.1', '-container-port', String(BASE + 10000)],
+    { stdio: ['ignore', 'ignore', 'ignore', 'pipe'] },
+  );
   await sleep(500);
   ref = mem(c.pid);
   c.kill('SIGINT');
@@ -51,7 +68,9 @@ const table = [
   '| | processes | ready, ms | Rss, MiB | Private_Dirty, MiB |',
   '|---|---|---|---|---|',
   `| userland-proxy (one process, 4 workers) | 1 | ${med('readyMs').toFixed(0)} | ${med('rssMiB').toFixed(1)} | ${med('privateDirtyMiB').toFixed(1)} |`,
-  ref ? `| docker-proxy x ${procs} | ${procs} | - | ${(ref.rssMiB * procs).toFixed(0)} (${ref.rssMiB.toFixed(1)} each) | ${(ref.privateDirtyMiB * procs).toFixed(0)} (${ref.privateDirtyMiB.toFixed(1)} each) |` : '| docker-proxy | (reference not found) | | | |',
+  ref
+    ? `| docker-proxy x ${procs} | ${procs} | - | ${(ref.rssMiB * procs).toFixed(0)} (${ref.rssMiB.toFixed(1)} each) | ${(ref.privateDirtyMiB * procs).toFixed(0)} (${ref.privateDirtyMiB.toFixed(1)} each) |`
+    : '| docker-proxy | (reference not found) | | | |',
 ].join('\n');
 writeFileSync(join(ROOT, 'bench/results/scale.json'), `${JSON.stringify({ date: new Date().toISOString(), tcp: TCP, udp: UDP, runs, ref }, null, 2)}\n`);
 writeFileSync(join(ROOT, 'bench/results/scale.md'), `${table}\n`);

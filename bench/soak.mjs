@@ -20,12 +20,37 @@ const t0 = Date.now();
 const log = (m) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${m}\n`);
 
 const backendPort = await freePort();
-const backend = spawn(process.execPath, [join(ROOT, 'test/helpers/backend.mjs'), '--echo', String(backendPort), '--host', '127.0.0.1'], { stdio: ['pipe', 'pipe', 'inherit'] });
+const backend = spawn(process.execPath, [join(ROOT, 'test/helpers/backend.mjs'), '--echo', String(backendPort), '--host', '127.0.0.1'], {
+  stdio: ['pipe', 'pipe', 'inherit'],
+});
 await new Promise((res) => backend.stdout.once('data', res));
 const port = await freePort();
-const { child: proxy } = await spawnDockerMode('/bin/sh', ['-c', 'ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"', OURS,
-  '-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(backendPort)]);
-const stats = { connections: 0, bytesSent: 0, bytesReceived: 0, mismatches: 0, errors: 0, maxRssMiB: 0, maxPrivateDirtyMiB: 0, heldConnections: 0, errorSamples: [] };
+const { child: proxy } = await spawnDockerMode('/bin/sh', [
+  '-c',
+  'ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"',
+  OURS,
+  '-proto',
+  'tcp',
+  '-host-ip',
+  '127.0.0.1',
+  '-host-port',
+  String(port),
+  '-container-ip',
+  '127.0.0.1',
+  '-container-port',
+  String(backendPort),
+]);
+const stats = {
+  connections: 0,
+  bytesSent: 0,
+  bytesReceived: 0,
+  mismatches: 0,
+  errors: 0,
+  maxRssMiB: 0,
+  maxPrivateDirtyMiB: 0,
+  heldConnections: 0,
+  errorSamples: [],
+};
 const sample = () => {
   const m = mem(proxy.pid);
   stats.maxRssMiB = Math.max(stats.maxRssMiB, m.rssMiB);
@@ -42,8 +67,15 @@ function oneConnection() {
     let got = 0;
     const s = connect(port, '127.0.0.1');
     s.setNoDelay(true);
-    s.on('data', (d) => { got += d.length; gotHash.update(d); });
-    s.on('error', (e) => { stats.errors++; if (stats.errorSamples.length < 5) stats.errorSamples.push(e.message); resolve(); });
+    s.on('data', (d) => {
+      got += d.length;
+      gotHash.update(d);
+    });
+    s.on('error', (e) => {
+      stats.errors++;
+      if (stats.errorSamples.length < 5) stats.errorSamples.push(e.message);
+      resolve();
+    });
     s.on('end', () => {
       stats.connections++;
       stats.bytesReceived += got;
@@ -70,7 +102,12 @@ function oneConnection() {
 const held = [];
 for (let i = 0; i < HOLD; i++) {
   try {
-    held.push(await new Promise((res, rej) => { const s = connect(port, '127.0.0.1', () => res(s)); s.on('error', rej); }));
+    held.push(
+      await new Promise((res, rej) => {
+        const s = connect(port, '127.0.0.1', () => res(s));
+        s.on('error', rej);
+      }),
+    );
   } catch (err) {
     log(`holding stopped after ${held.length} connections: ${err.message}`);
     break;
@@ -80,26 +117,40 @@ stats.heldConnections = held.length;
 if (HOLD) log(`holding ${held.length} idle connections`);
 const deadline = Date.now() + SECONDS * 1000;
 let last = Date.now();
-await Promise.all(Array.from({ length: CONNS }, async () => {
-  while (Date.now() < deadline) {
-    await oneConnection();
-    if (Date.now() - last > 5000) {
-      last = Date.now();
-      log(`${stats.connections} connections, ${(stats.bytesSent / 2 ** 30).toFixed(2)} GiB sent, ${stats.mismatches} mismatches, Rss ${stats.maxRssMiB.toFixed(0)} MiB max`);
+await Promise.all(
+  Array.from({ length: CONNS }, async () => {
+    while (Date.now() < deadline) {
+      await oneConnection();
+      if (Date.now() - last > 5000) {
+        last = Date.now();
+        log(
+          `${stats.connections} connections, ${(stats.bytesSent / 2 ** 30).toFixed(2)} GiB sent, ${stats.mismatches} mismatches, Rss ${stats.maxRssMiB.toFixed(0)} MiB max`,
+        );
+      }
     }
-  }
-}));
+  }),
+);
 sample();
 // Held connections must still work after all that.
 let heldOk = 0;
 for (const s of held.slice(0, 100)) {
-  const ok = await new Promise((res) => { s.once('data', () => res(true)); s.write('x'); setTimeout(() => res(false), 2000); });
+  const ok = await new Promise((res) => {
+    s.once('data', () => res(true));
+    s.write('x');
+    setTimeout(() => res(false), 2000);
+  });
   if (ok) heldOk++;
 }
 for (const s of held) s.destroy();
 clearInterval(sampler);
 await stopChild(proxy);
 backend.kill('SIGKILL');
-const summary = { seconds: SECONDS, concurrent: CONNS, ...stats, heldStillWorking: `${heldOk}/${Math.min(100, held.length)}`, lossless: stats.mismatches === 0 && stats.errors === 0 && stats.bytesReceived === stats.bytesSent };
+const summary = {
+  seconds: SECONDS,
+  concurrent: CONNS,
+  ...stats,
+  heldStillWorking: `${heldOk}/${Math.min(100, held.length)}`,
+  lossless: stats.mismatches === 0 && stats.errors === 0 && stats.bytesReceived === stats.bytesSent,
+};
 process.stdout.write(`${JSON.stringify(summary)}\n`);
 process.exit(summary.lossless && heldOk === Math.min(100, held.length) ? 0 : 1);

@@ -14,9 +14,18 @@ const args = process.argv.slice(2);
 const opt = (n, d) => (args.includes(n) ? args[args.indexOf(n) + 1] : d);
 const RUNS = Number(opt('--runs', '20'));
 const BYTES = opt('--bytes', '1G');
-const contenders = [['docker-proxy', REF, 'js'], ['userland-proxy js', OURS, 'js'], ['userland-proxy native', OURS, 'native']];
+const contenders = [
+  ['docker-proxy', REF, 'js'],
+  ['userland-proxy js', OURS, 'js'],
+  ['userland-proxy native', OURS, 'native'],
+];
 for (const [name, bin] of contenders) if (!existsSync(bin)) throw new Error(`${name} not found at ${bin} (run .ci/setup)`);
-const start = (bin, engine, port, targetPort) => spawnDockerMode(bin, ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)], { ...process.env, USERLAND_PROXY_ENGINE: engine });
+const start = (bin, engine, port, targetPort) =>
+  spawnDockerMode(
+    bin,
+    ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)],
+    { ...process.env, USERLAND_PROXY_ENGINE: engine },
+  );
 
 const results = Object.fromEntries(contenders.map(([n]) => [n, { startupMs: [] }]));
 const targetPort = await freePort();
@@ -60,6 +69,9 @@ const table = [
   '|---|---|---|---|---|---|',
   ...rows,
 ].join('\n');
-writeFileSync(join(ROOT, 'bench/results/startup-memory.json'), `${JSON.stringify({ date: new Date().toISOString(), machine, runs: RUNS, bytes: BYTES, results }, null, 2)}\n`);
+writeFileSync(
+  join(ROOT, 'bench/results/startup-memory.json'),
+  `${JSON.stringify({ date: new Date().toISOString(), machine, runs: RUNS, bytes: BYTES, results }, null, 2)}\n`,
+);
 writeFileSync(join(ROOT, 'bench/results/startup-memory.md'), `${table}\n`);
 process.stdout.write(`${table}\n`);

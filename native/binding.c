@@ -36,7 +36,13 @@
 
 /* ---------- N-API ---------- */
 
-#define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NATIVE_ERROR, #call " failed"); return NULL; } } while (0)
+#define CHECK(call)                                         \
+  do {                                                      \
+    if ((call) != napi_ok) {                                \
+      napi_throw_error(env, NATIVE_ERROR, #call " failed"); \
+      return NULL;                                          \
+    }                                                       \
+  } while (0)
 
 static napi_value throw_errno(napi_env env, int err, const char *what) {
   char msg[160];
@@ -71,8 +77,13 @@ static int post(engine_t *e, int op, group_t *g, conn_t *c) {
 /* Live connections and open UDP groups keep the event loop alive, as their sockets did. */
 static void hold(napi_env env, engine_t *e, int delta) {
   e->refs += delta;
-  if (e->refs > 0 && !e->refed) { napi_ref_threadsafe_function(env, e->tsfn); e->refed = 1; }
-  else if (e->refs <= 0 && e->refed) { napi_unref_threadsafe_function(env, e->tsfn); e->refed = 0; }
+  if (e->refs > 0 && !e->refed) {
+    napi_ref_threadsafe_function(env, e->tsfn);
+    e->refed = 1;
+  } else if (e->refs <= 0 && e->refed) {
+    napi_unref_threadsafe_function(env, e->tsfn);
+    e->refed = 0;
+  }
 }
 
 static void call_js(napi_env env, napi_value cb, void *ctx, void *data) {
@@ -108,7 +119,16 @@ static void engine_teardown(void *arg) {
   engine_t *e = arg;
   engine_stop(e);
   for (int i = 0; i < e->npool; i++) pipe_close(&e->pool[i]);
-  while (e->cmds) { cmd_t *c = e->cmds; e->cmds = c->next; if (c->c) { close(c->c->fd[0]); close(c->c->fd[1]); free(c->c); } free(c); }
+  while (e->cmds) {
+    cmd_t *c = e->cmds;
+    e->cmds = c->next;
+    if (c->c) {
+      close(c->c->fd[0]);
+      close(c->c->fd[1]);
+      free(c->c);
+    }
+    free(c);
+  }
   while (e->groups) {
     group_t *g = e->groups;
     e->groups = g->next;
@@ -122,7 +142,10 @@ static void engine_teardown(void *arg) {
   close(e->evfd);
   free(e->closed);
   free(e->io);
-  while (e->quotas) { e->quotas->refs = 1; quota_put(e, e->quotas); }
+  while (e->quotas) {
+    e->quotas->refs = 1;
+    quota_put(e, e->quotas);
+  }
   pthread_cond_destroy(&e->closed_cv);
   pthread_mutex_destroy(&e->mu);
   free(e);
@@ -180,7 +203,9 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static int get_i64(napi_env env, napi_value v, int64_t *out) { return napi_get_value_int64(env, v, out) == napi_ok ? 0 : -1; }
+static int get_i64(napi_env env, napi_value v, int64_t *out) {
+  return napi_get_value_int64(env, v, out) == napi_ok ? 0 : -1;
+}
 
 static group_t *new_group(napi_env env, engine_t *e, napi_value id, napi_value counters, int kind, size_t need) {
   int64_t gid;
@@ -218,7 +243,8 @@ static napi_value wrap_group(napi_env env, group_t *g) {
 
 static group_t *unwrap_group(napi_env env, napi_value v) {
   group_t *g = NULL;
-  if (napi_get_value_external(env, v, (void **)&g) != napi_ok || !g) napi_throw_type_error(env, NATIVE_ERROR, "not a group");
+  if (napi_get_value_external(env, v, (void **)&g) != napi_ok || !g)
+    napi_throw_type_error(env, NATIVE_ERROR, "not a group");
   return g;
 }
 
@@ -326,8 +352,8 @@ static napi_value js_udp_group(napi_env env, napi_callback_info info) {
   if (argc < 15 || get_i64(env, argv[2], &lfd) < 0 || napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok ||
       (tlen != 4 && tlen != 16) || get_i64(env, argv[4], &port) < 0 || get_i64(env, argv[5], &idle) < 0 ||
       get_i64(env, argv[6], &max_flows) < 0 || napi_get_value_bool(env, argv[9], &wildcard) != napi_ok ||
-      get_i64(env, argv[10], &per_source) < 0 || get_i64(env, argv[12], &budget_limit) < 0 || get_i64(env, argv[13], &budget_own) < 0 ||
-      get_i64(env, argv[14], &scope) < 0)
+      get_i64(env, argv[10], &per_source) < 0 || get_i64(env, argv[12], &budget_limit) < 0 ||
+      get_i64(env, argv[13], &budget_own) < 0 || get_i64(env, argv[14], &scope) < 0)
     return throw_errno(env, EINVAL, "udpGroup");
   int32_t *budget = NULL;
   napi_valuetype bt;
@@ -336,8 +362,8 @@ static napi_value js_udp_group(napi_env env, napi_callback_info info) {
     napi_typedarray_type type;
     size_t blen;
     void *bdata;
-    if (napi_get_typedarray_info(env, argv[11], &type, &blen, &bdata, NULL, NULL) != napi_ok || type != napi_int32_array ||
-        budget_own < 0 || (size_t)budget_own >= blen)
+    if (napi_get_typedarray_info(env, argv[11], &type, &blen, &bdata, NULL, NULL) != napi_ok ||
+        type != napi_int32_array || budget_own < 0 || (size_t)budget_own >= blen)
       return throw_errno(env, EINVAL, "udpGroup budget");
     budget = bdata;
   }
@@ -385,8 +411,10 @@ static napi_value js_udp_group(napi_env env, napi_callback_info info) {
   int64_t p = idle / 10;
   g->sweep_ms = p < 50 ? 50 : p > MAX_TICK_MS ? MAX_TICK_MS : p;
   int on = 1;
-  if (g->lfamily == AF_INET) setsockopt(g->lfd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
-  else setsockopt(g->lfd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
+  if (g->lfamily == AF_INET)
+    setsockopt(g->lfd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
+  else
+    setsockopt(g->lfd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
   g->lw.kind = W_UDP_LISTENER;
   g->lw.owner = g;
   g->quota = quota_get(e, g->ctr);

@@ -29,12 +29,18 @@ const gyp = nodeGyp();
 const prefix = join(dirname(process.execPath), '..');
 const args = ['rebuild', '--release', '--loglevel=error'];
 if (existsSync(join(prefix, 'include', 'node', 'node_api.h'))) args.push(`--nodedir=${prefix}`);
-const result = gyp === null
-  ? { status: 1, stderr: 'node-gyp not found' }
-  : spawnSync(process.execPath, [gyp, ...args], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const result =
+  gyp === null
+    ? { status: 1, stderr: 'node-gyp not found' }
+    : spawnSync(process.execPath, [gyp, ...args], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 if (result.status === 0 && existsSync(join(root, 'build', 'Release', 'engine.node'))) {
   console.log('userland-proxy: native engine built (build/Release/engine.node)');
 } else {
-  const why = String(result.stderr ?? result.error ?? '').trim().split('\n').filter(Boolean).slice(-1)[0] ?? 'unknown error';
+  const why =
+    String(result.stderr ?? result.error ?? '')
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .slice(-1)[0] ?? 'unknown error';
   console.warn(`userland-proxy: native engine not built (${why}); the JavaScript engine will be used`);
 }

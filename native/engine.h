@@ -31,32 +31,52 @@
 
 /* Tunables (mirrors of src/constants.ts where both exist). */
 #define EVENTS_PER_WAIT 128
-#define PIPE_POOL_MAX 8           /* idle pipes kept per thread: 16 fds, inside JS's FD_RESERVE */
-#define POOL_TRIM_MS 5000         /* pooled pipes unused for this long are closed */
-#define QUOTA_BUCKETS 256         /* per-source flow counts of one UDP mapping */
-#define UDP_BATCH 32              /* datagrams per recvmmsg/sendmmsg */
-#define UDP_SLOT 65536            /* one datagram buffer: the largest UDP payload fits */
+#define PIPE_POOL_MAX 8 /* idle pipes kept per thread: 16 fds, inside JS's FD_RESERVE */
+#define POOL_TRIM_MS 5000 /* pooled pipes unused for this long are closed */
+#define QUOTA_BUCKETS 256 /* per-source flow counts of one UDP mapping */
+#define UDP_BATCH 32 /* datagrams per recvmmsg/sendmmsg */
+#define UDP_SLOT 65536 /* one datagram buffer: the largest UDP payload fits */
 #define UDP_FLOW_BUFFER (1 << 20) /* SO_RCVBUF/SO_SNDBUF of each flow socket */
-#define GSO_MAX_SEGS 64           /* UDP_MAX_SEGMENTS of older kernels */
-#define GSO_MAX_BYTES 60000       /* one GSO message stays below the 64 KiB IP limit */
-#define GSO_MAX_SEGMENT 1400      /* larger datagrams may not fit the path MTU: sent plainly */
-#define UDP_ROUNDS 8              /* recvmmsg batches per wakeup before other sockets get a turn */
+#define GSO_MAX_SEGS 64 /* UDP_MAX_SEGMENTS of older kernels */
+#define GSO_MAX_BYTES 60000 /* one GSO message stays below the 64 KiB IP limit */
+#define GSO_MAX_SEGMENT 1400 /* larger datagrams may not fit the path MTU: sent plainly */
+#define UDP_ROUNDS 8 /* recvmmsg batches per wakeup before other sockets get a turn */
 #define THREAD_STACK (256 * 1024)
 #define MAX_TICK_MS 1000
 
 /* The JS<->C contract, each list written once: the enums below and the `contract` export that
  * native-engine.ts compares with its own tables when it loads the addon (a mismatch refuses the
  * addon instead of silently swapping counters). */
-/* Close reasons reported to JavaScript (CLOSE_REASON). */
-#define CLOSE_REASONS(X) X(R_CLEAN, "clean") X(R_ABORTED, "aborted") X(R_IDLE, "idle") X(R_LINGER, "linger") X(R_CLOSED, "closed")
+/* Close reasons reported to JavaScript (CLOSE_REASON). X-macro lists: kept by hand (clang-format
+ * cannot lay them out stably). */
+// clang-format off
+#define CLOSE_REASONS(X) \
+  X(R_CLEAN, "clean") \
+  X(R_ABORTED, "aborted") \
+  X(R_IDLE, "idle") \
+  X(R_LINGER, "linger") \
+  X(R_CLOSED, "closed")
 /* TCP counters: indices into the group's Float64Array, named as the TcpStats keys they feed. */
-#define TCP_COUNTERS(X) X(T_BYTES_IN, "bytesIn") X(T_BYTES_OUT, "bytesOut") X(T_PAUSES_CLIENT, "pausesClient") \
+#define TCP_COUNTERS(X) \
+  X(T_BYTES_IN, "bytesIn") \
+  X(T_BYTES_OUT, "bytesOut") \
+  X(T_PAUSES_CLIENT, "pausesClient") \
   X(T_PAUSES_UPSTREAM, "pausesUpstream")
 /* UDP counters, named as the UdpStats keys. */
-#define UDP_COUNTERS(X) X(U_FLOWS_CREATED, "flowsCreated") X(U_FLOWS_ACTIVE, "flowsActive") X(U_FLOWS_EXPIRED, "flowsExpired") \
-  X(U_DGRAMS_IN, "datagramsIn") X(U_BYTES_IN, "bytesIn") X(U_DGRAMS_OUT, "datagramsOut") X(U_BYTES_OUT, "bytesOut") \
-  X(U_DROP_LIMIT, "droppedFlowLimit") X(U_DROP_QUEUE, "droppedQueueFull") X(U_DROP_SEND, "droppedSendError") \
-  X(U_DROP_BLOCKED, "droppedBlocked") X(U_REFUSED, "refused")
+#define UDP_COUNTERS(X) \
+  X(U_FLOWS_CREATED, "flowsCreated") \
+  X(U_FLOWS_ACTIVE, "flowsActive") \
+  X(U_FLOWS_EXPIRED, "flowsExpired") \
+  X(U_DGRAMS_IN, "datagramsIn") \
+  X(U_BYTES_IN, "bytesIn") \
+  X(U_DGRAMS_OUT, "datagramsOut") \
+  X(U_BYTES_OUT, "bytesOut") \
+  X(U_DROP_LIMIT, "droppedFlowLimit") \
+  X(U_DROP_QUEUE, "droppedQueueFull") \
+  X(U_DROP_SEND, "droppedSendError") \
+  X(U_DROP_BLOCKED, "droppedBlocked") \
+  X(U_REFUSED, "refused")
+// clang-format on
 #define ENUM_ITEM(id, name) id,
 enum { CLOSE_REASONS(ENUM_ITEM) R_COUNT };
 enum { TCP_COUNTERS(ENUM_ITEM) T_COUNT };
@@ -68,14 +88,21 @@ typedef struct engine engine_t;
 typedef struct group group_t;
 
 /* What an epoll registration points at. */
-typedef struct watch { int kind; int side; void *owner; } watch_t;
+typedef struct watch {
+  int kind;
+  int side;
+  void *owner;
+} watch_t;
 
-typedef struct pipe_pair { int r, w; size_t cap; } pipe_pair_t;
+typedef struct pipe_pair {
+  int r, w;
+  size_t cap;
+} pipe_pair_t;
 
 /* One direction of a TCP connection: src -> pipe -> dst. */
 typedef struct dir {
-  pipe_pair_t p;   /* r < 0: no pipe held (only while bytes are in flight) */
-  size_t inpipe;   /* bytes in the pipe: an EAGAIN from the read splice can mean "pipe out of slots" */
+  pipe_pair_t p; /* r < 0: no pipe held (only while bytes are in flight) */
+  size_t inpipe; /* bytes in the pipe: an EAGAIN from the read splice can mean "pipe out of slots" */
   int eof, shut, blocked;
 } dir_t;
 
@@ -83,9 +110,9 @@ typedef struct conn {
   watch_t w[2];
   group_t *g;
   uint32_t id;
-  int fd[2];       /* 0 client, 1 target */
-  dir_t d[2];      /* 0 client->target, 1 target->client */
-  int64_t last;    /* monotonic ms of the last byte read either way */
+  int fd[2]; /* 0 client, 1 target */
+  dir_t d[2]; /* 0 client->target, 1 target->client */
+  int64_t last; /* monotonic ms of the last byte read either way */
   int dead;
   struct conn *prev, *next, *dead_next;
 } conn_t;
@@ -97,17 +124,31 @@ typedef struct flow {
   struct sockaddr_storage client;
   socklen_t clen;
   int has_dst;
-  union { struct in_pktinfo v4; struct in6_pktinfo v6; } dst; /* where the client sent to */
+  union {
+    struct in_pktinfo v4;
+    struct in6_pktinfo v6;
+  } dst; /* where the client sent to */
   int64_t last;
   struct flow *hnext, *prev, *next;
 } flow_t;
 
-typedef struct acl_entry { uint8_t family, prefix, addr[16]; } acl_entry_t;
+typedef struct acl_entry {
+  uint8_t family, prefix, addr[16];
+} acl_entry_t;
 
 /* Flows per client address across the groups (ports) of one UDP mapping, which share its
  * counters array: that pointer identifies the mapping. Thread-only. */
-typedef struct src_count { uint8_t addr[16]; int n; struct src_count *next; } src_count_t;
-typedef struct quota { double *ctr; int refs; src_count_t *b[QUOTA_BUCKETS]; struct quota *next; } quota_t;
+typedef struct src_count {
+  uint8_t addr[16];
+  int n;
+  struct src_count *next;
+} src_count_t;
+typedef struct quota {
+  double *ctr;
+  int refs;
+  src_count_t *b[QUOTA_BUCKETS];
+  struct quota *next;
+} quota_t;
 
 struct group {
   int id, kind, closed;
@@ -121,13 +162,13 @@ struct group {
   watch_t lw;
   int lfd, lfamily, wildcard, max_flows, per_source, nflows, no_gso;
   quota_t *quota;
-  int32_t *budget;       /* the process fd budget (shared memory): [0] fds in use */
-  napi_ref budget_ref;   /* keeps that memory alive */
-  int budget_own;        /* > 0: this worker's own cell, counted too (fd-limit.ts) */
+  int32_t *budget; /* the process fd budget (shared memory): [0] fds in use */
+  napi_ref budget_ref; /* keeps that memory alive */
+  int budget_own; /* > 0: this worker's own cell, counted too (fd-limit.ts) */
   int64_t budget_limit;
-  int close_done;        /* C_CLOSE_GROUP ran (guarded by the engine mutex) */
+  int close_done; /* C_CLOSE_GROUP ran (guarded by the engine mutex) */
   volatile int draining;
-  int js_closed;         /* main thread only */
+  int js_closed; /* main thread only */
   struct sockaddr_storage target;
   socklen_t tlen;
   acl_entry_t *allow, *deny;
@@ -137,7 +178,12 @@ struct group {
   group_t *next;
 };
 
-typedef struct cmd { int op; group_t *g; conn_t *c; struct cmd *next; } cmd_t;
+typedef struct cmd {
+  int op;
+  group_t *g;
+  conn_t *c;
+  struct cmd *next;
+} cmd_t;
 enum { C_ADD_CONN, C_CLOSE_GROUP };
 
 struct engine {
@@ -148,16 +194,17 @@ struct engine {
   pthread_cond_t closed_cv; /* signalled after each C_CLOSE_GROUP */
   cmd_t *cmds, **cmds_tail;
   napi_threadsafe_function tsfn;
-  int refs, refed;        /* main thread only: live conns + open UDP groups keep the loop alive */
-  group_t *groups;        /* main thread owns the list; freed at teardown */
+  int refs, refed; /* main thread only: live conns + open UDP groups keep the loop alive */
+  group_t *groups; /* main thread owns the list; freed at teardown */
   watch_t evw;
   /* thread-only state */
   pipe_pair_t pool[PIPE_POOL_MAX];
-  int npool, pool_low;    /* pool_low: fewest pooled pipes since the last trim */
+  int npool, pool_low; /* pool_low: fewest pooled pipes since the last trim */
   int64_t next_trim;
   quota_t *quotas;
   conn_t *dead;
-  double *closed; size_t nclosed, capclosed;
+  double *closed;
+  size_t nclosed, capclosed;
   struct udp_io *io;
 };
 

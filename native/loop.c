@@ -27,8 +27,10 @@ static void sweep(engine_t *e, group_t *g, int64_t now) {
   for (conn_t *c = g->conns, *next; c; c = next) {
     next = c->next;
     int64_t idle = now - c->last;
-    if (g->idle_ms > 0 && idle >= g->idle_ms) conn_close(e, c, R_IDLE, conn_pending(c));
-    else if (g->linger_ms > 0 && (c->d[0].eof || c->d[1].eof) && idle >= g->linger_ms) conn_close(e, c, R_LINGER, conn_pending(c));
+    if (g->idle_ms > 0 && idle >= g->idle_ms)
+      conn_close(e, c, R_IDLE, conn_pending(c));
+    else if (g->linger_ms > 0 && (c->d[0].eof || c->d[1].eof) && idle >= g->linger_ms)
+      conn_close(e, c, R_LINGER, conn_pending(c));
   }
   for (flow_t *f = g->flows, *next; f; f = next) {
     next = f->next;
@@ -49,7 +51,8 @@ static void run_commands(engine_t *e) {
   pthread_mutex_unlock(&e->mu);
   while (q) {
     cmd_t *next = q->next;
-    if (q->op == C_ADD_CONN) tcp_add(e, q->c);
+    if (q->op == C_ADD_CONN)
+      tcp_add(e, q->c);
     else if (q->op == C_CLOSE_GROUP) {
       group_close(e, q->g);
       /* JS waits for this: the port must be free when groupClose returns. */
@@ -92,16 +95,21 @@ void *thread_main(void *arg) {
     group_t *groups = e->groups;
     pthread_mutex_unlock(&e->mu);
     int64_t tick = MAX_TICK_MS;
-    for (group_t *g = groups; g; g = g->next) if (g->sweep_ms < tick) tick = g->sweep_ms;
+    for (group_t *g = groups; g; g = g->next)
+      if (g->sweep_ms < tick) tick = g->sweep_ms;
     int n = epoll_wait(e->epfd, evs, EVENTS_PER_WAIT, (int)tick);
     int64_t now = now_ms();
     int commands = 0;
     for (int i = 0; i < n; i++) {
       watch_t *w = evs[i].data.ptr;
-      if (w->kind == W_EVENT) commands = 1;
-      else if (w->kind == W_TCP) tcp_event(e, w->owner, w->side, evs[i].events, now);
-      else if (w->kind == W_UDP_LISTENER) { if (!((group_t *)w->owner)->closed) udp_listener_event(e, w->owner, now); }
-      else if (w->kind == W_UDP_FLOW) udp_flow_event(e, w->owner, now);
+      if (w->kind == W_EVENT)
+        commands = 1;
+      else if (w->kind == W_TCP)
+        tcp_event(e, w->owner, w->side, evs[i].events, now);
+      else if (w->kind == W_UDP_LISTENER) {
+        if (!((group_t *)w->owner)->closed) udp_listener_event(e, w->owner, now);
+      } else if (w->kind == W_UDP_FLOW)
+        udp_flow_event(e, w->owner, now);
       /* A flow closed earlier in this batch is only ever closed by a command or the sweep,
        * which run after the batch, so W_UDP_FLOW pointers here are live. */
     }

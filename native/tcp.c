@@ -35,8 +35,10 @@ void pipe_close(pipe_pair_t *p) {
 /* Only an empty pipe goes back to the pool; a pipe still holding bytes is closed. */
 static void pipe_put(engine_t *e, dir_t *d) {
   if (d->p.r < 0) return;
-  if (d->inpipe == 0 && e->npool < PIPE_POOL_MAX) e->pool[e->npool++] = d->p;
-  else pipe_close(&d->p);
+  if (d->inpipe == 0 && e->npool < PIPE_POOL_MAX)
+    e->pool[e->npool++] = d->p;
+  else
+    pipe_close(&d->p);
   d->p.r = d->p.w = -1;
   d->inpipe = 0;
 }
@@ -84,8 +86,10 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
     pipe_put(e, &c->d[k]);
   }
   group_t *g = c->g;
-  if (c->prev) c->prev->next = c->next;
-  else g->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    g->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   c->dead_next = e->dead;
   e->dead = c;

@@ -115,7 +115,8 @@ quota_t *quota_get(engine_t *e, double *ctr) {
   pthread_mutex_lock(&e->mu);
   quota_t *q = e->quotas;
   while (q && q->ctr != ctr) q = q->next;
-  if (q) q->refs++;
+  if (q)
+    q->refs++;
   else if ((q = calloc(1, sizeof *q))) {
     q->ctr = ctr;
     q->refs = 1;
@@ -130,10 +131,20 @@ void quota_put(engine_t *e, quota_t *q) {
   if (!q) return;
   pthread_mutex_lock(&e->mu);
   int last = --q->refs == 0;
-  if (last) for (quota_t **pp = &e->quotas; *pp; pp = &(*pp)->next) if (*pp == q) { *pp = q->next; break; }
+  if (last)
+    for (quota_t **pp = &e->quotas; *pp; pp = &(*pp)->next)
+      if (*pp == q) {
+        *pp = q->next;
+        break;
+      }
   pthread_mutex_unlock(&e->mu);
   if (!last) return;
-  for (int i = 0; i < QUOTA_BUCKETS; i++) while (q->b[i]) { src_count_t *s = q->b[i]; q->b[i] = s->next; free(s); }
+  for (int i = 0; i < QUOTA_BUCKETS; i++)
+    while (q->b[i]) {
+      src_count_t *s = q->b[i];
+      q->b[i] = s->next;
+      free(s);
+    }
   free(q);
 }
 
@@ -147,7 +158,8 @@ static src_count_t *src_slot(quota_t *q, const struct sockaddr_storage *ss, int 
   uint32_t h = 2166136261u;
   for (int i = 0; i < 16; i++) h = (h ^ a[i]) * 16777619u;
   src_count_t **head = &q->b[h % QUOTA_BUCKETS];
-  for (src_count_t *s = *head; s; s = s->next) if (memcmp(s->addr, a, 16) == 0) return s;
+  for (src_count_t *s = *head; s; s = s->next)
+    if (memcmp(s->addr, a, 16) == 0) return s;
   if (!make) return NULL;
   src_count_t *s = calloc(1, sizeof *s);
   if (!s) return NULL;
@@ -163,7 +175,11 @@ static void src_release(quota_t *q, const struct sockaddr_storage *ss) {
   if (!s || --s->n > 0) return;
   uint32_t h = 2166136261u;
   for (int i = 0; i < 16; i++) h = (h ^ s->addr[i]) * 16777619u;
-  for (src_count_t **pp = &q->b[h % QUOTA_BUCKETS]; *pp; pp = &(*pp)->next) if (*pp == s) { *pp = s->next; break; }
+  for (src_count_t **pp = &q->b[h % QUOTA_BUCKETS]; *pp; pp = &(*pp)->next)
+    if (*pp == s) {
+      *pp = s->next;
+      break;
+    }
   free(s);
 }
 
@@ -172,8 +188,10 @@ void flow_close(engine_t *e, flow_t *f) {
   flow_t **pp = &g->table[addr_hash(&f->client) & (g->buckets - 1)];
   while (*pp != f) pp = &(*pp)->hnext;
   *pp = f->hnext;
-  if (f->prev) f->prev->next = f->next;
-  else g->flows = f->next;
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    g->flows = f->next;
   if (f->next) f->next->prev = f->prev;
   epoll_ctl(e->epfd, EPOLL_CTL_DEL, f->fd, NULL);
   close(f->fd);
@@ -311,8 +329,10 @@ static int send_batch(group_t *g, int fd, struct mmsghdr *m, int n, const int *s
       *failed = i;
       return -1;
     } else {
-      if (errno == ECONNREFUSED) g->ctr[U_REFUSED] += 1;
-      else g->ctr[U_DROP_SEND] += segs ? segs[i] : 1;
+      if (errno == ECONNREFUSED)
+        g->ctr[U_REFUSED] += 1;
+      else
+        g->ctr[U_DROP_SEND] += segs ? segs[i] : 1;
       i++;
       retried = 0;
     }
@@ -405,15 +425,34 @@ static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
     struct sockaddr_storage *from = &io->from[i];
     flow_t *f = flow_find(g, from);
     if (!f) {
-      if (g->draining) { flows[i] = NULL; continue; }
-      if (!udp_allowed(g, from)) { g->ctr[U_DROP_BLOCKED] += 1; flows[i] = NULL; continue; }
+      if (g->draining) {
+        flows[i] = NULL;
+        continue;
+      }
+      if (!udp_allowed(g, from)) {
+        g->ctr[U_DROP_BLOCKED] += 1;
+        flows[i] = NULL;
+        continue;
+      }
       /* The cap is per mapping: every port of a range shares its counters (M3); one client
        * address may hold only its share of it (L7). */
-      if (g->ctr[U_FLOWS_ACTIVE] >= g->max_flows) { g->ctr[U_DROP_LIMIT] += 1; flows[i] = NULL; continue; }
+      if (g->ctr[U_FLOWS_ACTIVE] >= g->max_flows) {
+        g->ctr[U_DROP_LIMIT] += 1;
+        flows[i] = NULL;
+        continue;
+      }
       src_count_t *sc = src_slot(g->quota, from, 0);
-      if (sc && sc->n >= g->per_source) { g->ctr[U_DROP_LIMIT] += 1; flows[i] = NULL; continue; }
+      if (sc && sc->n >= g->per_source) {
+        g->ctr[U_DROP_LIMIT] += 1;
+        flows[i] = NULL;
+        continue;
+      }
       f = flow_open(e, g, from, io->m[i].msg_hdr.msg_namelen, now);
-      if (!f) { g->ctr[U_DROP_SEND] += 1; flows[i] = NULL; continue; }
+      if (!f) {
+        g->ctr[U_DROP_SEND] += 1;
+        flows[i] = NULL;
+        continue;
+      }
     }
     if (g->wildcard) take_pktinfo(f, &io->m[i].msg_hdr);
     f->last = now;
@@ -423,7 +462,10 @@ static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
   }
   /* Reuse the receive headers as send headers: connected sockets need no address. */
   for (int i = 0; i < n;) {
-    if (!flows[i]) { i++; continue; }
+    if (!flows[i]) {
+      i++;
+      continue;
+    }
     int j = i;
     while (j < n && flows[j] == flows[i]) {
       struct msghdr *h = &io->m[j].msg_hdr;

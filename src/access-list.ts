@@ -63,14 +63,18 @@ export function ruleOf(cidr: string): Rule {
 }
 
 /** Both families' lists of one rule set (null: no rule of that family). */
-interface FamilyLists { v4: BlockList | null; v6: BlockList | null }
+interface FamilyLists {
+  v4: BlockList | null;
+  v6: BlockList | null;
+}
 
 function compile(cidrs: readonly string[]): FamilyLists | null {
   if (cidrs.length === 0) return null;
   const lists: FamilyLists = { v4: null, v6: null };
   for (const rule of cidrs.map(ruleOf)) {
     const key = rule.family === 4 ? 'v4' : 'v6';
-    const list = (lists[key] ??= new BlockList());
+    lists[key] ??= new BlockList();
+    const list = lists[key];
     list.addSubnet(rule.address, rule.prefix, rule.family === 4 ? 'ipv4' : 'ipv6');
   }
   return lists;

@@ -68,13 +68,9 @@ export function readConfigFile(path: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-
 function describe(v: unknown): string {
-  return typeof v === 'string' ? `"${v}"` : JSON.stringify(v) ?? String(v);
+  return typeof v === 'string' ? `"${v}"` : (JSON.stringify(v) ?? String(v));
 }
-
-
-
 
 /** `HOST:PORT`, `[V6]:PORT` or `PORT` (loopback) for the metrics listener. */
 export function parseListenAddress(where: string, v: unknown): { host: IpAddress; port: number } {
@@ -161,7 +157,8 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     if (typeof item === 'string') return withPp({ ...parsePublishSpec(item), access: { allow, deny } });
     if (item === null || typeof item !== 'object' || Array.isArray(item)) fail(`${where} must be a publish spec string or an object with "spec"`);
     const o = item as Record<string, unknown>;
-    for (const k of Object.keys(o)) if (!['spec', 'allow', 'deny', 'proxyProtocol'].includes(k)) fail(`unknown key "${k}" in ${where} (known: spec, allow, deny, proxyProtocol)`);
+    for (const k of Object.keys(o))
+      if (!['spec', 'allow', 'deny', 'proxyProtocol'].includes(k)) fail(`unknown key "${k}" in ${where} (known: spec, allow, deny, proxyProtocol)`);
     if (typeof o.spec !== 'string') fail(`${where} needs "spec": a publish spec string`);
     const m = parsePublishSpec(o.spec);
     const own = (k: 'allow' | 'deny'): string[] | undefined => (o[k] === undefined ? undefined : parseCidrs(o[k], `${where} "${k}"`, 'UPROXY_ERR_CONFIG'));

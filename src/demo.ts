@@ -9,7 +9,13 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { StandaloneConfig } from './config.js';
 import {
-  DRAIN_TIMEOUT_MS, RELAY_HIGH_WATER_MARK, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS, UDP_MAX_FLOWS,
+  DRAIN_TIMEOUT_MS,
+  RELAY_HIGH_WATER_MARK,
+  TCP_CONNECT_TIMEOUT_MS,
+  TCP_IDLE_TIMEOUT_MS,
+  TCP_LINGER_TIMEOUT_MS,
+  UDP_IDLE_TIMEOUT_MS,
+  UDP_MAX_FLOWS,
 } from './constants.js';
 import { ProxyError } from './errors.js';
 import { parsePublishSpec } from './publish-spec.js';
@@ -36,14 +42,14 @@ export async function startDemo(opts: DemoOptions): Promise<{ config: Standalone
   udp.unref();
   const httpPort = (http.address() as AddressInfo).port;
   const udpPort = udp.address().port;
-  for (const [name, p] of [['--port', opts.port], ['--metrics-port', opts.metricsPort]] as const) {
+  for (const [name, p] of [
+    ['--port', opts.port],
+    ['--metrics-port', opts.metricsPort],
+  ] as const) {
     if (!Number.isInteger(p) || p < 1 || p > 65535) throw new ProxyError('UPROXY_ERR_BAD_FLAG', `invalid ${name} ${p}: must be 1-65535`);
   }
   const config: StandaloneConfig = {
-    mappings: [
-      parsePublishSpec(`127.0.0.1:${opts.port}:127.0.0.1:${httpPort}/tcp`),
-      parsePublishSpec(`127.0.0.1:${opts.port}:127.0.0.1:${udpPort}/udp`),
-    ],
+    mappings: [parsePublishSpec(`127.0.0.1:${opts.port}:127.0.0.1:${httpPort}/tcp`), parsePublishSpec(`127.0.0.1:${opts.port}:127.0.0.1:${udpPort}/udp`)],
     metrics: { host: { address: '127.0.0.1', family: 4 }, port: opts.metricsPort },
     drainTimeoutMs: DRAIN_TIMEOUT_MS,
     udpIdleTimeoutMs: UDP_IDLE_TIMEOUT_MS,

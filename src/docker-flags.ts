@@ -64,10 +64,7 @@ function port(flags: GoFlagResult, name: string, allowZero: boolean): number {
 export function toDockerMapping(flags: GoFlagResult): DockerMapping {
   const proto = flags.values.get('proto') as string;
   if (proto === 'sctp') {
-    throw new ProxyError(
-      'UPROXY_ERR_UNSUPPORTED_PROTO',
-      'SCTP is not supported: Node.js has no SCTP sockets (keep docker-proxy for SCTP ports)',
-    );
+    throw new ProxyError('UPROXY_ERR_UNSUPPORTED_PROTO', 'SCTP is not supported: Node.js has no SCTP sockets (keep docker-proxy for SCTP ports)');
   }
   if (proto !== 'tcp' && proto !== 'udp') {
     throw new ProxyError('UPROXY_ERR_UNSUPPORTED_PROTO', `unsupported protocol ${proto}`);

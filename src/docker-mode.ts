@@ -28,7 +28,7 @@ import { DOCKER_FLAGS, parseDockerArgs, toDockerMapping } from './docker-flags.j
 import { ProxyError, toProxyError } from './errors.js';
 import { FdBudget } from './fd-limit.js';
 import { releaseSignals } from './early-signals.js';
-import { formatUsage } from './go-flags.js';
+import { formatUsage, type GoFlagResult } from './go-flags.js';
 import { createLogger, silentLog, type Log } from './logger.js';
 import { reportFailure, reportReady } from './status-pipe.js';
 import { openMapping } from './forward.js';
@@ -85,7 +85,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     process.exit(1);
   });
 
-  let flags;
+  let flags: GoFlagResult;
   try {
     flags = parseDockerArgs(argv);
   } catch (err) {
@@ -113,11 +113,19 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     budget.take(1);
     // -engine (ours, never from dockerd) wins over USERLAND_PROXY_ENGINE; errors name the source.
     const fromFlag = flags.given.has('engine');
-    const engine = selectEngine(fromFlag ? parseEngineFlag(flags.values.get('engine') as string) : env.engine,
-      (msg) => log?.warn({}, msg), fromFlag ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV');
+    const engine = selectEngine(
+      fromFlag ? parseEngineFlag(flags.values.get('engine') as string) : env.engine,
+      (msg) => log?.warn({}, msg),
+      fromFlag ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV',
+    );
     const open = await openMapping({
-      ...m, hostPortEnd: m.hostPort, proxyProtocol: m.proto === 'tcp' ? env.proxyProtocol : 'off',
-      access: compileAccess(env.access), settings: { ...env, engine }, log, budget,
+      ...m,
+      hostPortEnd: m.hostPort,
+      proxyProtocol: m.proto === 'tcp' ? env.proxyProtocol : 'off',
+      access: compileAccess(env.access),
+      settings: { ...env, engine },
+      log,
+      budget,
     });
     forwarder = open;
     const stats = { tcp: open.tcp, udp: open.udp };

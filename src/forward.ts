@@ -58,21 +58,37 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
     const target = { target: spec.target, targetPort: spec.targetPort + i, log, access, budget, engine: s.engine };
     if (tcp) {
       const server = createTcpServer();
-      forwarders.push(new TcpForwarder(server, {
-        ...target, stats: tcp, maxConnections: s.maxConnections, proxyProtocol: spec.proxyProtocol, maxBufferBytes: s.maxBufferBytes,
-        connectTimeoutMs: s.connectTimeoutMs, idleTimeoutMs: s.idleTimeoutMs, lingerTimeoutMs: s.lingerTimeoutMs,
-      }));
+      forwarders.push(
+        new TcpForwarder(server, {
+          ...target,
+          stats: tcp,
+          maxConnections: s.maxConnections,
+          proxyProtocol: spec.proxyProtocol,
+          maxBufferBytes: s.maxBufferBytes,
+          connectTimeoutMs: s.connectTimeoutMs,
+          idleTimeoutMs: s.idleTimeoutMs,
+          lingerTimeoutMs: s.lingerTimeoutMs,
+        }),
+      );
       opened.push(listenTcp(server, listen));
     } else {
       const socket = createUdpSocket(spec.host.family);
-      forwarders.push(new UdpForwarder(socket, {
-        ...target, stats: udp as UdpStats, idleTimeoutMs: s.udpIdleTimeoutMs, maxFlows: s.udpMaxFlows, sources,
-      }));
+      forwarders.push(
+        new UdpForwarder(socket, {
+          ...target,
+          stats: udp as UdpStats,
+          idleTimeoutMs: s.udpIdleTimeoutMs,
+          maxFlows: s.udpMaxFlows,
+          sources,
+        }),
+      );
       opened.push(bindUdp(socket, listen));
     }
   }
   const failure = (await Promise.allSettled(opened)).find((r) => r.status === 'rejected');
-  const close = (): void => { for (const f of forwarders) f.close(); };
+  const close = (): void => {
+    for (const f of forwarders) f.close();
+  };
   if (failure) {
     close();
     throw (failure as PromiseRejectedResult).reason;

@@ -132,7 +132,10 @@ export function bindUdp(socket: UdpSocket, opts: ListenOptions): Promise<void> {
       // Replies are sent with the socket's address family; refuse a mismatch up front.
       const family = socket.address().family === 'IPv6' ? 6 : 4;
       if (family === opts.host.family) return null;
-      return new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd: fd ${LISTEN_FD} is an IPv${family} socket but -host-ip ${opts.host.address} is IPv${opts.host.family}`);
+      return new ProxyError(
+        'UPROXY_ERR_LISTEN_FD',
+        `-use-listen-fd: fd ${LISTEN_FD} is an IPv${family} socket but -host-ip ${opts.host.address} is IPv${opts.host.family}`,
+      );
     },
   );
 }

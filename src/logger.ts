@@ -50,7 +50,12 @@ export interface LoggerOptions {
 }
 
 const LEVEL_COLOURS: Record<string, string> = {
-  trace: '\x1b[90m', debug: '\x1b[36m', info: '\x1b[32m', warn: '\x1b[33m', error: '\x1b[31m', fatal: '\x1b[35m',
+  trace: '\x1b[90m',
+  debug: '\x1b[36m',
+  info: '\x1b[32m',
+  warn: '\x1b[33m',
+  error: '\x1b[31m',
+  fatal: '\x1b[35m',
 };
 
 /**
@@ -65,9 +70,13 @@ export function humanLine(json: string, colour: boolean): string {
     return json;
   }
   const { time, level, msg, pid: _pid, mapping, ...rest } = o;
-  const name = String(level ?? '').toUpperCase().padEnd(5);
+  const name = String(level ?? '')
+    .toUpperCase()
+    .padEnd(5);
   const lv = colour ? `${LEVEL_COLOURS[String(level)] ?? ''}${name}\x1b[0m` : name;
-  const fields = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ');
+  const fields = Object.entries(rest)
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(' ');
   return `${String(time ?? '').slice(11, 23)} ${lv} ${mapping === undefined ? '' : `[${String(mapping)}] `}${String(msg ?? '')}${fields ? ` ${fields}` : ''}\n`;
 }
 
@@ -75,7 +84,12 @@ const noop: LogFn = () => {};
 
 /** A logger that drops everything, at no cost. */
 export const silentLog: Log = {
-  trace: noop, debug: noop, info: noop, warn: noop, error: noop, fatal: noop,
+  trace: noop,
+  debug: noop,
+  info: noop,
+  warn: noop,
+  error: noop,
+  fatal: noop,
   debugEnabled: false,
   toFile: false,
   reopen: () => {},
@@ -103,7 +117,7 @@ export function parseLogLevel(text: string, source: string): LogLevel {
 export async function createLogger(opts: LoggerOptions): Promise<Log> {
   if (opts.level === 'silent' || (!opts.file && stderrIsDevNull())) return silentLog;
   const { pino } = await import('pino');
-  let dest;
+  let dest: ReturnType<typeof pino.destination>;
   try {
     dest = pino.destination({ dest: opts.file ?? 2, sync: true, append: true, mkdir: false });
   } catch (err) {

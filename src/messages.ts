@@ -9,9 +9,10 @@ import type { EngineName } from './native-engine.js';
 import type { SharedBudget } from './fd-limit.js';
 
 /** What a worker is started with (workerData): its mapping and the settings that apply to it. */
-export type WorkerInit = Pick<StandaloneConfig,
-  'udpIdleTimeoutMs' | 'udpMaxFlows' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs' | 'maxConnections' |
-  'maxBufferBytes' | 'logLevel' | 'logFile'> & {
+export type WorkerInit = Pick<
+  StandaloneConfig,
+  'udpIdleTimeoutMs' | 'udpMaxFlows' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs' | 'maxConnections' | 'maxBufferBytes' | 'logLevel' | 'logFile'
+> & {
   mapping: Mapping;
   /** The engine the supervisor resolved (never 'auto'). */
   engine: EngineName;
@@ -22,9 +23,7 @@ export type WorkerInit = Pick<StandaloneConfig,
 };
 
 /** Supervisor to worker. */
-export type ToWorker =
-  | { type: 'stats'; id: number }
-  | { type: 'drain'; timeoutMs: number };
+export type ToWorker = { type: 'stats'; id: number } | { type: 'drain'; timeoutMs: number };
 
 /** Worker to supervisor. */
 export type FromWorker =

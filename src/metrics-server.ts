@@ -15,7 +15,11 @@ import { createServer, type Server } from 'node:http';
 import type { Registry } from 'prom-client';
 import { joinHostPort, type IpAddress } from './address.js';
 import {
-  METRICS_CHECK_INTERVAL_MS, METRICS_HEADERS_TIMEOUT_MS, METRICS_KEEPALIVE_TIMEOUT_MS, METRICS_MAX_CONNECTIONS, METRICS_REQUEST_TIMEOUT_MS,
+  METRICS_CHECK_INTERVAL_MS,
+  METRICS_HEADERS_TIMEOUT_MS,
+  METRICS_KEEPALIVE_TIMEOUT_MS,
+  METRICS_MAX_CONNECTIONS,
+  METRICS_REQUEST_TIMEOUT_MS,
 } from './constants.js';
 import { ProxyError } from './errors.js';
 import type { Supervisor } from './supervisor.js';
@@ -32,47 +36,62 @@ export interface MetricsServerOptions {
 
 /** Starts the endpoint; rejects with a one-line ProxyError when the address cannot be bound. */
 export function startMetricsServer(opts: MetricsServerOptions): Promise<Server> {
-  const server = createServer({
-    headersTimeout: METRICS_HEADERS_TIMEOUT_MS,
-    requestTimeout: METRICS_REQUEST_TIMEOUT_MS,
-    keepAliveTimeout: METRICS_KEEPALIVE_TIMEOUT_MS,
-    // Node checks the two timeouts above this often (default 30 s).
-    connectionsCheckingInterval: METRICS_CHECK_INTERVAL_MS,
-  }, (req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    const reply = (code: number, body: string, type = 'text/plain; charset=utf-8'): void => {
-      res.writeHead(code, { 'content-type': type }).end(body);
-    };
-    if (path === '/-/reload') {
-      if (req.method !== 'POST') return reply(405, 'use POST\n');
-      const onReload = opts.onReload;
-      if (onReload === null) return reply(403, 'reload over HTTP is turned off (httpReload: false); send SIGHUP\n');
-      if (req.headers.origin !== undefined) return reply(403, 'cross-origin reload refused\n');
-      if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) {
-        return reply(415, 'reload needs the header Content-Type: application/json\n');
+  const server = createServer(
+    {
+      headersTimeout: METRICS_HEADERS_TIMEOUT_MS,
+      requestTimeout: METRICS_REQUEST_TIMEOUT_MS,
+      keepAliveTimeout: METRICS_KEEPALIVE_TIMEOUT_MS,
+      // Node checks the two timeouts above this often (default 30 s).
+      connectionsCheckingInterval: METRICS_CHECK_INTERVAL_MS,
+    },
+    (req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      const reply = (code: number, body: string, type = 'text/plain; charset=utf-8'): void => {
+        res.writeHead(code, { 'content-type': type }).end(body);
+      };
+      if (path === '/-/reload') {
+        if (req.method !== 'POST') return reply(405, 'use POST\n');
+        const onReload = opts.onReload;
+        if (onReload === null) return reply(403, 'reload over HTTP is turned off (httpReload: false); send SIGHUP\n');
+        if (req.headers.origin !== undefined) return reply(403, 'cross-origin reload refused\n');
+        if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) {
+          return reply(415, 'reload needs the header Content-Type: application/json\n');
+        }
+        void onReload().then(
+          (msg) => reply(200, `${msg}\n`),
+          (err: Error) => reply(500, `${err.message}\n`),
+        );
+        return;
       }
-      void onReload().then((msg) => reply(200, `${msg}\n`), (err: Error) => reply(500, `${err.message}\n`));
-      return;
-    }
-    if (req.method !== 'GET' && req.method !== 'HEAD') return reply(405, 'method not allowed\n');
-    if (path === '/metrics') {
-      void opts.supervisor.refreshStats()
-        .then(() => opts.registry.metrics())
-        .then((text) => reply(200, text, opts.registry.contentType), (err: Error) => reply(500, `${err.message}\n`));
-    } else if (path === '/healthz') {
-      reply(200, 'ok\n');
-    } else if (path === '/readyz') {
-      const down = opts.supervisor.down;
-      if (down.length === 0) reply(200, 'ready\n');
-      else reply(503, `not ready: ${down.join(', ')}\n`);
-    } else {
-      reply(404, 'not found: try /metrics, /healthz or /readyz\n');
-    }
-  });
+      if (req.method !== 'GET' && req.method !== 'HEAD') return reply(405, 'method not allowed\n');
+      if (path === '/metrics') {
+        void opts.supervisor
+          .refreshStats()
+          .then(() => opts.registry.metrics())
+          .then(
+            (text) => reply(200, text, opts.registry.contentType),
+            (err: Error) => reply(500, `${err.message}\n`),
+          );
+      } else if (path === '/healthz') {
+        reply(200, 'ok\n');
+      } else if (path === '/readyz') {
+        const down = opts.supervisor.down;
+        if (down.length === 0) reply(200, 'ready\n');
+        else reply(503, `not ready: ${down.join(', ')}\n`);
+      } else {
+        reply(404, 'not found: try /metrics, /healthz or /readyz\n');
+      }
+    },
+  );
   server.maxConnections = METRICS_MAX_CONNECTIONS;
   return new Promise((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
-      reject(new ProxyError('UPROXY_ERR_LISTEN', `metrics: listen tcp${opts.host.family} ${joinHostPort(opts.host.address, opts.port)}: ${err.code === 'EADDRINUSE' ? 'bind: address already in use' : err.message}`));
+      reject(
+        new ProxyError(
+          'UPROXY_ERR_LISTEN',
+          `metrics: listen tcp${opts.host.family} ${joinHostPort(opts.host.address, opts.port)}: ${err.code === 'EADDRINUSE' ? 'bind: address already in use' : err.message}`,
+        ),
+      );
     });
     server.listen({ host: opts.host.address, port: opts.port, ipv6Only: opts.host.family === 6 }, () => resolve(server));
   });

@@ -49,9 +49,21 @@ interface Addon {
   tcpGroup(id: number, counters: Float64Array, idleMs: number, lingerMs: number, pipeBytes: number): object;
   tcpAdopt(group: object, connId: number, clientFd: number, targetFd: number): void;
   udpGroup(
-    id: number, counters: Float64Array, listenerFd: number, target: Buffer, targetPort: number, idleMs: number,
-    maxFlows: number, allow: Buffer | null, deny: Buffer | null, wildcard: boolean, perSource: number,
-    budget: Int32Array | null, budgetLimit: number, budgetOwn: number, scopeId: number,
+    id: number,
+    counters: Float64Array,
+    listenerFd: number,
+    target: Buffer,
+    targetPort: number,
+    idleMs: number,
+    maxFlows: number,
+    allow: Buffer | null,
+    deny: Buffer | null,
+    wildcard: boolean,
+    perSource: number,
+    budget: Int32Array | null,
+    budgetLimit: number,
+    budgetOwn: number,
+    scopeId: number,
   ): object;
   groupStop(group: object): void;
   groupClose(group: object): void;
@@ -75,8 +87,11 @@ const ACL_RECORD_BYTES = 18;
 export function contractMismatch(c: Partial<NativeContract> | undefined): string | null {
   const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
   const mine: NativeContract = {
-    closeReasons: CLOSE_REASON, tcpCounters: [...TCP_NATIVE_KEYS], udpCounters: [...UDP_NATIVE_KEYS],
-    aclRecordBytes: ACL_RECORD_BYTES, udpFlowBuffer: UDP_FLOW_BUFFER,
+    closeReasons: CLOSE_REASON,
+    tcpCounters: [...TCP_NATIVE_KEYS],
+    udpCounters: [...UDP_NATIVE_KEYS],
+    aclRecordBytes: ACL_RECORD_BYTES,
+    udpFlowBuffer: UDP_FLOW_BUFFER,
   };
   for (const key of Object.keys(mine) as (keyof NativeContract)[]) {
     if (!same(c?.[key], mine[key])) return `${key} ${JSON.stringify(c?.[key])}, expected ${JSON.stringify(mine[key])}`;
@@ -141,7 +156,9 @@ function bindCounters(stats: object, keys: readonly string[], counters: Float64A
       enumerable: true,
       configurable: true,
       get: () => base + (counters[i] as number),
-      set: (v: number) => { base = v - (counters[i] as number); },
+      set: (v: number) => {
+        base = v - (counters[i] as number);
+      },
     });
   });
 }
@@ -163,8 +180,18 @@ function sharedCounters(stats: object, keys: readonly string[]): Float64Array {
 const TCP_NATIVE_KEYS = ['bytesIn', 'bytesOut', 'pausesClient', 'pausesUpstream'] as const;
 /** UDP counters the native thread keeps, in the order of native/engine.h (checked at load). */
 const UDP_NATIVE_KEYS = [
-  'flowsCreated', 'flowsActive', 'flowsExpired', 'datagramsIn', 'bytesIn', 'datagramsOut', 'bytesOut',
-  'droppedFlowLimit', 'droppedQueueFull', 'droppedSendError', 'droppedBlocked', 'refused',
+  'flowsCreated',
+  'flowsActive',
+  'flowsExpired',
+  'datagramsIn',
+  'bytesIn',
+  'datagramsOut',
+  'bytesOut',
+  'droppedFlowLimit',
+  'droppedQueueFull',
+  'droppedSendError',
+  'droppedBlocked',
+  'refused',
 ] as const;
 
 /** A TCP forwarder's native side. */
@@ -175,9 +202,7 @@ export interface NativeTcp {
 }
 
 /** Creates the native side of a TCP forwarder; its counters feed `stats`. */
-export function nativeTcp(
-  stats: object, idleMs: number, lingerMs: number, pipeBytes: number, closed: (connId: number, reason: number) => void,
-): NativeTcp {
+export function nativeTcp(stats: object, idleMs: number, lingerMs: number, pipeBytes: number, closed: (connId: number, reason: number) => void): NativeTcp {
   const a = engine();
   const id = nextGroupId++;
   onClose.set(id, closed);
@@ -229,14 +254,34 @@ export function scopeIdOf(address: string): number {
 
 /** Serves a bound UDP listener natively (flows, expiry, limits, ACL); its counters feed `stats`. */
 export function nativeUdp(
-  stats: object, listenerFd: number, target: IpAddress, targetPort: number, idleMs: number, maxFlows: number,
-  access: AccessSpec | null, wildcard: boolean, perSource: number, budget: FdBudget | null,
+  stats: object,
+  listenerFd: number,
+  target: IpAddress,
+  targetPort: number,
+  idleMs: number,
+  maxFlows: number,
+  access: AccessSpec | null,
+  wildcard: boolean,
+  perSource: number,
+  budget: FdBudget | null,
 ): NativeUdp {
   const a = engine();
   const group = a.udpGroup(
-    nextGroupId++, sharedCounters(stats, UDP_NATIVE_KEYS), listenerFd, ipToBytes(target.address), targetPort, idleMs, maxFlows,
-    packCidrs(access?.allow ?? []), packCidrs(access?.deny ?? []), wildcard, perSource,
-    budget?.cells ?? null, budget?.limit ?? 0, budget?.own ?? 0, scopeIdOf(target.address),
+    nextGroupId++,
+    sharedCounters(stats, UDP_NATIVE_KEYS),
+    listenerFd,
+    ipToBytes(target.address),
+    targetPort,
+    idleMs,
+    maxFlows,
+    packCidrs(access?.allow ?? []),
+    packCidrs(access?.deny ?? []),
+    wildcard,
+    perSource,
+    budget?.cells ?? null,
+    budget?.limit ?? 0,
+    budget?.own ?? 0,
+    scopeIdOf(target.address),
   );
   let closed = false;
   return {

@@ -32,7 +32,9 @@ function handleOf(socket: Socket): StreamHandle | null {
  * destroyed. Returns null if the connection is already gone.
  */
 export function adoptAccepted(
-  accepted: Socket, onread: { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean }, highWaterMark: number,
+  accepted: Socket,
+  onread: { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean },
+  highWaterMark: number,
 ): Socket | null {
   const internal = accepted as unknown as { _handle: unknown };
   const handle = internal._handle;

@@ -102,7 +102,14 @@ export function parsePublishSpec(spec: string): Mapping {
   }
   const range = hp === hpEnd ? `${hp}` : `${hp}-${hpEnd}`;
   return {
-    id: `${proto}/${joinHostPort(host.address, range)}`, proto, host, hostPort: hp, hostPortEnd: hpEnd, target, targetPort: tp, spec,
+    id: `${proto}/${joinHostPort(host.address, range)}`,
+    proto,
+    host,
+    hostPort: hp,
+    hostPortEnd: hpEnd,
+    target,
+    targetPort: tp,
+    spec,
     access: { allow: [], deny: [] },
     proxyProtocol: 'off',
   };
@@ -122,7 +129,10 @@ export function checkOverlaps(mappings: readonly Mapping[]): void {
       if (a.hostPortEnd < b.hostPort || b.hostPortEnd < a.hostPort) continue;
       if (a.host.address !== b.host.address && !isUnspecified(a.host) && !isUnspecified(b.host)) continue;
       const what = a.id === b.id && a.hostPort === b.hostPort && a.hostPortEnd === b.hostPortEnd ? 'duplicate binding' : 'overlapping bindings';
-      throw new ProxyError('UPROXY_ERR_CONFIG', `${what}: "${a.spec}" and "${b.spec}" both bind ${a.proto} ${joinHostPort(b.host.address, Math.max(a.hostPort, b.hostPort))}`);
+      throw new ProxyError(
+        'UPROXY_ERR_CONFIG',
+        `${what}: "${a.spec}" and "${b.spec}" both bind ${a.proto} ${joinHostPort(b.host.address, Math.max(a.hostPort, b.hostPort))}`,
+      );
     }
   }
 }

@@ -8,7 +8,12 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import { parseCidrs } from './access-list.js';
 import {
-  DRAIN_TIMEOUT_MS, RELAY_HIGH_WATER_MARK, TCP_CONNECT_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TCP_LINGER_TIMEOUT_MS, UDP_IDLE_TIMEOUT_MS,
+  DRAIN_TIMEOUT_MS,
+  RELAY_HIGH_WATER_MARK,
+  TCP_CONNECT_TIMEOUT_MS,
+  TCP_IDLE_TIMEOUT_MS,
+  TCP_LINGER_TIMEOUT_MS,
+  UDP_IDLE_TIMEOUT_MS,
   UDP_MAX_FLOWS,
 } from './constants.js';
 import { checkDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
@@ -18,8 +23,7 @@ import { parseEngine } from './native-engine.js';
 import { parseProxyProtocol } from './proxy-protocol.js';
 
 /** How a value is written and checked. */
-export type SettingKind =
-  | 'publish' | 'listen' | 'duration' | 'integer' | 'boolean' | 'cidrs' | 'proxyProtocol' | 'logLevel' | 'path' | 'engine' | 'dir';
+export type SettingKind = 'publish' | 'listen' | 'duration' | 'integer' | 'boolean' | 'cidrs' | 'proxyProtocol' | 'logLevel' | 'path' | 'engine' | 'dir';
 
 /** One setting. */
 export interface Setting {
@@ -45,24 +49,167 @@ const STANDALONE = ['standalone'] as const;
 
 /** The table. Order: as the help and the README list them. */
 export const SETTINGS: readonly Setting[] = [
-  { key: 'publish', env: 'PUBLISH', kind: 'publish', modes: STANDALONE, default: [], shown: 'none: at least one is required', description: 'mappings: [HOST_IP:]HOST_PORT[-END]:TARGET_IP:TARGET_PORT[-END][/tcp|/udp] (repeatable)' },
-  { key: 'metrics', env: 'METRICS', kind: 'listen', modes: STANDALONE, default: null, shown: 'off', description: 'serve /metrics, /healthz, /readyz (and POST /-/reload) on HOST:PORT; a bare port means 127.0.0.1' },
-  { key: 'drainTimeout', env: 'DRAIN_TIMEOUT', kind: 'duration', modes: STANDALONE, default: DRAIN_TIMEOUT_MS, shown: '10s', description: 'how long open TCP connections may finish on stop or removal' },
-  { key: 'udpIdleTimeout', env: 'UDP_IDLE_TIMEOUT', kind: 'duration', modes: BOTH, default: UDP_IDLE_TIMEOUT_MS, shown: '90s', min: 10, description: 'UDP flow idle timeout' },
-  { key: 'udpMaxFlows', env: 'UDP_MAX_FLOWS', kind: 'integer', modes: BOTH, default: UDP_MAX_FLOWS, shown: '16384', min: 1, max: 1_000_000, description: 'most UDP flows per mapping (a port range shares them); one client address holds at most three quarters' },
-  { key: 'connectTimeout', env: 'CONNECT_TIMEOUT', kind: 'duration', modes: BOTH, default: TCP_CONNECT_TIMEOUT_MS, shown: '30s', description: 'TCP: give up a dial to the target after this long; 0 waits for the kernel (about 2 min), as docker-proxy does' },
-  { key: 'idleTimeout', env: 'IDLE_TIMEOUT', kind: 'duration', modes: BOTH, default: TCP_IDLE_TIMEOUT_MS, shown: '0', description: 'TCP: close connections with no byte read or written either way for this long; 0 = never, as docker-proxy' },
-  { key: 'lingerTimeout', env: 'LINGER_TIMEOUT', kind: 'duration', modes: BOTH, default: TCP_LINGER_TIMEOUT_MS, shown: '10m', description: 'TCP: close half-closed connections idle this long; 0 = never (docker-proxy keeps them forever)' },
-  { key: 'maxConnections', env: 'MAX_CONNECTIONS', kind: 'integer', modes: BOTH, default: null, shown: 'none: the process fd budget', min: 1, max: 10_000_000, description: 'TCP: most open connections per mapping (a port range shares them); excess clients are refused at once' },
-  { key: 'allow', env: 'ALLOW', kind: 'cidrs', modes: BOTH, default: [], shown: 'everyone', description: 'only clients in these CIDR ranges (repeatable, comma or space separated)' },
-  { key: 'deny', env: 'DENY', kind: 'cidrs', modes: BOTH, default: [], shown: 'nobody', description: 'refuse clients in these CIDR ranges (checked first; repeatable, comma or space separated)' },
-  { key: 'maxBuffer', env: 'MAX_BUFFER', kind: 'integer', modes: BOTH, default: RELAY_HIGH_WATER_MARK, shown: '1048576', min: 16_384, max: 256 * 1024 * 1024, description: 'TCP: unsent bytes per direction before reading pauses' },
-  { key: 'proxyProtocol', env: 'PROXY_PROTOCOL', kind: 'proxyProtocol', modes: BOTH, default: 'off', shown: 'off', description: 'off|v1|v2: send a PROXY protocol header to TCP targets (the target must expect it)' },
+  {
+    key: 'publish',
+    env: 'PUBLISH',
+    kind: 'publish',
+    modes: STANDALONE,
+    default: [],
+    shown: 'none: at least one is required',
+    description: 'mappings: [HOST_IP:]HOST_PORT[-END]:TARGET_IP:TARGET_PORT[-END][/tcp|/udp] (repeatable)',
+  },
+  {
+    key: 'metrics',
+    env: 'METRICS',
+    kind: 'listen',
+    modes: STANDALONE,
+    default: null,
+    shown: 'off',
+    description: 'serve /metrics, /healthz, /readyz (and POST /-/reload) on HOST:PORT; a bare port means 127.0.0.1',
+  },
+  {
+    key: 'drainTimeout',
+    env: 'DRAIN_TIMEOUT',
+    kind: 'duration',
+    modes: STANDALONE,
+    default: DRAIN_TIMEOUT_MS,
+    shown: '10s',
+    description: 'how long open TCP connections may finish on stop or removal',
+  },
+  {
+    key: 'udpIdleTimeout',
+    env: 'UDP_IDLE_TIMEOUT',
+    kind: 'duration',
+    modes: BOTH,
+    default: UDP_IDLE_TIMEOUT_MS,
+    shown: '90s',
+    min: 10,
+    description: 'UDP flow idle timeout',
+  },
+  {
+    key: 'udpMaxFlows',
+    env: 'UDP_MAX_FLOWS',
+    kind: 'integer',
+    modes: BOTH,
+    default: UDP_MAX_FLOWS,
+    shown: '16384',
+    min: 1,
+    max: 1_000_000,
+    description: 'most UDP flows per mapping (a port range shares them); one client address holds at most three quarters',
+  },
+  {
+    key: 'connectTimeout',
+    env: 'CONNECT_TIMEOUT',
+    kind: 'duration',
+    modes: BOTH,
+    default: TCP_CONNECT_TIMEOUT_MS,
+    shown: '30s',
+    description: 'TCP: give up a dial to the target after this long; 0 waits for the kernel (about 2 min), as docker-proxy does',
+  },
+  {
+    key: 'idleTimeout',
+    env: 'IDLE_TIMEOUT',
+    kind: 'duration',
+    modes: BOTH,
+    default: TCP_IDLE_TIMEOUT_MS,
+    shown: '0',
+    description: 'TCP: close connections with no byte read or written either way for this long; 0 = never, as docker-proxy',
+  },
+  {
+    key: 'lingerTimeout',
+    env: 'LINGER_TIMEOUT',
+    kind: 'duration',
+    modes: BOTH,
+    default: TCP_LINGER_TIMEOUT_MS,
+    shown: '10m',
+    description: 'TCP: close half-closed connections idle this long; 0 = never (docker-proxy keeps them forever)',
+  },
+  {
+    key: 'maxConnections',
+    env: 'MAX_CONNECTIONS',
+    kind: 'integer',
+    modes: BOTH,
+    default: null,
+    shown: 'none: the process fd budget',
+    min: 1,
+    max: 10_000_000,
+    description: 'TCP: most open connections per mapping (a port range shares them); excess clients are refused at once',
+  },
+  {
+    key: 'allow',
+    env: 'ALLOW',
+    kind: 'cidrs',
+    modes: BOTH,
+    default: [],
+    shown: 'everyone',
+    description: 'only clients in these CIDR ranges (repeatable, comma or space separated)',
+  },
+  {
+    key: 'deny',
+    env: 'DENY',
+    kind: 'cidrs',
+    modes: BOTH,
+    default: [],
+    shown: 'nobody',
+    description: 'refuse clients in these CIDR ranges (checked first; repeatable, comma or space separated)',
+  },
+  {
+    key: 'maxBuffer',
+    env: 'MAX_BUFFER',
+    kind: 'integer',
+    modes: BOTH,
+    default: RELAY_HIGH_WATER_MARK,
+    shown: '1048576',
+    min: 16_384,
+    max: 256 * 1024 * 1024,
+    description: 'TCP: unsent bytes per direction before reading pauses',
+  },
+  {
+    key: 'proxyProtocol',
+    env: 'PROXY_PROTOCOL',
+    kind: 'proxyProtocol',
+    modes: BOTH,
+    default: 'off',
+    shown: 'off',
+    description: 'off|v1|v2: send a PROXY protocol header to TCP targets (the target must expect it)',
+  },
   { key: 'logLevel', env: 'LOG_LEVEL', kind: 'logLevel', modes: BOTH, default: 'info', shown: 'info', description: `${LOG_LEVELS.join('|')}` },
-  { key: 'logFile', env: 'LOG_FILE', kind: 'path', modes: BOTH, default: undefined, shown: 'stderr', description: 'append JSON log lines to this file; SIGHUP reopens it (docker mode)' },
-  { key: 'engine', env: 'ENGINE', kind: 'engine', modes: BOTH, default: 'auto', shown: 'auto', description: 'auto|native|js: the data path; auto uses the native (splice) engine when it is built' },
-  { key: 'httpReload', env: 'HTTP_RELOAD', kind: 'boolean', modes: STANDALONE, default: true, shown: 'true', description: 'true|false: serve POST /-/reload on the metrics listener (SIGHUP always reloads)' },
-  { key: 'textfileDir', env: 'TEXTFILE_DIR', kind: 'dir', modes: ['docker'], default: undefined, shown: 'off', description: 'keep <proto>_<host-ip>_<port>.prom there for node_exporter\'s textfile collector' },
+  {
+    key: 'logFile',
+    env: 'LOG_FILE',
+    kind: 'path',
+    modes: BOTH,
+    default: undefined,
+    shown: 'stderr',
+    description: 'append JSON log lines to this file; SIGHUP reopens it (docker mode)',
+  },
+  {
+    key: 'engine',
+    env: 'ENGINE',
+    kind: 'engine',
+    modes: BOTH,
+    default: 'auto',
+    shown: 'auto',
+    description: 'auto|native|js: the data path; auto uses the native (splice) engine when it is built',
+  },
+  {
+    key: 'httpReload',
+    env: 'HTTP_RELOAD',
+    kind: 'boolean',
+    modes: STANDALONE,
+    default: true,
+    shown: 'true',
+    description: 'true|false: serve POST /-/reload on the metrics listener (SIGHUP always reloads)',
+  },
+  {
+    key: 'textfileDir',
+    env: 'TEXTFILE_DIR',
+    kind: 'dir',
+    modes: ['docker'],
+    default: undefined,
+    shown: 'off',
+    description: "keep <proto>_<host-ip>_<port>.prom there for node_exporter's textfile collector",
+  },
 ];
 
 /** Variables read elsewhere (the launcher), naming the config file, or a test hook. */
@@ -95,7 +242,8 @@ export function parseValue(s: Setting, v: unknown, code: ErrorCode, source: stri
     case 'duration': {
       let ms: number;
       try {
-        if (typeof v === 'number' && Number.isFinite(v) && v >= 0) ms = checkDuration(v * 1000, String(v)); // a JSON number is seconds
+        if (typeof v === 'number' && Number.isFinite(v) && v >= 0)
+          ms = checkDuration(v * 1000, String(v)); // a JSON number is seconds
         else if (typeof v === 'string') ms = parseDuration(v);
         else throw new Error('not a duration');
       } catch (err) {

@@ -54,12 +54,19 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .option('metrics-port', { type: 'number', default: 9464, describe: 'demo: the metrics port (127.0.0.1)' })
       .demandCommand(1, 'give a command: run, check or demo (see: userland-proxy help; docker mode takes docker-proxy flags)')
       .option('config', { alias: 'c', type: 'string', describe: `JSON config file (or ${ENV_PREFIX}CONFIG)` })
-      .options(Object.fromEntries(settingsOf('standalone').map((x) => [flagOf(x).slice(2), {
-        type: 'string' as const,
-        ...(x.kind === 'publish' || x.kind === 'cidrs' ? { array: true } : {}),
-        ...(x.key === 'publish' ? { alias: 'p' } : {}),
-        describe: `${x.description} (default ${x.shown}; ${ENV_PREFIX}${x.env})`,
-      }])))
+      .options(
+        Object.fromEntries(
+          settingsOf('standalone').map((x) => [
+            flagOf(x).slice(2),
+            {
+              type: 'string' as const,
+              ...(x.kind === 'publish' || x.kind === 'cidrs' ? { array: true } : {}),
+              ...(x.key === 'publish' ? { alias: 'p' } : {}),
+              describe: `${x.description} (default ${x.shown}; ${ENV_PREFIX}${x.env})`,
+            },
+          ]),
+        ),
+      )
       .strict()
       .version(false)
       .help()

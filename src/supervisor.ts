@@ -48,9 +48,10 @@ declare const __USERLAND_PROXY_WORKER_SOURCE__: string | undefined;
  * The single-file executable (deploy/sea) runs no file but its own, so its bundle carries the
  * worker module as source, started from a data: URL; everywhere else the worker is worker.js.
  */
-const WORKER: URL = typeof __USERLAND_PROXY_WORKER_SOURCE__ === 'string'
-  ? new URL(`data:text/javascript;base64,${Buffer.from(__USERLAND_PROXY_WORKER_SOURCE__).toString('base64')}`)
-  : new URL('./worker.js', import.meta.url);
+const WORKER: URL =
+  typeof __USERLAND_PROXY_WORKER_SOURCE__ === 'string'
+    ? new URL(`data:text/javascript;base64,${Buffer.from(__USERLAND_PROXY_WORKER_SOURCE__).toString('base64')}`)
+    : new URL('./worker.js', import.meta.url);
 
 /** What identifies a mapping across reloads: everything that would change its behaviour. */
 function slotKey(init: WorkerInit): string {
@@ -158,15 +159,17 @@ export class Supervisor {
     } catch (err) {
       await Promise.all(fresh.map((s) => this.#stop(s, 0).exited));
       // Restore what was released; a port taken meanwhile is retried with backoff (mapping_up 0).
-      await Promise.all(released.map(async (old) => {
-        const again = this.#newSlot({ ...old.init, crashAfterMs: undefined });
-        try {
-          await this.#launch(again);
-        } catch (e) {
-          this.#log.error({ mapping: again.init.mapping.id, err: (e as Error).message }, 'cannot restore mapping; retrying');
-          if (!again.stopping) this.#scheduleRestart(again, 1);
-        }
-      }));
+      await Promise.all(
+        released.map(async (old) => {
+          const again = this.#newSlot({ ...old.init, crashAfterMs: undefined });
+          try {
+            await this.#launch(again);
+          } catch (e) {
+            this.#log.error({ mapping: again.init.mapping.id, err: (e as Error).message }, 'cannot restore mapping; retrying');
+            if (!again.stopping) this.#scheduleRestart(again, 1);
+          }
+        }),
+      );
       throw err;
     }
     await Promise.all(removed.filter((s) => !released.includes(s)).map((s) => this.#retire(s, drainTimeoutMs)));
@@ -181,35 +184,42 @@ export class Supervisor {
 
   /** Refreshes every running worker's counters; concurrent callers share one refresh. */
   refreshStats(): Promise<void> {
-    this.#refreshing ??= this.#refresh().finally(() => { this.#refreshing = null; });
+    this.#refreshing ??= this.#refresh().finally(() => {
+      this.#refreshing = null;
+    });
     return this.#refreshing;
   }
 
   /** Asks every running worker for its counters (at most STATS_TIMEOUT_MS) and stores them. */
   async #refresh(): Promise<void> {
-    await Promise.all([...this.#slots.values()].map((slot) => new Promise<void>((resolve) => {
-      const w = slot.worker;
-      if (!w) {
-        resolve();
-        return;
-      }
-      const id = ++this.#statsSeq;
-      const timer = setTimeout(done, STATS_TIMEOUT_MS);
-      function done(): void {
-        clearTimeout(timer);
-        w?.off('message', onMessage);
-        resolve();
-      }
-      const onMessage = (m: FromWorker): void => {
-        if (m.type === 'stats' && m.id === id) {
-          slot.state.tcp = m.tcp;
-          slot.state.udp = m.udp;
-          done();
-        }
-      };
-      w.on('message', onMessage);
-      w.postMessage({ type: 'stats', id } satisfies ToWorker);
-    })));
+    await Promise.all(
+      [...this.#slots.values()].map(
+        (slot) =>
+          new Promise<void>((resolve) => {
+            const w = slot.worker;
+            if (!w) {
+              resolve();
+              return;
+            }
+            const id = ++this.#statsSeq;
+            const timer = setTimeout(done, STATS_TIMEOUT_MS);
+            function done(): void {
+              clearTimeout(timer);
+              w?.off('message', onMessage);
+              resolve();
+            }
+            const onMessage = (m: FromWorker): void => {
+              if (m.type === 'stats' && m.id === id) {
+                slot.state.tcp = m.tcp;
+                slot.state.udp = m.udp;
+                done();
+              }
+            };
+            w.on('message', onMessage);
+            w.postMessage({ type: 'stats', id } satisfies ToWorker);
+          }),
+      ),
+    );
   }
 
   /** Stops a removed slot: resolves once its listeners are closed; its connections drain on. */
@@ -222,7 +232,13 @@ export class Supervisor {
 
   #newSlot(init: WorkerInit): Slot {
     const slot: Slot = {
-      key: slotKey(init), init, worker: null, stopping: false, readyAt: 0, consecutive: 0, timer: null,
+      key: slotKey(init),
+      init,
+      worker: null,
+      stopping: false,
+      readyAt: 0,
+      consecutive: 0,
+      timer: null,
       state: { mapping: init.mapping, up: false, restarts: 0, tcp: null, udp: null },
     };
     this.#slots.set(slot.key, slot);

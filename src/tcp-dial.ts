@@ -31,13 +31,16 @@ export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, ho
   const upstream = connect({ host: target.address, port: targetPort, family: target.family, allowHalfOpen: true, noDelay: true, ...hooks.socketOptions });
   const where = `${target.address}:${targetPort}`;
   let settled = false;
-  const timer = connectTimeoutMs > 0 ? setTimeout(() => {
-    if (settled) return;
-    settled = true;
-    ctx.stats.connectErrors.timeout++;
-    ctx.limited.warn('connect:timeout', { target: where, connectTimeoutMs }, 'connect to target timed out; closing client');
-    hooks.onFail();
-  }, connectTimeoutMs) : null;
+  const timer =
+    connectTimeoutMs > 0
+      ? setTimeout(() => {
+          if (settled) return;
+          settled = true;
+          ctx.stats.connectErrors.timeout++;
+          ctx.limited.warn('connect:timeout', { target: where, connectTimeoutMs }, 'connect to target timed out; closing client');
+          hooks.onFail();
+        }, connectTimeoutMs)
+      : null;
   upstream.on('error', (err: NodeJS.ErrnoException) => {
     if (settled) return; // after the connect, the engine's own close handling takes over
     settled = true;
@@ -55,8 +58,10 @@ export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, ho
     hooks.onConnect();
   });
   const header = proxyHeader(proxyProtocol, {
-    srcAddress: client.remoteAddress ?? '', srcPort: client.remotePort ?? 0,
-    dstAddress: client.localAddress ?? '', dstPort: client.localPort ?? 0,
+    srcAddress: client.remoteAddress ?? '',
+    srcPort: client.remotePort ?? 0,
+    dstAddress: client.localAddress ?? '',
+    dstPort: client.localPort ?? 0,
   });
   return { upstream, header };
 }

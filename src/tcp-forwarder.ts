@@ -68,9 +68,21 @@ export interface TcpStats {
 /** Fresh zeroed counters. */
 export function newTcpStats(): TcpStats {
   return {
-    accepted: 0, active: 0, acceptErrors: 0, connectErrors: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
-    connectDuration: newHistogram(CONNECT_BUCKETS), connectionDuration: newHistogram(LIFETIME_BUCKETS), bytesIn: 0, bytesOut: 0,
-    pausesClient: 0, pausesUpstream: 0, aborted: 0, rejectedLimit: 0, rejectedBlocked: 0, idleTimeouts: 0, lingerTimeouts: 0,
+    accepted: 0,
+    active: 0,
+    acceptErrors: 0,
+    connectErrors: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
+    connectDuration: newHistogram(CONNECT_BUCKETS),
+    connectionDuration: newHistogram(LIFETIME_BUCKETS),
+    bytesIn: 0,
+    bytesOut: 0,
+    pausesClient: 0,
+    pausesUpstream: 0,
+    aborted: 0,
+    rejectedLimit: 0,
+    rejectedBlocked: 0,
+    idleTimeouts: 0,
+    lingerTimeouts: 0,
   };
 }
 

@@ -32,7 +32,18 @@ export interface TextfileOptions {
 /** Starts writing the mapping's metrics file every TEXTFILE_INTERVAL_MS. */
 export function startTextfileWriter(dir: string, { id, mapping: m, stats }: TextfileOptions): TextfileWriter {
   const state: MappingState = {
-    mapping: { id, proto: m.proto, host: m.host, hostPort: m.hostPort, hostPortEnd: m.hostPort, target: m.target, targetPort: m.targetPort, spec: id, access: { allow: [], deny: [] }, proxyProtocol: 'off' },
+    mapping: {
+      id,
+      proto: m.proto,
+      host: m.host,
+      hostPort: m.hostPort,
+      hostPortEnd: m.hostPort,
+      target: m.target,
+      targetPort: m.targetPort,
+      spec: id,
+      access: { allow: [], deny: [] },
+      proxyProtocol: 'off',
+    },
     up: true,
     restarts: 0,
     ...stats,

@@ -23,7 +23,13 @@
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import type { IpAddress } from './address.js';
 import {
-  UDP_FLOW_BUFFER, UDP_LISTENER_BUFFER, UDP_PENDING_PER_FLOW, UDP_SEND_QUEUE_MAX, UDP_OTHERS_SHARE_DIVISOR, UDP_SWEEP_MAX_MS, UDP_SWEEP_MIN_MS,
+  UDP_FLOW_BUFFER,
+  UDP_LISTENER_BUFFER,
+  UDP_PENDING_PER_FLOW,
+  UDP_SEND_QUEUE_MAX,
+  UDP_OTHERS_SHARE_DIVISOR,
+  UDP_SWEEP_MAX_MS,
+  UDP_SWEEP_MIN_MS,
 } from './constants.js';
 import { isAllowed, type AccessRules } from './access-list.js';
 import { RateLimitedLog, type Log } from './logger.js';
@@ -54,8 +60,18 @@ export interface UdpStats {
 /** Fresh zeroed counters. */
 export function newUdpStats(): UdpStats {
   return {
-    flowsCreated: 0, flowsActive: 0, flowsExpired: 0, datagramsIn: 0, bytesIn: 0, datagramsOut: 0,
-    bytesOut: 0, droppedFlowLimit: 0, droppedQueueFull: 0, droppedSendError: 0, droppedBlocked: 0, refused: 0,
+    flowsCreated: 0,
+    flowsActive: 0,
+    flowsExpired: 0,
+    datagramsIn: 0,
+    bytesIn: 0,
+    datagramsOut: 0,
+    bytesOut: 0,
+    droppedFlowLimit: 0,
+    droppedQueueFull: 0,
+    droppedSendError: 0,
+    droppedBlocked: 0,
+    refused: 0,
   };
 }
 
@@ -157,14 +173,25 @@ export class UdpForwarder {
     handle.recvStop();
     const { target, targetPort, idleTimeoutMs, maxFlows, access } = this.#opts;
     const local = parseIp(this.#listener.address().address);
-    this.#native = nativeUdp(this.stats, handle.fd, target, targetPort, idleTimeoutMs, maxFlows, access?.spec ?? null,
-      local !== null && isUnspecified(local), this.#perSource, this.#opts.budget ?? null);
+    this.#native = nativeUdp(
+      this.stats,
+      handle.fd,
+      target,
+      targetPort,
+      idleTimeoutMs,
+      maxFlows,
+      access?.spec ?? null,
+      local !== null && isUnspecified(local),
+      this.#perSource,
+      this.#opts.budget ?? null,
+    );
     // The native thread counts; warnings come from here, once per burst as in the JS engine.
     const seen = { droppedBlocked: 0, droppedFlowLimit: 0, droppedSendError: 0 };
     this.#timer = setInterval(() => {
       const s = this.stats;
       if (s.droppedBlocked > seen.droppedBlocked) this.#limited.warn('blocked', {}, 'datagrams refused by the access lists');
-      if (s.droppedFlowLimit > seen.droppedFlowLimit) this.#limited.warn('flow-limit', { maxFlows, perSource: this.#perSource }, 'UDP flow limit reached; dropping datagrams from new clients');
+      if (s.droppedFlowLimit > seen.droppedFlowLimit)
+        this.#limited.warn('flow-limit', { maxFlows, perSource: this.#perSource }, 'UDP flow limit reached; dropping datagrams from new clients');
       if (s.droppedSendError > seen.droppedSendError) this.#limited.warn('flow:error', {}, 'cannot open UDP flow to target, or send failed');
       for (const k of Object.keys(seen) as (keyof typeof seen)[]) seen[k] = s[k];
     }, UDP_SWEEP_MAX_MS);
@@ -206,7 +233,11 @@ export class UdpForwarder {
       const own = this.#sources.get(rinfo.address) ?? 0;
       if (stats.flowsActive >= this.#opts.maxFlows || own >= this.#perSource || !(this.#opts.budget?.take(1) ?? true)) {
         stats.droppedFlowLimit++;
-        this.#limited.warn('flow-limit', { maxFlows: this.#opts.maxFlows, perSource: this.#perSource }, 'UDP flow limit reached; dropping datagrams from new clients');
+        this.#limited.warn(
+          'flow-limit',
+          { maxFlows: this.#opts.maxFlows, perSource: this.#perSource },
+          'UDP flow limit reached; dropping datagrams from new clients',
+        );
         return;
       }
       this.#sources.set(rinfo.address, own + 1);

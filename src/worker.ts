@@ -52,11 +52,19 @@ try {
     throw new Error(`file descriptor budget spent: ${budget.used} of ${budget.limit} taken, this mapping needs ${WORKER_FDS + count} (raise RLIMIT_NOFILE)`);
   }
   open = await openMapping({
-    ...mapping, useListenFd: false, access: compileAccess(mapping.access), settings: init, log, budget,
+    ...mapping,
+    useListenFd: false,
+    access: compileAccess(mapping.access),
+    settings: init,
+    log,
+    budget,
   });
   send({ type: 'ready' });
   log.info({ ports: count, target: `${mapping.target.address}:${mapping.targetPort}`, engine: init.engine }, 'mapping ready');
-  if (init.crashAfterMs !== undefined) setTimeout(() => { throw new Error('injected crash (test hook)'); }, init.crashAfterMs);
+  if (init.crashAfterMs !== undefined)
+    setTimeout(() => {
+      throw new Error('injected crash (test hook)');
+    }, init.crashAfterMs);
 } catch (err) {
   send({ type: 'failed', message: (err as Error).message });
   port.close();

@@ -30,13 +30,21 @@ const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).ver
 // paths relative to dist/ (the addon at ../build/Release) resolve next to the executable.
 const prelude = `var __seaUrl = require('node:url').pathToFileURL(require('node:path').join(require('node:path').dirname(process.execPath), 'dist', 'cli.js')).href; globalThis.__USERLAND_PROXY_VERSION__ = ${JSON.stringify(version)};`;
 const common = {
-  bundle: true, platform: 'node', format: 'cjs', target: 'node20', logLevel: 'error', legalComments: 'none',
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  logLevel: 'error',
+  legalComments: 'none',
   define: { 'import.meta.url': '__seaUrl' },
   banner: { js: prelude },
 };
 // The worker is an ES module; bundled CommonJS dependencies (pino) find `require` here.
 const worker = await build({
-  ...common, format: 'esm', entryPoints: [join(root, 'dist/worker.js')], write: false,
+  ...common,
+  format: 'esm',
+  entryPoints: [join(root, 'dist/worker.js')],
+  write: false,
   banner: { js: `import { createRequire as __seaCreateRequire } from 'node:module'; const require = __seaCreateRequire(process.execPath); ${prelude}` },
 });
 await build({
@@ -51,6 +59,8 @@ execFileSync(node, ['--experimental-sea-config', join(work, 'sea-config.json')],
 copyFileSync(node, out);
 chmodSync(out, 0o755);
 const postject = join(root, 'node_modules/postject/dist/cli.js');
-execFileSync(process.execPath, [postject, out, 'NODE_SEA_BLOB', config.output, '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'], { stdio: 'inherit' });
+execFileSync(process.execPath, [postject, out, 'NODE_SEA_BLOB', config.output, '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'], {
+  stdio: 'inherit',
+});
 rmSync(work, { recursive: true, force: true });
 console.log(`single executable: ${out} (node ${execFileSync(node, ['--version']).toString().trim()}, ${version})`);

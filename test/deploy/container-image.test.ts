@@ -58,19 +58,39 @@ beforeAll(async () => {
     console.warn('SKIPPED: the container image test needs root, docker.io, busybox-static and .cache/nodes/22 (.ci/setup)');
     return;
   }
-  echo = createServer((c) => { c.on('error', () => {}); c.pipe(c); });
+  echo = createServer((c) => {
+    c.on('error', () => {});
+    c.pipe(c);
+  });
   await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
   // No bridge: the image runs with host networking only (and two test dockerds never clash).
   d = await startDockerd(['--bridge', 'none'], { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' });
   const rootfs = join(d.dir, 'base');
   makeBaseRootfs(rootfs);
   execFileSync('tar', ['-C', rootfs, '-cf', join(d.dir, 'base.tar'), '.']);
-  const imp = await d.docker(['import', '--change', `ENV npm_config_cafile=${CA_FILE}`, '--change', `ENV NODE_EXTRA_CA_CERTS=${CA_FILE}`,
-    join(d.dir, 'base.tar'), BASE], 120);
+  const imp = await d.docker(
+    ['import', '--change', `ENV npm_config_cafile=${CA_FILE}`, '--change', `ENV NODE_EXTRA_CA_CERTS=${CA_FILE}`, join(d.dir, 'base.tar'), BASE],
+    120,
+  );
   if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
   // --network host: the build stage's `npm ci` reaches the npm registry as the host does.
-  built = await d.docker(['build', '--network', 'host', '--build-arg', `NODE_IMAGE=${BASE}`, '--build-arg', `NODE_RUNTIME_IMAGE=${BASE}`,
-    '-f', join(ROOT, 'deploy/container/Dockerfile'), '-t', IMAGE, ROOT], 540);
+  built = await d.docker(
+    [
+      'build',
+      '--network',
+      'host',
+      '--build-arg',
+      `NODE_IMAGE=${BASE}`,
+      '--build-arg',
+      `NODE_RUNTIME_IMAGE=${BASE}`,
+      '-f',
+      join(ROOT, 'deploy/container/Dockerfile'),
+      '-t',
+      IMAGE,
+      ROOT,
+    ],
+    540,
+  );
 }, 600_000);
 
 afterAll(async () => {
@@ -88,15 +108,27 @@ describe.skipIf(!CAN)('container image (deploy/container/Dockerfile)', () => {
     expect(built.code).toBe(0);
     const dk = d as PrivateDockerd;
     const cfg = JSON.parse((await dk.docker(['image', 'inspect', '--format', '{{json .Config}}', IMAGE])).stdout) as {
-      User: string; Entrypoint: string[]; Cmd: string[]; Healthcheck: { Test: string[] }; Env: string[];
+      User: string;
+      Entrypoint: string[];
+      Cmd: string[];
+      Healthcheck: { Test: string[] };
+      Env: string[];
     };
     expect(cfg.User).toBe('node');
     expect(cfg.Entrypoint).toEqual(['/opt/userland-proxy/bin/userland-proxy']);
     expect(cfg.Cmd).toEqual(['run']);
     expect(cfg.Healthcheck.Test).toEqual(['CMD', 'node', '/opt/userland-proxy/healthcheck.mjs']);
     // Packages, not directories: npm prune leaves empty scope directories behind.
-    const listed = await dk.docker(['run', '--rm', '--entrypoint', '/bin/sh', IMAGE, '-c',
-      'cd /opt/userland-proxy/node_modules && for p in */package.json @*/*/package.json; do [ -f "$p" ] && echo "${p%/package.json}"; done']);
+    const listed = await dk.docker([
+      'run',
+      '--rm',
+      '--entrypoint',
+      '/bin/sh',
+      IMAGE,
+      '-c',
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion, not a template
+      'cd /opt/userland-proxy/node_modules && for p in */package.json @*/*/package.json; do [ -f "$p" ] && echo "${p%/package.json}"; done',
+    ]);
     const mods = listed.stdout.split('\n').filter(Boolean);
     for (const dep of ['yargs', 'pino', 'prom-client']) expect(mods).toContain(dep);
     for (const dev of ['typescript', 'vitest', 'autocannon', 'fast-check', '@types/node', 'esbuild', 'kubernetes-models']) expect(mods).not.toContain(dev);
@@ -111,9 +143,26 @@ describe.skipIf(!CAN)('container image (deploy/container/Dockerfile)', () => {
     const conf = join(dk.dir, 'conf');
     mkdirSync(conf, { mode: 0o755 });
     chmodSync(dk.dir, 0o755);
-    writeFileSync(join(conf, 'config.json'), JSON.stringify({ publish: [`127.0.0.1:${port}:127.0.0.1:${(echo.address() as { port: number }).port}`] }), { mode: 0o644 });
-    const r = await dk.docker(['run', '-d', '--name', 'upt-up', '--network', 'host', '-v', `${conf}:/etc/userland-proxy:ro`,
-      '-e', `USERLAND_PROXY_METRICS=127.0.0.1:${metrics}`, '--health-interval', '1s', '--health-start-period', '1s', IMAGE]);
+    writeFileSync(join(conf, 'config.json'), JSON.stringify({ publish: [`127.0.0.1:${port}:127.0.0.1:${(echo.address() as { port: number }).port}`] }), {
+      mode: 0o644,
+    });
+    const r = await dk.docker([
+      'run',
+      '-d',
+      '--name',
+      'upt-up',
+      '--network',
+      'host',
+      '-v',
+      `${conf}:/etc/userland-proxy:ro`,
+      '-e',
+      `USERLAND_PROXY_METRICS=127.0.0.1:${metrics}`,
+      '--health-interval',
+      '1s',
+      '--health-start-period',
+      '1s',
+      IMAGE,
+    ]);
     expect(r.code, r.stderr).toBe(0);
     let health = '';
     for (let i = 0; i < 40 && health !== 'healthy'; i++) {

@@ -9,9 +9,11 @@ import { basename, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FAMILIES, PREFIX } from '../../src/metrics.js';
 
-const exported = new Set(FAMILIES.flatMap((f) => (f.type === 'histogram'
-  ? [`${PREFIX}${f.name}_bucket`, `${PREFIX}${f.name}_sum`, `${PREFIX}${f.name}_count`]
-  : [`${PREFIX}${f.name}`])));
+const exported = new Set(
+  FAMILIES.flatMap((f) =>
+    f.type === 'histogram' ? [`${PREFIX}${f.name}_bucket`, `${PREFIX}${f.name}_sum`, `${PREFIX}${f.name}_count`] : [`${PREFIX}${f.name}`],
+  ),
+);
 const used = (text: string): string[] => [...new Set(text.match(/userland_proxy_[a-z_]+/g) ?? [])];
 
 describe('deploy/grafana/dashboard.json', () => {
@@ -46,9 +48,12 @@ describe('deploy/', () => {
   it('every file is exercised by some test (named there by path or file name): no untested sample', () => {
     const root = join(import.meta.dirname, '../..');
     const files = (readdirSync(join(root, 'deploy'), { recursive: true, withFileTypes: true }) as import('node:fs').Dirent[])
-      .filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(root.length + 1));
+      .filter((e) => e.isFile())
+      .map((e) => join(e.parentPath, e.name).slice(root.length + 1));
     const tests = (readdirSync(join(root, 'test'), { recursive: true }) as string[])
-      .filter((f) => f.endsWith('.ts')).map((f) => readFileSync(join(root, 'test', f), 'utf8')).join('\n');
+      .filter((f) => f.endsWith('.ts'))
+      .map((f) => readFileSync(join(root, 'test', f), 'utf8'))
+      .join('\n');
     expect(files.length).toBeGreaterThanOrEqual(12);
     for (const f of files) expect(tests.includes(f) || tests.includes(`'${basename(f)}'`) || tests.includes(`/${basename(f)}`), f).toBe(true);
   });

@@ -30,17 +30,24 @@ describe.skipIf(!HAVE_SYSTEMD)('deploy/systemd with systemd-analyze', () => {
     const tmp = mkdtempSync(join(tmpdir(), 'upt-systemd-'));
     try {
       // verify checks that ExecStart exists: point it at this checkout's launcher.
-      const unit = readFileSync(join(ROOT, 'deploy/systemd/userland-proxy.service'), 'utf8')
-        .replaceAll('/opt/userland-proxy/bin/userland-proxy', join(ROOT, 'bin/userland-proxy'));
+      const unit = readFileSync(join(ROOT, 'deploy/systemd/userland-proxy.service'), 'utf8').replaceAll(
+        '/opt/userland-proxy/bin/userland-proxy',
+        join(ROOT, 'bin/userland-proxy'),
+      );
       expect(unit).not.toMatch(/^MemoryDenyWriteExecute=yes/m); // V8's JIT aborts under it
       writeFileSync(join(tmp, 'userland-proxy.service'), unit);
       const ok = await run('systemd-analyze', ['verify', join(tmp, 'userland-proxy.service')]);
       expect(ok.stderr).toBe('');
       writeFileSync(join(tmp, 'broken.service'), unit.replace('Restart=on-failure', 'Restart=sometimes'));
-      const bad = await run('systemd-analyze', ['verify', join(tmp, 'broken.service')]).then((r) => r.stderr, (e: { stderr: string }) => e.stderr);
+      const bad = await run('systemd-analyze', ['verify', join(tmp, 'broken.service')]).then(
+        (r) => r.stderr,
+        (e: { stderr: string }) => e.stderr,
+      );
       expect(bad).toMatch(/restart specifier/i);
       // The environment file parses as KEY=value lines.
-      const env = readFileSync(join(ROOT, 'deploy/systemd/userland-proxy.env'), 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
+      const env = readFileSync(join(ROOT, 'deploy/systemd/userland-proxy.env'), 'utf8')
+        .split('\n')
+        .filter((l) => l && !l.startsWith('#'));
       for (const l of env) expect(l).toMatch(/^[A-Z_]+=/);
     } finally {
       rmSync(tmp, { recursive: true, force: true });

@@ -57,7 +57,11 @@ describe('deploy/kubernetes/userland-proxy.yaml', () => {
     expect(c.readinessProbe?.httpGet).toMatchObject({ path: '/readyz', port: metricsPort });
     expect(c.livenessProbe?.httpGet?.host).toBeUndefined();
     expect(c.ports?.find((p) => p.name === 'metrics')?.containerPort).toBe(metricsPort);
-    expect(ds.spec?.template.metadata?.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(metricsPort), 'prometheus.io/path': '/metrics' });
+    expect(ds.spec?.template.metadata?.annotations).toMatchObject({
+      'prometheus.io/scrape': 'true',
+      'prometheus.io/port': String(metricsPort),
+      'prometheus.io/path': '/metrics',
+    });
     // The config volume is the ConfigMap, mounted where USERLAND_PROXY_CONFIG points.
     const mount = c.volumeMounts?.find((m) => m.mountPath === dirname(configPath));
     expect(mount?.readOnly).toBe(true);

@@ -40,7 +40,11 @@ describe('npm pack and npm install -g', () => {
     const echo = createServer((c) => c.pipe(c));
     await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
     const port = await freePort();
-    const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', (echo.address() as { port: number }).port), { bin, cleanEnv: true, env: { ...env, USERLAND_PROXY_ENGINE: HAVE_CC ? 'native' : 'auto' } });
+    const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', (echo.address() as { port: number }).port), {
+      bin,
+      cleanEnv: true,
+      env: { ...env, USERLAND_PROXY_ENGINE: HAVE_CC ? 'native' : 'auto' },
+    });
     expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('packed'))).toString()).toBe('packed');
     await p.stop();
     echo.close();

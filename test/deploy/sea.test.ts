@@ -23,7 +23,10 @@ let echoPort = 0;
 
 beforeAll(async () => {
   execFileSync(process.execPath, [join(ROOT, 'deploy/sea/build.mjs'), '--node', node, '--out', exe], { stdio: 'pipe', timeout: 120_000 });
-  echo = createServer((c) => { c.on('error', () => {}); c.pipe(c); });
+  echo = createServer((c) => {
+    c.on('error', () => {});
+    c.pipe(c);
+  });
   await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
   echoPort = (echo.address() as { port: number }).port;
 }, 150_000);
@@ -33,8 +36,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const dockerArgs = (port: number): string[] =>
-  dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', echoPort);
+const dockerArgs = (port: number): string[] => dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', echoPort);
 
 describe('single-file executable', () => {
   it('docker mode runs with an empty environment: status pipe, bytes, -v, SIGINT exit 0', async () => {
@@ -49,11 +51,17 @@ describe('single-file executable', () => {
 
   it('standalone mode starts its worker threads from the embedded source', async () => {
     const [port, metrics] = [await freePort(), await freePort()];
-    const child = spawn(exe, ['run', '-p', `127.0.0.1:${port}:127.0.0.1:${echoPort}`, '--metrics', `127.0.0.1:${metrics}`, '--engine', 'js'], { env: {}, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(exe, ['run', '-p', `127.0.0.1:${port}:127.0.0.1:${echoPort}`, '--metrics', `127.0.0.1:${metrics}`, '--engine', 'js'], {
+      env: {},
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     try {
       await new Promise<void>((res, rej) => {
         let out = '';
-        child.stdout.on('data', (d) => { out += d; if (out.includes('ready:')) res(); });
+        child.stdout.on('data', (d) => {
+          out += d;
+          if (out.includes('ready:')) res();
+        });
         child.once('exit', (c) => rej(new Error(`exited ${c}`)));
       });
       expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('worker'))).toString()).toBe('worker');

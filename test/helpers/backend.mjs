@@ -39,36 +39,54 @@ function udp(port, host, onMsg) {
 function digestServer(c) {
   const h = createHash('sha256');
   let n = 0;
-  c.on('data', (d) => { n += d.length; h.update(d); });
+  c.on('data', (d) => {
+    n += d.length;
+    h.update(d);
+  });
   c.on('end', () => c.end(`${n} ${h.digest('hex')}`));
   c.on('error', () => {});
 }
 
 for (const host of hosts) {
   for (const p of opt('--echo')) {
-    tcp(Number(p), host, (c) => { c.on('error', () => {}); c.pipe(c); });
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      c.pipe(c);
+    });
     udp(Number(p), host, (s, m, r) => s.send(m, r.port, r.address));
   }
   for (const p of opt('--hold')) {
-    tcp(Number(p), host, (c) => { c.pause(); held.push(c); });
+    tcp(Number(p), host, (c) => {
+      c.pause();
+      held.push(c);
+    });
   }
   for (const p of opt('--whoami')) {
-    tcp(Number(p), host, (c) => { c.on('error', () => {}); c.end(`${c.remoteAddress} ${c.remotePort}`); });
-    udp(Number(p), host, (s, m, r) => s.send(`${r.address} ${r.port}`, r.port, r.address));
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      c.end(`${c.remoteAddress} ${c.remotePort}`);
+    });
+    udp(Number(p), host, (s, _m, r) => s.send(`${r.address} ${r.port}`, r.port, r.address));
   }
   for (const p of opt('--greet')) {
     tcp(Number(p), host, (c) => {
       c.on('error', () => {});
       const h = createHash('sha256');
       let n = 0;
-      c.on('data', (d) => { n += d.length; h.update(d); });
+      c.on('data', (d) => {
+        n += d.length;
+        h.update(d);
+      });
       c.on('end', () => process.stdout.write(`greet-done ${n} ${h.digest('hex')}\n`));
       c.end('hello\n');
     });
   }
   for (const p of opt('--tag')) {
-    tcp(Number(p), host, (c) => { c.on('error', () => {}); c.end(`port ${p}`); });
-    udp(Number(p), host, (s, m, r) => s.send(`port ${p}`, r.port, r.address));
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      c.end(`port ${p}`);
+    });
+    udp(Number(p), host, (s, _m, r) => s.send(`port ${p}`, r.port, r.address));
   }
   for (const p of opt('--rst')) {
     tcp(Number(p), host, (c) => {
@@ -95,8 +113,7 @@ for (const host of hosts) {
       let buf = '';
       c.on('data', (d) => {
         buf += d;
-        let i;
-        while ((i = buf.indexOf('\r\n\r\n')) >= 0) {
+        for (let i = buf.indexOf('\r\n\r\n'); i >= 0; i = buf.indexOf('\r\n\r\n')) {
           buf = buf.slice(i + 4);
           c.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok');
         }
@@ -106,16 +123,24 @@ for (const host of hosts) {
   }
 }
 
-createInterface({ input: process.stdin }).on('line', (line) => {
-  if (line === 'resume') {
-    for (const c of held.splice(0)) { digestServer(c); c.resume(); }
-  } else if (line === 'listen') {
-    for (const [p, host] of late.splice(0)) udp(p, host, (s, m, r) => s.send(m, r.port, r.address));
-    Promise.all(pending).then(() => process.stdout.write('listening\n'));
-  }
-}).on('close', () => process.exit(0));
+createInterface({ input: process.stdin })
+  .on('line', (line) => {
+    if (line === 'resume') {
+      for (const c of held.splice(0)) {
+        digestServer(c);
+        c.resume();
+      }
+    } else if (line === 'listen') {
+      for (const [p, host] of late.splice(0)) udp(p, host, (s, m, r) => s.send(m, r.port, r.address));
+      Promise.all(pending).then(() => process.stdout.write('listening\n'));
+    }
+  })
+  .on('close', () => process.exit(0));
 
 Promise.all(pending).then(
   () => process.stdout.write('ready\n'),
-  (err) => { process.stderr.write(`backend: ${err.message}\n`); process.exit(1); },
+  (err) => {
+    process.stderr.write(`backend: ${err.message}\n`);
+    process.exit(1);
+  },
 );

@@ -31,12 +31,32 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
   const dir = mkdtempSync('/tmp/upt-dockerd-');
   const sock = join(dir, 'docker.sock');
   let daemonLog = '';
-  const child: ChildProcess = spawn('timeout', ['900', DOCKERD,
-    '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'), '-H', `unix://${sock}`,
-    '--pidfile', join(dir, 'docker.pid'), '--iptables=false', '--storage-driver', 'vfs', ...extraArgs,
-  ], { stdio: ['ignore', 'pipe', 'pipe'], env });
-  child.stderr?.on('data', (d) => { daemonLog += d; });
-  child.stdout?.on('data', (d) => { daemonLog += d; });
+  const child: ChildProcess = spawn(
+    'timeout',
+    [
+      '900',
+      DOCKERD,
+      '--data-root',
+      join(dir, 'data'),
+      '--exec-root',
+      join(dir, 'exec'),
+      '-H',
+      `unix://${sock}`,
+      '--pidfile',
+      join(dir, 'docker.pid'),
+      '--iptables=false',
+      '--storage-driver',
+      'vfs',
+      ...extraArgs,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'], env },
+  );
+  child.stderr?.on('data', (d) => {
+    daemonLog += d;
+  });
+  child.stdout?.on('data', (d) => {
+    daemonLog += d;
+  });
   const docker = async (args: string[], seconds = 30): Promise<{ stdout: string; stderr: string; code: number }> => {
     try {
       const { stdout, stderr } = await run('timeout', [String(seconds), DOCKER, '-H', `unix://${sock}`, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
@@ -53,12 +73,23 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
       await Promise.race([exited, sleep(15_000)]);
       if (child.exitCode === null) child.kill('SIGKILL');
     }
-    try { execFileSync('pkill', ['-f', `containerd.*${dir}`]); } catch { /* none left */ }
+    try {
+      execFileSync('pkill', ['-f', `containerd.*${dir}`]);
+    } catch {
+      /* none left */
+    }
     // dockerd leaves bind mounts (netns, overlay/vfs) under its roots when it dies early.
-    const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '')
-      .filter((m) => m.startsWith(`${dir}/`)).sort((a, b) => b.length - a.length);
+    const mounts = readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[1] ?? '')
+      .filter((m) => m.startsWith(`${dir}/`))
+      .sort((a, b) => b.length - a.length);
     for (const m of mounts) {
-      try { execFileSync('umount', ['-l', m], { stdio: 'ignore' }); } catch { /* already gone */ }
+      try {
+        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+      } catch {
+        /* already gone */
+      }
     }
     rmSync(dir, { recursive: true, force: true });
   };

@@ -25,7 +25,10 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
 export function tcpConnect(host: string, port: number): Promise<Socket> {
   return new Promise((res, rej) => {
     const s = connect({ host, port, allowHalfOpen: true });
-    s.once('connect', () => { s.off('error', rej); res(s); });
+    s.once('connect', () => {
+      s.off('error', rej);
+      res(s);
+    });
     s.once('error', rej);
   });
 }
@@ -36,7 +39,10 @@ export async function tcpRoundTrip(host: string, port: number, data: Buffer): Pr
   return new Promise((res, rej) => {
     const chunks: Buffer[] = [];
     s.on('data', (d) => chunks.push(d));
-    s.on('end', () => { s.end(); res(Buffer.concat(chunks)); });
+    s.on('end', () => {
+      s.end();
+      res(Buffer.concat(chunks));
+    });
     s.on('error', rej);
     s.end(data);
   });
@@ -52,10 +58,15 @@ export function readToClose(s: Socket): Promise<{ data: Buffer; error: string | 
     const chunks: Buffer[] = [];
     let error: string | null = null;
     s.on('data', (d) => chunks.push(d));
-    s.on('error', (e: NodeJS.ErrnoException) => { error = e.code ?? e.message; });
+    s.on('error', (e: NodeJS.ErrnoException) => {
+      error = e.code ?? e.message;
+    });
     s.on('close', () => res({ data: Buffer.concat(chunks), error }));
     s.on('end', () => {
-      if (s.writable) s.write(Buffer.alloc(0), (err) => { if (!err) s.end(); });
+      if (s.writable)
+        s.write(Buffer.alloc(0), (err) => {
+          if (!err) s.end();
+        });
       else s.end();
     });
   });
@@ -75,8 +86,15 @@ export function udpClient(family: 4 | 6): UdpSocket {
 /** Sends one datagram and waits for one reply (or rejects after ms). */
 export function udpRequest(sock: UdpSocket, host: string, port: number, msg: Buffer | string, ms = 2000): Promise<Buffer> {
   return new Promise((res, rej) => {
-    const t = setTimeout(() => { sock.off('message', on); rej(new Error(`no UDP reply from ${host}:${port} in ${ms} ms`)); }, ms);
-    const on = (m: Buffer): void => { clearTimeout(t); sock.off('message', on); res(m); };
+    const t = setTimeout(() => {
+      sock.off('message', on);
+      rej(new Error(`no UDP reply from ${host}:${port} in ${ms} ms`));
+    }, ms);
+    const on = (m: Buffer): void => {
+      clearTimeout(t);
+      sock.off('message', on);
+      res(m);
+    };
     sock.on('message', on);
     sock.send(msg, port, host);
   });

@@ -34,7 +34,9 @@ export interface Backend {
 /** The link-local IPv6 address of the backend's veth end, once it left DAD (namespace only). */
 export async function linkLocalOf(backend: Backend): Promise<string> {
   for (let i = 0; i < 100; i++) {
-    const out = execFileSync('ip', ['-n', backend.namespace as string, '-6', 'addr', 'show', 'dev', backend.nsInterface as string, 'scope', 'link'], { encoding: 'utf8' });
+    const out = execFileSync('ip', ['-n', backend.namespace as string, '-6', 'addr', 'show', 'dev', backend.nsInterface as string, 'scope', 'link'], {
+      encoding: 'utf8',
+    });
     const host = execFileSync('ip', ['-6', 'addr', 'show', 'dev', backend.hostInterface as string, 'scope', 'link'], { encoding: 'utf8' });
     const m = /inet6 (fe80::[0-9a-f:]+)\/64/.exec(out);
     if (m && !out.includes('tentative') && host.includes('fe80::') && !host.includes('tentative')) return m[1] as string;
@@ -62,7 +64,11 @@ export function removeStaleNamespaces(): void {
     try {
       process.kill(Number(m[2]), 0);
     } catch {
-      try { ip(['netns', 'del', m[1] as string]); } catch { /* gone */ }
+      try {
+        ip(['netns', 'del', m[1] as string]);
+      } catch {
+        /* gone */
+      }
     }
   }
 }
@@ -76,7 +82,7 @@ export async function startBackend(args: string[]): Promise<Backend> {
   const name = `${NS_PREFIX}${process.pid}x${n}`;
   // Unique /24 and /64 per process and counter; veth names are limited to 15 characters.
   const a = 100 + ((process.pid >> 8) % 100);
-  const b = (process.pid + n * 37) % 250 + 1;
+  const b = ((process.pid + n * 37) % 250) + 1;
   const hostIf = `u${process.pid % 100000}h${n}`;
   const nsIf = `u${process.pid % 100000}c${n}`;
   const v4 = `10.${a}.${b}`;
@@ -94,8 +100,16 @@ export async function startBackend(args: string[]): Promise<Backend> {
     ip(['-n', name, 'link', 'set', 'lo', 'up']);
     ip(['-n', name, 'route', 'add', 'default', 'via', `${v4}.1`]);
   } catch (err) {
-    try { ip(['netns', 'del', name]); } catch { /* not created */ }
-    try { ip(['link', 'del', hostIf]); } catch { /* not created */ }
+    try {
+      ip(['netns', 'del', name]);
+    } catch {
+      /* not created */
+    }
+    try {
+      ip(['link', 'del', hostIf]);
+    } catch {
+      /* not created */
+    }
     throw new Error(`cannot create namespace ${name}: ${(err as { stderr?: Buffer }).stderr?.toString() ?? err}`);
   }
   return { ...(await launch(args, name, `${v4}.2`, `${v6}::2`, [])), hostInterface: hostIf, nsInterface: nsIf };
@@ -109,27 +123,41 @@ async function launch(args: string[], ns: string | null, ipv4: string, ipv6: str
   const lines: string[] = [];
   const waiters: { text: string; res: () => void }[] = [];
   let stderr = '';
-  child.stderr?.on('data', (d) => { stderr += d; });
-  createInterface({ input: child.stdout! }).on('line', (line) => {
+  child.stderr?.on('data', (d) => {
+    stderr += d;
+  });
+  createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
     lines.push(line);
     for (const w of waiters.filter((x) => x.text === line)) {
       waiters.splice(waiters.indexOf(w), 1);
       w.res();
     }
   });
-  const waitLine = (text: string): Promise<void> =>
-    lines.includes(text) ? Promise.resolve() : new Promise((res) => waiters.push({ text, res }));
+  const waitLine = (text: string): Promise<void> => (lines.includes(text) ? Promise.resolve() : new Promise((res) => waiters.push({ text, res })));
   const exited = new Promise<void>((res) => child.once('exit', () => res()));
   const destroy = async (): Promise<void> => {
     child.stdin?.end();
     child.kill('SIGKILL');
     await withTimeout(exited, 5000, 'backend did not exit').catch(() => {});
     if (ns) {
-      try { ip(['netns', 'del', ns]); } catch { /* already gone */ }
+      try {
+        ip(['netns', 'del', ns]);
+      } catch {
+        /* already gone */
+      }
     }
   };
   try {
-    await withTimeout(Promise.race([waitLine('ready'), exited.then(() => { throw new Error(`backend exited: ${stderr}`); })]), 10_000, `backend not ready: ${stderr}`);
+    await withTimeout(
+      Promise.race([
+        waitLine('ready'),
+        exited.then(() => {
+          throw new Error(`backend exited: ${stderr}`);
+        }),
+      ]),
+      10_000,
+      `backend not ready: ${stderr}`,
+    );
   } catch (err) {
     await destroy();
     throw err;
@@ -164,4 +192,3 @@ export function useBackend(args: string[]): Backend {
   });
   return backend;
 }
-

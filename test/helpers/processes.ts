@@ -19,8 +19,13 @@ export function track(child: ChildProcess): Promise<{ code: number | null; signa
 
 /** SIGKILLs every tracked process and waits for each to exit (afterEach / afterAll). */
 export async function killTracked(): Promise<void> {
-  await Promise.all([...live].map((c) => new Promise((res) => {
-    c.once('exit', res);
-    c.kill('SIGKILL');
-  })));
+  await Promise.all(
+    [...live].map(
+      (c) =>
+        new Promise((res) => {
+          c.once('exit', res);
+          c.kill('SIGKILL');
+        }),
+    ),
+  );
 }

@@ -41,7 +41,6 @@ export interface SpawnOptions {
   cleanEnv?: boolean;
 }
 
-
 /** docker-proxy's argv as dockerd writes it (without -use-listen-fd). */
 export function dockerArgv(proto: string, hostIp: string, hostPort: number | string, target: string, targetPort: number | string): string[] {
   return ['-proto', proto, '-host-ip', hostIp, '-host-port', String(hostPort), '-container-ip', target, '-container-port', String(targetPort)];
@@ -72,8 +71,12 @@ export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): Pr
   if (writeFd >= 0) closeSync(writeFd);
   let err = '';
   let out = '';
-  child.stderr?.on('data', (d) => { err += d; });
-  child.stdout?.on('data', (d) => { out += d; });
+  child.stderr?.on('data', (d) => {
+    err += d;
+  });
+  child.stdout?.on('data', (d) => {
+    out += d;
+  });
   const exited = track(child);
   const status = new Promise<string>((res) => {
     if (readFd < 0) {
@@ -82,7 +85,9 @@ export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): Pr
     }
     const sock = new Socket({ fd: readFd, readable: true, writable: false });
     let bytes = '';
-    sock.on('data', (d) => { bytes += d; });
+    sock.on('data', (d) => {
+      bytes += d;
+    });
     const done = (): void => {
       sock.destroy();
       res(bytes);
@@ -115,12 +120,13 @@ export async function startProxy(args: readonly string[], opts: SpawnOptions = {
   return p;
 }
 
-
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout;
   return Promise.race([
     p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, rej) => { t = setTimeout(() => rej(new Error(what)), ms); }),
+    new Promise<T>((_, rej) => {
+      t = setTimeout(() => rej(new Error(what)), ms);
+    }),
   ]);
 }
 

@@ -11,33 +11,53 @@ export interface Standalone {
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-
 /** Spawns standalone mode; resolves once it printed "ready:", rejects if it exits first. */
 export async function startStandalone(
-  args: string[], env: Record<string, string> = {}, wait = true, launch: { bin?: string; prefix?: string[] } = {},
+  args: string[],
+  env: Record<string, string> = {},
+  wait = true,
+  launch: { bin?: string; prefix?: string[] } = {},
 ): Promise<Standalone> {
   const child = spawn(launch.bin ?? BIN, [...(launch.prefix ?? []), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, cwd: '/' });
   let out = '';
   let err = '';
-  child.stdout?.on('data', (d) => { out += d; });
-  child.stderr?.on('data', (d) => { err += d; });
+  child.stdout?.on('data', (d) => {
+    out += d;
+  });
+  child.stderr?.on('data', (d) => {
+    err += d;
+  });
   const exited = track(child);
   const s: Standalone = {
-    child, exited, stdout: () => out, stderr: () => err,
+    child,
+    exited,
+    stdout: () => out,
+    stderr: () => err,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       return exited;
     },
   };
   if (wait) {
-    await withTimeout(new Promise<void>((res, rej) => {
-      const t = setInterval(() => { if (out.includes('ready:') || out.includes('demo backend:')) { clearInterval(t); res(); } }, 20);
-      void exited.then((e) => { clearInterval(t); rej(new Error(`exited ${JSON.stringify(e)}: ${err}`)); });
-    }), 15_000, `standalone not ready: ${err}`);
+    await withTimeout(
+      new Promise<void>((res, rej) => {
+        const t = setInterval(() => {
+          if (out.includes('ready:') || out.includes('demo backend:')) {
+            clearInterval(t);
+            res();
+          }
+        }, 20);
+        void exited.then((e) => {
+          clearInterval(t);
+          rej(new Error(`exited ${JSON.stringify(e)}: ${err}`));
+        });
+      }),
+      15_000,
+      `standalone not ready: ${err}`,
+    );
   }
   return s;
 }
-
 
 /** GET a URL; returns status and body. */
 export async function get(url: string, method = 'GET', headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {

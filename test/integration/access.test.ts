@@ -22,7 +22,11 @@ const udpEcho = createSocket('udp4');
 const closers: (() => void)[] = [];
 
 beforeAll(async () => {
-  echo = createServer({ allowHalfOpen: true }, (c) => { dialled++; c.on('error', () => {}); c.pipe(c); });
+  echo = createServer({ allowHalfOpen: true }, (c) => {
+    dialled++;
+    c.on('error', () => {});
+    c.pipe(c);
+  });
   await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
   udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
   await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
@@ -38,16 +42,30 @@ const echoPort = (): number => (echo.address() as { port: number }).port;
 
 describe('access lists', () => {
   it('a denied TCP client is reset before any dial, counted; an allowed one is served', async () => {
-    for (const [spec, allowed] of [[{ allow: [], deny: ['127.0.0.0/8'] }, false], [{ allow: ['127.0.0.1/32'], deny: [] }, true], [{ allow: ['10.0.0.0/8'], deny: [] }, false]] as const) {
+    for (const [spec, allowed] of [
+      [{ allow: [], deny: ['127.0.0.0/8'] }, false],
+      [{ allow: ['127.0.0.1/32'], deny: [] }, true],
+      [{ allow: ['10.0.0.0/8'], deny: [] }, false],
+    ] as const) {
       const server = createTcpServer();
-      const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort(), log: silentLog, engine: testEngine(), access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }) });
+      const f = new TcpForwarder(server, {
+        target: { address: '127.0.0.1', family: 4 },
+        targetPort: echoPort(),
+        log: silentLog,
+        engine: testEngine(),
+        access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }),
+      });
       closers.push(() => f.close());
       await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
       const port = (server.address() as { port: number }).port;
       const before = dialled;
       // The reset can beat the client's own 'connect' event: then connect() itself fails.
       const { data, error } = await tcpConnect('127.0.0.1', port).then(
-        (s) => { const done = readToClose(s); s.end('hi'); return done; },
+        (s) => {
+          const done = readToClose(s);
+          s.end('hi');
+          return done;
+        },
         (err: NodeJS.ErrnoException) => ({ data: Buffer.alloc(0), error: err.code ?? null }),
       );
       if (allowed) {
@@ -65,8 +83,13 @@ describe('access lists', () => {
   it('a denied UDP client opens no flow and its datagrams are counted as dropped', async () => {
     const listener = createUdpSocket(4);
     const f = new UdpForwarder(listener, {
-      target: { address: '127.0.0.1', family: 4 }, targetPort: udpEcho.address().port, log: silentLog,
-      idleTimeoutMs: 90_000, maxFlows: 10, engine: testEngine(), access: compileAccess({ allow: [], deny: ['127.0.0.1'] }),
+      target: { address: '127.0.0.1', family: 4 },
+      targetPort: udpEcho.address().port,
+      log: silentLog,
+      idleTimeoutMs: 90_000,
+      maxFlows: 10,
+      engine: testEngine(),
+      access: compileAccess({ allow: [], deny: ['127.0.0.1'] }),
     });
     closers.push(() => f.close());
     await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });

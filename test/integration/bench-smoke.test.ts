@@ -19,7 +19,20 @@ afterAll(() => rmSync(out, { recursive: true, force: true }));
 
 describe.skipIf(!CAN)('bench harness smoke test', () => {
   it('bench/run.mjs --quick runs bulk1 for direct, docker-proxy and both our engines and writes JSON, Markdown and SVG', async () => {
-    await run(process.execPath, [join(ROOT, 'bench/run.mjs'), '--quick', '--scenarios', 'bulk1', '--contenders', 'direct,docker-proxy,userland-proxy js,userland-proxy native', '--out', out], { timeout: 120_000 });
+    await run(
+      process.execPath,
+      [
+        join(ROOT, 'bench/run.mjs'),
+        '--quick',
+        '--scenarios',
+        'bulk1',
+        '--contenders',
+        'direct,docker-proxy,userland-proxy js,userland-proxy native',
+        '--out',
+        out,
+      ],
+      { timeout: 120_000 },
+    );
     const report = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { results: Record<string, Record<string, { gbps: number }[]>> };
     for (const n of ['direct', 'docker-proxy', 'userland-proxy js', 'userland-proxy native']) {
       expect(report.results.bulk1?.[n]?.[0]?.gbps, n).toBeGreaterThan(0);

@@ -17,7 +17,10 @@ const GREET = 7002;
 const WHOAMI = 7003;
 const CLOSED = 7009;
 const HAVE_REF = haveReference();
-const contenders = [['docker-proxy', REF_PROXY], ['userland-proxy', BIN]] as const;
+const contenders = [
+  ['docker-proxy', REF_PROXY],
+  ['userland-proxy', BIN],
+] as const;
 
 if (!HAVE_REF) console.warn(`SKIPPED: no reference docker-proxy at ${REF_PROXY}; run .ci/setup as root`);
 const backend = useBackend(['--echo', String(ECHO), '--greet', String(GREET), '--whoami', String(WHOAMI)]);
@@ -25,7 +28,7 @@ afterEach(async () => {
   await killTracked();
 });
 
-const argv = (proto: string, hostIp: string, port: number, target: string, targetPort: number) => dockerArgv(proto, hostIp, port, target, String(targetPort),);
+const argv = (proto: string, hostIp: string, port: number, target: string, targetPort: number) => dockerArgv(proto, hostIp, port, target, String(targetPort));
 
 /** Runs a scenario against both proxies and returns [reference, ours]. */
 async function both<T>(scenario: (bin: string) => Promise<T>): Promise<[T, T]> {
@@ -41,7 +44,11 @@ describe.skipIf(!HAVE_REF)('differential: docker-proxy 20.10 vs userland-proxy',
   it('agrees on readiness bytes, TCP bytes (IPv4 and IPv6 fronts), half-close and SIGINT exit', async () => {
     const [ref, ours] = await both(async (bin) => {
       const obs: Record<string, unknown> = {};
-      for (const [front, target] of [['127.0.0.1', backend.ipv4], ['::1', backend.ipv4], ['::1', backend.ipv6]] as const) {
+      for (const [front, target] of [
+        ['127.0.0.1', backend.ipv4],
+        ['::1', backend.ipv4],
+        ['::1', backend.ipv6],
+      ] as const) {
         const port = await freePort(front);
         const p = spawnProxy(argv('tcp', front, port, target, ECHO), { bin });
         obs[`status ${front}`] = await p.status;
@@ -69,7 +76,9 @@ describe.skipIf(!HAVE_REF)('differential: docker-proxy 20.10 vs userland-proxy',
       const s = await tcpConnect('127.0.0.1', port);
       const greeting = await new Promise<string>((res) => {
         let got = '';
-        s.on('data', (d) => { got += d; });
+        s.on('data', (d) => {
+          got += d;
+        });
         s.once('end', () => res(got));
       });
       const payload = randomBytes(100_000);

@@ -19,7 +19,7 @@ afterEach(async () => {
   await killTracked();
 });
 
-const args = (proto: string, hostIp: string, hostPort: number, target = backend.ipv4) => dockerArgv(proto, hostIp, hostPort, target, String(ECHO),);
+const args = (proto: string, hostIp: string, hostPort: number, target = backend.ipv4) => dockerArgv(proto, hostIp, hostPort, target, String(ECHO));
 
 function listenOn(port: number, host: string): Promise<Server> {
   return new Promise((res, rej) => {
@@ -95,7 +95,11 @@ describe('status pipe (fd 3)', () => {
       [args('tcp', '127.0.0.1', 70000), {}, 'invalid -host-port 70000: must be 0-65535'],
       [args('sctp', '127.0.0.1', 1), {}, 'SCTP is not supported: Node.js has no SCTP sockets (keep docker-proxy for SCTP ports)'],
       [args('icmp', '127.0.0.1', 1), {}, 'unsupported protocol icmp'],
-      [args('udp', '127.0.0.1', 1), { USERLAND_PROXY_UDP_IDLE_TIMEOUT: 'x' }, 'invalid USERLAND_PROXY_UDP_IDLE_TIMEOUT "x": use a duration such as 500ms, 90s or 5m (a bare number is seconds)'],
+      [
+        args('udp', '127.0.0.1', 1),
+        { USERLAND_PROXY_UDP_IDLE_TIMEOUT: 'x' },
+        'invalid USERLAND_PROXY_UDP_IDLE_TIMEOUT "x": use a duration such as 500ms, 90s or 5m (a bare number is seconds)',
+      ],
       [args('tcp', '127.0.0.1', 1), { USERLAND_PROXY_LOG_FILE: '/nonexistent/dir/x.log' }, 'cannot open log file /nonexistent/dir/x.log'],
     ];
     for (const [argv, env, msg] of cases) {
@@ -127,13 +131,16 @@ describe('status pipe (fd 3)', () => {
     await p.stop();
   });
 
-  it('works standalone with fd 3 closed (never mistakes Node\'s own fd 3 for the pipe)', async () => {
+  it("works standalone with fd 3 closed (never mistakes Node's own fd 3 for the pipe)", async () => {
     const port = await freePort();
     const p = spawnProxy(args('tcp', '127.0.0.1', port), { statusFd: 'none' });
     let ok = false;
     for (let i = 0; i < 50 && !ok; i++) {
       await sleep(50);
-      ok = await tcpRoundTrip('127.0.0.1', port, Buffer.from('ping')).then((b) => b.toString() === 'ping', () => false);
+      ok = await tcpRoundTrip('127.0.0.1', port, Buffer.from('ping')).then(
+        (b) => b.toString() === 'ping',
+        () => false,
+      );
     }
     expect(ok).toBe(true);
     expect(await p.stop()).toEqual({ code: 0, signal: null });
@@ -141,7 +148,7 @@ describe('status pipe (fd 3)', () => {
 });
 
 describe('launcher (bin/userland-proxy)', () => {
-  it('finds Node with an empty environment (dockerd\'s minimal PATH) and from another directory', async () => {
+  it("finds Node with an empty environment (dockerd's minimal PATH) and from another directory", async () => {
     const port = await freePort();
     const p = await startProxy(args('tcp', '127.0.0.1', port), { cleanEnv: true, env: {} });
     expect(await tcpRoundTrip('127.0.0.1', port, Buffer.from('no PATH'))).toEqual(Buffer.from('no PATH'));
@@ -240,7 +247,8 @@ describe('privileged ports', () => {
     // directory others cannot enter, such as one made by mktemp -d), instead of timing out.
     const cli = join(ROOT, 'dist/cli.js');
     const reach = spawnSync('/bin/sh', ['-c', 'test -x "$0" && test -r "$1"', BIN, cli], { uid: 65534, gid: 65534 });
-    if (reach.status !== 0) throw new Error(`nobody (uid 65534) cannot reach ${BIN} or ${cli}: a parent directory is not searchable by others; clone under one that is`);
+    if (reach.status !== 0)
+      throw new Error(`nobody (uid 65534) cannot reach ${BIN} or ${cli}: a parent directory is not searchable by others; clone under one that is`);
     const p = spawnProxy(args('tcp', '127.0.0.1', 1000), { uid: 65534, gid: 65534 });
     expect(await p.status).toBe('1\nlisten tcp4 127.0.0.1:1000: bind: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)');
     expect((await p.exited).code).toBe(1);

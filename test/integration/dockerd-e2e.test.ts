@@ -58,10 +58,12 @@ beforeAll(async () => {
   // Install the way an operator does, with deploy/docker/install.sh, into a private prefix.
   execFileSync('sh', [join(ROOT, 'deploy/docker/install.sh'), join(dir, 'opt')], { stdio: 'ignore' });
   const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
-  dockerd = await startDockerd(['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`],
+  dockerd = await startDockerd(
+    ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`],
     // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
     // dockerd passes its environment to the proxies: the engine under test and a log to check it.
-    { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', USERLAND_PROXY_ENGINE: testEngine(), USERLAND_PROXY_LOG_FILE: join(dir, 'proxy.log') });
+    { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', USERLAND_PROXY_ENGINE: testEngine(), USERLAND_PROXY_LOG_FILE: join(dir, 'proxy.log') },
+  );
   const imp = await docker('import', join(dir, 'rootfs.tar'), IMAGE);
   if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
 }, 90_000);
@@ -72,7 +74,11 @@ afterAll(async () => {
     for (const c of containers) await docker('rm', '-f', c);
     await dockerd.stop();
   }
-  try { execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' }); } catch { /* gone */ }
+  try {
+    execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' });
+  } catch {
+    /* gone */
+  }
   rmSync(dir, { recursive: true, force: true });
 }, 60_000);
 
@@ -88,8 +94,22 @@ describe.skipIf(!CAN_RUN)('real dockerd with userland-proxy installed by deploy/
 
   it('serves published TCP ports on 127.0.0.1 and [::1] and a UDP port, and docker stop removes every proxy', async () => {
     const [p1, p2, p3] = [await freePort(), await freePort('::'), await freePort()];
-    const r = await docker('run', '-d', '--name', 'upt-web', '-p', `127.0.0.1:${p1}:80`, '-p', `${p2}:80`, '-p', `127.0.0.1:${p3}:53/udp`,
-      IMAGE, '/bin/sh', '-c', 'httpd -p 80 -h /www; exec udpecho 53');
+    const r = await docker(
+      'run',
+      '-d',
+      '--name',
+      'upt-web',
+      '-p',
+      `127.0.0.1:${p1}:80`,
+      '-p',
+      `${p2}:80`,
+      '-p',
+      `127.0.0.1:${p3}:53/udp`,
+      IMAGE,
+      '/bin/sh',
+      '-c',
+      'httpd -p 80 -h /www; exec udpecho 53',
+    );
     containers.push('upt-web');
     expect(r.code, r.stderr).toBe(0);
     // dockerd started one proxy per binding: -p P2:80 gives 0.0.0.0 and :: (IPv6 front, IPv4 container).
@@ -114,7 +134,9 @@ describe.skipIf(!CAN_RUN)('real dockerd with userland-proxy installed by deploy/
 
   it('a port clash reaches the docker CLI as our error message', async () => {
     const port = await freePort();
-    const blocker: Server = await new Promise((res) => { const s = createServer().listen(port, '127.0.0.1', () => res(s)); });
+    const blocker: Server = await new Promise((res) => {
+      const s = createServer().listen(port, '127.0.0.1', () => res(s));
+    });
     try {
       const r = await docker('run', '-d', '--name', 'upt-clash', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80');
       containers.push('upt-clash');

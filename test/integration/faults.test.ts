@@ -41,7 +41,10 @@ async function forwardTo(port: number): Promise<{ port: number; f: TcpForwarder 
 describe('faults', () => {
   it('a target reset mid-stream reaches the client as a reset after the bytes sent before it', async () => {
     const sent = randomBytes(100_000);
-    const t = await target((c) => { c.on('error', () => {}); c.write(sent, () => setTimeout(() => c.resetAndDestroy(), 50)); });
+    const t = await target((c) => {
+      c.on('error', () => {});
+      c.write(sent, () => setTimeout(() => c.resetAndDestroy(), 50));
+    });
     const { port, f } = await forwardTo(t);
     const { data, error } = await readToClose(await tcpConnect('127.0.0.1', port));
     expect(error).toBe('ECONNRESET'); // docker-proxy would end cleanly: a truncated stream looking complete
@@ -86,7 +89,10 @@ describe('faults', () => {
   it('a client abort mid-transfer resets the target and frees the connection', async () => {
     let seen: Promise<string> = Promise.resolve('none');
     const t = await target((c) => {
-      seen = new Promise((res) => { c.on('error', (e: NodeJS.ErrnoException) => res(e.code ?? 'error')); c.on('end', () => res('end')); });
+      seen = new Promise((res) => {
+        c.on('error', (e: NodeJS.ErrnoException) => res(e.code ?? 'error'));
+        c.on('end', () => res('end'));
+      });
       c.resume();
     });
     const { port, f } = await forwardTo(t);
@@ -111,13 +117,15 @@ describe('hostile traffic and lifecycle (spawned, like a runtime)', () => {
 
   it('a UDP flood from 300 source ports stays within the flow bound; established flows keep working', async () => {
     const port = await freePort();
-    await startProxy(dockerArgv('udp', '127.0.0.1', port, '127.0.0.1', echo.address().port),
-      { env: { USERLAND_PROXY_UDP_MAX_FLOWS: '50' } });
+    await startProxy(dockerArgv('udp', '127.0.0.1', port, '127.0.0.1', echo.address().port), { env: { USERLAND_PROXY_UDP_MAX_FLOWS: '50' } });
     const first = udpClient(4);
     expect((await udpRequest(first, '127.0.0.1', port, 'first')).toString()).toBe('first');
     const flood = Array.from({ length: 300 }, () => udpClient(4));
     let replies = 0;
-    for (const c of flood) c.on('message', () => { replies++; });
+    for (const c of flood)
+      c.on('message', () => {
+        replies++;
+      });
     for (const c of flood) c.send('flood', port, '127.0.0.1');
     await sleep(500);
     expect(replies).toBeLessThanOrEqual(49); // 50 flows, one of them is `first`
@@ -127,7 +135,10 @@ describe('hostile traffic and lifecycle (spawned, like a runtime)', () => {
   });
 
   it('100 rapid start/stop cycles leave no process, port or fd behind', async () => {
-    const t = await target((c) => { c.on('error', () => {}); c.pipe(c); });
+    const t = await target((c) => {
+      c.on('error', () => {});
+      c.pipe(c);
+    });
     const port = await freePort();
     const fdsBefore = readdirSync('/proc/self/fd').length;
     for (let i = 0; i < 100; i++) {
@@ -136,7 +147,9 @@ describe('hostile traffic and lifecycle (spawned, like a runtime)', () => {
       expect(await p.stop('SIGINT')).toEqual({ code: 0, signal: null });
     }
     expect(readdirSync('/proc/self/fd').length).toBeLessThanOrEqual(fdsBefore + 2);
-    const left = execFileSync('ps', ['-eo', 'args='], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(`-host-port ${port} `));
+    const left = execFileSync('ps', ['-eo', 'args='], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l.includes(`-host-port ${port} `));
     expect(left).toEqual([]);
     const again = spawnProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', t));
     expect(await again.status).toBe('0\n'); // the port is free

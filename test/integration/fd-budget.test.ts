@@ -35,7 +35,10 @@ function open(port: number, byte: string): Promise<Socket | null> {
   return new Promise((res) => {
     const s = connect(port, '127.0.0.1');
     s.on('error', () => {}); // a refused connection may be reset while nobody reads it
-    s.once('connect', () => { s.write(byte); res(s); });
+    s.once('connect', () => {
+      s.write(byte);
+      res(s);
+    });
     s.once('close', () => res(null));
   });
 }
@@ -49,8 +52,12 @@ function drain(s: Socket): Promise<{ n: number; clean: boolean }> {
     }
     let n = 0;
     let clean = false;
-    s.on('data', (d: Buffer) => { n += d.length; });
-    s.on('end', () => { clean = true; });
+    s.on('data', (d: Buffer) => {
+      n += d.length;
+    });
+    s.on('end', () => {
+      clean = true;
+    });
     s.on('error', () => {});
     s.on('close', () => res({ n, clean }));
     s.resume();
@@ -65,7 +72,9 @@ describe('the memory of stalled readers (audit M6)', () => {
     const before = rss();
     const crowd = spawn('python3', [join(ROOT, 'test/helpers/stall-crowd.py'), String(port), '150', '3'], { stdio: ['pipe', 'pipe', 'inherit'] });
     let out = '';
-    crowd.stdout.on('data', (d) => { out += d; });
+    crowd.stdout.on('data', (d) => {
+      out += d;
+    });
     await vi.waitFor(() => expect(out).toContain('stalled'), { timeout: 20_000 });
     const grown = rss() - before;
     crowd.stdin.end('go\n');
@@ -107,8 +116,12 @@ describe('the process fd budget', () => {
 
   it('two mappings share one budget with the HTTP endpoint; refusals are counted, no EMFILE (M4)', async () => {
     const [a, b, mp] = [await freePort(), await freePort(), await freePort()];
-    const s = await startStandalone(['run', '-p', `127.0.0.1:${a}:${backend.ipv4}:${ECHO}`, '-p', `127.0.0.1:${b}:${backend.ipv4}:${ECHO}`,
-      '--metrics', `127.0.0.1:${mp}`], {}, true, limited(300));
+    const s = await startStandalone(
+      ['run', '-p', `127.0.0.1:${a}:${backend.ipv4}:${ECHO}`, '-p', `127.0.0.1:${b}:${backend.ipv4}:${ECHO}`, '--metrics', `127.0.0.1:${mp}`],
+      {},
+      true,
+      limited(300),
+    );
     const held: Socket[] = [];
     let echoing = 0;
     for (const port of [a, b]) {
@@ -125,7 +138,10 @@ describe('the process fd budget', () => {
       }
     }
     const metrics = (await get(`http://127.0.0.1:${mp}/metrics`)).body;
-    const rejected = [a, b].reduce((n, port) => n + (sample(metrics, 'userland_proxy_connections_rejected_total', { mapping: `tcp/127.0.0.1:${port}`, reason: 'limit' }) ?? 0), 0);
+    const rejected = [a, b].reduce(
+      (n, port) => n + (sample(metrics, 'userland_proxy_connections_rejected_total', { mapping: `tcp/127.0.0.1:${port}`, reason: 'limit' }) ?? 0),
+      0,
+    );
     expect(echoing + rejected).toBe(200);
     expect(rejected).toBeGreaterThan(0);
     expect(s.stderr()).not.toMatch(/EMFILE|Too many open files/);
@@ -155,7 +171,10 @@ describe('the process fd budget', () => {
     let echoing = 0;
     for (let i = 0; i < 20; i++) {
       const c = await tcpConnect('127.0.0.1', a);
-      const back = new Promise<boolean>((res) => { c.once('data', () => res(true)); c.once('close', () => res(false)); });
+      const back = new Promise<boolean>((res) => {
+        c.once('data', () => res(true));
+        c.once('close', () => res(false));
+      });
       c.write('p');
       echoing += Number(await back);
       c.destroy();

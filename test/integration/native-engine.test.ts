@@ -24,7 +24,10 @@ let echoPort = 0;
 const tmp = mkdtempSync(join(tmpdir(), 'upt-native-'));
 
 beforeAll(async () => {
-  echo = createServer({ allowHalfOpen: true }, (c: Socket) => { c.on('error', () => {}); c.pipe(c); });
+  echo = createServer({ allowHalfOpen: true }, (c: Socket) => {
+    c.on('error', () => {});
+    c.pipe(c);
+  });
   await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
   echoPort = (echo.address() as { port: number }).port;
 });
@@ -41,7 +44,11 @@ function fds(pid: number): { socket: number; pipe: number; other: number } {
   const out = { socket: 0, pipe: 0, other: 0 };
   for (const fd of readdirSync(`/proc/${pid}/fd`)) {
     let link = '';
-    try { link = readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { continue; }
+    try {
+      link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
     if (link.startsWith('socket:')) out.socket++;
     else if (link.startsWith('pipe:')) out.pipe++;
     else out.other++;
@@ -80,7 +87,9 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
     const udpEcho = createSocket('udp4');
     udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
     await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
-    const u = await startProxy(dockerArgv('udp', '127.0.0.1', uport, '127.0.0.1', udpEcho.address().port), { env: { USERLAND_PROXY_ENGINE: 'native', USERLAND_PROXY_UDP_IDLE_TIMEOUT: '300ms' } });
+    const u = await startProxy(dockerArgv('udp', '127.0.0.1', uport, '127.0.0.1', udpEcho.address().port), {
+      env: { USERLAND_PROXY_ENGINE: 'native', USERLAND_PROXY_UDP_IDLE_TIMEOUT: '300ms' },
+    });
     const c0 = udpClient(4);
     await udpRequest(c0, '127.0.0.1', uport, 'warm');
     c0.close();
@@ -132,7 +141,10 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
     await new Promise<void>((r) => c.connect(port, '127.0.0.2', r));
     const reply = new Promise<string>((res, rej) => {
       const t = setTimeout(() => rej(new Error('no reply from 127.0.0.2')), 2000);
-      c.once('message', (m, r) => { clearTimeout(t); res(`${m} from ${r.address}:${r.port}`); });
+      c.once('message', (m, r) => {
+        clearTimeout(t);
+        res(`${m} from ${r.address}:${r.port}`);
+      });
     });
     c.send('who');
     expect(await reply).toBe(`who from 127.0.0.2:${port}`);
@@ -147,7 +159,12 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
     target.close(); // nothing listens: the kernel answers with ICMP port unreachable
     const listener = createUdpSocket(4);
     const f = new UdpForwarder(listener, {
-      target: { address: '127.0.0.1', family: 4 }, targetPort, log: silentLog, idleTimeoutMs: 90_000, maxFlows: 10, engine: 'native',
+      target: { address: '127.0.0.1', family: 4 },
+      targetPort,
+      log: silentLog,
+      idleTimeoutMs: 90_000,
+      maxFlows: 10,
+      engine: 'native',
     });
     await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
     const c = udpClient(4);
@@ -167,10 +184,20 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
   });
 
   it('engine choice: -engine and USERLAND_PROXY_ENGINE force either engine; bad values fail with one line', async () => {
-    for (const [engine, how] of [['js', 'flag'], ['native', 'flag'], ['js', 'env'], ['native', 'env']] as const) {
+    for (const [engine, how] of [
+      ['js', 'flag'],
+      ['native', 'flag'],
+      ['js', 'env'],
+      ['native', 'env'],
+    ] as const) {
       const port = await freePort();
-      const p = await startProxy(how === 'flag' ? ['-engine', engine, ...tcpArgs(port, echoPort)] : tcpArgs(port, echoPort),
-        { env: { USERLAND_PROXY_ENGINE: how === 'env' ? engine : 'auto', USERLAND_PROXY_LOG_LEVEL: 'info', USERLAND_PROXY_LOG_FILE: join(tmp, `${engine}-${how}.log`) } });
+      const p = await startProxy(how === 'flag' ? ['-engine', engine, ...tcpArgs(port, echoPort)] : tcpArgs(port, echoPort), {
+        env: {
+          USERLAND_PROXY_ENGINE: how === 'env' ? engine : 'auto',
+          USERLAND_PROXY_LOG_LEVEL: 'info',
+          USERLAND_PROXY_LOG_FILE: join(tmp, `${engine}-${how}.log`),
+        },
+      });
       const data = randomBytes(100_000);
       expect(sha256(await tcpRoundTrip('127.0.0.1', port, data))).toBe(sha256(data));
       await p.stop();

@@ -56,7 +56,11 @@ for (const [major, node] of nodes) {
 
     it(`the in-process relay and private-API suites (src/node-internals.ts) pass on Node ${major}`, async () => {
       if (major === '20') return; // they run in this very process as part of the main suite
-      const { stdout } = await run(node, [join(ROOT, 'node_modules/vitest/vitest.mjs'), 'run', '--project', 'js', 'test/integration/relay.test.ts', 'test/unit/node-internals.test.ts'], { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000 });
+      const { stdout } = await run(
+        node,
+        [join(ROOT, 'node_modules/vitest/vitest.mjs'), 'run', '--project', 'js', 'test/integration/relay.test.ts', 'test/unit/node-internals.test.ts'],
+        { cwd: ROOT, env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000 },
+      );
       expect(stdout).toMatch(/Tests\s+\d+ passed/);
       expect(stdout).not.toMatch(/failed/);
     }, 70_000);
@@ -82,7 +86,9 @@ for (const [major, node] of nodes) {
       const c = udpClient(4);
       expect((await udpRequest(c, '127.0.0.1', port, 'udp')).toString()).toBe('udp');
       c.close();
-      const server = await new Promise<ReturnType<typeof createServer>>((res) => { const s = createServer().listen(0, '127.0.0.1', () => res(s)); });
+      const server = await new Promise<ReturnType<typeof createServer>>((res) => {
+        const s = createServer().listen(0, '127.0.0.1', () => res(s));
+      });
       const fdPort = (server.address() as { port: number }).port;
       await startProxy([...argv('tcp', fdPort), '-use-listen-fd'], { env, listenFd: (server as unknown as { _handle: { fd: number } })._handle.fd });
       server.close();

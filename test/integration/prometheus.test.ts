@@ -19,7 +19,7 @@ const HAVE = existsSync('/usr/bin/promtool') && existsSync('/usr/bin/prometheus'
 const dir = mkdtempSync(join(tmpdir(), 'upt-prom-'));
 let prometheus: ChildProcess | null = null;
 
-if (!HAVE) console.warn('SKIPPED: promtool/prometheus not installed (.ci/setup installs Debian\'s prometheus)');
+if (!HAVE) console.warn("SKIPPED: promtool/prometheus not installed (.ci/setup installs Debian's prometheus)");
 const backend = useBackend(['--echo', '7000']);
 afterAll(() => {
   prometheus?.kill('SIGKILL');
@@ -38,7 +38,15 @@ function promtoolCheck(text: string): string {
 describe.skipIf(!HAVE)('prometheus tooling', () => {
   it('promtool check metrics passes on standalone /metrics (TCP and UDP mappings, default process metrics)', async () => {
     const [tp, up, mp] = [await freePort(), await freePort(), await freePort()];
-    await startStandalone(['run', '-p', `127.0.0.1:${tp}:${backend.ipv4}:7000`, '-p', `127.0.0.1:${up}:${backend.ipv4}:7000/udp`, '--metrics', `127.0.0.1:${mp}`]);
+    await startStandalone([
+      'run',
+      '-p',
+      `127.0.0.1:${tp}:${backend.ipv4}:7000`,
+      '-p',
+      `127.0.0.1:${up}:${backend.ipv4}:7000/udp`,
+      '--metrics',
+      `127.0.0.1:${mp}`,
+    ]);
     await tcpRoundTrip('127.0.0.1', tp, Buffer.from('x'));
     const { body } = await get(`http://127.0.0.1:${mp}/metrics`);
     expect(promtoolCheck(body)).toBe('');
@@ -68,8 +76,13 @@ describe.skipIf(!HAVE)('prometheus tooling', () => {
     await startStandalone(['run', '-p', `127.0.0.1:${tp}:${backend.ipv4}:7000`, '--metrics', `127.0.0.1:${mp}`]);
     for (let i = 0; i < 5; i++) await tcpRoundTrip('127.0.0.1', tp, Buffer.alloc(1000, i));
     const cfg = join(dir, 'prometheus.yml');
-    writeFileSync(cfg, `global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: userland-proxy\n    static_configs:\n      - targets: ['127.0.0.1:${mp}']\n`);
-    prometheus = spawn('prometheus', [`--config.file=${cfg}`, `--storage.tsdb.path=${join(dir, 'tsdb')}`, `--web.listen-address=127.0.0.1:${pp}`], { stdio: 'ignore' });
+    writeFileSync(
+      cfg,
+      `global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: userland-proxy\n    static_configs:\n      - targets: ['127.0.0.1:${mp}']\n`,
+    );
+    prometheus = spawn('prometheus', [`--config.file=${cfg}`, `--storage.tsdb.path=${join(dir, 'tsdb')}`, `--web.listen-address=127.0.0.1:${pp}`], {
+      stdio: 'ignore',
+    });
     const query = encodeURIComponent(`userland_proxy_bytes_total{mapping="tcp/127.0.0.1:${tp}",direction="in"}`);
     let value: string | undefined;
     for (let i = 0; i < 100 && value === undefined; i++) {

@@ -29,7 +29,9 @@ beforeAll(async () => {
   }
   backend = await startBackend(['--echo', '7000']);
   for (const d of ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(dir, d));
-  writeFileSync(join(dir, 'nginx.conf'), `daemon off;
+  writeFileSync(
+    join(dir, 'nginx.conf'),
+    `daemon off;
 master_process off;
 worker_processes 1;
 pid ${dir}/nginx.pid;
@@ -46,7 +48,8 @@ http {
     location / { return 200 "$proxy_protocol_addr $proxy_protocol_port\\n"; }
   }
 }
-`);
+`,
+  );
   nginx = spawn('ip', ['netns', 'exec', backend.namespace as string, 'nginx', '-c', join(dir, 'nginx.conf'), '-p', dir], { stdio: 'ignore' });
   for (let i = 0; i < 50 && !existsSync(join(dir, 'nginx.pid')); i++) await sleep(100);
 }, 30_000);
@@ -66,11 +69,17 @@ async function getFrom(host: string, port: number): Promise<{ body: string; loca
   return new Promise((res, rej) => {
     const req = request({ host, port, path: '/', agent: false }, (r) => {
       let body = '';
-      r.on('data', (d) => { body += d; });
+      r.on('data', (d) => {
+        body += d;
+      });
       r.on('end', () => res({ body, localPort }));
     });
     let localPort = 0;
-    req.on('socket', (s) => s.on('connect', () => { localPort = s.localPort ?? 0; }));
+    req.on('socket', (s) =>
+      s.on('connect', () => {
+        localPort = s.localPort ?? 0;
+      }),
+    );
     req.on('error', rej);
     req.end();
   });
@@ -79,10 +88,12 @@ async function getFrom(host: string, port: number): Promise<{ body: string; loca
 describe.skipIf(!CAN)('PROXY protocol with nginx', () => {
   for (const version of ['v1', 'v2'] as const) {
     it(`docker mode sends a ${version} header: nginx sees the real client address and port (IPv4 and IPv6 fronts)`, async () => {
-      for (const [front, target] of [['127.0.0.1', backend.ipv4], ['::1', backend.ipv6]] as const) {
+      for (const [front, target] of [
+        ['127.0.0.1', backend.ipv4],
+        ['::1', backend.ipv6],
+      ] as const) {
         const port = await freePort(front);
-        await startProxy(dockerArgv('tcp', front, port, target, NGINX_PORT),
-          { env: { USERLAND_PROXY_PROXY_PROTOCOL: version } });
+        await startProxy(dockerArgv('tcp', front, port, target, NGINX_PORT), { env: { USERLAND_PROXY_PROXY_PROTOCOL: version } });
         const { body, localPort } = await getFrom(front, port);
         expect(body).toBe(`${front} ${localPort}\n`);
         await killTracked();

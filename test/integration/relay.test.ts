@@ -18,11 +18,17 @@ let proxy: Server;
 let forwarder: TcpForwarder;
 
 beforeAll(async () => {
-  echo = createServer({ allowHalfOpen: true }, (c) => { c.on('error', () => {}); c.pipe(c); });
+  echo = createServer({ allowHalfOpen: true }, (c) => {
+    c.on('error', () => {});
+    c.pipe(c);
+  });
   await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
   proxy = createTcpServer();
   forwarder = new TcpForwarder(proxy, {
-    target: { address: '127.0.0.1', family: 4 }, targetPort: (echo.address() as { port: number }).port, log: silentLog, idleSweepMs: 100,
+    target: { address: '127.0.0.1', family: 4 },
+    targetPort: (echo.address() as { port: number }).port,
+    log: silentLog,
+    idleSweepMs: 100,
   });
   await listenTcp(proxy, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
 });
@@ -69,7 +75,10 @@ describe('relay buffers', () => {
 describe('relay memory budget', () => {
   it('200 stalled readers pin at most the queue budget plus about one buffer each (audit M6)', async () => {
     const big = Buffer.alloc(4_000_000, 1);
-    const source = createServer((c) => { c.on('error', () => {}); c.end(big); });
+    const source = createServer((c) => {
+      c.on('error', () => {});
+      c.end(big);
+    });
     await new Promise<void>((r) => source.listen(0, '127.0.0.1', r));
     const front = createTcpServer();
     const f = new TcpForwarder(front, { target: { address: '127.0.0.1', family: 4 }, targetPort: (source.address() as { port: number }).port, log: silentLog });
@@ -89,12 +98,19 @@ describe('relay memory budget', () => {
     expect(grown).toBeLessThan(RELAY_QUEUE_BUDGET + 200 * (RELAY_BIG_BUFFER + 16 * 1024));
     // Every stalled stream is still whole once read (a direction paused for the budget alone
     // must resume when its write completes: no 'drain' comes for it).
-    const whole = await Promise.all(readers.map((s) => new Promise<number>((res) => {
-      let n = 0;
-      s.on('data', (d: Buffer) => { n += d.length; });
-      s.on('end', () => res(n));
-      s.resume();
-    })));
+    const whole = await Promise.all(
+      readers.map(
+        (s) =>
+          new Promise<number>((res) => {
+            let n = 0;
+            s.on('data', (d: Buffer) => {
+              n += d.length;
+            });
+            s.on('end', () => res(n));
+            s.resume();
+          }),
+      ),
+    );
     expect(whole.filter((n) => n !== 4_000_000)).toEqual([]);
     for (const s of readers) s.destroy();
     await sleep(200);

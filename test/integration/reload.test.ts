@@ -40,7 +40,9 @@ async function tag(port: number, host = '127.0.0.1'): Promise<string> {
   const s = await tcpConnect(host, port);
   return new Promise((res, rej) => {
     let out = '';
-    s.on('data', (d) => { out += d; });
+    s.on('data', (d) => {
+      out += d;
+    });
     s.on('end', () => res(out));
     s.on('error', rej);
   });
@@ -68,7 +70,9 @@ describe('reload (audit H1, H2)', () => {
     const ok = await postReload(mp);
     expect(ok).toEqual({ status: 200, body: 'reloaded: 1 added, 0 removed, 1 unchanged\n' });
     expect(await tag(b)).toBe('port 7100');
-    const lines = readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('reload'));
+    const lines = readFileSync(log, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('reload'));
     expect(lines.filter((l) => l.includes('rejected'))).toHaveLength(2);
     expect(lines.filter((l) => l.includes('"trigger":"http"'))).toHaveLength(2);
   });
@@ -87,9 +91,22 @@ describe('reload (audit H1, H2)', () => {
     config(file, { publish: [...publish, `127.0.0.1:${busy}:${backend.ipv4}:7000`], metrics: `127.0.0.1:${mp}`, drainTimeout: '1s', logLevel: 'warn' });
     const r = await postReload(mp);
     expect(r.status).toBe(500);
-    expect(r.body).toBe(`reload failed, previous configuration restored: mapping tcp/127.0.0.1:${busy}: listen tcp4 127.0.0.1:${busy}: bind: address already in use\n`);
+    expect(r.body).toBe(
+      `reload failed, previous configuration restored: mapping tcp/127.0.0.1:${busy}: listen tcp4 127.0.0.1:${busy}: bind: address already in use\n`,
+    );
     expect(await echoed('after')).toBe('after');
-    expect((await tcpConnect('127.0.0.1', t).then((c) => new Promise<string>((res) => { c.once('data', (d) => { res(d.toString()); c.destroy(); }); c.write('new'); })))).toBe('new');
+    expect(
+      await tcpConnect('127.0.0.1', t).then(
+        (c) =>
+          new Promise<string>((res) => {
+            c.once('data', (d) => {
+              res(d.toString());
+              c.destroy();
+            });
+            c.write('new');
+          }),
+      ),
+    ).toBe('new');
     const c = udpClient(4);
     expect((await udpRequest(c, '127.0.0.1', u, 'udp')).toString()).toBe('udp');
     c.close();
@@ -120,8 +137,10 @@ describe('reload (audit H1, H2)', () => {
   it('a configured mapping that cannot serve stays listed: mapping_up 0, /readyz 503, the MappingDown alert fires on the scraped series', async () => {
     const [p, q, mp] = [await freePort(), await freePort(), await freePort()];
     const id = `tcp/127.0.0.1:${p}`;
-    const s = await startStandalone(['run', '-p', `127.0.0.1:${p}:${backend.ipv4}:7100`, '-p', `127.0.0.1:${q}:${backend.ipv4}:7100`, '--metrics', `127.0.0.1:${mp}`],
-      { USERLAND_PROXY_TEST_CRASH: id });
+    const s = await startStandalone(
+      ['run', '-p', `127.0.0.1:${p}:${backend.ipv4}:7100`, '-p', `127.0.0.1:${q}:${backend.ipv4}:7100`, '--metrics', `127.0.0.1:${mp}`],
+      { USERLAND_PROXY_TEST_CRASH: id },
+    );
     // The worker crashes 200 ms after it is ready; take its port while it is down.
     let grabbed: Server | null = null;
     for (let i = 0; i < 1000 && grabbed === null; i++) {
@@ -137,27 +156,33 @@ describe('reload (audit H1, H2)', () => {
     if (existsSync('/usr/bin/promtool')) {
       const series = metrics.split('\n').filter((l) => l.startsWith('userland_proxy_mapping_up{'));
       const tests = join(dir, 'down.test.yml');
-      writeFileSync(tests, [
-        `rule_files: [${JSON.stringify(join(process.cwd(), 'deploy/prometheus/alerts.yml'))}]`,
-        'evaluation_interval: 1m',
-        'tests:',
-        '  - interval: 1m',
-        '    input_series:',
-        ...series.map((l) => `      - { series: '${l.slice(0, l.lastIndexOf(' '))}', values: '${l.slice(l.lastIndexOf(' ') + 1)}x5' }`),
-        '    alert_rule_test:',
-        '      - eval_time: 3m',
-        '        alertname: UserlandProxyMappingDown',
-        '        exp_alerts:',
-        `          - exp_labels: { severity: critical, mapping: '${id}', proto: tcp }`,
-        '            exp_annotations:',
-        `              summary: 'userland-proxy mapping ${id} is not serving'`,
-        "              description: 'Its worker is down or restarting; see userland_proxy_worker_restarts_total.'",
-      ].join('\n'));
+      writeFileSync(
+        tests,
+        [
+          `rule_files: [${JSON.stringify(join(process.cwd(), 'deploy/prometheus/alerts.yml'))}]`,
+          'evaluation_interval: 1m',
+          'tests:',
+          '  - interval: 1m',
+          '    input_series:',
+          ...series.map((l) => `      - { series: '${l.slice(0, l.lastIndexOf(' '))}', values: '${l.slice(l.lastIndexOf(' ') + 1)}x5' }`),
+          '    alert_rule_test:',
+          '      - eval_time: 3m',
+          '        alertname: UserlandProxyMappingDown',
+          '        exp_alerts:',
+          `          - exp_labels: { severity: critical, mapping: '${id}', proto: tcp }`,
+          '            exp_annotations:',
+          `              summary: 'userland-proxy mapping ${id} is not serving'`,
+          "              description: 'Its worker is down or restarting; see userland_proxy_worker_restarts_total.'",
+        ].join('\n'),
+      );
       expect(execFileSync('promtool', ['test', 'rules', tests], { encoding: 'utf8' })).toContain('SUCCESS');
     }
     // Once the port is free again, the backoff restart brings it back.
     grabbed?.close();
-    await vi.waitFor(async () => expect(await get(`http://127.0.0.1:${mp}/readyz`)).toEqual({ status: 200, body: 'ready\n' }), { timeout: 10_000, interval: 200 });
+    await vi.waitFor(async () => expect(await get(`http://127.0.0.1:${mp}/readyz`)).toEqual({ status: 200, body: 'ready\n' }), {
+      timeout: 10_000,
+      interval: 200,
+    });
   });
 });
 
@@ -178,7 +203,15 @@ describe('the HTTP endpoint (audit M5, L10)', () => {
 
   it('concurrent scrapes share one refresh: no listener-leak warning', async () => {
     const mp = await freePort();
-    const s = await startStandalone(['run', '-p', `127.0.0.1:${await freePort()}:${backend.ipv4}:7100`, '-p', `127.0.0.1:${await freePort()}:${backend.ipv4}:7100/udp`, '--metrics', `127.0.0.1:${mp}`]);
+    const s = await startStandalone([
+      'run',
+      '-p',
+      `127.0.0.1:${await freePort()}:${backend.ipv4}:7100`,
+      '-p',
+      `127.0.0.1:${await freePort()}:${backend.ipv4}:7100/udp`,
+      '--metrics',
+      `127.0.0.1:${mp}`,
+    ]);
     const all = await Promise.all(Array.from({ length: 60 }, () => get(`http://127.0.0.1:${mp}/metrics`)));
     expect(all.every((r) => r.status === 200 && r.body.includes('userland_proxy_mapping_up'))).toBe(true);
     expect(s.stderr()).not.toContain('MaxListenersExceededWarning');
@@ -187,26 +220,25 @@ describe('the HTTP endpoint (audit M5, L10)', () => {
 
 describe('signals during startup (audit L2)', () => {
   /** Spawns, signals after `afterMs`; 1.5 s later notes whether it still runs and stops it. */
-  const runs = (argv: string[], signal: NodeJS.Signals, afterMs: number) => new Promise<{ code: number | null; signal: string | null; running: boolean }>((res) => {
-    const child = spawn(BIN, argv, { stdio: ['ignore', 'ignore', 'ignore'] });
-    let running = false;
-    setTimeout(() => child.kill(signal), afterMs);
-    const t = setTimeout(() => {
-      running = child.exitCode === null && child.signalCode === null;
-      child.kill('SIGTERM');
-    }, afterMs + 1500);
-    child.once('exit', (code, sig) => {
-      clearTimeout(t);
-      res({ code, signal: sig, running });
+  const runs = (argv: string[], signal: NodeJS.Signals, afterMs: number) =>
+    new Promise<{ code: number | null; signal: string | null; running: boolean }>((res) => {
+      const child = spawn(BIN, argv, { stdio: ['ignore', 'ignore', 'ignore'] });
+      let running = false;
+      setTimeout(() => child.kill(signal), afterMs);
+      const t = setTimeout(() => {
+        running = child.exitCode === null && child.signalCode === null;
+        child.kill('SIGTERM');
+      }, afterMs + 1500);
+      child.once('exit', (code, sig) => {
+        clearTimeout(t);
+        res({ code, signal: sig, running });
+      });
     });
-  });
 
   for (const mode of ['docker', 'standalone'] as const) {
     it(`${mode} mode: SIGTERM at any moment of startup exits 0; SIGHUP never kills it`, async () => {
       const port = await freePort();
-      const argv = mode === 'docker'
-        ? dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, '7100')
-        : ['run', '-p', `127.0.0.1:${port}:${backend.ipv4}:7100`];
+      const argv = mode === 'docker' ? dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, '7100') : ['run', '-p', `127.0.0.1:${port}:${backend.ipv4}:7100`];
       // Node's own startup (about 40 ms here, before any JavaScript runs) is the floor; the
       // delays leave room for a loaded CI machine and cover module loading (up to 0.5 s).
       for (const ms of [120, 300, 600]) {

@@ -34,7 +34,9 @@ async function freeRange(host: string, n = 3): Promise<number> {
     let ok = true;
     for (let i = 1; i < n && ok; i++) {
       ok = await new Promise<boolean>((res) => {
-        const s = createServer().once('error', () => res(false)).listen({ port: p + i, host }, () => s.close(() => res(true)));
+        const s = createServer()
+          .once('error', () => res(false))
+          .listen({ port: p + i, host }, () => s.close(() => res(true)));
       });
     }
     if (ok) return p;
@@ -48,10 +50,14 @@ async function tag(host: string, port: number): Promise<string> {
 describe('userland-proxy run', () => {
   it('run forwards TCP and UDP port ranges port by port, over IPv4 and IPv6', async () => {
     const [t4, t6, u4] = [await freeRange('127.0.0.1'), await freeRange('::1'), await freeRange('127.0.0.1')];
-    const s = await startStandalone(['run',
-      '-p', `127.0.0.1:${t4}-${t4 + 2}:${backend.ipv4}:7100-7102`,
-      '-p', `[::1]:${t6}-${t6 + 2}:[${backend.ipv6}]:7100-7102`,
-      '-p', `127.0.0.1:${u4}-${u4 + 2}:${backend.ipv4}:7100-7102/udp`,
+    const s = await startStandalone([
+      'run',
+      '-p',
+      `127.0.0.1:${t4}-${t4 + 2}:${backend.ipv4}:7100-7102`,
+      '-p',
+      `[::1]:${t6}-${t6 + 2}:[${backend.ipv6}]:7100-7102`,
+      '-p',
+      `127.0.0.1:${u4}-${u4 + 2}:${backend.ipv4}:7100-7102/udp`,
     ]);
     for (let i = 0; i < 3; i++) {
       expect(await tag('127.0.0.1', t4 + i)).toBe(`port ${7100 + i}`);
@@ -65,7 +71,15 @@ describe('userland-proxy run', () => {
 
   it('run counts exactly: bytes, connections and datagrams on /metrics match what was sent', async () => {
     const [tp, up, mp] = [await freePort(), await freePort(), await freePort()];
-    await startStandalone(['run', '-p', `127.0.0.1:${tp}:${backend.ipv4}:7000`, '-p', `127.0.0.1:${up}:${backend.ipv4}:7000/udp`, '--metrics', `127.0.0.1:${mp}`]);
+    await startStandalone([
+      'run',
+      '-p',
+      `127.0.0.1:${tp}:${backend.ipv4}:7000`,
+      '-p',
+      `127.0.0.1:${up}:${backend.ipv4}:7000/udp`,
+      '--metrics',
+      `127.0.0.1:${mp}`,
+    ]);
     let bytes = 0;
     for (let i = 0; i < 7; i++) {
       const d = randomBytes(1000 + i * 77_777);
@@ -105,15 +119,27 @@ describe('userland-proxy run', () => {
   it('run isolates a crashing worker under load: other mappings keep serving every byte, it restarts and is counted', async () => {
     const [a, b, c, mp] = [await freePort(), await freePort(), await freePort(), await freePort()];
     const crashing = `tcp/127.0.0.1:${a}`;
-    await startStandalone(['run', '-p', `127.0.0.1:${a}:${backend.ipv4}:7100`, '-p', `127.0.0.1:${b}:${backend.ipv4}:7101`,
-      '-p', `127.0.0.1:${c}:${backend.ipv4}:7000`, '--metrics', `127.0.0.1:${mp}`], { USERLAND_PROXY_TEST_CRASH: crashing });
+    await startStandalone(
+      [
+        'run',
+        '-p',
+        `127.0.0.1:${a}:${backend.ipv4}:7100`,
+        '-p',
+        `127.0.0.1:${b}:${backend.ipv4}:7101`,
+        '-p',
+        `127.0.0.1:${c}:${backend.ipv4}:7000`,
+        '--metrics',
+        `127.0.0.1:${mp}`,
+      ],
+      { USERLAND_PROXY_TEST_CRASH: crashing },
+    );
     // The injected fault fires 200 ms after ready; keep the other mapping under load meanwhile:
     // rounds of 8 concurrent 256 KiB echo transfers, every checksum intact.
     for (let round = 0; round < 6; round++) {
       expect(await tag('127.0.0.1', b)).toBe('port 7101');
       const payloads = Array.from({ length: 8 }, () => randomBytes(256 << 10));
       const back = await Promise.all(payloads.map((d) => tcpRoundTrip('127.0.0.1', c, d)));
-      back.forEach((r, i) => expect(sha256(r)).toBe(sha256(payloads[i] as Buffer)));
+      for (const [i, r] of back.entries()) expect(sha256(r)).toBe(sha256(payloads[i] as Buffer));
     }
     let restarts = 0;
     for (let i = 0; i < 50 && restarts < 1; i++) {
@@ -190,7 +216,9 @@ describe('userland-proxy run', () => {
     const s = await startStandalone(['run', '-p', `127.0.0.1:${ok}:${backend.ipv4}:7000`, '-p', `127.0.0.1:${busy}:${backend.ipv4}:7000`], {}, false);
     expect((await s.exited).code).toBe(1);
     // Log lines go to stderr too; the error is the last line.
-    expect(s.stderr().trim().split('\n').pop()).toBe(`userland-proxy: mapping tcp/127.0.0.1:${busy}: listen tcp4 127.0.0.1:${busy}: bind: address already in use`);
+    expect(s.stderr().trim().split('\n').pop()).toBe(
+      `userland-proxy: mapping tcp/127.0.0.1:${busy}: listen tcp4 127.0.0.1:${busy}: bind: address already in use`,
+    );
     blocker.close();
     await expect(tcpConnect('127.0.0.1', ok)).rejects.toThrow();
   });
@@ -216,9 +244,14 @@ describe('userland-proxy run', () => {
 
   it.skipIf(!existsSync('/usr/bin/script'))('run prints human-readable, level-coloured lines to a terminal (JSON elsewhere)', async () => {
     const port = await freePort();
-    const child = spawn('script', ['-qfec', `${BIN} run -p 127.0.0.1:${port}:${backend.ipv4}:7000`, '/dev/null'], { stdio: ['pipe', 'pipe', 'ignore'], env: { ...process.env, NO_COLOR: '' } });
+    const child = spawn('script', ['-qfec', `${BIN} run -p 127.0.0.1:${port}:${backend.ipv4}:7000`, '/dev/null'], {
+      stdio: ['pipe', 'pipe', 'ignore'],
+      env: { ...process.env, NO_COLOR: '' },
+    });
     let out = '';
-    child.stdout.on('data', (d) => { out += d; });
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
     try {
       await vi.waitFor(() => expect(out).toContain('ready:'), { timeout: 10_000 });
       const line = out.split(/\r?\n/).find((l) => l.includes('mapping ready')) ?? '';
@@ -239,7 +272,9 @@ describe('userland-proxy run', () => {
     const c = udpClient(4);
     expect((await udpRequest(c, '127.0.0.1', port, 'echo me')).toString()).toBe('echo me');
     c.close();
-    expect(sample((await get(`http://127.0.0.1:${mp}/metrics`)).body, 'userland_proxy_connections_accepted_total', { mapping: `tcp/127.0.0.1:${port}` })).toBe(1);
+    expect(sample((await get(`http://127.0.0.1:${mp}/metrics`)).body, 'userland_proxy_connections_accepted_total', { mapping: `tcp/127.0.0.1:${port}` })).toBe(
+      1,
+    );
     expect(await s.stop('SIGINT')).toEqual({ code: 0, signal: null });
   });
 });

@@ -29,7 +29,12 @@ afterEach(async () => {
   await killTracked();
 });
 
-async function proxy(hostIp: string, target: string, targetPort: number, extra: { bin?: string; prefix?: string[]; env?: Record<string, string> } = {}): Promise<{ p: ProxyProc; port: number }> {
+async function proxy(
+  hostIp: string,
+  target: string,
+  targetPort: number,
+  extra: { bin?: string; prefix?: string[]; env?: Record<string, string> } = {},
+): Promise<{ p: ProxyProc; port: number }> {
   const port = await freePort(hostIp);
   const argv = dockerArgv('tcp', hostIp, port, target, targetPort);
   const p = await startProxy([...(extra.prefix ?? []), ...argv], { ...(extra.bin ? { bin: extra.bin } : {}), env: extra.env ?? {} });
@@ -39,7 +44,10 @@ async function proxy(hostIp: string, target: string, targetPort: number, extra: 
 describe('tcp forwarding', () => {
   it('tcp forwarder relays 4 MiB both ways intact, IPv4 and IPv6 fronts to IPv4 and IPv6 containers', async () => {
     for (const [front, target] of [
-      ['127.0.0.1', backend.ipv4], ['::1', backend.ipv6], ['::1', backend.ipv4], ['127.0.0.1', backend.ipv6],
+      ['127.0.0.1', backend.ipv4],
+      ['::1', backend.ipv6],
+      ['::1', backend.ipv4],
+      ['127.0.0.1', backend.ipv6],
     ] as const) {
       const { p, port } = await proxy(front, target, ECHO);
       const data = randomBytes(4 << 20);
@@ -78,7 +86,9 @@ describe('tcp forwarding', () => {
     const s = await tcpConnect('127.0.0.1', port);
     const greeting = await new Promise<string>((res) => {
       let got = '';
-      s.on('data', (d) => { got += d; });
+      s.on('data', (d) => {
+        got += d;
+      });
       s.once('end', () => res(got));
     });
     expect(greeting).toBe('hello\n');
@@ -102,7 +112,7 @@ describe('tcp forwarding', () => {
     const { p, port } = await proxy('127.0.0.1', backend.ipv4, ECHO);
     const payloads = Array.from({ length: 200 }, (_, i) => randomBytes(16_384 + i * 613));
     const results = await Promise.all(payloads.map((d) => tcpRoundTrip('127.0.0.1', port, d)));
-    results.forEach((r, i) => expect(sha256(r), `connection ${i}`).toBe(sha256(payloads[i] as Buffer)));
+    for (const [i, r] of results.entries()) expect(sha256(r), `connection ${i}`).toBe(sha256(payloads[i] as Buffer));
     expect(p.child.exitCode).toBeNull();
   });
 
@@ -154,11 +164,22 @@ describe('tcp forwarding', () => {
     });
     // 60 clients need 120 fds in the proxy, which has 64: some accepts must fail.
     let closedByProxy = 0;
-    const socks = await Promise.all(Array.from({ length: 60 }, () => tcpConnect('127.0.0.1', port).then((s) => {
-      s.on('end', () => { closedByProxy++; });
-      s.on('error', () => { closedByProxy++; });
-      return s;
-    }, () => null)));
+    const socks = await Promise.all(
+      Array.from({ length: 60 }, () =>
+        tcpConnect('127.0.0.1', port).then(
+          (s) => {
+            s.on('end', () => {
+              closedByProxy++;
+            });
+            s.on('error', () => {
+              closedByProxy++;
+            });
+            return s;
+          },
+          () => null,
+        ),
+      ),
+    );
     await sleep(500);
     for (const s of socks) s?.destroy();
     expect(closedByProxy + socks.filter((s) => s === null).length).toBeGreaterThan(0);
@@ -175,7 +196,9 @@ describe('tcp forwarding', () => {
 
 describe('tcp limits (docker mode environment)', () => {
   it('USERLAND_PROXY_MAX_CONNECTIONS refuses clients beyond the cap at once and serves the rest', async () => {
-    const { port } = await proxy('127.0.0.1', backend.ipv4, ECHO, { env: { USERLAND_PROXY_MAX_CONNECTIONS: '3', USERLAND_PROXY_LOG_FILE: join(logDir, 'cap.log') } });
+    const { port } = await proxy('127.0.0.1', backend.ipv4, ECHO, {
+      env: { USERLAND_PROXY_MAX_CONNECTIONS: '3', USERLAND_PROXY_LOG_FILE: join(logDir, 'cap.log') },
+    });
     const socks = await Promise.all(Array.from({ length: 5 }, () => tcpConnect('127.0.0.1', port)));
     const closed = await Promise.all(socks.map((s) => Promise.race([readToClose(s).then(() => true), sleep(500).then(() => false)])));
     expect(closed.filter(Boolean)).toHaveLength(2);

@@ -26,9 +26,16 @@ let silent: Server;
 const held: Socket[] = [];
 
 beforeAll(async () => {
-  echo = createServer({ allowHalfOpen: true }, (c) => { c.on('error', () => {}); c.pipe(c); });
+  echo = createServer({ allowHalfOpen: true }, (c) => {
+    c.on('error', () => {});
+    c.pipe(c);
+  });
   // A target that reads but never closes its side, even after the client's FIN.
-  silent = createServer({ allowHalfOpen: true }, (c) => { c.on('error', () => {}); c.resume(); held.push(c); });
+  silent = createServer({ allowHalfOpen: true }, (c) => {
+    c.on('error', () => {});
+    c.resume();
+    held.push(c);
+  });
   await Promise.all([echo, silent].map((s) => new Promise<void>((r) => s.listen(0, '127.0.0.1', r))));
 });
 afterAll(() => {
@@ -40,7 +47,10 @@ afterEach(() => {
   for (const f of forwarders.splice(0)) f.close();
 });
 
-async function forward(target: Server | { address: string; port: number; family: 4 | 6 }, opts: Partial<TcpForwarderOptions>): Promise<{ port: number; f: TcpForwarder }> {
+async function forward(
+  target: Server | { address: string; port: number; family: 4 | 6 },
+  opts: Partial<TcpForwarderOptions>,
+): Promise<{ port: number; f: TcpForwarder }> {
   const t = 'listen' in target ? { address: '127.0.0.1', port: (target.address() as { port: number }).port, family: 4 as const } : target;
   const server = createTcpServer();
   const f = new TcpForwarder(server, { target: { address: t.address, family: t.family }, targetPort: t.port, log: silentLog, engine: testEngine(), ...opts });
@@ -54,7 +64,9 @@ describe('tcp timeouts', () => {
     const { port, f } = await forward(echo, { idleTimeoutMs: 300 });
     const idle = await tcpConnect('127.0.0.1', port);
     let idleClosed = false;
-    void readToClose(idle).then(() => { idleClosed = true; });
+    void readToClose(idle).then(() => {
+      idleClosed = true;
+    });
     const busy = await tcpConnect('127.0.0.1', port);
     busy.on('data', () => {});
     for (let i = 0; i < 10; i++) {
@@ -113,7 +125,9 @@ const flood = useBackend(['--flood', String(FLOOD)]);
 /** Runs the slow reader against a port; `onStall` runs once it stopped reading. Resolves its verdict line. */
 function stallClient(port: number, halfClose: boolean, pauseS: number, onStall?: () => void): Promise<string> {
   return new Promise((res) => {
-    const c = spawn('python3', [join(ROOT, 'test/helpers/stall-client.py'), String(port), halfClose ? '1' : '0', String(pauseS)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const c = spawn('python3', [join(ROOT, 'test/helpers/stall-client.py'), String(port), halfClose ? '1' : '0', String(pauseS)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     let out = '';
     c.stdout.on('data', (d) => {
       out += d;

@@ -21,7 +21,22 @@ const LATE = 7004;
 const clients: UdpSocket[] = [];
 const logDir = mkdtempSync(join(tmpdir(), 'upt-udp-'));
 
-const backend = useBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI), '--late', String(LATE), '--echo', '7010', '--echo', '7011', '--echo', '7012', '--echo', '7013']);
+const backend = useBackend([
+  '--echo',
+  String(ECHO),
+  '--whoami',
+  String(WHOAMI),
+  '--late',
+  String(LATE),
+  '--echo',
+  '7010',
+  '--echo',
+  '7011',
+  '--echo',
+  '7012',
+  '--echo',
+  '7013',
+]);
 afterAll(() => {
   rmSync(logDir, { recursive: true, force: true });
 });
@@ -46,15 +61,28 @@ async function freeRange(n: number): Promise<number> {
   for (;;) {
     const base = await freePort();
     if (base + n > 65535) continue;
-    const probes = await Promise.all(Array.from({ length: n }, (_, i) => new Promise<boolean>((res) => {
-      const s = udpClient(4);
-      s.once('error', () => res(false));
-      s.bind(base + i, '127.0.0.1', () => { s.close(); res(true); });
-    })));
+    const probes = await Promise.all(
+      Array.from(
+        { length: n },
+        (_, i) =>
+          new Promise<boolean>((res) => {
+            const s = udpClient(4);
+            s.once('error', () => res(false));
+            s.bind(base + i, '127.0.0.1', () => {
+              s.close();
+              res(true);
+            });
+          }),
+      ),
+    );
     if (probes.every(Boolean)) return base;
   }
 }
-const answered = (c: UdpSocket, port: number, msg: string) => udpRequest(c, '127.0.0.1', port, msg, 400).then(() => true, () => false);
+const answered = (c: UdpSocket, port: number, msg: string) =>
+  udpRequest(c, '127.0.0.1', port, msg, 400).then(
+    () => true,
+    () => false,
+  );
 /** Asks the whoami target which source address:port the flow uses. */
 async function flowSource(c: UdpSocket, host: string, port: number): Promise<string> {
   return (await udpRequest(c, host, port, 'who')).toString();
@@ -63,7 +91,10 @@ async function flowSource(c: UdpSocket, host: string, port: number): Promise<str
 describe('udp forwarding', () => {
   it('udp forwarder echoes through IPv4 and IPv6 fronts, to IPv4 and IPv6 containers', async () => {
     for (const [front, family, target] of [
-      ['127.0.0.1', 4, backend.ipv4], ['::1', 6, backend.ipv6], ['::1', 6, backend.ipv4], ['127.0.0.1', 4, backend.ipv6],
+      ['127.0.0.1', 4, backend.ipv4],
+      ['::1', 6, backend.ipv6],
+      ['::1', 6, backend.ipv4],
+      ['127.0.0.1', 4, backend.ipv6],
     ] as const) {
       const { p, port } = await proxy(front, target, ECHO);
       const c = client(family);
@@ -129,7 +160,9 @@ describe('udp forwarding', () => {
     // The JavaScript engine logs each flow at debug level; the native engine's flow count is
     // checked in native-engine.test.ts (flowsCreated stays 1 across the refusals).
     if (testEngine() === 'js') {
-      const opened = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.includes('"UDP flow opened"'));
+      const opened = readFileSync(logFile, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('"UDP flow opened"'));
       expect(opened).toHaveLength(1);
     }
   });
@@ -144,13 +177,24 @@ describe('udp forwarding', () => {
     await expect(udpRequest(x, '127.0.0.1', port, 'x', 300)).rejects.toThrow('no UDP reply');
     expect((await udpRequest(a, '127.0.0.1', port, 'a2')).toString()).toBe('a2');
     // The native engine counts on its own thread; the warning follows within a second.
-    await vi.waitFor(() => expect(readFileSync(logFile, 'utf8')).toContain('"maxFlows":2,"perSource":1,"msg":"UDP flow limit reached; dropping datagrams from new clients"'), { timeout: 3000 });
+    await vi.waitFor(
+      () => expect(readFileSync(logFile, 'utf8')).toContain('"maxFlows":2,"perSource":1,"msg":"UDP flow limit reached; dropping datagrams from new clients"'),
+      { timeout: 3000 },
+    );
   });
 
   it('the flow cap holds for a whole port range, not per port (audit M3)', async () => {
     const base = await freeRange(4);
     const mp = await freePort();
-    const s = await startStandalone(['run', '-p', `127.0.0.1:${base}-${base + 3}:${backend.ipv4}:7010-7013/udp`, '--udp-max-flows', '8', '--metrics', `127.0.0.1:${mp}`]);
+    const s = await startStandalone([
+      'run',
+      '-p',
+      `127.0.0.1:${base}-${base + 3}:${backend.ipv4}:7010-7013/udp`,
+      '--udp-max-flows',
+      '8',
+      '--metrics',
+      `127.0.0.1:${mp}`,
+    ]);
     let served = 0;
     for (let i = 0; i < 16; i++) served += Number(await answered(client(4, i % 2 ? '127.0.0.2' : '127.0.0.1'), base + (i % 4), `m${i}`));
     expect(served).toBe(8);

@@ -7,7 +7,9 @@ describe('parseCidrs()', () => {
     expect(parseCidrs(['fd00::/8'], 'X', 'UPROXY_ERR_CONFIG')).toEqual(['fd00::/8']);
   });
   it('parseCidrs() names the bad entry', () => {
-    expect(() => parseCidrs('10.0.0.0/33', 'USERLAND_PROXY_ALLOW', 'UPROXY_ERR_BAD_ENV')).toThrow('invalid USERLAND_PROXY_ALLOW entry "10.0.0.0/33": not a CIDR range');
+    expect(() => parseCidrs('10.0.0.0/33', 'USERLAND_PROXY_ALLOW', 'UPROXY_ERR_BAD_ENV')).toThrow(
+      'invalid USERLAND_PROXY_ALLOW entry "10.0.0.0/33": not a CIDR range',
+    );
     expect(() => parseCidrs('example.com', 'X', 'UPROXY_ERR_CONFIG')).toThrow('"example.com"');
     expect(() => parseCidrs('1.2.3.4/8/9', 'X', 'UPROXY_ERR_CONFIG')).toThrow('not a CIDR');
     expect(() => parseCidrs(42, 'config key "allow"', 'UPROXY_ERR_CONFIG')).toThrow('invalid config key "allow": must be a list');

@@ -8,15 +8,30 @@ import { ProxyError } from '../../src/errors.js';
 
 describe('buildConfig()', () => {
   it('buildConfig() combines publish specs from all sources and applies defaults', () => {
-    const c = buildConfig({ publish: ['8080:10.0.0.2:80'] }, { USERLAND_PROXY_PUBLISH: '9090:10.0.0.2:90, 5353:10.0.0.2:53/udp' }, { publish: ['127.0.0.1:7070:10.0.0.2:70'] });
+    const c = buildConfig(
+      { publish: ['8080:10.0.0.2:80'] },
+      { USERLAND_PROXY_PUBLISH: '9090:10.0.0.2:90, 5353:10.0.0.2:53/udp' },
+      { publish: ['127.0.0.1:7070:10.0.0.2:70'] },
+    );
     expect(c.mappings.map((m) => m.id)).toEqual(['tcp/0.0.0.0:8080', 'tcp/0.0.0.0:9090', 'udp/0.0.0.0:5353', 'tcp/127.0.0.1:7070']);
     expect(c).toMatchObject({
-      metrics: null, drainTimeoutMs: 10_000, udpIdleTimeoutMs: 90_000, udpMaxFlows: 16_384, logLevel: 'info', logFile: undefined,
-      connectTimeoutMs: 30_000, idleTimeoutMs: 0, lingerTimeoutMs: 600_000, maxConnections: null,
+      metrics: null,
+      drainTimeoutMs: 10_000,
+      udpIdleTimeoutMs: 90_000,
+      udpMaxFlows: 16_384,
+      logLevel: 'info',
+      logFile: undefined,
+      connectTimeoutMs: 30_000,
+      idleTimeoutMs: 0,
+      lingerTimeoutMs: 600_000,
+      maxConnections: null,
     });
-    expect(buildConfig({ publish: ['8080:10.0.0.2:80'], maxConnections: '100', idleTimeout: '5m' }, { USERLAND_PROXY_LINGER_TIMEOUT: '0' }, { connectTimeout: 2 }))
-      .toMatchObject({ maxConnections: 100, idleTimeoutMs: 300_000, lingerTimeoutMs: 0, connectTimeoutMs: 2000 });
-    expect(() => buildConfig({ publish: ['8080:10.0.0.2:80'], maxConnections: '0' }, {})).toThrow('invalid --max-connections "0": must be an integer 1-10000000');
+    expect(
+      buildConfig({ publish: ['8080:10.0.0.2:80'], maxConnections: '100', idleTimeout: '5m' }, { USERLAND_PROXY_LINGER_TIMEOUT: '0' }, { connectTimeout: 2 }),
+    ).toMatchObject({ maxConnections: 100, idleTimeoutMs: 300_000, lingerTimeoutMs: 0, connectTimeoutMs: 2000 });
+    expect(() => buildConfig({ publish: ['8080:10.0.0.2:80'], maxConnections: '0' }, {})).toThrow(
+      'invalid --max-connections "0": must be an integer 1-10000000',
+    );
   });
 
   it('buildConfig() gives the command line precedence over the environment over the file', () => {
@@ -25,7 +40,13 @@ describe('buildConfig()', () => {
       { USERLAND_PROXY_DRAIN_TIMEOUT: '2s', USERLAND_PROXY_METRICS: '9464' },
       { drainTimeout: '3s', metrics: '0.0.0.0:1', udpIdleTimeout: 30, udpMaxFlows: 7, logLevel: 'debug' },
     );
-    expect(c).toMatchObject({ drainTimeoutMs: 1000, metrics: { host: { address: '127.0.0.1' }, port: 9464 }, udpIdleTimeoutMs: 30_000, udpMaxFlows: 7, logLevel: 'debug' });
+    expect(c).toMatchObject({
+      drainTimeoutMs: 1000,
+      metrics: { host: { address: '127.0.0.1' }, port: 9464 },
+      udpIdleTimeoutMs: 30_000,
+      udpMaxFlows: 7,
+      logLevel: 'debug',
+    });
   });
 
   it('buildConfig() rejects unknown keys and variables, bad values and overlaps, naming them', () => {
@@ -57,15 +78,34 @@ describe('buildConfig()', () => {
 
   it('buildConfig() never throws anything but a one-line config error, whatever the file holds', () => {
     fc.assert(
-      fc.property(fc.dictionary(fc.constantFrom('publish', 'metrics', 'drainTimeout', 'udpIdleTimeout', 'udpMaxFlows', 'connectTimeout', 'idleTimeout', 'lingerTimeout', 'maxConnections', 'logLevel', 'logFile', 'other'), fc.jsonValue()), (file) => {
-        try {
-          buildConfig({ publish: ['8080:10.0.0.2:80'] }, {}, file);
-        } catch (e) {
-          expect(e).toBeInstanceOf(ProxyError);
-          expect((e as ProxyError).exitCode).toBe(2);
-          expect((e as Error).message).not.toContain('\n');
-        }
-      }),
+      fc.property(
+        fc.dictionary(
+          fc.constantFrom(
+            'publish',
+            'metrics',
+            'drainTimeout',
+            'udpIdleTimeout',
+            'udpMaxFlows',
+            'connectTimeout',
+            'idleTimeout',
+            'lingerTimeout',
+            'maxConnections',
+            'logLevel',
+            'logFile',
+            'other',
+          ),
+          fc.jsonValue(),
+        ),
+        (file) => {
+          try {
+            buildConfig({ publish: ['8080:10.0.0.2:80'] }, {}, file);
+          } catch (e) {
+            expect(e).toBeInstanceOf(ProxyError);
+            expect((e as ProxyError).exitCode).toBe(2);
+            expect((e as Error).message).not.toContain('\n');
+          }
+        },
+      ),
       { numRuns: 2000 },
     );
   });
@@ -73,9 +113,13 @@ describe('buildConfig()', () => {
 
 describe('buildConfig() access lists', () => {
   it('buildConfig() applies global lists and per-mapping ones from config objects', () => {
-    const c = buildConfig({ publish: ['8080:10.0.0.2:80'], deny: ['10.9.0.0/16'] }, { USERLAND_PROXY_ALLOW: '127.0.0.0/8' }, {
-      publish: [{ spec: '9090:10.0.0.2:90', allow: ['192.0.2.0/24'], deny: ['192.0.2.9'] }],
-    });
+    const c = buildConfig(
+      { publish: ['8080:10.0.0.2:80'], deny: ['10.9.0.0/16'] },
+      { USERLAND_PROXY_ALLOW: '127.0.0.0/8' },
+      {
+        publish: [{ spec: '9090:10.0.0.2:90', allow: ['192.0.2.0/24'], deny: ['192.0.2.9'] }],
+      },
+    );
     expect(c.mappings[0]?.access).toEqual({ allow: ['127.0.0.0/8'], deny: ['10.9.0.0/16'] });
     expect(c.mappings[1]?.access).toEqual({ allow: ['192.0.2.0/24'], deny: ['10.9.0.0/16', '192.0.2.9'] });
     expect(() => buildConfig({}, {}, { publish: [{ spec: '1:10.0.0.2:1', alow: [] }] })).toThrow('unknown key "alow" in config "publish"[0]');
@@ -84,17 +128,30 @@ describe('buildConfig() access lists', () => {
   });
 
   it('buildConfig() applies the PROXY protocol to TCP mappings, globally or per mapping', () => {
-    const c = buildConfig({ publish: ['8080:10.0.0.2:80', '5353:10.0.0.2:53/udp'], proxyProtocol: 'v2' }, {}, { publish: [{ spec: '9090:10.0.0.2:90', proxyProtocol: 'v1' }] });
+    const c = buildConfig(
+      { publish: ['8080:10.0.0.2:80', '5353:10.0.0.2:53/udp'], proxyProtocol: 'v2' },
+      {},
+      { publish: [{ spec: '9090:10.0.0.2:90', proxyProtocol: 'v1' }] },
+    );
     expect(c.mappings.map((m) => m.proxyProtocol)).toEqual(['v2', 'off', 'v1']);
-    expect(() => buildConfig({}, {}, { publish: [{ spec: '53:10.0.0.2:53/udp', proxyProtocol: 'v2' }] })).toThrow('the PROXY protocol is supported on TCP mappings only');
-    expect(() => buildConfig({ publish: ['1:10.0.0.2:1'] }, { USERLAND_PROXY_PROXY_PROTOCOL: 'yes' })).toThrow('invalid USERLAND_PROXY_PROXY_PROTOCOL "yes": use off, v1 or v2');
+    expect(() => buildConfig({}, {}, { publish: [{ spec: '53:10.0.0.2:53/udp', proxyProtocol: 'v2' }] })).toThrow(
+      'the PROXY protocol is supported on TCP mappings only',
+    );
+    expect(() => buildConfig({ publish: ['1:10.0.0.2:1'] }, { USERLAND_PROXY_PROXY_PROTOCOL: 'yes' })).toThrow(
+      'invalid USERLAND_PROXY_PROXY_PROTOCOL "yes": use off, v1 or v2',
+    );
   });
 });
 
 describe('buildConfig() property: environment variables', () => {
   it('never throws anything but a one-line config error, whatever USERLAND_PROXY_* holds', () => {
-    const names = ['PUBLISH', 'METRICS', 'DRAIN_TIMEOUT', 'UDP_IDLE_TIMEOUT', 'UDP_MAX_FLOWS', 'LOG_LEVEL', 'LOG_FILE', 'BOGUS'].map((n) => `USERLAND_PROXY_${n}`);
-    const value = fc.oneof(fc.string({ maxLength: 30 }), fc.constantFrom('8080:10.0.0.2:80', '1-2:10.0.0.2:3-4/udp', '10s', '0', '-1', '1e9', 'debug', '[::1]:9', ',,'));
+    const names = ['PUBLISH', 'METRICS', 'DRAIN_TIMEOUT', 'UDP_IDLE_TIMEOUT', 'UDP_MAX_FLOWS', 'LOG_LEVEL', 'LOG_FILE', 'BOGUS'].map(
+      (n) => `USERLAND_PROXY_${n}`,
+    );
+    const value = fc.oneof(
+      fc.string({ maxLength: 30 }),
+      fc.constantFrom('8080:10.0.0.2:80', '1-2:10.0.0.2:3-4/udp', '10s', '0', '-1', '1e9', 'debug', '[::1]:9', ',,'),
+    );
     fc.assert(
       fc.property(fc.dictionary(fc.constantFrom(...names), value), (env) => {
         try {

@@ -17,8 +17,12 @@ const fails = (args: string[]) => {
 describe('toDockerMapping()', () => {
   it('toDockerMapping() builds a TCP mapping by default', () => {
     expect(map(base)).toEqual({
-      proto: 'tcp', host: { address: '127.0.0.1', family: 4 }, hostPort: 8080,
-      target: { address: '172.17.0.2', family: 4 }, targetPort: 80, useListenFd: false,
+      proto: 'tcp',
+      host: { address: '127.0.0.1', family: 4 },
+      hostPort: 8080,
+      target: { address: '172.17.0.2', family: 4 },
+      targetPort: 80,
+      useListenFd: false,
     });
   });
 
@@ -31,7 +35,7 @@ describe('toDockerMapping()', () => {
     expect(map(['-host-ip', '', ...base.slice(2)]).host).toEqual({ address: '::', family: 6 });
   });
 
-  it('toDockerMapping() reads IPv4-mapped IPv6 as IPv4, as Go\'s To4() does', () => {
+  it("toDockerMapping() reads IPv4-mapped IPv6 as IPv4, as Go's To4() does", () => {
     expect(map(['-host-ip', '::ffff:127.0.0.1', ...base.slice(2)]).host).toEqual({ address: '127.0.0.1', family: 4 });
   });
 

@@ -23,7 +23,7 @@ describe('parseGoFlags() (Go flag package semantics, contract section 2)', () =>
     expect([...r.given].sort()).toEqual(['container-port', 'host-ip', 'host-port', 'proto']);
   });
 
-  it('parseGoFlags() parses dockerd\'s exact argv, with -use-listen-fd last', () => {
+  it("parseGoFlags() parses dockerd's exact argv, with -use-listen-fd last", () => {
     const r = parse(['-proto', 'tcp', '-host-ip', '::', '-host-port', '8080', '-container-ip', '172.17.0.2', '-container-port', '80', '-use-listen-fd']);
     expect(r.values.get('host-ip')).toBe('::');
     expect(r.values.get('use-listen-fd')).toBe(true);
@@ -50,7 +50,7 @@ describe('parseGoFlags() (Go flag package semantics, contract section 2)', () =>
     expect(parse(['-host-port', '1', '-host-port', '2']).values.get('host-port')).toBe(2);
   });
 
-  it('parseGoFlags() reports unknown flags, missing values and bad syntax with Go\'s words, exit 2', () => {
+  it("parseGoFlags() reports unknown flags, missing values and bad syntax with Go's words, exit 2", () => {
     expect(err(['-bogus'])).toEqual({ message: 'flag provided but not defined: -bogus', exit: 2 });
     expect(err(['-host-port'])).toEqual({ message: 'flag needs an argument: -host-port', exit: 2 });
     expect(err(['---proto', 'tcp']).message).toBe('bad flag syntax: ---proto');
@@ -88,7 +88,7 @@ describe('parseGoInt() (strconv.ParseInt base 0)', () => {
 });
 
 describe('parseGoBool()', () => {
-  it('parseGoBool() accepts exactly strconv.ParseBool\'s spellings', () => {
+  it("parseGoBool() accepts exactly strconv.ParseBool's spellings", () => {
     for (const t of ['1', 't', 'T', 'TRUE', 'true', 'True']) expect(parseGoBool(t)).toBe(true);
     for (const f of ['0', 'f', 'F', 'FALSE', 'false', 'False']) expect(parseGoBool(f)).toBe(false);
     for (const x of ['yes', 'tRUE', '', 'on']) expect(() => parseGoBool(x)).toThrow('parse error');
@@ -96,7 +96,7 @@ describe('parseGoBool()', () => {
 });
 
 describe('formatUsage()', () => {
-  it('formatUsage() lists every flag sorted, with Go\'s defaults notation', () => {
+  it("formatUsage() lists every flag sorted, with Go's defaults notation", () => {
     const u = formatUsage('userland-proxy', specs);
     expect(u.split('\n')[0]).toBe('Usage of userland-proxy:');
     expect(u).toContain('  -host-port int\n    \thost port (default -1)');

@@ -28,7 +28,14 @@ describe('parseLogLevel()', () => {
 
 describe('humanLine()', () => {
   it('humanLine() turns a JSON line into time, coloured level, mapping, message and fields', () => {
-    const json = JSON.stringify({ level: 'warn', time: '2026-11-30T08:12:58.920Z', pid: 1, mapping: 'tcp/127.0.0.1:80', maxConnections: 3, msg: 'connection limit reached' });
+    const json = JSON.stringify({
+      level: 'warn',
+      time: '2026-11-30T08:12:58.920Z',
+      pid: 1,
+      mapping: 'tcp/127.0.0.1:80',
+      maxConnections: 3,
+      msg: 'connection limit reached',
+    });
     expect(humanLine(json, false)).toBe('08:12:58.920 WARN  [tcp/127.0.0.1:80] connection limit reached maxConnections=3\n');
     expect(humanLine(json, true)).toBe('08:12:58.920 \x1b[33mWARN \x1b[0m [tcp/127.0.0.1:80] connection limit reached maxConnections=3\n');
     expect(humanLine('not json', false)).toBe('not json');

@@ -30,7 +30,17 @@ describe('node-internals', () => {
     const second = Buffer.alloc(64);
     let current = first;
     const got: string[] = [];
-    const s = adoptAccepted(raw, { buffer: () => current, callback: (n) => { got.push(current.subarray(0, n).toString()); return true; } }, 1 << 20);
+    const s = adoptAccepted(
+      raw,
+      {
+        buffer: () => current,
+        callback: (n) => {
+          got.push(current.subarray(0, n).toString());
+          return true;
+        },
+      },
+      1 << 20,
+    );
     expect(s).not.toBeNull();
     s?.resume();
     client.write('one');
@@ -50,7 +60,9 @@ describe('node-internals', () => {
   it('stopReading() stops the handle at once; socketFd() is -1 once closed', async () => {
     const { client, raw } = await pair();
     let reads = 0;
-    raw.on('data', () => { reads++; });
+    raw.on('data', () => {
+      reads++;
+    });
     raw.resume();
     client.write('a');
     for (let i = 0; i < 100 && reads < 1; i++) await sleep(5);
@@ -63,13 +75,15 @@ describe('node-internals', () => {
     expect(socketFd(raw)).toBe(-1);
   });
 
-  it('udpHandle() finds a bound dgram socket\'s fd and stops its reads', async () => {
+  it("udpHandle() finds a bound dgram socket's fd and stops its reads", async () => {
     const u = createSocket('udp4');
     await new Promise<void>((r) => u.bind(0, '127.0.0.1', r));
     const h = udpHandle(u);
     expect(h.fd).toBeGreaterThan(2);
     let got = 0;
-    u.on('message', () => { got++; });
+    u.on('message', () => {
+      got++;
+    });
     h.recvStop();
     const c = createSocket('udp4');
     c.send('x', u.address().port, '127.0.0.1');

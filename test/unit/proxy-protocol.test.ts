@@ -23,7 +23,11 @@ describe('proxyHeader()', () => {
     expect(h6.subarray(32, 48).toString('hex')).toBe('fd000000000000000000000000000002');
     expect(h6.readUInt16BE(48)).toBe(40000);
     expect(h6.readUInt16BE(50)).toBe(443);
-    expect(proxyHeader('v2', { ...v4, dstAddress: '::1' })?.subarray(12).toString('hex')).toBe('20000000');
+    expect(
+      proxyHeader('v2', { ...v4, dstAddress: '::1' })
+        ?.subarray(12)
+        .toString('hex'),
+    ).toBe('20000000');
   });
 
   it('proxyHeader() drops zones and sends IPv4-mapped ends as IPv4 (audit L5)', () => {

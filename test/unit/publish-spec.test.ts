@@ -17,8 +17,13 @@ const err = (spec: string) => {
 describe('parsePublishSpec()', () => {
   it('parsePublishSpec() reads the full form, defaults and IPv6 brackets', () => {
     expect(parsePublishSpec('127.0.0.1:8080:10.0.0.2:80')).toMatchObject({
-      id: 'tcp/127.0.0.1:8080', proto: 'tcp', host: { address: '127.0.0.1', family: 4 }, hostPort: 8080, hostPortEnd: 8080,
-      target: { address: '10.0.0.2', family: 4 }, targetPort: 80,
+      id: 'tcp/127.0.0.1:8080',
+      proto: 'tcp',
+      host: { address: '127.0.0.1', family: 4 },
+      hostPort: 8080,
+      hostPortEnd: 8080,
+      target: { address: '10.0.0.2', family: 4 },
+      targetPort: 80,
     });
     expect(parsePublishSpec('8080:10.0.0.2:80/udp')).toMatchObject({ id: 'udp/0.0.0.0:8080', proto: 'udp' });
     expect(parsePublishSpec('[::1]:8080:[fd00::2]:80/udp')).toMatchObject({ id: 'udp/[::1]:8080', host: { family: 6 }, target: { address: 'fd00::2' } });
@@ -26,11 +31,18 @@ describe('parsePublishSpec()', () => {
   });
 
   it('parsePublishSpec() maps equal-length ranges', () => {
-    expect(parsePublishSpec('127.0.0.1:8000-8999:10.0.0.2:9000-9999')).toMatchObject({ id: 'tcp/127.0.0.1:8000-8999', hostPort: 8000, hostPortEnd: 8999, targetPort: 9000 });
+    expect(parsePublishSpec('127.0.0.1:8000-8999:10.0.0.2:9000-9999')).toMatchObject({
+      id: 'tcp/127.0.0.1:8000-8999',
+      hostPort: 8000,
+      hostPortEnd: 8999,
+      targetPort: 9000,
+    });
   });
 
   it('parsePublishSpec() names the problem and the spec', () => {
-    expect(err('8000-8010:10.0.0.2:80')).toBe('invalid publish spec "8000-8010:10.0.0.2:80": host ports 8000-8010 (11) and target ports 80 (1) differ in length');
+    expect(err('8000-8010:10.0.0.2:80')).toBe(
+      'invalid publish spec "8000-8010:10.0.0.2:80": host ports 8000-8010 (11) and target ports 80 (1) differ in length',
+    );
     expect(err('8080:10.0.0.2:80/sctp')).toBe('invalid publish spec "8080:10.0.0.2:80/sctp": protocol "sctp" is not tcp or udp');
     expect(err('::1:8080:10.0.0.2:80')).toContain('expected [HOST_IP:]HOST_PORT');
     expect(err('8080:fd00::2:80')).toContain('expected [HOST_IP:]HOST_PORT');
@@ -53,29 +65,55 @@ describe('checkOverlaps()', () => {
     expect(() => checkOverlaps(specs('8080:10.0.0.2:80', '8080:10.0.0.2:80/udp', '[::]:8080:10.0.0.2:80', '127.0.0.1:8081-8090:10.0.0.2:81-90'))).not.toThrow();
   });
   it('checkOverlaps() names both specs of a duplicate or an overlap', () => {
-    expect(() => checkOverlaps(specs('8080:10.0.0.2:80', '8080:10.0.0.3:80'))).toThrow('duplicate binding: "8080:10.0.0.2:80" and "8080:10.0.0.3:80" both bind tcp 0.0.0.0:8080');
-    expect(() => checkOverlaps(specs('127.0.0.1:8000-8100:10.0.0.2:8000-8100', '8050:10.0.0.2:80'))).toThrow('overlapping bindings: "127.0.0.1:8000-8100:10.0.0.2:8000-8100" and "8050:10.0.0.2:80" both bind tcp 0.0.0.0:8050');
+    expect(() => checkOverlaps(specs('8080:10.0.0.2:80', '8080:10.0.0.3:80'))).toThrow(
+      'duplicate binding: "8080:10.0.0.2:80" and "8080:10.0.0.3:80" both bind tcp 0.0.0.0:8080',
+    );
+    expect(() => checkOverlaps(specs('127.0.0.1:8000-8100:10.0.0.2:8000-8100', '8050:10.0.0.2:80'))).toThrow(
+      'overlapping bindings: "127.0.0.1:8000-8100:10.0.0.2:8000-8100" and "8050:10.0.0.2:80" both bind tcp 0.0.0.0:8050',
+    );
   });
 });
 
 describe('parsePublishSpec() property: any string gives a mapping or a one-line config error', () => {
   const piece = fc.oneof(
-    fc.constantFrom('127.0.0.1', '[::1]', '::1', '0.0.0.0', '[fd00::2]', '10.0.0.2', '8080', '80-90', '70000', '0', '-', '[', ']', '/tcp', '/udp', '/', ':', ''),
+    fc.constantFrom(
+      '127.0.0.1',
+      '[::1]',
+      '::1',
+      '0.0.0.0',
+      '[fd00::2]',
+      '10.0.0.2',
+      '8080',
+      '80-90',
+      '70000',
+      '0',
+      '-',
+      '[',
+      ']',
+      '/tcp',
+      '/udp',
+      '/',
+      ':',
+      '',
+    ),
     fc.string({ maxLength: 8 }),
     fc.integer({ min: -1, max: 70000 }).map(String),
   );
   it('never throws anything but a one-line ProxyError', () => {
     fc.assert(
-      fc.property(fc.array(piece, { maxLength: 6 }).map((a) => a.join(':')), (spec) => {
-        try {
-          const m = parsePublishSpec(spec);
-          expect(m.hostPortEnd - m.hostPort).toBeGreaterThanOrEqual(0);
-          expect(m.targetPort + (m.hostPortEnd - m.hostPort)).toBeLessThanOrEqual(65535);
-        } catch (e) {
-          expect(e).toBeInstanceOf(ProxyError);
-          expect((e as Error).message).not.toContain('\n');
-        }
-      }),
+      fc.property(
+        fc.array(piece, { maxLength: 6 }).map((a) => a.join(':')),
+        (spec) => {
+          try {
+            const m = parsePublishSpec(spec);
+            expect(m.hostPortEnd - m.hostPort).toBeGreaterThanOrEqual(0);
+            expect(m.targetPort + (m.hostPortEnd - m.hostPort)).toBeLessThanOrEqual(65535);
+          } catch (e) {
+            expect(e).toBeInstanceOf(ProxyError);
+            expect((e as Error).message).not.toContain('\n');
+          }
+        },
+      ),
       { numRuns: 3000 },
     );
   });

@@ -13,13 +13,18 @@ function table(heading: string): string[][] {
   const rows: string[][] = [];
   for (const l of lines.slice(start + 2)) {
     if (!l.startsWith('|')) break;
-    rows.push(l.split(/(?<!\\)\|/).slice(1, -1).map((c) => c.trim()));
+    rows.push(
+      l
+        .split(/(?<!\\)\|/)
+        .slice(1, -1)
+        .map((c) => c.trim()),
+    );
   }
   return rows;
 }
 
 describe('the settings table', () => {
-  it('the README\'s docker-mode variables are exactly the docker settings (plus the launcher\'s), with their defaults', () => {
+  it("the README's docker-mode variables are exactly the docker settings (plus the launcher's), with their defaults", () => {
     const rows = table('### Environment variables');
     const names = rows.map((r) => /`USERLAND_PROXY_(\w+)`/.exec(r[0] ?? '')?.[1]);
     expect(new Set(names)).toEqual(new Set([...settingsOf('docker').map((s) => s.env), 'NODE', 'NODE_OPTIONS']));
@@ -29,7 +34,7 @@ describe('the settings table', () => {
     }
   });
 
-  it('the README\'s standalone options are exactly the standalone settings, with variable, key and default', () => {
+  it("the README's standalone options are exactly the standalone settings, with variable, key and default", () => {
     const rows = table('### Options, environment and config file');
     const flags = rows.map((r) => /^`(--[a-z-]+)/.exec(r[0] ?? '')?.[1]);
     expect(new Set(flags)).toEqual(new Set([...settingsOf('standalone').map(flagOf), '--config']));
