@@ -14,8 +14,8 @@ describe('errors catalog', () => {
     expect(toProxyError(e)).toBe(e);
     expect(toProxyError(new Error('boom'))).toMatchObject({ code: 'UPROXY_ERR_INTERNAL', exitCode: 1, message: 'internal error: boom' });
   });
-  it('every code is documented in the README with its exit status', () => {
-    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  it('every code is documented in docs/reference.md with its exit status', () => {
+    const readme = readFileSync(new URL('../../docs/reference.md', import.meta.url), 'utf8');
     for (const [code, exit] of Object.entries(ERROR_CODES)) {
       expect(readme, code).toMatch(new RegExp(`\\| \`${code}\` \\| ${exit} \\|`));
     }

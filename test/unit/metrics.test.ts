@@ -7,8 +7,8 @@ import { newTcpStats } from '../../src/tcp-forwarder.js';
 import { newUdpStats } from '../../src/udp-forwarder.js';
 
 describe('metrics', () => {
-  it('every exported metric family is documented in the README', () => {
-    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  it('every exported metric family is documented in docs/reference.md', () => {
+    const readme = readFileSync(new URL('../../docs/reference.md', import.meta.url), 'utf8');
     for (const f of FAMILIES) expect(readme, f.name).toContain(`| \`${PREFIX}${f.name}\` | ${f.type} |`);
   });
 

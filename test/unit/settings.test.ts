@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { flagOf, parseValue, setting, SETTINGS, settingsOf } from '../../src/settings.js';
 
-const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+const readme = readFileSync(new URL('../../docs/reference.md', import.meta.url), 'utf8');
 
 /** The rows of the first Markdown table after a heading, as cells. */
 function table(heading: string): string[][] {
@@ -24,7 +24,7 @@ function table(heading: string): string[][] {
 }
 
 describe('the settings table', () => {
-  it("the README's docker-mode variables are exactly the docker settings (plus the launcher's), with their defaults", () => {
+  it("docs/reference.md's docker-mode variables are exactly the docker settings (plus the launcher's), with their defaults", () => {
     const rows = table('### Environment variables');
     const names = rows.map((r) => /`USERLAND_PROXY_(\w+)`/.exec(r[0] ?? '')?.[1]);
     expect(new Set(names)).toEqual(new Set([...settingsOf('docker').map((s) => s.env), 'NODE', 'NODE_OPTIONS']));
@@ -34,7 +34,7 @@ describe('the settings table', () => {
     }
   });
 
-  it("the README's standalone options are exactly the standalone settings, with variable, key and default", () => {
+  it("docs/reference.md's standalone options are exactly the standalone settings, with variable, key and default", () => {
     const rows = table('### Options, environment and config file');
     const flags = rows.map((r) => /^`(--[a-z-]+)/.exec(r[0] ?? '')?.[1]);
     expect(new Set(flags)).toEqual(new Set([...settingsOf('standalone').map(flagOf), '--config']));
