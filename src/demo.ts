@@ -7,18 +7,8 @@
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { StandaloneConfig } from './config.js';
-import {
-  DRAIN_TIMEOUT_MS,
-  RELAY_HIGH_WATER_MARK,
-  TCP_CONNECT_TIMEOUT_MS,
-  TCP_IDLE_TIMEOUT_MS,
-  TCP_LINGER_TIMEOUT_MS,
-  UDP_IDLE_TIMEOUT_MS,
-  UDP_MAX_FLOWS,
-} from './constants.js';
+import { buildConfig, type StandaloneConfig } from './config.js';
 import { ProxyError } from './errors.js';
-import { parsePublishSpec } from './publish-spec.js';
 
 /** Options of startDemo. */
 export interface DemoOptions {
@@ -48,22 +38,14 @@ export async function startDemo(opts: DemoOptions): Promise<{ config: Standalone
   ] as const) {
     if (!Number.isInteger(p) || p < 1 || p > 65535) throw new ProxyError('UPROXY_ERR_BAD_FLAG', `invalid ${name} ${p}: must be 1-65535`);
   }
-  const config: StandaloneConfig = {
-    mappings: [parsePublishSpec(`127.0.0.1:${opts.port}:127.0.0.1:${httpPort}/tcp`), parsePublishSpec(`127.0.0.1:${opts.port}:127.0.0.1:${udpPort}/udp`)],
-    metrics: { host: { address: '127.0.0.1', family: 4 }, port: opts.metricsPort },
-    drainTimeoutMs: DRAIN_TIMEOUT_MS,
-    udpIdleTimeoutMs: UDP_IDLE_TIMEOUT_MS,
-    udpMaxFlows: UDP_MAX_FLOWS,
-    connectTimeoutMs: TCP_CONNECT_TIMEOUT_MS,
-    idleTimeoutMs: TCP_IDLE_TIMEOUT_MS,
-    lingerTimeoutMs: TCP_LINGER_TIMEOUT_MS,
-    maxConnections: null,
-    maxBufferBytes: RELAY_HIGH_WATER_MARK,
-    engine: 'auto',
-    httpReload: true,
-    logLevel: 'info',
-    logFile: undefined,
-  };
+  // Every other setting at its default (the settings table), whatever the environment holds.
+  const config = buildConfig(
+    {
+      publish: [`127.0.0.1:${opts.port}:127.0.0.1:${httpPort}/tcp`, `127.0.0.1:${opts.port}:127.0.0.1:${udpPort}/udp`],
+      metrics: `127.0.0.1:${opts.metricsPort}`,
+    },
+    {},
+  );
   const banner = [
     `demo backend: HTTP on 127.0.0.1:${httpPort}, UDP echo on 127.0.0.1:${udpPort} (a stand-in for a container)`,
     `forwarding 127.0.0.1:${opts.port} (tcp and udp) to it through the real engine; try:`,

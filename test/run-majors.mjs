@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+// Runs the unit and integration suites again on every other supported Node.js major (22, 24 and
+// 26, unpacked into .cache/nodes by .ci/setup): vitest itself and every proxy it spawns (through
+// the launcher's USERLAND_PROXY_NODE) run on that major. The main `vitest run` covers Node 20 and
+// both engines; node-versions (run there) already crosses the majors, so it is left out here.
+// A missing major is reported as skipped, loudly. Exit status: non-zero if any run failed.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+const root = join(import.meta.dirname, '..');
+let failed = 0;
+for (const major of ['22', '24', '26']) {
+  const node = join(root, '.cache/nodes', major, 'bin/node');
+  if (!existsSync(node)) {
+    console.warn(`SKIPPED: Node.js ${major} is not in .cache/nodes (bash .ci/setup fetches it)`);
+    continue;
+  }
+  console.log(`\n=== the unit and integration suites on Node.js ${major} ===`);
+  const r = spawnSync(
+    node,
+    [
+      join(root, 'node_modules/vitest/vitest.mjs'),
+      'run',
+      '--project',
+      'js',
+      'test/unit',
+      'test/integration',
+      '--exclude',
+      'test/integration/node-versions.test.ts',
+    ],
+    { cwd: root, stdio: 'inherit', env: { ...process.env, USERLAND_PROXY_NODE: node } },
+  );
+  if (r.status !== 0) failed++;
+}
+process.exit(failed === 0 ? 0 : 1);
