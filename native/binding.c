@@ -44,6 +44,7 @@
     }                                                       \
   } while (0)
 
+/* Throws a JS error "<what>: <strerror>" with the catalog code; returns NULL for the caller. */
 static napi_value throw_errno(napi_env env, int err, const char *what) {
   char msg[160];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
@@ -51,6 +52,7 @@ static napi_value throw_errno(napi_env env, int err, const char *what) {
   return NULL;
 }
 
+/* This environment's engine (made by init()), or a thrown error. */
 static engine_t *engine_of(napi_env env) {
   engine_t *e = NULL;
   napi_get_instance_data(env, (void **)&e);
@@ -86,6 +88,7 @@ static void hold(napi_env env, engine_t *e, int delta) {
   }
 }
 
+/* On the JS thread: hands one batch of close reports to onClose and releases their holds. */
 static void call_js(napi_env env, napi_value cb, void *ctx, void *data) {
   engine_t *e = ctx;
   double *batch = data;
@@ -115,6 +118,7 @@ static void engine_stop(engine_t *e) {
   napi_release_threadsafe_function(e->tsfn, napi_tsfn_abort);
 }
 
+/* Environment cleanup hook: joins the thread, then frees everything it left. */
 static void engine_teardown(void *arg) {
   engine_t *e = arg;
   engine_stop(e);
@@ -151,6 +155,7 @@ static void engine_teardown(void *arg) {
   free(e);
 }
 
+/* init(onClose): the engine of this environment, its epoll, eventfd and thread. */
 static napi_value js_init(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], name;
@@ -203,10 +208,12 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* An integer argument, or -1. */
 static int get_i64(napi_env env, napi_value v, int64_t *out) {
   return napi_get_value_int64(env, v, out) == napi_ok ? 0 : -1;
 }
 
+/* A group over the caller's counters (kept alive by a reference). */
 static group_t *new_group(napi_env env, engine_t *e, napi_value id, napi_value counters, int kind, size_t need) {
   int64_t gid;
   napi_typedarray_type type;
@@ -228,6 +235,7 @@ static group_t *new_group(napi_env env, engine_t *e, napi_value id, napi_value c
   return g;
 }
 
+/* Makes a group visible to the thread's sweeps. */
 static void publish_group(engine_t *e, group_t *g) {
   pthread_mutex_lock(&e->mu);
   g->next = e->groups;
@@ -235,12 +243,14 @@ static void publish_group(engine_t *e, group_t *g) {
   pthread_mutex_unlock(&e->mu);
 }
 
+/* A group as the external value JavaScript holds. */
 static napi_value wrap_group(napi_env env, group_t *g) {
   napi_value ext;
   if (napi_create_external(env, g, NULL, NULL, &ext) != napi_ok) return NULL;
   return ext;
 }
 
+/* The group of an external value, or a thrown error. */
 static group_t *unwrap_group(napi_env env, napi_value v) {
   group_t *g = NULL;
   if (napi_get_value_external(env, v, (void **)&g) != napi_ok || !g)
@@ -248,6 +258,7 @@ static group_t *unwrap_group(napi_env env, napi_value v) {
   return g;
 }
 
+/* How often a TCP group is swept: a quarter of its shortest timeout, 25 ms to MAX_TICK_MS. */
 static int64_t sweep_period(int64_t a, int64_t b) {
   int64_t p = MAX_TICK_MS;
   if (a > 0 && a / 4 < p) p = a / 4;
@@ -255,6 +266,7 @@ static int64_t sweep_period(int64_t a, int64_t b) {
   return p < 25 ? 25 : p;
 }
 
+/* tcpGroup(id, counters, idleMs, lingerMs, pipeBytes) -> group. */
 static napi_value js_tcp_group(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -274,6 +286,7 @@ static napi_value js_tcp_group(napi_env env, napi_callback_info info) {
   return wrap_group(env, g);
 }
 
+/* tcpAdopt(group, connId, clientFd, targetFd): dups both fds and queues the connection for the thread. */
 static napi_value js_tcp_adopt(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -436,6 +449,7 @@ static napi_value js_udp_group(napi_env env, napi_callback_info info) {
   return wrap_group(env, g);
 }
 
+/* groupStop(group): UDP opens no new flow (graceful drain). */
 static napi_value js_group_stop(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -445,6 +459,7 @@ static napi_value js_group_stop(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* groupClose(group): queues the close; for UDP, waits until the listener is closed. */
 static napi_value js_group_close(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -477,6 +492,7 @@ static napi_value js_shutdown(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* A JS array of the given strings. */
 static napi_value names_array(napi_env env, const char *const *names, size_t n) {
   napi_value arr, v;
   napi_create_array_with_length(env, n, &arr);
@@ -487,6 +503,7 @@ static napi_value names_array(napi_env env, const char *const *names, size_t n) 
   return arr;
 }
 
+/* obj[key] = value. */
 static void set_int(napi_env env, napi_value obj, const char *key, int64_t value) {
   napi_value v;
   napi_create_int64(env, value, &v);

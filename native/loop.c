@@ -6,6 +6,7 @@
 
 /* ---------- the thread ---------- */
 
+/* Closes every connection, flow and listener of a group (connections with bytes pending reset). */
 static void group_close(engine_t *e, group_t *g) {
   g->closed = 1;
   while (g->conns) conn_close(e, g->conns, R_CLOSED, conn_pending(g->conns));
@@ -41,6 +42,7 @@ static void sweep(engine_t *e, group_t *g, int64_t now) {
   }
 }
 
+/* Runs the commands JavaScript queued (new connections, group closes). */
 static void run_commands(engine_t *e) {
   uint64_t v;
   while (read(e->evfd, &v, sizeof v) < 0 && errno == EINTR) {}
@@ -66,6 +68,7 @@ static void run_commands(engine_t *e) {
   }
 }
 
+/* Frees the connections closed in this batch, then reports their closes to JavaScript at once. */
 static void flush(engine_t *e) {
   while (e->dead) {
     conn_t *c = e->dead;
@@ -82,6 +85,7 @@ static void flush(engine_t *e) {
   if (napi_call_threadsafe_function(e->tsfn, batch, napi_tsfn_nonblocking) != napi_ok) free(batch);
 }
 
+/* The engine thread: epoll events, commands, sweeps and the pipe pool trim, until stopped. */
 void *thread_main(void *arg) {
   engine_t *e = arg;
   struct epoll_event evs[EVENTS_PER_WAIT];

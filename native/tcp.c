@@ -26,6 +26,7 @@ static int pipe_get(engine_t *e, dir_t *d, size_t want) {
   return 0;
 }
 
+/* Closes both ends of a pipe. */
 void pipe_close(pipe_pair_t *p) {
   close(p->r);
   close(p->w);
@@ -57,6 +58,7 @@ void pool_trim(engine_t *e, int64_t now) {
 
 /* ---------- TCP ---------- */
 
+/* Records a closed connection for the next report to JavaScript. */
 void note_closed(engine_t *e, group_t *g, uint32_t id, int reason) {
   if (e->nclosed + 3 > e->capclosed) {
     size_t cap = e->capclosed ? e->capclosed * 2 : 96;
@@ -183,6 +185,7 @@ void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
 /* Bytes read from one side and not yet written to the other: a forced close must then reset. */
 int conn_pending(const conn_t *c) { return c->d[0].inpipe > 0 || c->d[1].inpipe > 0; }
 
+/* Registers a handed-off connection on the thread (or closes it if its group is gone). */
 void tcp_add(engine_t *e, conn_t *c) {
   group_t *g = c->g;
   if (g->closed) {

@@ -7,6 +7,7 @@
 
 /* ---------- UDP ---------- */
 
+/* The address bytes (4 or 16) and family of a socket address; returns its port. */
 static int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family) {
   if (ss->ss_family == AF_INET) {
     memcpy(out, &((const struct sockaddr_in *)ss)->sin_addr, 4);
@@ -18,6 +19,7 @@ static int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *f
   return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
 }
 
+/* True when the first `bits` bits of a and b agree. */
 static int prefix_match(const uint8_t *a, const uint8_t *b, int bits) {
   int full = bits / 8, rest = bits % 8;
   if (memcmp(a, b, (size_t)full) != 0) return 0;
@@ -41,6 +43,7 @@ static int acl_hit(const acl_entry_t *list, int n, const uint8_t *addr, int fami
   return 0;
 }
 
+/* The access lists' verdict on a client address: deny first, then allow (if any). */
 static int udp_allowed(group_t *g, const struct sockaddr_storage *ss) {
   if (g->nallow == 0 && g->ndeny == 0) return 1;
   uint8_t a[16];
@@ -50,6 +53,7 @@ static int udp_allowed(group_t *g, const struct sockaddr_storage *ss) {
   return g->nallow == 0 || acl_hit(g->allow, g->nallow, a, fam);
 }
 
+/* FNV-1a of a client address and port (the flow table's key). */
 static uint64_t addr_hash(const struct sockaddr_storage *ss) {
   uint8_t a[16];
   int fam;
@@ -59,6 +63,7 @@ static uint64_t addr_hash(const struct sockaddr_storage *ss) {
   return (h ^ (uint64_t)port) * 1099511628211ull;
 }
 
+/* True when two client addresses and ports are the same. */
 static int addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
   if (a->ss_family != b->ss_family) return 0;
   if (a->ss_family == AF_INET) {
@@ -69,6 +74,7 @@ static int addr_equal(const struct sockaddr_storage *a, const struct sockaddr_st
   return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
 }
 
+/* The flow of a client address, or NULL. */
 static flow_t *flow_find(group_t *g, const struct sockaddr_storage *ss) {
   if (!g->table) return NULL;
   for (flow_t *f = g->table[addr_hash(ss) & (g->buckets - 1)]; f; f = f->hnext)
@@ -105,6 +111,7 @@ static int budget_take(group_t *g) {
   return 1;
 }
 
+/* One fd back to the process budget. */
 static void budget_give(group_t *g) {
   if (!g->budget) return;
   __atomic_sub_fetch(&g->budget[0], 1, __ATOMIC_RELAXED);
@@ -127,6 +134,7 @@ quota_t *quota_get(engine_t *e, double *ctr) {
   return q;
 }
 
+/* Drops a group's hold on its mapping's quota; the last one frees it. */
 void quota_put(engine_t *e, quota_t *q) {
   if (!q) return;
   pthread_mutex_lock(&e->mu);
@@ -183,6 +191,7 @@ static void src_release(quota_t *q, const struct sockaddr_storage *ss) {
   free(s);
 }
 
+/* Closes a flow: its socket, its table entry, its fd and per-source counts. */
 void flow_close(engine_t *e, flow_t *f) {
   group_t *g = f->g;
   flow_t **pp = &g->table[addr_hash(&f->client) & (g->buckets - 1)];
@@ -299,6 +308,7 @@ typedef struct udp_io {
   uint8_t buf[(size_t)UDP_BATCH * UDP_SLOT];
 } udp_io_t;
 
+/* The thread's batch buffers, allocated on first use. */
 static udp_io_t *udp_buffers(engine_t *e) {
   if (!e->io) e->io = malloc(sizeof *e->io);
   return e->io;
@@ -527,6 +537,7 @@ static int udp_flow_batch(engine_t *e, flow_t *f, int64_t now) {
   return n;
 }
 
+/* Target replies: a few batches per wakeup, then other sockets get their turn. */
 void udp_flow_event(engine_t *e, flow_t *f, int64_t now) {
   for (int r = 0; r < UDP_ROUNDS && udp_flow_batch(e, f, now) == UDP_BATCH; r++) {}
 }

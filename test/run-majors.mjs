@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-// Runs the unit and integration suites again on every other supported Node.js major (22, 24 and
-// 26, unpacked into .cache/nodes by .ci/setup): vitest itself and every proxy it spawns (through
-// the launcher's USERLAND_PROXY_NODE) run on that major. The main `vitest run` covers Node 20 and
-// both engines; node-versions (run there) already crosses the majors, so it is left out here.
+// Runs the suites again on every other supported Node.js major (22, 24 and 26, unpacked into
+// .cache/nodes by .ci/setup): vitest itself and every proxy it spawns (through the launcher's
+// USERLAND_PROXY_NODE) run on that major. The main `vitest run` covers Node 20 and both engines.
+// Left out here: node-versions (it crosses the majors itself, from the main run) and the
+// container image (it builds and runs an image with its own Node 22, whatever runs the test).
 // A missing major is reported as skipped, loudly. Exit status: non-zero if any run failed.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -16,7 +17,7 @@ for (const major of ['22', '24', '26']) {
     console.warn(`SKIPPED: Node.js ${major} is not in .cache/nodes (bash .ci/setup fetches it)`);
     continue;
   }
-  console.log(`\n=== the unit and integration suites on Node.js ${major} ===`);
+  console.log(`\n=== the suites on Node.js ${major} ===`);
   const r = spawnSync(
     node,
     [
@@ -26,8 +27,11 @@ for (const major of ['22', '24', '26']) {
       'js',
       'test/unit',
       'test/integration',
+      'test/deploy',
       '--exclude',
       'test/integration/node-versions.test.ts',
+      '--exclude',
+      'test/deploy/container-image.test.ts',
     ],
     { cwd: root, stdio: 'inherit', env: { ...process.env, USERLAND_PROXY_NODE: node } },
   );
