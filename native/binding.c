@@ -266,12 +266,21 @@ static int64_t sweep_period(int64_t a, int64_t b) {
   return p < 25 ? 25 : p;
 }
 
+/* The call's first n arguments (missing ones are undefined) and this environment's engine; NULL
+ * with an exception pending when either cannot be had. */
+static engine_t *call_args(napi_env env, napi_callback_info info, napi_value *argv, size_t n) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    napi_throw_error(env, NATIVE_ERROR, "napi_get_cb_info failed");
+    return NULL;
+  }
+  return engine_of(env);
+}
+
 /* tcpGroup(id, counters, idleMs, lingerMs, pipeBytes) -> group. */
 static napi_value js_tcp_group(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  engine_t *e = engine_of(env);
+  engine_t *e = call_args(env, info, argv, 5);
   if (!e) return NULL;
   int64_t idle, linger, pipe_bytes;
   if (get_i64(env, argv[2], &idle) < 0 || get_i64(env, argv[3], &linger) < 0 || get_i64(env, argv[4], &pipe_bytes) < 0)
@@ -288,10 +297,8 @@ static napi_value js_tcp_group(napi_env env, napi_callback_info info) {
 
 /* tcpAdopt(group, connId, clientFd, targetFd): dups both fds and queues the connection for the thread. */
 static napi_value js_tcp_adopt(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  engine_t *e = engine_of(env);
+  engine_t *e = call_args(env, info, argv, 4);
   group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
   int64_t id, cfd, tfd;
   if (!g || get_i64(env, argv[1], &id) < 0 || get_i64(env, argv[2], &cfd) < 0 || get_i64(env, argv[3], &tfd) < 0)
@@ -353,16 +360,14 @@ static int read_acl(napi_env env, napi_value v, acl_entry_t **out, int *n) {
  * Everything is set up here, on the JS thread, and the listener is registered last: a failure
  * throws (the mapping then fails to start) instead of leaving a port that nobody serves. */
 static napi_value js_udp_group(napi_env env, napi_callback_info info) {
-  size_t argc = 15;
   napi_value argv[15];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  engine_t *e = engine_of(env);
+  engine_t *e = call_args(env, info, argv, 15);
   if (!e) return NULL;
   int64_t lfd, port, idle, max_flows, per_source, budget_limit, budget_own, scope;
   bool wildcard;
   void *taddr;
   size_t tlen;
-  if (argc < 15 || get_i64(env, argv[2], &lfd) < 0 || napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok ||
+  if (get_i64(env, argv[2], &lfd) < 0 || napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok ||
       (tlen != 4 && tlen != 16) || get_i64(env, argv[4], &port) < 0 || get_i64(env, argv[5], &idle) < 0 ||
       get_i64(env, argv[6], &max_flows) < 0 || napi_get_value_bool(env, argv[9], &wildcard) != napi_ok ||
       get_i64(env, argv[10], &per_source) < 0 || get_i64(env, argv[12], &budget_limit) < 0 ||
@@ -461,10 +466,8 @@ static napi_value js_group_stop(napi_env env, napi_callback_info info) {
 
 /* groupClose(group): queues the close; for UDP, waits until the listener is closed. */
 static napi_value js_group_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  engine_t *e = engine_of(env);
+  engine_t *e = call_args(env, info, argv, 1);
   group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
   if (!g) return NULL;
   if (post(e, C_CLOSE_GROUP, g, NULL) < 0) return throw_errno(env, ENOMEM, "groupClose");
