@@ -1,23 +1,26 @@
 import { describe, expect, it } from 'vitest';
 import { readDockerEnv } from '../../src/docker-env.js';
 
+/** docker-proxy's behaviour where nothing is set. */
+const DEFAULTS = {
+  logFile: undefined,
+  logLevel: 'info',
+  udpIdleTimeoutMs: 90_000,
+  udpMaxFlows: 16_384,
+  textfileDir: undefined,
+  connectTimeoutMs: 30_000,
+  idleTimeoutMs: 0,
+  lingerTimeoutMs: 600_000,
+  access: { allow: [], deny: [] },
+  proxyProtocol: 'off',
+  maxConnections: null,
+  maxBufferBytes: 1_048_576,
+  engine: 'auto',
+};
+
 describe('readDockerEnv()', () => {
   it("readDockerEnv() has docker-proxy's defaults", () => {
-    expect(readDockerEnv({})).toEqual({
-      logFile: undefined,
-      logLevel: 'info',
-      udpIdleTimeoutMs: 90_000,
-      udpMaxFlows: 16_384,
-      textfileDir: undefined,
-      connectTimeoutMs: 30_000,
-      idleTimeoutMs: 0,
-      lingerTimeoutMs: 600_000,
-      access: { allow: [], deny: [] },
-      proxyProtocol: 'off',
-      maxConnections: null,
-      maxBufferBytes: 1_048_576,
-      engine: 'auto',
-    });
+    expect(readDockerEnv({})).toEqual(DEFAULTS);
   });
   it('readDockerEnv() reads every variable', () => {
     expect(
@@ -28,21 +31,7 @@ describe('readDockerEnv()', () => {
         USERLAND_PROXY_UDP_MAX_FLOWS: '10',
         USERLAND_PROXY_ENGINE: 'js',
       }),
-    ).toEqual({
-      logFile: '/tmp/x.log',
-      logLevel: 'debug',
-      udpIdleTimeoutMs: 500,
-      udpMaxFlows: 10,
-      textfileDir: undefined,
-      connectTimeoutMs: 30_000,
-      idleTimeoutMs: 0,
-      lingerTimeoutMs: 600_000,
-      access: { allow: [], deny: [] },
-      proxyProtocol: 'off',
-      maxConnections: null,
-      maxBufferBytes: 1_048_576,
-      engine: 'js',
-    });
+    ).toEqual({ ...DEFAULTS, logFile: '/tmp/x.log', logLevel: 'debug', udpIdleTimeoutMs: 500, udpMaxFlows: 10, engine: 'js' });
   });
   it('readDockerEnv() rejects bad values with a one-line message naming variable and value', () => {
     expect(() => readDockerEnv({ USERLAND_PROXY_LOG_LEVEL: 'loud' })).toThrow('invalid USERLAND_PROXY_LOG_LEVEL "loud"');
