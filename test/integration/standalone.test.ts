@@ -14,7 +14,7 @@ import { useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { get, postReload, sample, startStandalone } from '../helpers/standalone.js';
 import { BIN } from '../helpers/proxy.js';
-import { killTracked } from '../helpers/processes.js';
+import { killTracked, track } from '../helpers/processes.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'upt-standalone-'));
 
@@ -248,6 +248,7 @@ describe('userland-proxy run', () => {
       stdio: ['pipe', 'pipe', 'ignore'],
       env: { ...process.env, NO_COLOR: '' },
     });
+    const exited = track(child);
     let out = '';
     child.stdout.on('data', (d) => {
       out += d;
@@ -259,9 +260,13 @@ describe('userland-proxy run', () => {
       expect(line).toContain(`\x1b[32mINFO \x1b[0m [tcp/127.0.0.1:${port}] mapping ready ports=1`);
       expect(out).not.toContain('{"level"');
     } finally {
-      child.kill('SIGKILL');
-      spawnSync('pkill', ['-f', `-p 127.0.0.1:${port}:`]);
+      // Ctrl-C at the terminal: SIGINT to the proxy, which stops; script then exits with it.
+      // (Killing script alone would leave the proxy running: it takes SIGHUP as a reload.)
+      child.stdin.write('\x03');
+      const stopped = await Promise.race([exited.then(() => true), sleep(5000).then(() => false)]);
+      if (!stopped) spawnSync('pkill', ['-f', '--', `dist/cli.js run -p 127.0.0.1:${port}:`]);
     }
+    expect((await exited).code).toBe(0);
   });
 
   it('demo serves HTTP and UDP through the engine with metrics, and stops on SIGINT', async () => {
