@@ -15,10 +15,10 @@ import { parseIp, type IpAddress } from './address.js';
 import { ENV_PREFIX } from './constants.js';
 import { ProxyError } from './errors.js';
 import { parseCidrs } from './access-list.js';
-import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
+import type { ProxyProtocol } from './proxy-protocol.js';
 import type { LogLevel } from './logger.js';
 import type { EngineChoice } from './native-engine.js';
-import { flagOf, OTHER_ENV, parseValue, setting, SETTINGS, settingsOf } from './settings.js';
+import { describeValue, flagOf, OTHER_ENV, parseSetting, setting, SETTINGS, settingsOf } from './settings.js';
 import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
 
 /** A validated standalone configuration. */
@@ -68,13 +68,9 @@ export function readConfigFile(path: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function describe(v: unknown): string {
-  return typeof v === 'string' ? `"${v}"` : (JSON.stringify(v) ?? String(v));
-}
-
 /** `HOST:PORT`, `[V6]:PORT` or `PORT` (loopback) for the metrics listener. */
 export function parseListenAddress(where: string, v: unknown): { host: IpAddress; port: number } {
-  if (typeof v !== 'string') fail(`invalid ${where} ${describe(v)}: use HOST:PORT`);
+  if (typeof v !== 'string') fail(`invalid ${where} ${describeValue(v)}: use HOST:PORT`);
   const m = /^(?:(\[[^\]]+\]|[^:[\]]+):)?(\d{1,5})$/.exec(v);
   if (!m) fail(`invalid ${where} "${v}": use HOST:PORT, [IPV6]:PORT or PORT`);
   const hostText = (m[1] ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1');
@@ -124,12 +120,7 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   const value = <T>(k: string): T => {
     const p = pick(k);
     if (p === undefined) return setting(k).default as T;
-    try {
-      return parseValue(setting(k), p[0], 'UPROXY_ERR_CONFIG', p[1]) as T;
-    } catch (err) {
-      if (err instanceof ProxyError) throw err;
-      fail(`invalid ${p[1]} ${describe(p[0])}: ${(err as Error).message}`);
-    }
+    return parseSetting(setting(k), p[0], 'UPROXY_ERR_CONFIG', p[1]) as T;
   };
 
   const list = (k: 'allow' | 'deny', cliValue: string[] | undefined): string[] => {
@@ -142,13 +133,6 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   };
   const allow = list('allow', cli.allow as string[] | undefined);
   const deny = list('deny', cli.deny as string[] | undefined);
-  const protocolOf = (v: unknown, where: string): ProxyProtocol => {
-    try {
-      return parseProxyProtocol(v);
-    } catch (err) {
-      fail(`invalid ${where} ${describe(v)}: ${(err as Error).message}`);
-    }
-  };
   const globalPp = value<ProxyProtocol>('proxyProtocol');
   /** The global setting applies to TCP mappings; UDP has no PROXY protocol here. */
   const withPp = (m: Mapping): Mapping => ({ ...m, proxyProtocol: m.proto === 'tcp' ? globalPp : 'off' });
@@ -165,7 +149,7 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     // A mapping's own allow list replaces the global one; deny lists add up.
     const mapped = withPp({ ...m, access: { allow: own('allow') ?? allow, deny: [...deny, ...(own('deny') ?? [])] } });
     if (o.proxyProtocol === undefined) return mapped;
-    const pp = protocolOf(o.proxyProtocol, `${where} "proxyProtocol"`);
+    const pp = parseSetting(setting('proxyProtocol'), o.proxyProtocol, 'UPROXY_ERR_CONFIG', `${where} "proxyProtocol"`) as ProxyProtocol;
     if (pp !== 'off' && m.proto !== 'tcp') fail(`invalid ${where}: the PROXY protocol is supported on TCP mappings only`);
     return { ...mapped, proxyProtocol: pp };
   };

@@ -5,11 +5,10 @@
  */
 import type { AccessSpec } from './access-list.js';
 import { ENV_PREFIX } from './constants.js';
-import { ProxyError } from './errors.js';
 import type { LogLevel } from './logger.js';
 import type { EngineChoice } from './native-engine.js';
 import type { ProxyProtocol } from './proxy-protocol.js';
-import { parseValue, settingsOf } from './settings.js';
+import { parseSetting, settingsOf } from './settings.js';
 
 /** Docker-mode settings from the environment. */
 export interface DockerEnv {
@@ -38,12 +37,7 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
       v[s.key] = s.default;
       continue;
     }
-    try {
-      v[s.key] = parseValue(s, raw, 'UPROXY_ERR_BAD_ENV', name);
-    } catch (err) {
-      if (err instanceof ProxyError) throw err;
-      throw new ProxyError('UPROXY_ERR_BAD_ENV', `invalid ${name} "${raw}": ${(err as Error).message}`);
-    }
+    v[s.key] = parseSetting(s, raw, 'UPROXY_ERR_BAD_ENV', name);
   }
   return {
     engine: v.engine as EngineChoice,

@@ -17,7 +17,7 @@ import {
   UDP_MAX_FLOWS,
 } from './constants.js';
 import { checkDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
-import type { ErrorCode } from './errors.js';
+import { ProxyError, type ErrorCode } from './errors.js';
 import { LOG_LEVELS } from './logger.js';
 import { parseEngine } from './native-engine.js';
 import { parseProxyProtocol } from './proxy-protocol.js';
@@ -230,6 +230,24 @@ export function setting(key: string): Setting {
 /** The command-line flag of a setting: its key in kebab case. */
 export function flagOf(s: Setting): string {
   return `--${s.key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/** A value as a message shows it: strings quoted, anything else as JSON. */
+export function describeValue(v: unknown): string {
+  return typeof v === 'string' ? `"${v}"` : (JSON.stringify(v) ?? String(v));
+}
+
+/**
+ * Parses one value of a setting from `source` (a flag, a variable or a config key); a bad value
+ * throws a one-line ProxyError with `code`: `invalid <source> <value>: <what is accepted>`.
+ */
+export function parseSetting(s: Setting, v: unknown, code: ErrorCode, source: string): unknown {
+  try {
+    return parseValue(s, v, code, source);
+  } catch (err) {
+    if (err instanceof ProxyError) throw err;
+    throw new ProxyError(code, `invalid ${source} ${describeValue(v)}: ${(err as Error).message}`);
+  }
 }
 
 /**
