@@ -10,7 +10,7 @@
  * with `::/8` never touches IPv4 clients (Node's BlockList, used as is, would match them all).
  */
 import { BlockList, isIP } from 'node:net';
-import { ipv6ToBytes, parseIp } from './address.js';
+import { ipv6ToBytes, mappedIpv4Of, parseIp } from './address.js';
 import { ProxyError, type ErrorCode } from './errors.js';
 
 /** Allow and deny lists as given (CIDR strings); structured-clone safe for workers. */
@@ -56,9 +56,8 @@ export function ruleOf(cidr: string): Rule {
   const [addr = '', prefixText] = cidr.split('/');
   if (isIP(addr) === 4) return { family: 4, address: addr, prefix: prefixText === undefined ? 32 : Number(prefixText) };
   const prefix = prefixText === undefined ? 128 : Number(prefixText);
-  const bytes = ipv6ToBytes(addr);
-  const mapped = bytes.subarray(0, 10).every((x) => x === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
-  if (mapped && prefix >= 96) return { family: 4, address: [...bytes.subarray(12)].join('.'), prefix: prefix - 96 };
+  const v4 = mappedIpv4Of(ipv6ToBytes(addr));
+  if (v4 !== null && prefix >= 96) return { family: 4, address: v4, prefix: prefix - 96 };
   return { family: 6, address: addr.split('%')[0] as string, prefix };
 }
 

@@ -54,8 +54,11 @@ export function canonicalIpv6(text: string): string {
 
 /** The IPv4 address inside an IPv4-mapped IPv6 literal (`::ffff:a.b.c.d`, `::ffff:7f00:1`), else null. */
 function mappedIpv4(text: string): string | null {
-  if (text.includes('%')) return null;
-  const b = ipv6ToBytes(text);
+  return text.includes('%') ? null : mappedIpv4Of(ipv6ToBytes(text));
+}
+
+/** The dotted IPv4 address in 16 IPv4-mapped IPv6 bytes (`::ffff:0:0/96`), else null. */
+export function mappedIpv4Of(b: Buffer): string | null {
   if (b.subarray(0, 10).some((x) => x !== 0) || b[10] !== 0xff || b[11] !== 0xff) return null;
   return [...b.subarray(12)].join('.');
 }
