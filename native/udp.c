@@ -216,30 +216,20 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   if ((size_t)g->nflows >= g->buckets && table_grow(g) < 0) return NULL;
   src_count_t *src = g->quota ? src_slot(g->quota, ss, 1) : NULL;
   if (!src) return NULL;
+  src->n++;
   /* One fd out of the process budget, shared with every other mapping and engine. */
   if (!budget_take(g)) {
-    src->n++;
     src_release(g->quota, ss);
     return NULL;
   }
-  src->n++;
+  flow_t *f = NULL;
   int fd = socket(g->target.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    budget_give(g);
-    src_release(g->quota, ss);
-    return NULL;
-  }
+  if (fd < 0) goto undo;
   int sz = UDP_FLOW_BUFFER;
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
-  flow_t *f = calloc(1, sizeof *f);
-  if (!f || connect(fd, (struct sockaddr *)&g->target, g->tlen) < 0) {
-    free(f);
-    close(fd);
-    budget_give(g);
-    src_release(g->quota, ss);
-    return NULL;
-  }
+  f = calloc(1, sizeof *f);
+  if (!f || connect(fd, (struct sockaddr *)&g->target, g->tlen) < 0) goto undo;
   f->w.kind = W_UDP_FLOW;
   f->w.owner = f;
   f->g = g;
@@ -249,13 +239,7 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   f->last = now;
   /* Level-triggered: a busy flow is served one batch per wakeup, so others are not starved. */
   struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &f->w };
-  if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-    close(fd);
-    free(f);
-    budget_give(g);
-    src_release(g->quota, ss);
-    return NULL;
-  }
+  if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) goto undo;
   size_t b = addr_hash(ss) & (g->buckets - 1);
   f->hnext = g->table[b];
   g->table[b] = f;
@@ -266,6 +250,12 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   g->ctr[U_FLOWS_CREATED] += 1;
   g->ctr[U_FLOWS_ACTIVE] += 1;
   return f;
+undo: /* the flow never opened: its fd, its budget and its per-source count go back */
+  free(f);
+  if (fd >= 0) close(fd);
+  budget_give(g);
+  src_release(g->quota, ss);
+  return NULL;
 }
 
 /* The destination address of a received datagram (IP_PKTINFO / IPV6_PKTINFO). */
