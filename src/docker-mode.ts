@@ -108,9 +108,8 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     const id = `${m.proto}/${joinHostPort(m.host.address, m.hostPort)}`;
     log = await createLogger({ level: env.logLevel, file: env.logFile, base: { mapping: id } });
     const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
-    // The process fd budget (fd-limit.ts); the listener takes its own fd first.
+    // The process fd budget (fd-limit.ts); openMapping takes the listener's fd from it.
     const budget = FdBudget.forProcess();
-    budget.take(1);
     // -engine (ours, never from dockerd) wins over USERLAND_PROXY_ENGINE; errors name the source.
     const fromFlag = flags.given.has('engine');
     const engine = selectEngine(

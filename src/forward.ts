@@ -48,12 +48,17 @@ export interface OpenMapping {
 /** Opens every port of a mapping; all or nothing (a failure closes what opened and throws). */
 export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
   const { settings: s, log, budget, access } = spec;
+  const ports = spec.hostPortEnd - spec.hostPort + 1;
+  // Each listening socket is an fd of the process budget too.
+  if (budget && !budget.take(ports)) {
+    throw new Error(`file descriptor budget spent: ${budget.used} of ${budget.limit} taken, ${ports} listener(s) needed (raise RLIMIT_NOFILE)`);
+  }
   const tcp = spec.proto === 'tcp' ? newTcpStats() : null;
   const udp = spec.proto === 'udp' ? newUdpStats() : null;
   const sources = new Map<string, number>();
   const forwarders: (TcpForwarder | UdpForwarder)[] = [];
   const opened: Promise<void>[] = [];
-  for (let i = 0; i <= spec.hostPortEnd - spec.hostPort; i++) {
+  for (let i = 0; i < ports; i++) {
     const listen = { host: spec.host, port: spec.hostPort + i, useListenFd: spec.useListenFd };
     const target = { target: spec.target, targetPort: spec.targetPort + i, log, access, budget, engine: s.engine };
     if (tcp) {
@@ -86,8 +91,11 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
     }
   }
   const failure = (await Promise.allSettled(opened)).find((r) => r.status === 'rejected');
+  let closed = false;
   const close = (): void => {
     for (const f of forwarders) f.close();
+    if (!closed) budget?.give(ports);
+    closed = true;
   };
   if (failure) {
     close();

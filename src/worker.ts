@@ -48,8 +48,9 @@ async function drain(timeoutMs: number): Promise<void> {
 
 try {
   const count = mapping.hostPortEnd - mapping.hostPort + 1;
-  if (!budget.take(WORKER_FDS + count)) {
-    throw new Error(`file descriptor budget spent: ${budget.used} of ${budget.limit} taken, this mapping needs ${WORKER_FDS + count} (raise RLIMIT_NOFILE)`);
+  // The worker's own fds (its event loop, its native engine); openMapping takes its listeners'.
+  if (!budget.take(WORKER_FDS)) {
+    throw new Error(`file descriptor budget spent: ${budget.used} of ${budget.limit} taken, a worker needs ${WORKER_FDS} (raise RLIMIT_NOFILE)`);
   }
   open = await openMapping({
     ...mapping,
