@@ -18,6 +18,9 @@ import { FdBudget } from './fd-limit.js';
 import { ProxyError } from './errors.js';
 import type { Log } from './logger.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
+
+/** A worker's start-up data but its fd budget cell, which each launch gets afresh. */
+type SlotInit = Omit<WorkerInit, 'budget'>;
 import { selectEngine, type EngineName } from './native-engine.js';
 import type { Mapping } from './publish-spec.js';
 import type { TcpStats } from './tcp-forwarder.js';
@@ -34,7 +37,7 @@ export interface MappingState {
 
 interface Slot {
   key: string;
-  init: WorkerInit;
+  init: SlotInit;
   state: MappingState;
   worker: Worker | null;
   stopping: boolean;
@@ -54,17 +57,16 @@ const WORKER: URL =
     : new URL('./worker.js', import.meta.url);
 
 /** What identifies a mapping across reloads: everything that would change its behaviour. */
-function slotKey(init: WorkerInit): string {
+function slotKey(init: SlotInit): string {
   const { spec: _spec, ...m } = init.mapping;
-  const { mapping: _m, crashAfterMs: _c, budget: _b, ...settings } = init;
+  const { mapping: _m, crashAfterMs: _c, ...settings } = init;
   return JSON.stringify([m, settings]);
 }
 
-function initsOf(config: StandaloneConfig, crashId: string | undefined, engine: EngineName, budget: FdBudget): WorkerInit[] {
+function initsOf(config: StandaloneConfig, crashId: string | undefined, engine: EngineName): SlotInit[] {
   return config.mappings.map((mapping) => ({
     mapping,
     engine,
-    budget: { cells: budget.cells, limit: budget.limit, own: 0 },
     udpIdleTimeoutMs: config.udpIdleTimeoutMs,
     udpMaxFlows: config.udpMaxFlows,
     connectTimeoutMs: config.connectTimeoutMs,
@@ -122,7 +124,7 @@ export class Supervisor {
 
   /** Starts every mapping; all-or-nothing: on the first failure everything stops and it throws. */
   async start(config: StandaloneConfig): Promise<void> {
-    const inits = initsOf(config, this.#crashId, this.#engine(config), this.#budget);
+    const inits = initsOf(config, this.#crashId, this.#engine(config));
     const slots = inits.map((init) => this.#newSlot(init));
     try {
       await Promise.all(slots.map((s) => this.#launch(s)));
@@ -138,13 +140,13 @@ export class Supervisor {
    * added mapping serves; removed mappings finish draining in the background.
    */
   async reload(config: StandaloneConfig, drainTimeoutMs: number): Promise<{ added: number; removed: number; kept: number }> {
-    const wanted = new Map(initsOf(config, undefined, this.#engine(config), this.#budget).map((i) => [slotKey(i), i]));
+    const wanted = new Map(initsOf(config, undefined, this.#engine(config)).map((i) => [slotKey(i), i]));
     const removed = [...this.#slots.values()].filter((s) => !wanted.has(s.key));
     const added = [...wanted.entries()].filter(([k]) => !this.#slots.has(k)).map(([, init]) => init);
-    const takesOver = (init: WorkerInit): boolean => removed.some((s) => clash(s.init.mapping, init.mapping));
+    const takesOver = (init: SlotInit): boolean => removed.some((s) => clash(s.init.mapping, init.mapping));
     const fresh: Slot[] = [];
     const released: Slot[] = [];
-    const launch = async (inits: WorkerInit[]): Promise<void> => {
+    const launch = async (inits: SlotInit[]): Promise<void> => {
       const slots = inits.map((init) => this.#newSlot(init));
       fresh.push(...slots);
       await Promise.all(slots.map((s) => this.#launch(s)));
@@ -230,7 +232,7 @@ export class Supervisor {
     await released;
   }
 
-  #newSlot(init: WorkerInit): Slot {
+  #newSlot(init: SlotInit): Slot {
     const slot: Slot = {
       key: slotKey(init),
       init,
@@ -249,7 +251,7 @@ export class Supervisor {
   #launch(slot: Slot): Promise<void> {
     return new Promise((resolve, reject) => {
       const budget = this.#budget.forWorker();
-      const worker = new Worker(WORKER, { workerData: { ...slot.init, budget } });
+      const worker = new Worker(WORKER, { workerData: { ...slot.init, budget } satisfies WorkerInit });
       slot.worker = worker;
       let settled = false;
       let failure: string | null = null;
