@@ -7,7 +7,7 @@
 import { connect, type Socket } from 'node:net';
 import { observe } from './histogram.js';
 import { proxyHeader } from './proxy-protocol.js';
-import type { TcpPathContext } from './tcp-forwarder.js';
+import type { TcpPathContext, TcpStats } from './tcp-forwarder.js';
 
 /** What a dial reports back. Exactly one of them runs, once. */
 export interface DialHooks {
@@ -77,7 +77,7 @@ export function closeUndialled(client: Socket): void {
 }
 
 /** The metrics reason of a failed dial. */
-function connectErrorReason(code: string | undefined): 'refused' | 'timeout' | 'unreachable' | 'other' {
+function connectErrorReason(code: string | undefined): keyof TcpStats['connectErrors'] {
   if (code === 'ECONNREFUSED') return 'refused';
   if (code === 'ETIMEDOUT') return 'timeout';
   if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
