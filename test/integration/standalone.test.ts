@@ -244,7 +244,7 @@ describe('userland-proxy run', () => {
 
   it.skipIf(!existsSync('/usr/bin/script'))('run prints human-readable, level-coloured lines to a terminal (JSON elsewhere)', async () => {
     const port = await freePort();
-    const child = spawn('script', ['-qfec', `${BIN} run -p 127.0.0.1:${port}:${backend.ipv4}:7000`, '/dev/null'], {
+    const child = spawn('script', ['-qfec', `exec ${BIN} run -p 127.0.0.1:${port}:${backend.ipv4}:7000`, '/dev/null'], {
       stdio: ['pipe', 'pipe', 'ignore'],
       env: { ...process.env, NO_COLOR: '' },
     });
@@ -261,6 +261,8 @@ describe('userland-proxy run', () => {
       expect(out).not.toContain('{"level"');
     } finally {
       // Ctrl-C at the terminal: SIGINT to the proxy, which stops; script then exits with it.
+      // (`exec` above: script runs $SHELL -c, and dash, unlike bash, forks and then dies of the
+      // SIGINT itself, so script would report 130 whatever the proxy did.)
       // (Killing script alone would leave the proxy running: it takes SIGHUP as a reload.)
       child.stdin.write('\x03');
       const stopped = await Promise.race([exited.then(() => true), sleep(5000).then(() => false)]);
