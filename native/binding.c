@@ -544,5 +544,6 @@ NAPI_MODULE_INIT() {
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_set_named_property(env, exports, "contract", make_contract(env));
+  control_define(env, exports);
   return exports;
 }

@@ -236,4 +236,7 @@ void udp_flow_event(engine_t *e, flow_t *f, int64_t now);
 /* loop.c */
 void *thread_main(void *arg);
 
+/* control.c: the shared engine's control socket functions, added to the exports. */
+void control_define(napi_env env, napi_value exports);
+
 #endif

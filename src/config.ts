@@ -11,14 +11,14 @@
  *     "lingerTimeout": "10m", "maxConnections": 10000, "logLevel": "info", "logFile": "/var/log/up.log" }
  */
 import { readFileSync } from 'node:fs';
-import { parseIp, type IpAddress } from './address.js';
+import type { IpAddress } from './address.js';
 import { ENV_PREFIX } from './constants.js';
 import { ProxyError } from './errors.js';
 import { parseCidrs } from './access-list.js';
 import type { ProxyProtocol } from './proxy-protocol.js';
 import type { LogLevel } from './logger.js';
 import type { EngineChoice } from './native-engine.js';
-import { describeValue, flagOf, OTHER_ENV, parseSetting, setting, SETTINGS, settingsOf } from './settings.js';
+import { flagOf, OTHER_ENV, parseSetting, setting, SETTINGS, settingsOf } from './settings.js';
 import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
 
 /** A validated standalone configuration. */
@@ -70,15 +70,7 @@ export function readConfigFile(path: string): Record<string, unknown> {
 
 /** `HOST:PORT`, `[V6]:PORT` or `PORT` (loopback) for the metrics listener. */
 export function parseListenAddress(where: string, v: unknown): { host: IpAddress; port: number } {
-  if (typeof v !== 'string') fail(`invalid ${where} ${describeValue(v)}: use HOST:PORT`);
-  const m = /^(?:(\[[^\]]+\]|[^:[\]]+):)?(\d{1,5})$/.exec(v);
-  if (!m) fail(`invalid ${where} "${v}": use HOST:PORT, [IPV6]:PORT or PORT`);
-  const hostText = (m[1] ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1');
-  const host = parseIp(hostText);
-  if (!host) fail(`invalid ${where} "${v}": "${hostText}" is not an IP address`);
-  const port = Number(m[2]);
-  if (port > 65535) fail(`invalid ${where} "${v}": port ${port} is out of range 0-65535`);
-  return { host, port };
+  return parseSetting(setting('metrics'), v, 'UPROXY_ERR_CONFIG', where) as { host: IpAddress; port: number };
 }
 
 /** Splits a list of publish specs given in one environment variable (commas or white space). */

@@ -123,3 +123,15 @@ export const TEXTFILE_INTERVAL_MS = 5_000;
 
 /** Prefix of every environment variable we read. */
 export const ENV_PREFIX = 'USERLAND_PROXY_';
+
+/** The shared engine (docker mode) exits after this long without a mapping (USERLAND_PROXY_SHARED_IDLE_TIMEOUT). */
+export const SHARED_IDLE_TIMEOUT_MS = 30_000;
+/** Characters of JSON per message of an engine listing (userland-proxy ls): well inside one SEQPACKET message. */
+export const ENGINE_LIST_CHUNK = 16_000;
+/**
+ * native/shim.c's tunables, documented here (C cannot import them): a registration gets 15 s
+ * (dockerd gives up after 16 s); a stop waits at most SHIM_STOP_WAIT_MS for the engine's
+ * acknowledgement; after an engine death the mapping serves again within 1 s, through a new
+ * engine or the per-port proxy on the socket the shim held.
+ */
+export const SHIM_STOP_WAIT_MS = 5_000;

@@ -4,6 +4,7 @@
  * and defaults: the settings table (settings.ts), rows for mode 'docker'.
  */
 import type { AccessSpec } from './access-list.js';
+import type { IpAddress } from './address.js';
 import { ENV_PREFIX } from './constants.js';
 import type { LogLevel } from './logger.js';
 import type { EngineChoice } from './native-engine.js';
@@ -25,6 +26,10 @@ export interface DockerEnv {
   maxConnections: number | null;
   maxBufferBytes: number;
   engine: EngineChoice;
+  /** Shared engine only: one metrics endpoint for every mapping. */
+  metrics: { host: IpAddress; port: number } | null;
+  shared: boolean;
+  sharedIdleTimeoutMs: number;
 }
 
 /** Reads and validates the docker-mode variables; throws a one-line ProxyError naming the value. */
@@ -41,6 +46,9 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
   }
   return {
     engine: v.engine as EngineChoice,
+    metrics: v.metrics as DockerEnv['metrics'],
+    shared: v.shared as boolean,
+    sharedIdleTimeoutMs: v.sharedIdleTimeout as number,
     maxConnections: v.maxConnections as number | null,
     maxBufferBytes: v.maxBuffer as number,
     proxyProtocol: v.proxyProtocol as ProxyProtocol,

@@ -21,18 +21,15 @@
  * would cost 7.5 MiB more Private_Dirty and 25-40 ms more startup per published port (measured,
  * see README), breaking the 12 MiB idle budget.
  */
-import { compileAccess } from './access-list.js';
-import { joinHostPort } from './address.js';
-import { readDockerEnv } from './docker-env.js';
-import { DOCKER_FLAGS, parseDockerArgs, toDockerMapping } from './docker-flags.js';
+import { LISTEN_FD } from './constants.js';
+import { openDockerMapping } from './docker-mapping.js';
+import { DOCKER_FLAGS, parseDockerArgs } from './docker-flags.js';
 import { ProxyError, toProxyError } from './errors.js';
 import { FdBudget } from './fd-limit.js';
 import { releaseSignals } from './early-signals.js';
 import { formatUsage, type GoFlagResult } from './go-flags.js';
-import { createLogger, silentLog, type Log } from './logger.js';
+import { silentLog, type Log } from './logger.js';
 import { reportFailure, reportReady } from './status-pipe.js';
-import { openMapping } from './forward.js';
-import { parseEngine, selectEngine, type EngineChoice } from './native-engine.js';
 import { packageVersion } from './version.js';
 
 const PROGRAM = 'userland-proxy';
@@ -54,14 +51,12 @@ function fail(err: unknown, log: Log): never {
 export async function runDockerMode(argv: readonly string[]): Promise<void> {
   let log: Log = silentLog;
   let forwarder: { close(): void } | null = null;
-  let textfile: { remove(): void } | null = null;
   let ready = false;
 
   // Handlers first: a SIGINT at any moment, even before "0\n", ends us with exit 0.
   const stop = (signal: NodeJS.Signals): void => {
     log.info({ signal }, 'stopping');
     forwarder?.close();
-    textfile?.remove();
     log.flush();
     process.exit(0);
   };
@@ -103,50 +98,20 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
   }
 
   try {
-    const m = toDockerMapping(flags);
-    const env = readDockerEnv(process.env);
-    const id = `${m.proto}/${joinHostPort(m.host.address, m.hostPort)}`;
-    log = await createLogger({ level: env.logLevel, file: env.logFile, base: { mapping: id } });
-    const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
     // The process fd budget (fd-limit.ts); openMapping takes the listener's fd from it.
-    const budget = FdBudget.forProcess();
-    // -engine (ours, never from dockerd) wins over USERLAND_PROXY_ENGINE; errors name the source.
-    const fromFlag = flags.given.has('engine');
-    const engine = selectEngine(
-      fromFlag ? parseEngineFlag(flags.values.get('engine') as string) : env.engine,
-      (msg) => log?.warn({}, msg),
-      fromFlag ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV',
-    );
-    const open = await openMapping({
-      ...m,
-      hostPortEnd: m.hostPort,
-      proxyProtocol: m.proto === 'tcp' ? env.proxyProtocol : 'off',
-      access: compileAccess(env.access),
-      settings: { ...env, engine },
-      log,
-      budget,
+    const proxy = await openDockerMapping(flags, {
+      env: process.env,
+      listenFd: (m) => (m.useListenFd ? LISTEN_FD : null),
+      budget: FdBudget.forProcess(),
+      onLog: (l) => {
+        log = l;
+      },
     });
-    forwarder = open;
-    const stats = { tcp: open.tcp, udp: open.udp };
-    if (env.textfileDir !== undefined) {
-      const { startTextfileWriter } = await import('./textfile-metrics.js');
-      const writer = startTextfileWriter(env.textfileDir, { id, mapping: m, stats });
-      textfile = writer;
-      await writer.write();
-    }
+    forwarder = proxy;
     ready = true;
     reportReady();
-    log.info({ target, listenFd: m.useListenFd, version: packageVersion(), engine }, 'proxy ready');
+    log.info({ target: proxy.target, listenFd: proxy.mapping.useListenFd, version: packageVersion(), engine: proxy.engine }, 'proxy ready');
   } catch (err) {
     fail(err, log);
-  }
-}
-
-/** The -engine flag's value, or a one-line error in Go's flag wording style. */
-function parseEngineFlag(v: string): EngineChoice {
-  try {
-    return parseEngine(v);
-  } catch (err) {
-    throw new ProxyError('UPROXY_ERR_BAD_VALUE', `invalid -engine "${v}": ${(err as Error).message}`);
   }
 }

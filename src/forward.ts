@@ -6,9 +6,12 @@
  */
 import type { AccessRules } from './access-list.js';
 import type { FdBudget } from './fd-limit.js';
+import type { Socket as UdpSocket } from 'node:dgram';
+import { Server } from 'node:net';
 import { bindUdp, listenTcp } from './listen.js';
 import type { Log } from './logger.js';
 import type { EngineName } from './native-engine.js';
+import { serverFd, udpHandle } from './node-internals.js';
 import type { Mapping } from './publish-spec.js';
 import { createTcpServer, newTcpStats, TcpForwarder, type TcpStats } from './tcp-forwarder.js';
 import { createUdpSocket, newUdpStats, UdpForwarder, type UdpStats } from './udp-forwarder.js';
@@ -27,8 +30,8 @@ export interface ForwardSettings {
 
 /** What to open: the mapping's addresses and ports (a range when hostPortEnd > hostPort), and how. */
 export interface ForwardSpec extends Pick<Mapping, 'proto' | 'host' | 'hostPort' | 'hostPortEnd' | 'target' | 'targetPort' | 'proxyProtocol'> {
-  /** Adopt the socket on fd 4 instead of binding (docker mode's -use-listen-fd). */
-  useListenFd: boolean;
+  /** Adopt this listening socket instead of binding (docker mode's fd 4; one port only). */
+  listenFd: number | null;
   access: AccessRules | null;
   settings: ForwardSettings;
   log: Log;
@@ -43,6 +46,8 @@ export interface OpenMapping {
   stopAccepting(): void;
   /** Closes listeners, connections and flows. */
   close(): void;
+  /** The first port's listening socket (the shared engine hands a copy to the shim); -1 if unknown. */
+  listenerFd(): number;
 }
 
 /** Opens every port of a mapping; all or nothing (a failure closes what opened and throws). */
@@ -58,11 +63,13 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
   const sources = new Map<string, number>();
   const forwarders: (TcpForwarder | UdpForwarder)[] = [];
   const opened: Promise<void>[] = [];
+  const listeners: (Server | UdpSocket)[] = [];
   for (let i = 0; i < ports; i++) {
-    const listen = { host: spec.host, port: spec.hostPort + i, useListenFd: spec.useListenFd };
+    const listen = { host: spec.host, port: spec.hostPort + i, listenFd: spec.listenFd };
     const target = { target: spec.target, targetPort: spec.targetPort + i, log, access, budget, engine: s.engine };
     if (tcp) {
       const server = createTcpServer();
+      listeners.push(server);
       forwarders.push(
         new TcpForwarder(server, {
           ...target,
@@ -78,6 +85,7 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
       opened.push(listenTcp(server, listen));
     } else {
       const socket = createUdpSocket(spec.host.family);
+      listeners.push(socket);
       forwarders.push(
         new UdpForwarder(socket, {
           ...target,
@@ -111,5 +119,14 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
       if (udp) close();
     },
     close,
+    listenerFd: () => {
+      const l = listeners[0];
+      if (l === undefined) return -1;
+      try {
+        return l instanceof Server ? serverFd(l) : udpHandle(l).fd;
+      } catch {
+        return -1;
+      }
+    },
   };
 }

@@ -32,8 +32,11 @@ const STRERROR: Record<string, string> = {
 export interface ListenOptions {
   host: IpAddress;
   port: number;
-  /** Adopt fd 4 instead of binding (-use-listen-fd). */
-  useListenFd: boolean;
+  /**
+   * Adopt this descriptor instead of binding: fd 4 (-use-listen-fd), or the shared engine's copy
+   * of a shim's fd 4 (-1 when the shim had none). Messages name fd 4: that is what the caller gave.
+   */
+  listenFd: number | null;
 }
 
 function bindError(proto: 'tcp' | 'udp', opts: ListenOptions, err: NodeJS.ErrnoException): ProxyError {
@@ -46,11 +49,11 @@ function bindError(proto: 'tcp' | 'udp', opts: ListenOptions, err: NodeJS.ErrnoE
   return new ProxyError('UPROXY_ERR_LISTEN', msg);
 }
 
-/** Checks that fd 4 exists and is a socket before handing it to libuv. */
-function checkListenFd(kind: string): void {
+/** Checks that the descriptor exists and is a socket before handing it to libuv. */
+function checkListenFd(fd: number, kind: string): void {
   let isSocket = false;
   try {
-    isSocket = fstatSync(LISTEN_FD).isSocket();
+    isSocket = fstatSync(fd).isSocket();
   } catch {
     throw new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd given but fd ${LISTEN_FD} is not open`);
   }
@@ -97,38 +100,38 @@ function fdError(kind: string, err: NodeJS.ErrnoException): ProxyError {
 
 /** Starts a TCP server listening on the host address, or on the listening socket in fd 4. */
 export function listenTcp(server: Server, opts: ListenOptions): Promise<void> {
-  if (opts.useListenFd) checkListenFd('listening TCP');
+  if (opts.listenFd !== null) checkListenFd(opts.listenFd, 'listening TCP');
   return whenListening(
     server,
     () => {
-      if (opts.useListenFd) {
+      if (opts.listenFd !== null) {
         // libuv calls listen() again on the adopted socket; ask for the largest backlog so the
         // daemon's somaxconn backlog is not lowered to Node's default 511.
-        server.listen({ fd: LISTEN_FD, backlog: LISTEN_BACKLOG });
+        server.listen({ fd: opts.listenFd, backlog: LISTEN_BACKLOG });
       } else {
         server.listen({ host: opts.host.address, port: opts.port, ipv6Only: opts.host.family === 6, backlog: LISTEN_BACKLOG });
       }
     },
-    (err) => (opts.useListenFd ? fdError('listening TCP', err) : bindError('tcp', opts, err)),
+    (err) => (opts.listenFd !== null ? fdError('listening TCP', err) : bindError('tcp', opts, err)),
   );
 }
 
 /** Binds a UDP socket on the host address, or adopts the bound socket in fd 4. */
 export function bindUdp(socket: UdpSocket, opts: ListenOptions): Promise<void> {
-  if (opts.useListenFd) checkListenFd('bound UDP');
+  if (opts.listenFd !== null) checkListenFd(opts.listenFd, 'bound UDP');
   return whenListening(
     socket,
     () => {
-      if (opts.useListenFd) socket.bind({ fd: LISTEN_FD });
+      if (opts.listenFd !== null) socket.bind({ fd: opts.listenFd });
       else socket.bind({ address: opts.host.address, port: opts.port, exclusive: true });
     },
     (err) => {
-      if (!opts.useListenFd) return bindError('udp', opts, err);
+      if (opts.listenFd === null) return bindError('udp', opts, err);
       // dgram throws ERR_INVALID_FD_TYPE for a non-UDP descriptor.
       return fdError('bound UDP', err.code === 'ERR_INVALID_FD_TYPE' ? Object.assign(new Error('not a UDP socket'), { code: 'ENOTSOCK' }) : err);
     },
     () => {
-      if (!opts.useListenFd) return null;
+      if (opts.listenFd === null) return null;
       // Replies are sent with the socket's address family; refuse a mismatch up front.
       const family = socket.address().family === 'IPv6' ? 6 : 4;
       if (family === opts.host.family) return null;

@@ -29,7 +29,8 @@ export interface MetricsServerOptions {
   host: IpAddress;
   port: number;
   registry: Registry;
-  supervisor: Supervisor;
+  /** Fresh counters before each scrape, and the mappings that are down (for /readyz). */
+  supervisor: Pick<Supervisor, 'refreshStats' | 'down'>;
   /** Re-reads the configuration; null: reload over HTTP is turned off. */
   onReload: (() => Promise<string>) | null;
 }

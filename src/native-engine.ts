@@ -114,6 +114,11 @@ function load(): Addon | null {
   return addon;
 }
 
+/** The addon for the shared engine's control socket (engine-protocol.ts), or why it cannot load. */
+export function controlAddon(): object | string {
+  return load() ?? `native addon unavailable: ${loadError}`;
+}
+
 let started = false;
 /** The loaded addon with its thread started (on first use, so a supervisor never starts one). */
 function engine(): Addon {

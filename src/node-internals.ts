@@ -12,7 +12,7 @@
  * | udpHandle()           | dgram's `state symbol` -> handle     | handing UDP listeners to C        | error at start: native UDP off |
  */
 import type { Socket as UdpSocket } from 'node:dgram';
-import { Socket } from 'node:net';
+import { type Server, Socket } from 'node:net';
 
 interface StreamHandle {
   fd?: unknown;
@@ -69,6 +69,12 @@ export function stopReading(socket: Socket): void {
 /** The file descriptor of a connected socket, or -1. */
 export function socketFd(socket: Socket): number {
   const fd = handleOf(socket)?.fd;
+  return typeof fd === 'number' ? fd : -1;
+}
+
+/** The file descriptor of a listening server, or -1 (the shared engine sends a copy to the shim). */
+export function serverFd(server: Server): number {
+  const fd = (server as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
   return typeof fd === 'number' ? fd : -1;
 }
 

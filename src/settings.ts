@@ -7,8 +7,10 @@
  */
 import { accessSync, constants, statSync } from 'node:fs';
 import { parseCidrs } from './access-list.js';
+import { parseIp } from './address.js';
 import {
   DRAIN_TIMEOUT_MS,
+  SHARED_IDLE_TIMEOUT_MS,
   RELAY_HIGH_WATER_MARK,
   TCP_CONNECT_TIMEOUT_MS,
   TCP_IDLE_TIMEOUT_MS,
@@ -62,10 +64,10 @@ export const SETTINGS: readonly Setting[] = [
     key: 'metrics',
     env: 'METRICS',
     kind: 'listen',
-    modes: STANDALONE,
+    modes: BOTH,
     default: null,
     shown: 'off',
-    description: 'serve /metrics, /healthz, /readyz (and POST /-/reload) on HOST:PORT; a bare port means 127.0.0.1',
+    description: 'serve /metrics, /healthz, /readyz (and POST /-/reload) on HOST:PORT; a bare port means 127.0.0.1 (docker mode: the shared engine, for every mapping)',
   },
   {
     key: 'drainTimeout',
@@ -202,6 +204,25 @@ export const SETTINGS: readonly Setting[] = [
     description: 'true|false: serve POST /-/reload on the metrics listener (SIGHUP always reloads)',
   },
   {
+    key: 'shared',
+    env: 'SHARED',
+    kind: 'boolean',
+    modes: ['docker'],
+    default: true,
+    shown: 'true',
+    description: 'true|false: one shared engine per network namespace behind a tiny per-port shim (when built); false: a Node process per port',
+  },
+  {
+    key: 'sharedIdleTimeout',
+    env: 'SHARED_IDLE_TIMEOUT',
+    kind: 'duration',
+    modes: ['docker'],
+    default: SHARED_IDLE_TIMEOUT_MS,
+    shown: '30s',
+    min: 0,
+    description: 'the shared engine exits after this long without a mapping',
+  },
+  {
     key: 'textfileDir',
     env: 'TEXTFILE_DIR',
     kind: 'dir',
@@ -213,7 +234,7 @@ export const SETTINGS: readonly Setting[] = [
 ];
 
 /** Variables read elsewhere (the launcher), naming the config file, or a test hook. */
-export const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS', 'TEST_CRASH'] as const;
+export const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS', 'TEST_CRASH', 'ENGINE_SOCKET'] as const;
 
 /** The settings a mode reads. */
 export function settingsOf(mode: 'docker' | 'standalone'): Setting[] {
@@ -253,7 +274,7 @@ export function parseSetting(s: Setting, v: unknown, code: ErrorCode, source: st
 /**
  * Parses one value of a scalar setting (strings from flags and the environment, JSON values from
  * the config file); throws an Error saying what is accepted (the caller names source and value).
- * Kinds with their own messages: listen (config.ts), publish and cidrs (lists, merged by callers).
+ * Kinds with their own messages: publish and cidrs (lists, merged by callers).
  */
 export function parseValue(s: Setting, v: unknown, code: ErrorCode, source: string): unknown {
   switch (s.kind) {
@@ -294,6 +315,17 @@ export function parseValue(s: Setting, v: unknown, code: ErrorCode, source: stri
       return parseEngine(v);
     case 'cidrs':
       return parseCidrs(v, source, code);
+    case 'listen': {
+      if (typeof v !== 'string') throw new Error('use HOST:PORT');
+      const m = /^(?:(\[[^\]]+\]|[^:[\]]+):)?(\d{1,5})$/.exec(v);
+      if (!m) throw new Error('use HOST:PORT, [IPV6]:PORT or PORT');
+      const hostText = (m[1] ?? '127.0.0.1').replace(/^\[(.*)\]$/, '$1');
+      const host = parseIp(hostText);
+      if (!host) throw new Error(`"${hostText}" is not an IP address`);
+      const port = Number(m[2]);
+      if (port > 65535) throw new Error(`port ${port} is out of range 0-65535`);
+      return { host, port };
+    }
     case 'dir':
       try {
         accessSync(String(v), constants.W_OK);

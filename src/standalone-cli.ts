@@ -50,9 +50,11 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .command('run', 'forward the configured mappings until SIGTERM/SIGINT; SIGHUP reloads')
       .command('check', 'validate the configuration and exit')
       .command('demo', 'forward a loopback port to a built-in HTTP and UDP echo backend, with metrics')
+      .command('ls', "list the docker mappings of this network namespace's shared engine, with their counters")
+      .option('json', { type: 'boolean', default: false, describe: 'ls: one JSON object per line' })
       .option('port', { type: 'number', default: 8080, describe: 'demo: the port to forward (127.0.0.1)' })
       .option('metrics-port', { type: 'number', default: 9464, describe: 'demo: the metrics port (127.0.0.1)' })
-      .demandCommand(1, 'give a command: run, check or demo (see: userland-proxy help; docker mode takes docker-proxy flags)')
+      .demandCommand(1, 'give a command: run, check, demo or ls (see: userland-proxy help; docker mode takes docker-proxy flags)')
       .option('config', { alias: 'c', type: 'string', describe: `JSON config file (or ${ENV_PREFIX}CONFIG)` })
       .options(
         Object.fromEntries(
@@ -89,6 +91,16 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       die(err);
     }
     return;
+  }
+  if (command === 'ls') {
+    try {
+      const { formatListing, queryEngine } = await import('./engine-list.js');
+      const rows = queryEngine();
+      process.stdout.write(rows === null ? 'no shared engine runs in this network namespace\n' : formatListing(rows, parsed.json === true));
+      process.exit(0);
+    } catch (err) {
+      die(err);
+    }
   }
   if ((parsed._ as unknown[]).length > 1) die(new ProxyError('UPROXY_ERR_BAD_FLAG', `unexpected argument "${String((parsed._ as unknown[])[1])}"`));
   // yargs camel-cases each option into its config key (--drain-timeout -> drainTimeout).

@@ -54,7 +54,7 @@ try {
   }
   open = await openMapping({
     ...mapping,
-    useListenFd: false,
+    listenFd: null,
     access: compileAccess(mapping.access),
     settings: init,
     log,

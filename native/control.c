@@ -1,0 +1,347 @@
+/*
+ * The shared engine's control socket (issue 13): the engine side of native/shim.c's protocol,
+ * on the JS thread's own libuv loop (uv_poll), since Node has no API to pass file descriptors
+ * over an arbitrary unix socket. This file only moves messages and descriptors; what they mean is
+ * src/engine.ts's business.
+ *
+ * Contract with JavaScript (src/engine-protocol.ts is the only caller):
+ * - ctlListen(fdOrName, onMessage, onClose)  serve the listening AF_UNIX SOCK_SEQPACKET socket
+ *       inherited as fd, or bind the abstract name; throws with the errno text (EADDRINUSE: an
+ *       engine already serves this namespace). Peers that are neither root nor our uid are
+ *       answered "1<reason>" and closed here, never seen by JavaScript (SO_PEERCRED).
+ *       onMessage(conn, Buffer, fd)  one message, fd = the descriptor it carried or -1 (ours now)
+ *       onClose(conn)                the peer is gone (EOF, reset); conn is closed
+ * - ctlSend(conn, Buffer, fd)  one message, with fd when >= 0 (the peer gets its own copy);
+ *       returns false if the peer is gone
+ * - ctlClose(conn)             closes conn (no onClose)
+ * - ctlStopListening()         closes the listening socket (the engine is exiting)
+ * - ctlRequest(name, Buffer, timeoutMs)  a client (userland-proxy ls): sends one message and
+ *       returns the replies up to one starting with 'E', as an array of Buffers
+ * conn is the connection's fd number: unique while open, and JavaScript forgets it at onClose.
+ */
+#include "engine.h"
+
+#include <poll.h>
+#include <stddef.h>
+#include <sys/un.h>
+#include <uv.h>
+
+#define CTL_MSG_MAX 65536
+#define CTL_SEND_TIMEOUT_MS 1000 /* a peer that does not read its replies is not waited for */
+
+typedef struct ctl_conn {
+  uv_poll_t poll;
+  int fd;
+} ctl_conn_t;
+
+static napi_env ctl_env;
+static napi_ref on_message, on_close;
+static napi_async_context async_ctx;
+static uv_poll_t listener;
+static int listener_fd = -1;
+static ctl_conn_t **conns; /* by fd */
+static int nconns;
+static char *rbuf;
+
+static napi_value throw_ctl(napi_env env, int err, const char *what) {
+  char msg[200];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, "UPROXY_ERR_NATIVE", msg);
+  return NULL;
+}
+
+static socklen_t abstract_addr(struct sockaddr_un *a, const char *name) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  size_t n = strlen(name);
+  if (n > sizeof a->sun_path - 1) n = sizeof a->sun_path - 1;
+  memcpy(a->sun_path + 1, name, n); /* sun_path[0] = 0: abstract, scoped to the network namespace */
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
+/* Calls a JS callback from a libuv callback: its own scope, microtasks run after, and a throw
+ * becomes an uncaughtException as it would for any Node callback. */
+static void call(napi_ref ref, size_t argc, napi_value *argv) {
+  napi_handle_scope scope;
+  napi_open_handle_scope(ctl_env, &scope);
+  napi_value fn, recv, result;
+  napi_get_reference_value(ctl_env, ref, &fn);
+  napi_get_global(ctl_env, &recv); /* MakeCallback needs an object receiver */
+  if (napi_make_callback(ctl_env, async_ctx, recv, fn, argc, argv, &result) == napi_pending_exception) {
+    napi_value err;
+    napi_get_and_clear_last_exception(ctl_env, &err);
+    napi_fatal_exception(ctl_env, err);
+  }
+  napi_close_handle_scope(ctl_env, scope);
+}
+
+static void free_conn(uv_handle_t *h) {
+  ctl_conn_t *c = h->data;
+  close(c->fd);
+  free(c);
+}
+
+static void drop_conn(int fd) {
+  if (fd < 0 || fd >= nconns || !conns[fd]) return;
+  ctl_conn_t *c = conns[fd];
+  conns[fd] = NULL;
+  uv_close((uv_handle_t *)&c->poll, free_conn); /* stops polling; the fd closes after */
+}
+
+static void on_conn(uv_poll_t *p, int status, int events) {
+  ctl_conn_t *c = p->data;
+  int fd = c->fd;
+  union {
+    struct cmsghdr h;
+    char space[CMSG_SPACE(sizeof(int) * 4)];
+  } cbuf;
+  for (int round = 0; round < 16 && conns[fd] == c; round++) {
+    struct iovec iov = { rbuf, CTL_MSG_MAX };
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.space, .msg_controllen = sizeof cbuf.space };
+    ssize_t n = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    int got = -1;
+    for (struct cmsghdr *h = n > 0 ? CMSG_FIRSTHDR(&m) : NULL; h; h = CMSG_NXTHDR(&m, h)) {
+      if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+      int nfd = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+      for (int i = 0; i < nfd; i++) {
+        int x;
+        memcpy(&x, CMSG_DATA(h) + i * sizeof(int), sizeof x);
+        if (got < 0) got = x;
+        else close(x); /* one descriptor per message, never more */
+      }
+    }
+    napi_handle_scope scope;
+    napi_open_handle_scope(ctl_env, &scope);
+    napi_value argv[3];
+    napi_create_int32(ctl_env, fd, &argv[0]);
+    if (n <= 0) {
+      drop_conn(fd);
+      call(on_close, 1, argv);
+    } else {
+      void *data;
+      napi_create_buffer_copy(ctl_env, (size_t)n, rbuf, &data, &argv[1]);
+      napi_create_int32(ctl_env, got, &argv[2]);
+      call(on_message, 3, argv);
+    }
+    napi_close_handle_scope(ctl_env, scope);
+    if (n <= 0) return;
+  }
+}
+
+static void refuse(int fd, const char *why) {
+  send(fd, why, strlen(why), MSG_NOSIGNAL | MSG_DONTWAIT);
+  close(fd);
+}
+
+static void on_accept(uv_poll_t *p, int status, int events) {
+  for (;;) {
+    int fd = accept4(listener_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return; /* EAGAIN, or EMFILE: the peer waits in the backlog until fds free up */
+    struct ucred cred;
+    socklen_t cl = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != 0 && cred.uid != geteuid())) {
+      char why[120];
+      snprintf(why, sizeof why, "1the shared engine serves only root and uid %u, not uid %u", (unsigned)geteuid(), (unsigned)cred.uid);
+      refuse(fd, why);
+      continue;
+    }
+    if (fd >= nconns) {
+      int n = fd * 2 + 16;
+      ctl_conn_t **more = realloc(conns, (size_t)n * sizeof *more);
+      if (!more) {
+        refuse(fd, "1the shared engine is out of memory");
+        continue;
+      }
+      memset(more + nconns, 0, (size_t)(n - nconns) * sizeof *more);
+      conns = more;
+      nconns = n;
+    }
+    ctl_conn_t *c = calloc(1, sizeof *c);
+    uv_loop_t *loop;
+    napi_get_uv_event_loop(ctl_env, &loop);
+    if (!c || uv_poll_init(loop, &c->poll, fd) != 0) {
+      free(c);
+      refuse(fd, "1the shared engine cannot watch the connection");
+      continue;
+    }
+    c->fd = fd;
+    c->poll.data = c;
+    conns[fd] = c;
+    uv_poll_start(&c->poll, UV_READABLE | UV_DISCONNECT, on_conn);
+  }
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+    napi_throw_error(env, "UPROXY_ERR_NATIVE", "missing arguments");
+    return -1;
+  }
+  return 0;
+}
+
+static napi_value js_ctl_listen(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (get_args(env, info, 3, argv) < 0) return NULL;
+  if (listener_fd >= 0) return throw_ctl(env, EBUSY, "ctlListen");
+  napi_valuetype t;
+  napi_typeof(env, argv[0], &t);
+  int fd;
+  if (t == napi_number) {
+    napi_get_value_int32(env, argv[0], &fd);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return throw_ctl(env, errno, "control socket");
+    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+  } else {
+    char name[108];
+    size_t len;
+    napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
+    struct sockaddr_un a;
+    socklen_t alen = abstract_addr(&a, name);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return throw_ctl(env, errno, "socket");
+    if (bind(fd, (struct sockaddr *)&a, alen) < 0 || listen(fd, SOMAXCONN) < 0) {
+      int err = errno;
+      close(fd);
+      return throw_ctl(env, err, "bind");
+    }
+  }
+  if (!rbuf && !(rbuf = malloc(CTL_MSG_MAX))) return throw_ctl(env, ENOMEM, "ctlListen");
+  ctl_env = env;
+  napi_create_reference(env, argv[1], 1, &on_message);
+  napi_create_reference(env, argv[2], 1, &on_close);
+  napi_value resource, rname;
+  napi_create_object(env, &resource);
+  napi_create_string_utf8(env, "userland-proxy:control", NAPI_AUTO_LENGTH, &rname);
+  napi_async_init(env, resource, rname, &async_ctx);
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  if (uv_poll_init(loop, &listener, fd) != 0) {
+    close(fd);
+    return throw_ctl(env, EINVAL, "uv_poll_init");
+  }
+  listener_fd = fd;
+  uv_poll_start(&listener, UV_READABLE, on_accept);
+  return NULL;
+}
+
+static void close_listener(uv_handle_t *h) { close(listener_fd = (int)(intptr_t)h->data); }
+
+static napi_value js_ctl_stop_listening(napi_env env, napi_callback_info info) {
+  if (listener_fd >= 0) {
+    listener.data = (void *)(intptr_t)listener_fd;
+    listener_fd = -1;
+    uv_close((uv_handle_t *)&listener, close_listener);
+  }
+  return NULL;
+}
+
+static napi_value js_ctl_send(napi_env env, napi_callback_info info) {
+  napi_value argv[3], result;
+  if (get_args(env, info, 3, argv) < 0) return NULL;
+  int conn, fd;
+  void *data;
+  size_t len;
+  napi_get_value_int32(env, argv[0], &conn);
+  napi_get_buffer_info(env, argv[1], &data, &len);
+  napi_get_value_int32(env, argv[2], &fd);
+  int ok = 0;
+  if (conn >= 0 && conn < nconns && conns[conn]) {
+    struct iovec iov = { data, len };
+    union {
+      struct cmsghdr h;
+      char space[CMSG_SPACE(sizeof(int))];
+    } cbuf;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (fd >= 0) {
+      m.msg_control = cbuf.space;
+      m.msg_controllen = sizeof cbuf.space;
+      struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+      h->cmsg_level = SOL_SOCKET;
+      h->cmsg_type = SCM_RIGHTS;
+      h->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(h), &fd, sizeof fd);
+    }
+    /* Replies are small and rare; a full socket buffer (a listing) waits a little, never forever. */
+    for (int waited = 0;; waited += 10) {
+      if (sendmsg(conn, &m, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0) {
+        ok = 1;
+        break;
+      }
+      if ((errno != EAGAIN && errno != EINTR) || waited >= CTL_SEND_TIMEOUT_MS) break;
+      struct pollfd p = { conn, POLLOUT, 0 };
+      poll(&p, 1, 10);
+    }
+  }
+  napi_get_boolean(env, ok, &result);
+  return result;
+}
+
+static napi_value js_ctl_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (get_args(env, info, 1, argv) < 0) return NULL;
+  int conn;
+  napi_get_value_int32(env, argv[0], &conn);
+  drop_conn(conn);
+  return NULL;
+}
+
+static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (get_args(env, info, 3, argv) < 0) return NULL;
+  char name[108];
+  size_t len;
+  void *data;
+  int timeout;
+  napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
+  napi_get_buffer_info(env, argv[1], &data, &len);
+  napi_get_value_int32(env, argv[2], &timeout);
+  struct sockaddr_un a;
+  socklen_t alen = abstract_addr(&a, name);
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_ctl(env, errno, "socket");
+  if (connect(fd, (struct sockaddr *)&a, alen) < 0 || send(fd, data, len, MSG_NOSIGNAL) < 0) {
+    int err = errno;
+    close(fd);
+    return throw_ctl(env, err, "connect");
+  }
+  napi_value out;
+  napi_create_array(env, &out);
+  char *buf = malloc(CTL_MSG_MAX);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (uint32_t i = 0; buf;) {
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    int left = timeout - (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+    struct pollfd p = { fd, POLLIN, 0 };
+    if (left <= 0 || poll(&p, 1, left) <= 0) {
+      free(buf);
+      close(fd);
+      return throw_ctl(env, ETIMEDOUT, "no complete answer from the engine");
+    }
+    ssize_t n = recv(fd, buf, CTL_MSG_MAX, 0);
+    if (n <= 0) break;
+    napi_value b;
+    void *copy;
+    napi_create_buffer_copy(env, (size_t)n, buf, &copy, &b);
+    napi_set_element(env, out, i++, b);
+    if (buf[0] != 'J') break; /* J: a part of a listing; anything else ends the answer */
+  }
+  free(buf);
+  close(fd);
+  return out;
+}
+
+/* Adds the control functions to the addon's exports. */
+void control_define(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "ctlListen", NULL, js_ctl_listen, NULL, NULL, NULL, napi_default, NULL },
+    { "ctlSend", NULL, js_ctl_send, NULL, NULL, NULL, napi_default, NULL },
+    { "ctlClose", NULL, js_ctl_close, NULL, NULL, NULL, napi_default, NULL },
+    { "ctlStopListening", NULL, js_ctl_stop_listening, NULL, NULL, NULL, napi_default, NULL },
+    { "ctlRequest", NULL, js_ctl_request, NULL, NULL, NULL, napi_default, NULL },
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+}

@@ -1,0 +1,445 @@
+/*
+ * userland-proxy-shim: docker mode's per-port process when the shared engine is built (issue 13).
+ * bin/userland-proxy execs it for docker-proxy's flags; it costs about a millisecond and 0.1 MiB,
+ * where a Node process per port costs 30+ ms and 6+ MiB. The mapping itself is served by one
+ * engine per network namespace (src/engine.ts), which this shim starts on demand.
+ *
+ * Process contract: docker-proxy's, every byte as docker-mode.ts states it:
+ *   argv   -proto -host-ip -host-port -container-ip -container-port [-use-listen-fd], one or two
+ *          dashes, "-f v" or "-f=v". Anything else (-h, -v, -engine, an unknown flag) and
+ *          USERLAND_PROXY_SHARED=off: exec the per-port Node proxy, which answers it.
+ *   fd 3   "0\n" in one write once the engine accepts on the port, or "1\n<message>" and exit 1
+ *          (2 for a flag syntax error); the message is the engine's docker-mode wording.
+ *   fd 4   with -use-listen-fd: handed to the engine.
+ *   SIGINT, SIGTERM  the engine closes the mapping (listener, connections, flows) and acks; exit 0
+ *          within SHIM_STOP_WAIT_MS whatever the engine does (dockerd waits forever).
+ *   SIGHUP the engine reopens the mapping's log file.
+ *
+ * Engine protocol (src/engine-protocol.ts is the other side): one AF_UNIX SOCK_SEQPACKET connection
+ * per mapping to the abstract name userland-proxy.<euid>.<fnv1a32(install root)> (scoped to the
+ * network namespace by the kernel) or $USERLAND_PROXY_ENGINE_SOCKET. Messages, first byte a type:
+ *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_* env...>\0  [+ fd 4]  register
+ *                   A<same>  [+ the held socket]                             re-register (adopt)
+ *                   S  stop      H  reopen the log
+ *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
+ * The shim keeps the listening socket the engine returns, so that no engine death ever unbinds a
+ * port: on EOF it re-registers with a new engine, or execs the per-port proxy on that socket.
+ * Whoever binds the abstract name starts the engine (setsid + double fork, so it is nobody's child
+ * and carries no Pdeathsig) and hands it the bound socket: concurrent first shims make one engine.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Tunables (src/constants.ts documents the same values). */
+#define STATUS_FD 3
+#define LISTEN_FD 4
+#define ENGINE_CONTROL_FD 3 /* the engine's inherited listening control socket */
+#define MSG_MAX 65536
+#define READY_DEADLINE_MS 5000 /* then the per-port proxy has 11 s left of dockerd's 16 s */
+#define READOPT_DEADLINE_MS 1000 /* a lost engine: serve again within 1 s, or run per-port */
+#define SHIM_STOP_WAIT_MS 5000
+#define ENGINE_SPAWNS 2 /* engines started for one registration before falling back */
+
+extern char **environ;
+static char root[PATH_MAX];
+static char name[108];
+static char **args;
+static int nargs;
+
+static long now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000L + t.tv_nsec / 1000000L;
+}
+
+static void write_all(int fd, const char *s, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, s, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return;
+    s += w;
+    n -= (size_t)w;
+  }
+}
+
+/* True when fd 3 is a pipe, file, tty or socket a parent gave us (status-pipe.ts's rule). */
+static int status_open(void) {
+  struct stat st;
+  if (fstat(STATUS_FD, &st) < 0) return 0;
+  return S_ISFIFO(st.st_mode) || S_ISREG(st.st_mode) || S_ISCHR(st.st_mode) || S_ISSOCK(st.st_mode);
+}
+
+static void report(const char *text, size_t n) {
+  if (!status_open()) return;
+  write_all(STATUS_FD, text, n); /* "0\n" is 2 bytes: one write, as dockerd reads it */
+  close(STATUS_FD);
+}
+
+/* Start failure: one line on stderr, "1\n<message>" on fd 3, exit code. */
+static void fail(int code, const char *msg, const char *hint) {
+  char line[MSG_MAX + 64];
+  int n = snprintf(line, sizeof line, "userland-proxy: %s%s\n", msg, hint);
+  write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+  n = snprintf(line, sizeof line, "1\n%s", msg);
+  report(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+  exit(code);
+}
+
+/* Execs today's per-port Node proxy with our argv (plus -use-listen-fd on `held`, once fd 3 has
+ * been answered). Signals are unblocked first: the mask survives execve. */
+static void exec_node(int held) {
+  char path[PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/bin/userland-proxy", root);
+  char **argv = calloc((size_t)nargs + 2, sizeof *argv);
+  if (!argv) fail(1, "out of memory", "");
+  int n = 0;
+  int flagged = 0;
+  for (int i = 0; i < nargs; i++) {
+    argv[n++] = args[i];
+    if (strcmp(args[i], "-use-listen-fd") == 0 || strcmp(args[i], "--use-listen-fd") == 0) flagged = 1;
+  }
+  if (held >= 0) {
+    if (held != LISTEN_FD && dup2(held, LISTEN_FD) < 0) fail(1, "cannot move the listening socket to fd 4", "");
+    if (!flagged) argv[n++] = "-use-listen-fd";
+  }
+  argv[n] = NULL;
+  setenv("USERLAND_PROXY_SHARED", "off", 1);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  execv(path, argv);
+  char msg[PATH_MAX + 64];
+  snprintf(msg, sizeof msg, "cannot run %s: %s", path, strerror(errno));
+  fail(1, msg, "");
+}
+
+/* 1 when every argument is one of the flags dockerd passes; sets *listen_flag for -use-listen-fd. */
+static int understood(int *listen_flag) {
+  static const char *const flags[] = { "proto", "host-ip", "host-port", "container-ip", "container-port" };
+  for (int i = 1; i < nargs; i++) {
+    const char *a = args[i];
+    if (a[0] != '-') return 0;
+    a += a[1] == '-' ? 2 : 1;
+    size_t n = strcspn(a, "=");
+    if (n == strlen("use-listen-fd") && strncmp(a, "use-listen-fd", n) == 0 && a[n] == '\0') {
+      *listen_flag = 1;
+      continue;
+    }
+    int known = 0;
+    for (size_t k = 0; k < sizeof flags / sizeof flags[0]; k++)
+      if (strlen(flags[k]) == n && strncmp(a, flags[k], n) == 0) known = 1;
+    if (!known) return 0;
+    if (a[n] != '=') i++; /* the value is the next argument */
+  }
+  return 1;
+}
+
+/* The install root: this binary is <root>/build/Release/userland-proxy-shim. */
+static void find_root(void) {
+  ssize_t n = readlink("/proc/self/exe", root, sizeof root - 1);
+  if (n <= 0) fail(1, "cannot read /proc/self/exe", "");
+  root[n] = '\0';
+  for (int i = 0; i < 3; i++) {
+    char *slash = strrchr(root, '/');
+    if (!slash || slash == root) fail(1, "cannot find the install directory of userland-proxy-shim", "");
+    *slash = '\0';
+  }
+}
+
+/* The engine's abstract socket name (src/engine-protocol.ts computes the same). */
+static void engine_name(void) {
+  const char *given = getenv("USERLAND_PROXY_ENGINE_SOCKET");
+  if (given && *given) {
+    snprintf(name, sizeof name, "%s", given);
+    return;
+  }
+  uint32_t h = 2166136261u; /* FNV-1a: installs in different directories get different engines */
+  for (const char *p = root; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  snprintf(name, sizeof name, "userland-proxy.%u.%08x", (unsigned)geteuid(), h);
+}
+
+static socklen_t engine_addr(struct sockaddr_un *a) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  size_t n = strlen(name); /* sun_path[0] = 0: an abstract name, no file, per network namespace */
+  memcpy(a->sun_path + 1, name, n);
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+}
+
+/* Starts the engine on the bound, listening control socket `l`: setsid + double fork, so that the
+ * engine outlives us, gets no Pdeathsig and is not in our process group. */
+static void spawn_engine(int l) {
+  pid_t pid = fork();
+  if (pid < 0) return;
+  if (pid > 0) {
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    return;
+  }
+  setsid();
+  if (fork() != 0) _exit(0);
+  int hl = fcntl(l, F_DUPFD, 10);
+  int null = open("/dev/null", O_RDWR);
+  if (hl < 0 || null < 0) _exit(127);
+  dup2(null, 0);
+  dup2(null, 1);
+  dup2(null, 2);
+  dup2(hl, ENGINE_CONTROL_FD); /* dup2 clears FD_CLOEXEC on the copy */
+  for (int fd = ENGINE_CONTROL_FD + 1; fd < 1024; fd++) close(fd);
+  /* One fd budget for every mapping: as many as the hard limit allows (shared-engine rule 7). */
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+    r.rlim_cur = r.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &r);
+  }
+  if (chdir("/") < 0) _exit(127);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  signal(SIGPIPE, SIG_DFL);
+  char path[PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/bin/userland-proxy", root);
+  char *argv[] = { "userland-proxy", "engine", "--control-fd=3", NULL };
+  execv(path, argv);
+  _exit(127);
+}
+
+/* Connects to this namespace's engine, starting one when nobody listens on the name. Returns the
+ * connection, or -1 when no engine of ours can be reached before `deadline`. */
+static int connect_engine(long deadline, int *spawned) {
+  struct sockaddr_un a;
+  socklen_t len = engine_addr(&a);
+  for (;;) {
+    int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (c < 0) return -1;
+    if (connect(c, (struct sockaddr *)&a, len) == 0) {
+      /* An abstract name has no permissions: only an engine of our own uid gets our sockets. */
+      struct ucred cred;
+      socklen_t cl = sizeof cred;
+      if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cred.uid == geteuid()) return c;
+      close(c);
+      return -1;
+    }
+    int err = errno;
+    close(c);
+    if (now_ms() > deadline) return -1;
+    if (err == ECONNREFUSED || err == ENOENT) {
+      if (*spawned >= ENGINE_SPAWNS) return -1;
+      /* Whoever binds the name starts the engine; the others' connects queue on its backlog. */
+      int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+      if (l >= 0 && bind(l, (struct sockaddr *)&a, len) == 0 && listen(l, SOMAXCONN) == 0) {
+        (*spawned)++;
+        spawn_engine(l);
+      }
+      if (l >= 0) close(l);
+      continue;
+    }
+    if (err != EAGAIN && err != EINTR) return -1;
+    usleep(1000); /* the engine's backlog is full: it is busy accepting */
+  }
+}
+
+/* Sends a registration: argv and our USERLAND_PROXY_* environment, with `fd` when >= 0. */
+static int send_register(int c, char type, int fd) {
+  static char buf[MSG_MAX];
+  size_t n = 0;
+  buf[n++] = type;
+  n += (size_t)snprintf(buf + n, sizeof buf - n, "%d", nargs - 1) + 1;
+  for (int i = 1; i < nargs; i++) {
+    size_t l = strlen(args[i]) + 1;
+    if (n + l > sizeof buf) return -1;
+    memcpy(buf + n, args[i], l);
+    n += l;
+  }
+  for (char **e = environ; *e; e++) {
+    if (strncmp(*e, "USERLAND_PROXY_", 15) != 0) continue;
+    size_t l = strlen(*e) + 1;
+    if (n + l > sizeof buf) return -1;
+    memcpy(buf + n, *e, l);
+    n += l;
+  }
+  struct iovec iov = { buf, n };
+  union {
+    struct cmsghdr h;
+    char space[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+  if (fd >= 0) {
+    m.msg_control = ctl.space;
+    m.msg_controllen = sizeof ctl.space;
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof fd);
+  }
+  ssize_t w;
+  while ((w = sendmsg(c, &m, MSG_NOSIGNAL)) < 0 && errno == EINTR) {}
+  return w < 0 ? -1 : 0;
+}
+
+/* Receives one message into msg (NUL-terminated) and its fd, if any, into *fd. Returns the length,
+ * 0 when the engine is gone (EOF or error). */
+static ssize_t recv_msg(int c, char *msg, size_t cap, int *fd) {
+  union {
+    struct cmsghdr h;
+    char space[CMSG_SPACE(sizeof(int) * 4)];
+  } ctl;
+  struct iovec iov = { msg, cap - 1 };
+  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space, .msg_controllen = sizeof ctl.space };
+  ssize_t n;
+  while ((n = recvmsg(c, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {}
+  if (n <= 0) return 0;
+  msg[n] = '\0';
+  for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h)) {
+    if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+    int nfd = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    for (int i = 0; i < nfd; i++) {
+      int got;
+      memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof got);
+      if (*fd < 0) *fd = got;
+      else close(got);
+    }
+  }
+  return n;
+}
+
+/* Reads pending signals: returns SIGINT/SIGTERM when asked to stop, after sending H for SIGHUP. */
+static int take_signals(int sigfd, int c) {
+  struct signalfd_siginfo si;
+  int stop = 0;
+  while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+    if (si.ssi_signo == SIGHUP) {
+      if (c >= 0) send(c, "H", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } else {
+      stop = (int)si.ssi_signo;
+    }
+  }
+  return stop;
+}
+
+/* Waits for the engine's verdict on a registration. Returns its type ('0', '1', '2'), 0 when the
+ * engine went away, -1 at the deadline. A stop signal meanwhile: exit 0 (docker mode's rule: a
+ * SIGINT at any moment ends us cleanly; our closing connection closes the mapping). */
+static int await_verdict(int c, int sigfd, long deadline, char *msg, size_t cap, int *fd) {
+  for (;;) {
+    long left = deadline - now_ms();
+    if (left <= 0) return -1;
+    struct pollfd p[2] = { { c, POLLIN, 0 }, { sigfd, POLLIN, 0 } };
+    if (poll(p, 2, (int)left) < 0 && errno != EINTR) return 0;
+    if (p[1].revents && take_signals(sigfd, -1)) exit(0);
+    if (!p[0].revents) continue;
+    *fd = -1;
+    if (recv_msg(c, msg, cap, fd) == 0) return 0;
+    if (msg[0] == '0' || msg[0] == '1' || msg[0] == '2') return msg[0];
+    if (*fd >= 0) close(*fd);
+  }
+}
+
+/* Registers (again) with an engine, starting one if needed. Returns the connection with the
+ * verdict in *type, or -1 when no engine could be reached before the deadline. */
+static int register_mapping(char kind, int fd, int sigfd, long deadline, char *msg, size_t cap, int *type, int *got) {
+  int spawned = 0;
+  for (;;) {
+    int c = connect_engine(deadline, &spawned);
+    if (c < 0) return -1;
+    if (send_register(c, kind, fd) < 0) {
+      close(c);
+      if (errno == 0 || errno == EMSGSIZE) return -1;
+      continue;
+    }
+    *got = -1;
+    *type = await_verdict(c, sigfd, deadline, msg, cap, got);
+    if (*type > 0) return c;
+    close(c);
+    if (*type < 0) return -1;
+    /* The engine went away before answering (it was exiting idle, or died): try a new one. */
+  }
+}
+
+int main(int argc, char **argv) {
+  args = argv;
+  nargs = argc;
+  find_root();
+  const char *shared = getenv("USERLAND_PROXY_SHARED");
+  int listen_flag = 0;
+  if ((shared && strcmp(shared, "auto") != 0 && strcmp(shared, "") != 0) || !understood(&listen_flag)) exec_node(-1);
+  engine_name();
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  int sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sigfd < 0) exec_node(-1);
+
+  static char msg[MSG_MAX];
+  int in_fd = listen_flag && fcntl(LISTEN_FD, F_GETFD) >= 0 ? LISTEN_FD : -1;
+  int type = 0;
+  int held = -1;
+  int c = register_mapping('R', in_fd, sigfd, now_ms() + READY_DEADLINE_MS, msg, sizeof msg, &type, &held);
+  if (c < 0) {
+    close(sigfd);
+    exec_node(-1); /* no engine (not built right, refused, or not starting): the per-port proxy */
+  }
+  if (type != '0') fail(type - '0', msg + 1, type == '2' ? " (run with -h for usage)" : "");
+  if (held < 0) fail(1, "the shared engine returned no listening socket", "");
+  if (in_fd >= 0) close(in_fd);
+  report("0\n", 2);
+
+  for (;;) {
+    struct pollfd p[2] = { { c, POLLIN, 0 }, { sigfd, POLLIN, 0 } };
+    if (poll(p, 2, -1) < 0) continue;
+    if (p[1].revents) {
+      if (take_signals(sigfd, c)) {
+        /* Stop: the engine closes the mapping and says B; never wait longer than the bound. */
+        send(c, "S", 1, MSG_NOSIGNAL);
+        long deadline = now_ms() + SHIM_STOP_WAIT_MS;
+        for (long left; (left = deadline - now_ms()) > 0;) {
+          struct pollfd q = { c, POLLIN, 0 };
+          if (poll(&q, 1, (int)left) <= 0) continue;
+          int fd = -1;
+          if (recv_msg(c, msg, sizeof msg, &fd) == 0 || msg[0] == 'B') break;
+          if (fd >= 0) close(fd);
+        }
+        return 0;
+      }
+    }
+    if (!p[0].revents) continue;
+    int fd = -1;
+    if (recv_msg(c, msg, sizeof msg, &fd) > 0) {
+      if (fd >= 0) close(fd);
+      continue;
+    }
+    /* The engine died: the port stays bound (we hold it). Register it with a new engine, or serve
+     * it with the per-port proxy; connections it held are lost, queued ones are not. */
+    close(c);
+    int again = -1;
+    c = register_mapping('A', held, sigfd, now_ms() + READOPT_DEADLINE_MS, msg, sizeof msg, &type, &again);
+    if (again >= 0) close(again);
+    if (c < 0 || type != '0') {
+      close(sigfd);
+      if (status_open()) close(STATUS_FD);
+      exec_node(held);
+    }
+  }
+}

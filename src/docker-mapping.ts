@@ -1,0 +1,94 @@
+/**
+ * One docker-mode mapping, from docker-proxy's validated flags and the USERLAND_PROXY_* variables
+ * to a serving forwarder: the code both the per-port process (docker-mode.ts) and the shared
+ * engine (engine.ts) run, so that both give the same answers, messages and exit codes.
+ */
+import { compileAccess } from './access-list.js';
+import { joinHostPort } from './address.js';
+import { readDockerEnv, type DockerEnv } from './docker-env.js';
+import { toDockerMapping, type DockerMapping } from './docker-flags.js';
+import { ProxyError } from './errors.js';
+import type { FdBudget } from './fd-limit.js';
+import { openMapping, type OpenMapping } from './forward.js';
+import type { GoFlagResult } from './go-flags.js';
+import { createLogger, type Log } from './logger.js';
+import { parseEngine, selectEngine, type EngineChoice, type EngineName } from './native-engine.js';
+import type { TextfileWriter } from './textfile-metrics.js';
+
+/** A serving docker-mode mapping. */
+export interface DockerProxy {
+  /** `tcp/127.0.0.1:8080`, as logs and metrics name it. */
+  id: string;
+  /** `tcp/172.17.0.2:80`. */
+  target: string;
+  mapping: DockerMapping;
+  env: DockerEnv;
+  engine: EngineName;
+  open: OpenMapping;
+  log: Log;
+  /** Closes the listener, every connection and flow, and removes the textfile. */
+  close(): void;
+}
+
+/** How to open it. */
+export interface DockerOpenOptions {
+  /** The USERLAND_PROXY_* variables (the process's own, or those a shim sent). */
+  env: NodeJS.ProcessEnv;
+  /** The socket to adopt for this mapping (fd 4 or the engine's copy of it), or null to bind. */
+  listenFd: (m: DockerMapping) => number | null;
+  budget: FdBudget | null;
+  /** Receives the mapping's logger as soon as it exists (a later failure is logged there too). */
+  onLog: (log: Log) => void;
+}
+
+/** Validates and opens; throws a ProxyError with docker-proxy's wording and our exit code. */
+export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOptions): Promise<DockerProxy> {
+  const m = toDockerMapping(flags);
+  const env = readDockerEnv(opts.env);
+  const id = `${m.proto}/${joinHostPort(m.host.address, m.hostPort)}`;
+  const log = await createLogger({ level: env.logLevel, file: env.logFile, base: { mapping: id } });
+  opts.onLog(log);
+  // -engine (ours, never from dockerd) wins over USERLAND_PROXY_ENGINE; errors name the source.
+  const fromFlag = flags.given.has('engine');
+  const engine = selectEngine(
+    fromFlag ? parseEngineFlag(flags.values.get('engine') as string) : env.engine,
+    (msg) => log.warn({}, msg),
+    fromFlag ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV',
+  );
+  const open = await openMapping({
+    ...m,
+    hostPortEnd: m.hostPort,
+    listenFd: opts.listenFd(m),
+    proxyProtocol: m.proto === 'tcp' ? env.proxyProtocol : 'off',
+    access: compileAccess(env.access),
+    settings: { ...env, engine },
+    log,
+    budget: opts.budget,
+  });
+  let textfile: TextfileWriter | null = null;
+  const close = (): void => {
+    open.close();
+    textfile?.remove();
+  };
+  if (env.textfileDir !== undefined) {
+    try {
+      const { startTextfileWriter } = await import('./textfile-metrics.js');
+      textfile = startTextfileWriter(env.textfileDir, { id, mapping: m, stats: { tcp: open.tcp, udp: open.udp } });
+      await textfile.write();
+    } catch (err) {
+      close();
+      throw err;
+    }
+  }
+  const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
+  return { id, target, mapping: m, env, engine, open, log, close };
+}
+
+/** The -engine flag's value, or a one-line error in Go's flag wording style. */
+function parseEngineFlag(v: string): EngineChoice {
+  try {
+    return parseEngine(v);
+  } catch (err) {
+    throw new ProxyError('UPROXY_ERR_BAD_VALUE', `invalid -engine "${v}": ${(err as Error).message}`);
+  }
+}

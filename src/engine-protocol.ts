@@ -1,0 +1,74 @@
+/**
+ * The shared engine's side of the shim protocol (native/shim.c states it in full): the abstract
+ * socket name, the registration message, and the addon's control functions (native/control.c).
+ *
+ *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_*=... ...>\0  [+ fd 4]  register
+ *                   A<same>  [+ the socket the shim holds]                 re-register: adopt it
+ *                   S stop   H reopen the log   L list (userland-proxy ls)
+ *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
+ *                   J<json part> ... E   (the answer to L)
+ */
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { ENV_PREFIX } from './constants.js';
+import { controlAddon } from './native-engine.js';
+
+/** The control functions of the addon. */
+export interface Control {
+  ctlListen(fdOrName: number | string, onMessage: (conn: number, msg: Buffer, fd: number) => void, onClose: (conn: number) => void): void;
+  ctlSend(conn: number, msg: Buffer, fd: number): boolean;
+  ctlClose(conn: number): void;
+  ctlStopListening(): void;
+  ctlRequest(name: string, msg: Buffer, timeoutMs: number): Buffer[];
+}
+
+/** The control functions, or null (with the reason) when the addon is not built or not loadable. */
+export function control(): Control | string {
+  return controlAddon() as Control | string;
+}
+
+/** FNV-1a, 32 bits, of the UTF-8 bytes (as native/shim.c computes it over the install root). */
+export function fnv1a32(text: string): number {
+  let h = 2166136261;
+  for (const b of Buffer.from(text)) h = Math.imul(h ^ b, 16777619) >>> 0;
+  return h;
+}
+
+/**
+ * The abstract socket name of this installation's engine for this uid: one engine per network
+ * namespace (the kernel scopes abstract names to it), per install directory, per user.
+ */
+export function engineSocketName(env: NodeJS.ProcessEnv = process.env): string {
+  const given = env[`${ENV_PREFIX}ENGINE_SOCKET`];
+  if (given) return given;
+  const root = realpathSync(fileURLToPath(new URL('..', import.meta.url)));
+  return `userland-proxy.${process.geteuid?.() ?? 0}.${fnv1a32(root).toString(16).padStart(8, '0')}`;
+}
+
+/** A shim's registration. */
+export interface Registration {
+  /** A: re-register the socket the shim holds (the previous engine died). */
+  adopt: boolean;
+  argv: string[];
+  /** The shim's USERLAND_PROXY_* variables: the mapping's settings, as a per-port proxy reads them. */
+  env: Record<string, string>;
+}
+
+/** Decodes R/A; null when malformed. */
+export function parseRegistration(msg: Buffer): Registration | null {
+  const parts = msg.subarray(1).toString('utf8').split('\0');
+  const argc = Number(parts[0]);
+  if (!Number.isInteger(argc) || argc < 0 || argc + 1 > parts.length) return null;
+  const env: Record<string, string> = {};
+  for (const kv of parts.slice(argc + 1)) {
+    const eq = kv.indexOf('=');
+    if (eq > 0 && kv.startsWith(ENV_PREFIX)) env[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return { adopt: msg[0] === 0x41, argv: parts.slice(1, argc + 1), env };
+}
+
+/** Encodes a registration (what the shim sends; the tests speak the protocol with it). */
+export function encodeRegistration(r: Registration): Buffer {
+  const env = Object.entries(r.env).map(([k, v]) => `${k}=${v}`);
+  return Buffer.from(`${r.adopt ? 'A' : 'R'}${[String(r.argv.length), ...r.argv, ...env].join('\0')}\0`);
+}

@@ -1,0 +1,279 @@
+/**
+ * The shared engine (docker mode, issue 13): one process per network namespace serving every
+ * docker-proxy mapping whose per-port shim (native/shim.c) registered with it. The first shim
+ * starts it; it exits after USERLAND_PROXY_SHARED_IDLE_TIMEOUT without a mapping.
+ *
+ *   argv   userland-proxy engine [--control-fd=N]  N: the bound, listening control socket the
+ *          starting shim hands over; without it the engine binds the name itself and exits 1 if
+ *          an engine already serves this namespace
+ *   env    its own USERLAND_PROXY_LOG_FILE / _LOG_LEVEL (engine events), USERLAND_PROXY_METRICS
+ *          (one /metrics for every mapping) and _SHARED_IDLE_TIMEOUT; each mapping follows the
+ *          variables its shim sent, exactly as a per-port proxy would read its own
+ *   fds    stdio /dev/null; RLIMIT_NOFILE at the hard limit (the shim raised it); one fd budget
+ *   SIGINT, SIGTERM  close every mapping and exit 0 (each shim then registers with a new engine)
+ *
+ * Per mapping, one control connection: registration (the docker-mode code of docker-mapping.ts:
+ * the same validation, messages and exit codes), the listening socket sent back to the shim (so
+ * the port outlives us), S to stop, EOF when the shim died. A mapping closes with its connection.
+ */
+import { closeSync } from 'node:fs';
+import { joinHostPort } from './address.js';
+import { ENGINE_LIST_CHUNK, METRICS_MAX_CONNECTIONS } from './constants.js';
+import { readDockerEnv } from './docker-env.js';
+import { openDockerMapping, type DockerProxy } from './docker-mapping.js';
+import { parseDockerArgs } from './docker-flags.js';
+import { releaseSignals } from './early-signals.js';
+import { control, engineSocketName, parseRegistration } from './engine-protocol.js';
+import { toProxyError } from './errors.js';
+import { FdBudget } from './fd-limit.js';
+import { createLogger, silentLog, type Log } from './logger.js';
+import type { MappingState } from './supervisor.js';
+import { packageVersion } from './version.js';
+
+/** One shim's mapping: null proxy while its registration is being opened. */
+interface Entry {
+  proxy: DockerProxy | null;
+  closed: boolean;
+  since: number;
+}
+
+/** What `userland-proxy ls` prints, one per mapping. */
+export interface EngineListing {
+  mapping: string;
+  target: string;
+  engine: string;
+  listenFd: boolean;
+  since: string;
+  tcp: { accepted: number; active: number; bytesIn: number; bytesOut: number } | null;
+  udp: { flowsActive: number; flowsCreated: number; bytesIn: number; bytesOut: number } | null;
+}
+
+function die(message: string, log: Log): never {
+  log.fatal({}, message);
+  log.flush();
+  process.stderr.write(`userland-proxy engine: ${message}\n`);
+  process.exit(1);
+}
+
+/** Runs the engine until idle or a signal. */
+export async function runEngine(argv: readonly string[]): Promise<void> {
+  let log: Log = silentLog;
+  const fdArg = argv.find((a) => a.startsWith('--control-fd='));
+  const env = (() => {
+    try {
+      return readDockerEnv(process.env);
+    } catch (err) {
+      return die(toProxyError(err).message, log);
+    }
+  })();
+  try {
+    log = await createLogger({ level: env.logLevel, file: env.logFile, base: { engine: 'shared' } });
+  } catch (err) {
+    die(toProxyError(err).message, log);
+  }
+  const ctl = control();
+  if (typeof ctl === 'string') die(ctl, log);
+  const budget = FdBudget.forProcess(env.metrics ? METRICS_MAX_CONNECTIONS + 1 : 0);
+  const entries = new Map<number, Entry>();
+  let idleTimer: NodeJS.Timeout | null = null;
+  let exiting = false;
+
+  const exit = (why: string): void => {
+    if (exiting) return;
+    exiting = true;
+    ctl.ctlStopListening();
+    for (const e of entries.values()) e.proxy?.close();
+    log.info({ mappings: entries.size }, `engine stopping: ${why}`);
+    log.flush();
+    process.exit(0);
+  };
+  const idleCheck = (): void => {
+    if (entries.size > 0 || exiting) {
+      if (idleTimer) clearTimeout(idleTimer);
+      idleTimer = null;
+      return;
+    }
+    idleTimer ??= setTimeout(() => exit('no mapping left'), env.sharedIdleTimeoutMs);
+  };
+  const drop = (conn: number, why: string): void => {
+    const e = entries.get(conn);
+    if (!e) return;
+    entries.delete(conn);
+    e.closed = true;
+    e.proxy?.close();
+    budget.give(1);
+    if (e.proxy) log.info({ mapping: e.proxy.id, why }, 'mapping closed');
+    idleCheck();
+  };
+
+  const register = async (conn: number, msg: Buffer, fd: number): Promise<void> => {
+    const reg = parseRegistration(msg);
+    let fdUsed = false;
+    const reply = (text: string, sendFd = -1): void => {
+      ctl.ctlSend(conn, Buffer.from(text), sendFd);
+    };
+    if (entries.has(conn) || reg === null) {
+      if (fd >= 0) closeSync(fd);
+      reply('1malformed registration');
+      ctl.ctlClose(conn);
+      return;
+    }
+    // The control connection is an fd of this process too.
+    if (!budget.take(1)) {
+      if (fd >= 0) closeSync(fd);
+      reply(`1file descriptor budget spent: ${budget.used} of ${budget.limit} taken (raise RLIMIT_NOFILE)`);
+      ctl.ctlClose(conn);
+      return;
+    }
+    const entry: Entry = { proxy: null, closed: false, since: Date.now() };
+    entries.set(conn, entry);
+    idleCheck();
+    let mlog: Log = silentLog;
+    try {
+      const flags = parseDockerArgs(reg.argv);
+      const proxy = await openDockerMapping(flags, {
+        env: reg.env,
+        // A: the socket the shim held through an engine restart. R: fd 4 when the flag says so
+        // (-1 when the shim had no fd 4, which reads "fd 4 is not open"), else bind.
+        listenFd: (m) => {
+          if (!reg.adopt && !m.useListenFd) return null;
+          fdUsed = true;
+          return fd;
+        },
+        budget,
+        onLog: (l) => {
+          mlog = l;
+        },
+      });
+      if (fd >= 0 && !fdUsed) closeSync(fd);
+      if (entry.closed) {
+        proxy.close();
+        return;
+      }
+      entry.proxy = proxy;
+      const lfd = proxy.open.listenerFd();
+      if (lfd < 0 || !ctl.ctlSend(conn, Buffer.from('0'), lfd)) {
+        drop(conn, 'shim gone before ready');
+        ctl.ctlClose(conn);
+        return;
+      }
+      mlog.info({ target: proxy.target, listenFd: proxy.mapping.useListenFd || reg.adopt, engine: proxy.engine, shared: true }, 'proxy ready');
+      log.info({ mapping: proxy.id, target: proxy.target, readopted: reg.adopt }, 'mapping ready');
+    } catch (err) {
+      if (fd >= 0 && !fdUsed) closeSync(fd);
+      const e = toProxyError(err);
+      if (mlog.toFile) mlog.error({ code: e.code }, e.message);
+      if (entries.get(conn) === entry) {
+        entries.delete(conn);
+        budget.give(1);
+        idleCheck();
+      }
+      reply(`${e.exitCode === 2 ? 2 : 1}${e.message}`);
+      ctl.ctlClose(conn);
+    }
+  };
+
+  const listing = (): EngineListing[] =>
+    [...entries.values()].flatMap((e) => {
+      const p = e.proxy;
+      if (!p) return [];
+      const t = p.open.tcp;
+      const u = p.open.udp;
+      return [
+        {
+          mapping: p.id,
+          target: p.target,
+          engine: p.engine,
+          listenFd: p.mapping.useListenFd,
+          since: new Date(e.since).toISOString(),
+          tcp: t && { accepted: t.accepted, active: t.active, bytesIn: t.bytesIn, bytesOut: t.bytesOut },
+          udp: u && { flowsActive: u.flowsActive, flowsCreated: u.flowsCreated, bytesIn: u.bytesIn, bytesOut: u.bytesOut },
+        },
+      ];
+    });
+
+  const onMessage = (conn: number, msg: Buffer, fd: number): void => {
+    switch (msg[0]) {
+      case 0x52: // R
+      case 0x41: // A
+        void register(conn, msg, fd);
+        return;
+      case 0x53: // S: stop; the shim exits once it has B (or after its bound wait)
+        drop(conn, 'stopped');
+        ctl.ctlSend(conn, Buffer.from('B'), -1);
+        ctl.ctlClose(conn);
+        break;
+      case 0x48: // H: logrotate moved the mapping's log file
+        entries.get(conn)?.proxy?.log.reopen();
+        break;
+      case 0x4c: {
+        // L: the listing, in parts that fit one message
+        const text = JSON.stringify(listing());
+        for (let i = 0; i < text.length; i += ENGINE_LIST_CHUNK) ctl.ctlSend(conn, Buffer.from(`J${text.slice(i, i + ENGINE_LIST_CHUNK)}`), -1);
+        ctl.ctlSend(conn, Buffer.from('E'), -1);
+        ctl.ctlClose(conn);
+        break;
+      }
+    }
+    if (fd >= 0) closeSync(fd);
+  };
+
+  const stop = (signal: NodeJS.Signals): void => exit(signal);
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  releaseSignals('SIGINT', 'SIGTERM');
+  process.on('uncaughtException', (err) => {
+    log.fatal({ err: err.message, stack: err.stack }, 'internal error; exiting');
+    log.flush();
+    process.exit(1);
+  });
+
+  const source = fdArg ? Number(fdArg.slice('--control-fd='.length)) : engineSocketName();
+  try {
+    ctl.ctlListen(source, onMessage, (conn) => drop(conn, 'shim gone'));
+  } catch (err) {
+    const m = (err as Error).message;
+    die(/Address already in use/.test(m) ? `an engine already serves @${source} in this network namespace` : m, log);
+  }
+  if (env.metrics) {
+    const states = (): MappingState[] =>
+      [...entries.values()].flatMap((e) => (e.proxy ? [stateOf(e.proxy)] : []));
+    try {
+      const { createRegistry } = await import('./metrics.js');
+      const { startMetricsServer } = await import('./metrics-server.js');
+      await startMetricsServer({
+        ...env.metrics,
+        registry: createRegistry(states, { defaultMetrics: true }),
+        supervisor: { refreshStats: async () => {}, down: [] },
+        onReload: null,
+      });
+    } catch (err) {
+      die(toProxyError(err).message, log);
+    }
+  }
+  idleCheck();
+  log.info({ version: packageVersion(), control: typeof source === 'number' ? `fd ${source}` : `@${source}`, fdLimit: budget.limit }, 'engine ready');
+}
+
+/** The metrics view of a docker mapping (as textfile-metrics.ts builds it for one process). */
+function stateOf(p: DockerProxy): MappingState {
+  const m = p.mapping;
+  return {
+    mapping: {
+      id: p.id,
+      proto: m.proto,
+      host: m.host,
+      hostPort: m.hostPort,
+      hostPortEnd: m.hostPort,
+      target: m.target,
+      targetPort: m.targetPort,
+      spec: `${p.id} -> ${joinHostPort(m.target.address, m.targetPort)}`,
+      access: { allow: [], deny: [] },
+      proxyProtocol: 'off',
+    },
+    up: true,
+    restarts: 0,
+    tcp: p.open.tcp,
+    udp: p.open.udp,
+  };
+}
