@@ -11,10 +11,17 @@ import { defineConfig } from 'vitest/config';
  */
 /** Integration suites that run once: the JavaScript relay's internals, and the bench harness (it runs both engines itself). */
 const ONCE = ['test/integration/relay.test.ts', 'test/integration/bench-smoke.test.ts'];
+/**
+ * Docker-mode proxies started by the tests go through the shim to a shared engine (the default
+ * when built): this run's engines get a name of their own, so that nothing outside the run talks
+ * to them, and global-setup.ts kills whatever engine of this name is left at the end.
+ */
+const ENGINE_SOCKET = `upt-test-${process.pid}`; // = RUN_ENGINE_SOCKET of test/helpers/engines.ts
 
 export default defineConfig({
   test: {
     globalSetup: ['test/helpers/global-setup.ts'],
+    env: { USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
     maxWorkers: 2,
     testTimeout: 30_000,
     hookTimeout: 60_000,
@@ -26,7 +33,7 @@ export default defineConfig({
           name: 'js',
           include: ['test/**/*.test.ts'],
           exclude: ['test/integration/native-engine.test.ts'],
-          env: { USERLAND_PROXY_ENGINE: 'js' },
+          env: { USERLAND_PROXY_ENGINE: 'js', USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
           sequence: { groupOrder: 0 },
         },
       },
@@ -36,7 +43,7 @@ export default defineConfig({
           name: 'native',
           include: ['test/integration/**/*.test.ts'],
           exclude: ONCE,
-          env: { USERLAND_PROXY_ENGINE: 'native' },
+          env: { USERLAND_PROXY_ENGINE: 'native', USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
           sequence: { groupOrder: 1 },
         },
       },

@@ -75,9 +75,20 @@ static void call(napi_ref ref, size_t argc, napi_value *argv) {
   napi_close_handle_scope(ctl_env, scope);
 }
 
+/* Closes a connection so that the peer reads what we sent before EOF: closing a unix socket with
+ * unread data in its queue makes the peer's next recv fail with ECONNRESET instead, losing the
+ * reply. After shutdown nothing more can arrive (the peer's send gets EPIPE), so one drain empties
+ * the queue. */
+static void close_gently(int fd) {
+  char sink[256];
+  shutdown(fd, SHUT_RDWR);
+  while (recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {}
+  close(fd);
+}
+
 static void free_conn(uv_handle_t *h) {
   ctl_conn_t *c = h->data;
-  close(c->fd);
+  close_gently(c->fd);
   free(c);
 }
 
@@ -131,7 +142,7 @@ static void on_conn(uv_poll_t *p, int status, int events) {
 
 static void refuse(int fd, const char *why) {
   send(fd, why, strlen(why), MSG_NOSIGNAL | MSG_DONTWAIT);
-  close(fd);
+  close_gently(fd);
 }
 
 static void on_accept(uv_poll_t *p, int status, int events) {

@@ -102,6 +102,12 @@ static void fail(int code, const char *msg, const char *hint) {
   exit(code);
 }
 
+/* USERLAND_PROXY_SHARED unset, empty or true (the values settings.ts reads as true). */
+static int shared_on(void) {
+  const char *v = getenv("USERLAND_PROXY_SHARED");
+  return !v || !*v || !strcmp(v, "true") || !strcmp(v, "on") || !strcmp(v, "1");
+}
+
 /* Execs today's per-port Node proxy with our argv (plus -use-listen-fd on `held`, once fd 3 has
  * been answered). Signals are unblocked first: the mask survives execve. */
 static void exec_node(int held) {
@@ -120,7 +126,8 @@ static void exec_node(int held) {
     if (!flagged) argv[n++] = "-use-listen-fd";
   }
   argv[n] = NULL;
-  setenv("USERLAND_PROXY_SHARED", "off", 1);
+  /* Keep the launcher from sending us back here; an invalid value stays for Node to report. */
+  if (shared_on()) setenv("USERLAND_PROXY_SHARED", "false", 1);
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
@@ -377,9 +384,8 @@ int main(int argc, char **argv) {
   args = argv;
   nargs = argc;
   find_root();
-  const char *shared = getenv("USERLAND_PROXY_SHARED");
   int listen_flag = 0;
-  if ((shared && strcmp(shared, "auto") != 0 && strcmp(shared, "") != 0) || !understood(&listen_flag)) exec_node(-1);
+  if (!shared_on() || !understood(&listen_flag)) exec_node(-1);
   engine_name();
 
   sigset_t set;

@@ -30,6 +30,8 @@ engine="js (the native engine was not built: see npm ci's output)"
 if [ -f "$src/build/Release/engine.node" ]; then
   mkdir -p "$tmp/build/Release"
   cp "$src/build/Release/engine.node" "$tmp/build/Release/"
+  # The per-port shim of shared mode (built with the addon): one engine per network namespace.
+  [ -x "$src/build/Release/userland-proxy-shim" ] && cp "$src/build/Release/userland-proxy-shim" "$tmp/build/Release/"
   engine="native (splice; USERLAND_PROXY_ENGINE=js in dockerd's environment selects the JavaScript engine)"
 fi
 (cd "$tmp" && npm prune --omit=dev --ignore-scripts --no-audit --no-fund >/dev/null 2>&1) || die "npm prune failed in $tmp"

@@ -1,6 +1,12 @@
-/** Runs once before all test files: removes namespaces left behind by killed runs. */
+/**
+ * Runs once around all test files: removes namespaces left behind by killed runs before, and
+ * after the run ends every shared engine the run's shims started (they outlive their shims by
+ * the idle timeout; vitest.config.ts gives them a name of the run's own).
+ */
+import { killEngines } from './engines.js';
 import { removeStaleNamespaces } from './netns.js';
 
-export default function setup(): void {
+export default function setup(): () => void {
   removeStaleNamespaces();
+  return () => killEngines();
 }

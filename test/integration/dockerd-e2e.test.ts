@@ -15,6 +15,7 @@ import { CAN_RUN_DOCKERD, startDockerd, type PrivateDockerd } from '../helpers/d
 import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { ROOT } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
+import { RUN_ENGINE_SOCKET } from '../helpers/engines.js';
 
 const CAN_RUN = CAN_RUN_DOCKERD && existsSync('/bin/busybox');
 /** The image rootfs, the install prefix and the proxies' log. */
@@ -29,10 +30,10 @@ async function docker(...args: string[]): Promise<{ stdout: string; stderr: stri
   return dockerd.docker(args);
 }
 
-/** Our proxy processes serving a host port, from /proc. */
+/** Our proxy processes serving a host port (a shim, or a per-port Node process), from /proc. */
 function proxiesFor(port: number): string[] {
   const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
-  return out.split('\n').filter((l) => l.includes('dist/cli.js') && l.includes(`-host-port ${port} `));
+  return out.split('\n').filter((l) => (l.includes('dist/cli.js') || l.includes('userland-proxy-shim')) && l.includes(`-host-port ${port} `));
 }
 
 async function httpGet(url: string): Promise<string> {
@@ -62,7 +63,12 @@ beforeAll(async () => {
     ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`],
     // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
     // dockerd passes its environment to the proxies: the engine under test and a log to check it.
-    { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', USERLAND_PROXY_ENGINE: testEngine(), USERLAND_PROXY_LOG_FILE: join(dir, 'proxy.log') },
+    {
+      PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
+      USERLAND_PROXY_ENGINE: testEngine(),
+      USERLAND_PROXY_LOG_FILE: join(dir, 'proxy.log'),
+      USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd`,
+    },
   );
   const imp = await docker('import', join(dir, 'rootfs.tar'), IMAGE);
   if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);

@@ -1,0 +1,270 @@
+/**
+ * The shared engine's lifecycle (issue 13): shims (native/shim.c) started the way dockerd starts
+ * docker-proxy, one engine per network namespace (src/engine.ts), and what happens when any of
+ * the processes dies. Each test names an engine of its own (USERLAND_PROXY_ENGINE_SOCKET) and
+ * kills it afterwards; the data path is the project's engine (USERLAND_PROXY_ENGINE).
+ */
+import { spawnSync } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { existsSync, readlinkSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
+import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
+import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';
+import { killTracked } from '../helpers/processes.js';
+import { BIN, dockerArgv, ROOT, spawnProxy, startProxy, type ProxyProc } from '../helpers/proxy.js';
+
+const SHIM = join(ROOT, 'build/Release/userland-proxy-shim');
+const HAVE_SHIM = existsSync(SHIM);
+const ECHO = 7000;
+const backend = useBackend(['--echo', String(ECHO)]);
+
+let n = 0;
+let names: string[] = [];
+/** An engine name of this test's own, with the environment that selects it. */
+function engineEnv(extra: Record<string, string> = {}): { name: string; env: Record<string, string> } {
+  const name = `${RUN_ENGINE_SOCKET}-lc${process.pid}x${n++}`;
+  names.push(name);
+  return { name, env: { USERLAND_PROXY_ENGINE_SOCKET: name, USERLAND_PROXY_SHARED: 'true', ...extra } };
+}
+
+afterEach(async () => {
+  await killTracked();
+  for (const name of names) killEngines(name);
+  names = [];
+});
+
+const tcpArgs = (port: number, host = '127.0.0.1', target = backend.ipv4) => dockerArgv('tcp', host, port, target, ECHO);
+const echoes = async (port: number, host = '127.0.0.1'): Promise<boolean> => {
+  try {
+    return (await tcpRoundTrip(host, port, Buffer.from('ping'))).toString() === 'ping';
+  } catch {
+    return false;
+  }
+};
+/** The TCP ports in LISTEN state (ss reads the kernel's table). */
+const listeningPorts = (): number[] =>
+  spawnSync('ss', ['-Hltn'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .map((l) => Number(/:(\d+)$/.exec(l.split(/\s+/)[3] ?? '')?.[1])) // Local Address:Port
+    .filter((p) => p > 0);
+const listening = (port: number): boolean => listeningPorts().includes(port);
+const exeOf = (pid: number): string => {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return '';
+  }
+};
+
+describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
+  it('a proxy is a shim, the mapping lives in one engine, and the shim answers "0\\n" itself', async () => {
+    const { name, env } = engineEnv();
+    const port = await freePort();
+    const p = await startProxy(tcpArgs(port), { env });
+    expect(exeOf(p.pid)).toBe(SHIM);
+    expect(enginePids(name)).toHaveLength(1);
+    expect(await echoes(port)).toBe(true);
+    // SIGINT: the engine closes the mapping, the shim exits 0, the port is free.
+    expect(await p.stop()).toEqual({ code: 0, signal: null });
+    expect(listening(port)).toBe(false);
+  });
+
+  it('50 shims started at once yield one engine, and every port serves', async () => {
+    const { name, env } = engineEnv();
+    const ports = await Promise.all(Array.from({ length: 50 }, () => freePort()));
+    const procs = await Promise.all(ports.map((port) => startProxy(tcpArgs(port), { env })));
+    expect(enginePids(name)).toHaveLength(1);
+    for (const port of ports) expect(await echoes(port), `port ${port}`).toBe(true);
+    await Promise.all(procs.map((p) => p.stop()));
+  });
+
+  it('engine SIGKILL under load: no port is ever unbound, and every port serves again', async () => {
+    const { name, env } = engineEnv();
+    const ports = await Promise.all(Array.from({ length: 10 }, () => freePort()));
+    const procs = await Promise.all(ports.map((port) => startProxy(tcpArgs(port), { env })));
+    const [engine] = enginePids(name);
+    // Load: round trips on every port (bounded: 8 s, or until every port served after the kill).
+    let killedAt = 0;
+    const back = new Map<number, number>();
+    let served = 0;
+    const load = Promise.all(
+      ports.map(async (port) => {
+        const end = Date.now() + 8000;
+        while (Date.now() < end && !back.has(port)) {
+          const started = Date.now();
+          if (await echoes(port)) {
+            served++;
+            if (killedAt > 0 && started > killedAt) back.set(port, Date.now() - killedAt);
+          } else {
+            await sleep(10);
+          }
+        }
+      }),
+    );
+    await sleep(300);
+    process.kill(engine as number, 'SIGKILL');
+    killedAt = Date.now();
+    // The shims hold the listening sockets: the kernel's table keeps every port through it all.
+    for (let i = 0; i < 5; i++) {
+      expect(listeningPorts()).toEqual(expect.arrayContaining(ports));
+      await sleep(50);
+    }
+    await load;
+    expect([...back.keys()].sort()).toEqual([...ports].sort());
+    console.info(`after the engine SIGKILL each port served again within ${Math.max(...back.values())} ms (slowest of ${ports.length})`);
+    // ...through a new engine: no shim had to fall back to a per-port Node process.
+    expect(enginePids(name)).toHaveLength(1);
+    expect(enginePids(name)).not.toContain(engine);
+    for (const p of procs) expect(exeOf(p.pid)).toBe(SHIM);
+    expect(served).toBeGreaterThan(ports.length);
+  });
+
+  it('a shim killed with SIGKILL frees its port at once; the others keep serving', async () => {
+    const { env } = engineEnv();
+    const [a, b] = [await freePort(), await freePort()];
+    const pa = await startProxy(tcpArgs(a), { env });
+    await startProxy(tcpArgs(b), { env });
+    await pa.stop('SIGKILL');
+    await vi.waitFor(() => expect(listening(a)).toBe(false), { timeout: 2000, interval: 20 });
+    // Free for dockerd's next bind (live-restore re-binds at once).
+    const again = await startProxy(tcpArgs(a), { env });
+    expect(await echoes(a)).toBe(true);
+    expect(await echoes(b)).toBe(true);
+    await again.stop();
+  });
+
+  it('the last shim gone, the engine exits after the idle timeout', async () => {
+    const { name, env } = engineEnv({ USERLAND_PROXY_SHARED_IDLE_TIMEOUT: '500ms' });
+    const port = await freePort();
+    const p = await startProxy(tcpArgs(port), { env });
+    const [engine] = enginePids(name);
+    await sleep(800);
+    expect(enginePids(name)).toEqual([engine]); // a mapping keeps it
+    await p.stop();
+    await vi.waitFor(() => expect(enginePids(name)).toEqual([]), { timeout: 5000, interval: 100 });
+  });
+
+  it.skipIf(!IS_ROOT)('a peer that is neither root nor the engine uid is refused and nothing is bound', async () => {
+    const { name, env } = engineEnv();
+    const port = await freePort();
+    const keep = await startProxy(tcpArgs(port), { env }); // starts the root engine
+    const other = await freePort();
+    // Speak the protocol as nobody, bypassing the shim's own check of the engine's uid.
+    const script = [
+      'import socket,sys',
+      's=socket.socket(socket.AF_UNIX,socket.SOCK_SEQPACKET)',
+      `s.connect("\\0${name}")`,
+      `argv=${JSON.stringify(tcpArgs(other))}`,
+      "s.send(('R'+'\\0'.join([str(len(argv))]+argv)+'\\0').encode())",
+      's.settimeout(5)',
+      'sys.stdout.write(s.recv(4096).decode())',
+    ].join('\n');
+    const r = spawnSync('python3', ['-c', script], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000 });
+    expect(r.stdout).toBe('1the shared engine serves only root and uid 0, not uid 65534');
+    expect(listening(other)).toBe(false);
+    // A shim run as nobody does not hand its port to root's engine: it runs the per-port proxy.
+    const nobody = await startProxy(tcpArgs(other), { env, uid: 65534, gid: 65534 });
+    expect(exeOf(nobody.pid)).not.toBe(SHIM);
+    expect(await echoes(other)).toBe(true);
+    await nobody.stop();
+    await keep.stop();
+  });
+
+  it.skipIf(!IS_ROOT)('two network namespaces get two engines', async () => {
+    const { name, env } = engineEnv();
+    const nsA = await startBackend(['--echo', String(ECHO)]);
+    const nsB = await startBackend(['--echo', String(ECHO)]);
+    try {
+      const procs: ProxyProc[] = [];
+      for (const ns of [nsA, nsB] as Backend[]) {
+        // The proxy runs inside the namespace and forwards to its own loopback echo server.
+        const p = spawnProxy(['netns', 'exec', ns.namespace as string, BIN, ...dockerArgv('tcp', '127.0.0.1', 9000, '127.0.0.1', ECHO)], { bin: 'ip', env });
+        expect(await p.status).toBe('0\n');
+        procs.push(p);
+      }
+      expect(enginePids(name)).toHaveLength(2);
+      for (const ns of [nsA, nsB] as Backend[]) {
+        const r = spawnSync('ip', ['netns', 'exec', ns.namespace as string, 'python3', '-c', "import socket;s=socket.create_connection(('127.0.0.1',9000),3);s.sendall(b'hi');print(s.recv(10).decode())"], {
+          encoding: 'utf8',
+          timeout: 10_000,
+        });
+        expect(r.stdout.trim()).toBe('hi');
+      }
+      await Promise.all(procs.map((p) => p.stop()));
+    } finally {
+      await nsA.destroy();
+      await nsB.destroy();
+    }
+  });
+
+  it('dockerd 28+ style: fd 4 pre-bound (TCP and UDP) is adopted, and the port survives an engine restart', async () => {
+    const { name, env } = engineEnv();
+    const port = await freePort();
+    const server: Server = await new Promise((res) => {
+      const s = createServer();
+      s.listen({ port, host: '127.0.0.1' }, () => res(s));
+    });
+    const fd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+    const udpPort = await freePort();
+    const u = createSocket('udp4');
+    await new Promise<void>((res) => u.bind(udpPort, '127.0.0.1', () => res()));
+    const sym = Object.getOwnPropertySymbols(u).find((s) => s.description === 'state symbol') as symbol;
+    const ufd = (u as unknown as Record<symbol, { handle: { fd: number } }>)[sym].handle.fd;
+    const t = await startProxy([...tcpArgs(port), '-use-listen-fd'], { env, listenFd: fd });
+    const d = await startProxy([...dockerArgv('udp', '127.0.0.1', udpPort, backend.ipv4, ECHO), '-use-listen-fd'], { env, listenFd: ufd });
+    // As dockerd does after "0\n": close our copies; the proxy owns the sockets now.
+    server.close();
+    u.close();
+    expect(await echoes(port)).toBe(true);
+    const c = udpClient(4);
+    expect((await udpRequest(c, '127.0.0.1', udpPort, 'dgram')).toString()).toBe('dgram');
+    for (const pid of enginePids(name)) process.kill(pid, 'SIGKILL');
+    await vi.waitFor(async () => expect(await echoes(port)).toBe(true), { timeout: 5000, interval: 50 });
+    await vi.waitFor(async () => expect((await udpRequest(c, '127.0.0.1', udpPort, 'again', 200)).toString()).toBe('again'), { timeout: 5000, interval: 50 });
+    c.close();
+    await t.stop();
+    await d.stop();
+  });
+
+  it('USERLAND_PROXY_SHARED=false, -v and -h, and flags the shim does not know run the per-port Node proxy', async () => {
+    const { name, env } = engineEnv();
+    const port = await freePort();
+    const p = await startProxy(tcpArgs(port), { env: { ...env, USERLAND_PROXY_SHARED: 'false' } });
+    expect(exeOf(p.pid)).not.toBe(SHIM);
+    expect(enginePids(name)).toEqual([]);
+    await p.stop();
+    const v = spawnSync(BIN, ['-v'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+    expect(v.stdout).toMatch(/^userland-proxy version /);
+    const h = spawnSync(BIN, ['-h'], { env: { ...process.env, ...env }, encoding: 'utf8' });
+    expect(h.status).toBe(0);
+    expect(h.stderr).toContain('-container-port');
+    const e = await startProxy([...tcpArgs(port), '-engine', 'js'], { env });
+    expect(exeOf(e.pid)).not.toBe(SHIM);
+    await e.stop();
+    const bad = spawnProxy(tcpArgs(port), { env: { ...env, USERLAND_PROXY_SHARED: 'maybe' } });
+    expect(await bad.status).toBe('1\ninvalid USERLAND_PROXY_SHARED "maybe": use true or false');
+    expect((await bad.exited).code).toBe(1);
+  });
+
+  it('userland-proxy ls lists the engine mappings with their counters', async () => {
+    const { env } = engineEnv();
+    const port = await freePort();
+    const p = await startProxy(tcpArgs(port), { env });
+    expect(await echoes(port)).toBe(true);
+    const r = spawnSync(BIN, ['ls', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10_000 });
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { mapping: string; tcp: { accepted: number; bytesIn: number } });
+    expect(rows).toHaveLength(1);
+    expect(rows[0]?.mapping).toBe(`tcp/127.0.0.1:${port}`);
+    expect(rows[0]?.tcp.accepted).toBe(1);
+    expect(rows[0]?.tcp.bytesIn).toBe(4);
+    const table = spawnSync(BIN, ['ls'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10_000 });
+    expect(table.stdout).toMatch(new RegExp(`^MAPPING +TARGET .*\\ntcp/127\\.0\\.0\\.1:${port} +tcp/`));
+    await p.stop();
+    const none = spawnSync(BIN, ['ls'], { env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-none` }, encoding: 'utf8' });
+    expect(none.stdout).toBe('no shared engine runs in this network namespace\n');
+    expect(none.status).toBe(0);
+  });
+});
