@@ -3,13 +3,14 @@
  * both modes, through the global bin symlink (the launcher resolves it) with a minimal PATH.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, tcpRoundTrip } from '../helpers/net.js';
 import { ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
+import { RUN_ENGINE_SOCKET } from '../helpers/engines.js';
 import { createServer } from 'node:net';
 
 const run = promisify(execFile);
@@ -29,7 +30,7 @@ describe('npm pack and npm install -g', () => {
     expect(files).toContain('package/dist/cli.js');
     expect(files).not.toContain('package/test/');
     // The native engine's source travels in the package and is built on install.
-    for (const f of ['engine.h', 'binding.c', 'loop.c', 'tcp.c', 'udp.c']) expect(files).toContain(`package/native/${f}`);
+    for (const f of ['engine.h', 'binding.c', 'control.c', 'loop.c', 'tcp.c', 'udp.c', 'shim.c']) expect(files).toContain(`package/native/${f}`);
     expect(files).toContain('package/binding.gyp');
     expect(files).not.toContain('package/build/');
     await run('npm', ['install', '-g', '--prefix', join(dir, 'global'), join(dir, tgz), '--no-audit', '--no-fund'], { timeout: 120_000 });
@@ -43,8 +44,11 @@ describe('npm pack and npm install -g', () => {
     const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', (echo.address() as { port: number }).port), {
       bin,
       cleanEnv: true,
-      env: { ...env, USERLAND_PROXY_ENGINE: HAVE_CC ? 'native' : 'auto' },
+      // The shared engine it starts is this run's (killed at the end), under a name of its own.
+      env: { ...env, USERLAND_PROXY_ENGINE: HAVE_CC ? 'native' : 'auto', USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-pack` },
     });
+    // Built with a compiler, the global install runs shared mode: the proxy is the shim.
+    expect(readlinkSync(`/proc/${p.pid}/exe`).endsWith('/build/Release/userland-proxy-shim')).toBe(HAVE_CC);
     expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('packed'))).toString()).toBe('packed');
     await p.stop();
     echo.close();

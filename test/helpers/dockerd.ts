@@ -23,6 +23,10 @@ export interface PrivateDockerd {
   docker(args: string[], seconds?: number): Promise<{ stdout: string; stderr: string; code: number }>;
   /** What the daemon printed so far (for failure messages). */
   log(): string;
+  /** Sends `signal` to dockerd itself (not its `timeout` wrapper) and waits until it exited. */
+  kill(signal: NodeJS.Signals): Promise<void>;
+  /** Starts dockerd again on the same directories (with --live-restore it keeps its containers). */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -31,32 +35,36 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
   const dir = mkdtempSync('/tmp/upt-dockerd-');
   const sock = join(dir, 'docker.sock');
   let daemonLog = '';
-  const child: ChildProcess = spawn(
-    'timeout',
-    [
-      '900',
-      DOCKERD,
-      '--data-root',
-      join(dir, 'data'),
-      '--exec-root',
-      join(dir, 'exec'),
-      '-H',
-      `unix://${sock}`,
-      '--pidfile',
-      join(dir, 'docker.pid'),
-      '--iptables=false',
-      '--storage-driver',
-      'vfs',
-      ...extraArgs,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env },
-  );
-  child.stderr?.on('data', (d) => {
-    daemonLog += d;
-  });
-  child.stdout?.on('data', (d) => {
-    daemonLog += d;
-  });
+  let child: ChildProcess;
+  const launch = (): void => {
+    child = spawn(
+      'timeout',
+      [
+        '900',
+        DOCKERD,
+        '--data-root',
+        join(dir, 'data'),
+        '--exec-root',
+        join(dir, 'exec'),
+        '-H',
+        `unix://${sock}`,
+        '--pidfile',
+        join(dir, 'docker.pid'),
+        '--iptables=false',
+        '--storage-driver',
+        'vfs',
+        ...extraArgs,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], env },
+    );
+    child.stderr?.on('data', (d) => {
+      daemonLog += d;
+    });
+    child.stdout?.on('data', (d) => {
+      daemonLog += d;
+    });
+  };
+  launch();
   const docker = async (args: string[], seconds = 30): Promise<{ stdout: string; stderr: string; code: number }> => {
     try {
       const { stdout, stderr } = await run('timeout', [String(seconds), DOCKER, '-H', `unix://${sock}`, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
@@ -93,10 +101,26 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
     }
     rmSync(dir, { recursive: true, force: true });
   };
-  for (let i = 0; i < 60; i++) {
-    await sleep(500);
-    if ((await docker(['info'])).code === 0) return { dir, docker, log: () => daemonLog, stop };
-  }
+  const up = async (): Promise<boolean> => {
+    for (let i = 0; i < 60; i++) {
+      await sleep(500);
+      if ((await docker(['info'])).code === 0) return true;
+    }
+    return false;
+  };
+  const kill = async (signal: NodeJS.Signals): Promise<void> => {
+    const exited = new Promise((res) => child.once('exit', res));
+    process.kill(Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim()), signal);
+    await Promise.race([exited, sleep(20_000)]);
+    // Its managed containerd dies with it (Pdeathsig); a restart before that finds it half alive.
+    const containerd = Number(readFileSync(join(dir, 'exec/containerd/containerd.pid'), 'utf8').trim());
+    for (let i = 0; i < 100 && existsSync(`/proc/${containerd}`); i++) await sleep(100);
+  };
+  const restart = async (): Promise<void> => {
+    launch();
+    if (!(await up())) throw new Error(`dockerd did not come up again:\n${daemonLog.slice(-2000)}`);
+  };
+  if (await up()) return { dir, docker, log: () => daemonLog, kill, restart, stop };
   await stop();
   throw new Error(`dockerd did not come up:\n${daemonLog.slice(-2000)}`);
 }

@@ -2,8 +2,9 @@
  * The shared engines (src/engine.ts) of this checkout, found in /proc: by the control socket name
  * in their environment (each test run, and each lifecycle test, names its own).
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 import { ROOT } from './proxy.js';
 
 /**
@@ -40,4 +41,52 @@ export function killEngines(name = RUN_ENGINE_SOCKET): void {
       // gone
     }
   }
+}
+
+let own = 0;
+/**
+ * An engine of the caller's own (a unique name): for tests that measure the serving process's
+ * fds or memory, which other suites' mappings must not disturb. Killed with the run's engines.
+ */
+export function ownEngineEnv(): Record<string, string> {
+  return { USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-own${process.pid}x${own++}` };
+}
+
+/**
+ * The process that serves a proxy's mapping: the proxy itself in per-port mode, or the engine of
+ * `env`'s name when the proxy is a shim.
+ */
+export function servingPid(pid: number, env: Record<string, string>): number {
+  let exe = '';
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return pid;
+  }
+  if (!exe.endsWith('/userland-proxy-shim')) return pid;
+  const [engine] = enginePids(env.USERLAND_PROXY_ENGINE_SOCKET ?? RUN_ENGINE_SOCKET);
+  if (engine === undefined) throw new Error(`no engine named ${env.USERLAND_PROXY_ENGINE_SOCKET}`);
+  return engine;
+}
+
+/** Docker mode's two process models, for suites that run in both. */
+export const DOCKER_MODES = [
+  { mode: 'shared engine', shared: 'true' },
+  { mode: 'per-port process', shared: 'false' },
+] as const;
+
+/**
+ * Runs the enclosing describe's proxies in one model: spawnProxy passes our environment on, so
+ * USERLAND_PROXY_SHARED is set for the block and restored after it.
+ */
+export function useDockerMode(shared: 'true' | 'false'): void {
+  let saved: string | undefined;
+  beforeAll(() => {
+    saved = process.env.USERLAND_PROXY_SHARED;
+    process.env.USERLAND_PROXY_SHARED = shared;
+  });
+  afterAll(() => {
+    if (saved === undefined) delete process.env.USERLAND_PROXY_SHARED;
+    else process.env.USERLAND_PROXY_SHARED = saved;
+  });
 }

@@ -56,7 +56,7 @@ describe('access lists', () => {
         access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }),
       });
       closers.push(() => f.close());
-      await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+      await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
       const port = (server.address() as { port: number }).port;
       const before = dialled;
       // The reset can beat the client's own 'connect' event: then connect() itself fails.
@@ -92,7 +92,7 @@ describe('access lists', () => {
       access: compileAccess({ allow: [], deny: ['127.0.0.1'] }),
     });
     closers.push(() => f.close());
-    await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+    await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
     const c = udpClient(4);
     await expect(udpRequest(c, '127.0.0.1', listener.address().port, 'x', 300)).rejects.toThrow('no UDP reply');
     c.close();

@@ -4,30 +4,40 @@
  * every published port is served by our proxy alone) runs with
  * --userland-proxy-path=<abs path to bin/userland-proxy>. A busybox image is imported from a
  * rootfs tar (no registry). Every command is bounded by a timeout; everything started is removed
- * in afterAll, also on failure.
+ * in afterAll, also on failure. Both docker modes run: shared (each proxy a shim, one engine per
+ * network namespace; the default) and per-port (USERLAND_PROXY_SHARED=false), one dockerd each.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CAN_RUN_DOCKERD, startDockerd, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { ROOT } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
-import { RUN_ENGINE_SOCKET } from '../helpers/engines.js';
+import { killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
 
 const CAN_RUN = CAN_RUN_DOCKERD && existsSync('/bin/busybox');
 /** The image rootfs, the install prefix and the proxies' log. */
 const dir = CAN_RUN ? mkdtempSync('/tmp/upt-e2e-') : '';
 const IMAGE = 'upt-busybox';
 let dockerd: PrivateDockerd | null = null;
-const containers: string[] = [];
+let containers: string[] = [];
 
 /** Runs the docker CLI against our private daemon, bounded by 30 s. */
 async function docker(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
   if (!dockerd) throw new Error('dockerd is not running');
   return dockerd.docker(args);
+}
+
+/** Serves HTTP on the port (a busybox httpd behind it), within 5 s. */
+async function serves(url: string): Promise<boolean> {
+  try {
+    return (await httpGet(url)) === 'hello from the container\n';
+  } catch {
+    return false;
+  }
 }
 
 /** Our proxy processes serving a host port (a shim, or a per-port Node process), from /proc. */
@@ -41,7 +51,7 @@ async function httpGet(url: string): Promise<string> {
   return res.text();
 }
 
-beforeAll(async () => {
+beforeAll(() => {
   if (!CAN_RUN) {
     console.warn('SKIPPED: the dockerd end-to-end test needs root and docker.io + busybox-static (.ci/setup)');
     return;
@@ -55,40 +65,58 @@ beforeAll(async () => {
   execFileSync('gcc', ['-static', '-O2', '-o', join(rootfs, 'bin/udpecho'), join(ROOT, 'test/helpers/udp-echo.c')]);
   writeFileSync(join(rootfs, 'www/index.html'), 'hello from the container\n');
   execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
-
   // Install the way an operator does, with deploy/docker/install.sh, into a private prefix.
   execFileSync('sh', [join(ROOT, 'deploy/docker/install.sh'), join(dir, 'opt')], { stdio: 'ignore' });
-  const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
-  dockerd = await startDockerd(
-    ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`],
-    // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
-    // dockerd passes its environment to the proxies: the engine under test and a log to check it.
-    {
-      PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
-      USERLAND_PROXY_ENGINE: testEngine(),
-      USERLAND_PROXY_LOG_FILE: join(dir, 'proxy.log'),
-      USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd`,
-    },
-  );
-  const imp = await docker('import', join(dir, 'rootfs.tar'), IMAGE);
-  if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
 }, 90_000);
 
-afterAll(async () => {
-  if (!CAN_RUN) return;
-  if (dockerd) {
-    for (const c of containers) await docker('rm', '-f', c);
-    await dockerd.stop();
-  }
-  try {
-    execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' });
-  } catch {
-    /* gone */
-  }
-  rmSync(dir, { recursive: true, force: true });
-}, 60_000);
+afterAll(() => {
+  if (CAN_RUN) rmSync(dir, { recursive: true, force: true });
+});
 
-describe.skipIf(!CAN_RUN)('real dockerd with userland-proxy installed by deploy/docker/install.sh', () => {
+const MODES = [
+  { mode: 'shared engine', shared: 'true' },
+  { mode: 'per-port processes', shared: 'false' },
+];
+
+describe.skipIf(!CAN_RUN).each(MODES)('real dockerd with userland-proxy installed by deploy/docker/install.sh ($mode)', ({ shared }) => {
+  const log = join(dir, `proxy-${shared}.log`);
+  beforeAll(async () => {
+    const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
+    dockerd = await startDockerd(
+      ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`, '--live-restore'],
+      // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
+      // dockerd passes its environment to the proxies: the engine under test and a log to check it.
+      {
+        PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
+        USERLAND_PROXY_ENGINE: testEngine(),
+        USERLAND_PROXY_LOG_FILE: log,
+        USERLAND_PROXY_SHARED: shared,
+        USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd`,
+      },
+    );
+    const imp = await docker('import', join(dir, 'rootfs.tar'), IMAGE);
+    if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
+  }, 90_000);
+
+  afterAll(async () => {
+    if (dockerd) {
+      for (const c of containers) await docker('rm', '-f', c);
+      await dockerd.stop();
+    }
+    dockerd = null;
+    containers = [];
+    killEngines(`${RUN_ENGINE_SOCKET}-dockerd`);
+    try {
+      execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' });
+    } catch {
+      /* gone */
+    }
+  }, 60_000);
+
+  /** A proxy is what this mode runs: a shim, or a per-port Node process. */
+  const expectMode = (lines: string[]): void => {
+    for (const l of lines) expect(l.includes('userland-proxy-shim'), l).toBe(shared === 'true');
+  };
   it('the install is root-owned, not writable by others, and finds node without PATH', () => {
     const st = statSync(join(dir, 'opt/bin/userland-proxy'));
     expect(st.uid).toBe(0);
@@ -122,6 +150,7 @@ describe.skipIf(!CAN_RUN)('real dockerd with userland-proxy installed by deploy/
     expect(proxiesFor(p1)).toHaveLength(1);
     expect(proxiesFor(p2)).toHaveLength(2);
     expect(proxiesFor(p2).some((l) => l.includes('-host-ip ::'))).toBe(true);
+    expectMode(proxiesFor(p1));
     expect(await httpGet(`http://127.0.0.1:${p1}/`)).toBe('hello from the container\n');
     expect(await httpGet(`http://127.0.0.1:${p2}/`)).toBe('hello from the container\n');
     expect(await httpGet(`http://[::1]:${p2}/`)).toBe('hello from the container\n');
@@ -153,7 +182,36 @@ describe.skipIf(!CAN_RUN)('real dockerd with userland-proxy installed by deploy/
       blocker.close();
     }
   });
+  it('docker restart: the proxies stop and start again, and the port serves', async () => {
+    const port = await freePort();
+    const r = await docker('run', '-d', '--name', 'upt-restart', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
+    containers.push('upt-restart');
+    expect(r.code, r.stderr).toBe(0);
+    expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
+    const before = proxiesFor(port);
+    const again = await docker('restart', '-t', '1', 'upt-restart');
+    expect(again.code, again.stderr).toBe(0);
+    expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
+    expect(proxiesFor(port)).toHaveLength(1);
+    expect(proxiesFor(port)).not.toEqual(before);
+  });
+
+  it('dockerd killed: Pdeathsig stops every proxy and frees its port; with live-restore the new dockerd serves again', async () => {
+    const port = await freePort();
+    const r = await docker('run', '-d', '--name', 'upt-live', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
+    containers.push('upt-live');
+    expect(r.code, r.stderr).toBe(0);
+    expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
+    await (dockerd as PrivateDockerd).kill('SIGKILL');
+    // Pdeathsig SIGTERM: the proxy exits and its port is free for the next dockerd to bind.
+    await vi.waitFor(() => expect(proxiesFor(port)).toEqual([]), { timeout: 5000, interval: 100 });
+    expect(await serves(`http://127.0.0.1:${port}/`)).toBe(false);
+    await (dockerd as PrivateDockerd).restart();
+    await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 15_000, interval: 200 });
+    expectMode(proxiesFor(port));
+  }, 90_000);
+
   it('the proxies dockerd started ran the engine under test', () => {
-    expect(readFileSync(join(dir, 'proxy.log'), 'utf8')).toContain(`"engine":"${testEngine()}"`);
+    expect(readFileSync(log, 'utf8')).toContain(`"engine":"${testEngine()}"`);
   });
 });

@@ -34,7 +34,7 @@ async function forwardTo(port: number): Promise<{ port: number; f: TcpForwarder 
   const server = createTcpServer();
   const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: port, log: silentLog, engine: testEngine() });
   forwarders.push(f);
-  await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+  await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
   return { port: (server.address() as { port: number }).port, f };
 }
 

@@ -14,6 +14,7 @@ import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, sleep, tcpConnect } from '../helpers/net.js';
 import { BIN, ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
+import { ownEngineEnv, servingPid } from '../helpers/engines.js';
 import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/constants.js';
 import { get, sample, startStandalone } from '../helpers/standalone.js';
 import { killTracked } from '../helpers/processes.js';
@@ -67,7 +68,9 @@ function drain(s: Socket): Promise<{ n: number; clean: boolean }> {
 describe('the memory of stalled readers (audit M6)', () => {
   it('150 stalled downloads cost a bounded amount of proxy memory, and every one completes once read', async () => {
     const port = await freePort();
-    const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD));
+    // The serving process is measured: the per-port proxy, or the shared engine (of this test's own).
+    const env = ownEngineEnv();
+    const p = { pid: servingPid((await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD), { env })).pid, env) };
     const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1]) * 1024;
     const before = rss();
     const crowd = spawn('python3', [join(ROOT, 'test/helpers/stall-crowd.py'), String(port), '150', '3'], { stdio: ['pipe', 'pipe', 'inherit'] });
@@ -91,7 +94,11 @@ describe('the process fd budget', () => {
     const port = await freePort();
     const log = join(dir, 'm2.log');
     const argv = dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD);
-    const p = await startProxy([...limited(200).prefix, ...argv], { bin: '/bin/sh', env: { USERLAND_PROXY_LOG_FILE: log } });
+    const p = await startProxy([...limited(200).prefix, ...argv], {
+      bin: '/bin/sh',
+      // The per-port process under the low limit (a shared engine raises its limit to the hard one).
+      env: { USERLAND_PROXY_LOG_FILE: log, USERLAND_PROXY_SHARED: 'false' },
+    });
     const baseline = fds(p.pid);
     const socks: Socket[] = [];
     for (let i = 0; i < 80; i++) {

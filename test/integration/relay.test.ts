@@ -30,7 +30,7 @@ beforeAll(async () => {
     log: silentLog,
     idleSweepMs: 100,
   });
-  await listenTcp(proxy, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+  await listenTcp(proxy, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
 });
 afterAll(() => {
   forwarder.close();
@@ -82,7 +82,7 @@ describe('relay memory budget', () => {
     await new Promise<void>((r) => source.listen(0, '127.0.0.1', r));
     const front = createTcpServer();
     const f = new TcpForwarder(front, { target: { address: '127.0.0.1', family: 4 }, targetPort: (source.address() as { port: number }).port, log: silentLog });
-    await listenTcp(front, { host: { address: '127.0.0.1', family: 4 }, port: 0, useListenFd: false });
+    await listenTcp(front, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
     const port = (front.address() as { port: number }).port;
     const before = process.memoryUsage().arrayBuffers;
     const readers = [];

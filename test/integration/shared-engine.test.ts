@@ -151,6 +151,8 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     const { name, env } = engineEnv();
     const port = await freePort();
     const keep = await startProxy(tcpArgs(port), { env }); // starts the root engine
+    expect(exeOf(keep.pid)).toBe(SHIM);
+    expect(enginePids(name)).toHaveLength(1);
     const other = await freePort();
     // Speak the protocol as nobody, bypassing the shim's own check of the engine's uid.
     const script = [
@@ -163,7 +165,7 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
       'sys.stdout.write(s.recv(4096).decode())',
     ].join('\n');
     const r = spawnSync('python3', ['-c', script], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000 });
-    expect(r.stdout).toBe('1the shared engine serves only root and uid 0, not uid 65534');
+    expect(r.stdout, r.stderr).toBe('1the shared engine serves only root and uid 0, not uid 65534');
     expect(listening(other)).toBe(false);
     // A shim run as nobody does not hand its port to root's engine: it runs the per-port proxy.
     const nobody = await startProxy(tcpArgs(other), { env, uid: 65534, gid: 65534 });

@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
 import { BIN, memoryOf, startProxy, type ProxyProc, dockerArgv } from '../helpers/proxy.js';
+import { ownEngineEnv, servingPid } from '../helpers/engines.js';
 import { killTracked } from '../helpers/processes.js';
 
 const ECHO = 7000;
@@ -117,7 +118,10 @@ describe('tcp forwarding', () => {
   });
 
   it('tcp forwarder bounds memory behind a reader that stalls, then delivers every byte', async () => {
-    const { p, port } = await proxy('127.0.0.1', backend.ipv4, HOLD);
+    // The serving process is measured: the per-port proxy, or the shared engine (of this test's own).
+    const env = ownEngineEnv();
+    const { p: shim, port } = await proxy('127.0.0.1', backend.ipv4, HOLD, { env });
+    const p = { pid: servingPid(shim.pid, env) };
     const before = memoryOf(p.pid);
     const s = await tcpConnect('127.0.0.1', port);
     const total = 64 << 20;
@@ -158,7 +162,8 @@ describe('tcp forwarding', () => {
   it('tcp forwarder under a low fd limit refuses excess clients (counted, logged), never dies, serves again', async () => {
     const logFile = join(logDir, 'proxy.log');
     const { p, port } = await proxy('127.0.0.1', backend.ipv4, ECHO, {
-      env: { USERLAND_PROXY_LOG_FILE: logFile },
+      // The per-port process under the low limit (a shared engine raises its limit to the hard one).
+      env: { USERLAND_PROXY_LOG_FILE: logFile, USERLAND_PROXY_SHARED: 'false' },
       bin: '/bin/sh',
       prefix: ['-c', 'ulimit -n 64 && exec "$0" "$@"', BIN],
     });

@@ -16,6 +16,9 @@ const DEFAULTS = {
   maxConnections: null,
   maxBufferBytes: 1_048_576,
   engine: 'auto',
+  metrics: null,
+  shared: true,
+  sharedIdleTimeoutMs: 30_000,
 };
 
 describe('readDockerEnv()', () => {
