@@ -20,6 +20,7 @@
  *                                      udpFlowBuffer } (engine.h)
  * Errors are thrown with the code UPROXY_ERR_NATIVE (src/errors.ts).
  * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
+ * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
  * Counters live in the caller's Float64Array: only this thread writes them, JavaScript reads
  * them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets we build for).
  *
@@ -30,6 +31,8 @@
  * open file description, not the fd number.
  */
 #include "engine.h"
+
+#include <sys/ioctl.h>
 
 /* The error catalog's code for a failed native call (src/errors.ts). */
 #define NATIVE_ERROR "UPROXY_ERR_NATIVE"
@@ -495,6 +498,20 @@ static napi_value js_shutdown(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* unread(fd): bytes waiting in the socket's receive buffer (FIONREAD), or -1. The JavaScript
+ * engine asks before a forced close: bytes the kernel acknowledged but nobody will relay mean the
+ * other side must get a reset, not a FIN that would pass a truncated stream off as complete. */
+static napi_value js_unread(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  int fd = -1, n = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 1)
+    napi_get_value_int32(env, argv[0], &fd);
+  if (fd < 0 || ioctl(fd, FIONREAD, &n) < 0) n = -1;
+  napi_create_int32(env, n, &result);
+  return result;
+}
+
 /* A JS array of the given strings. */
 static napi_value names_array(napi_env env, const char *const *names, size_t n) {
   napi_value arr, v;
@@ -541,6 +558,7 @@ NAPI_MODULE_INIT() {
     { "groupStop", NULL, js_group_stop, NULL, NULL, NULL, napi_default, NULL },
     { "groupClose", NULL, js_group_close, NULL, NULL, NULL, napi_default, NULL },
     { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
+    { "unread", NULL, js_unread, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_set_named_property(env, exports, "contract", make_contract(env));

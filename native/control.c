@@ -108,7 +108,9 @@ static void on_conn(uv_poll_t *p, int status, int events) {
   } cbuf;
   for (int round = 0; round < 16 && conns[fd] == c; round++) {
     struct iovec iov = { rbuf, CTL_MSG_MAX };
-    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.space, .msg_controllen = sizeof cbuf.space };
+    struct msghdr m = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.space, .msg_controllen = sizeof cbuf.space
+    };
     ssize_t n = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     int got = -1;
@@ -118,8 +120,10 @@ static void on_conn(uv_poll_t *p, int status, int events) {
       for (int i = 0; i < nfd; i++) {
         int x;
         memcpy(&x, CMSG_DATA(h) + i * sizeof(int), sizeof x);
-        if (got < 0) got = x;
-        else close(x); /* one descriptor per message, never more */
+        if (got < 0)
+          got = x;
+        else
+          close(x); /* one descriptor per message, never more */
       }
     }
     napi_handle_scope scope;
@@ -153,7 +157,8 @@ static void on_accept(uv_poll_t *p, int status, int events) {
     socklen_t cl = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != 0 && cred.uid != geteuid())) {
       char why[120];
-      snprintf(why, sizeof why, "1the shared engine serves only root and uid %u, not uid %u", (unsigned)geteuid(), (unsigned)cred.uid);
+      snprintf(why, sizeof why, "1the shared engine serves only root and uid %u, not uid %u", (unsigned)geteuid(),
+          (unsigned)cred.uid);
       refuse(fd, why);
       continue;
     }

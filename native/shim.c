@@ -320,8 +320,10 @@ static ssize_t recv_msg(int c, char *msg, size_t cap, int *fd) {
     for (int i = 0; i < nfd; i++) {
       int got;
       memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof got);
-      if (*fd < 0) *fd = got;
-      else close(got);
+      if (*fd < 0)
+        *fd = got;
+      else
+        close(got);
     }
   }
   return n;

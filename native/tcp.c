@@ -5,6 +5,8 @@
  */
 #include "engine.h"
 
+#include <sys/ioctl.h>
+
 /* ---------- pipes ---------- */
 
 /* A pipe from the pool, or a new one raised to the group's size. F_SETPIPE_SZ fails with EPERM
@@ -183,7 +185,14 @@ void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
 }
 
 /* Bytes read from one side and not yet written to the other: a forced close must then reset. */
-int conn_pending(const conn_t *c) { return c->d[0].inpipe > 0 || c->d[1].inpipe > 0; }
+/* Bytes would be stranded by a close: in a pipe, or acknowledged to a sender but still unread in
+ * a receive buffer (a FIN would then pass a truncated stream off as complete). */
+int conn_pending(const conn_t *c) {
+  int unread[2] = { 0, 0 };
+  for (int k = 0; k < 2; k++)
+    if (ioctl(c->fd[k], FIONREAD, &unread[k]) < 0) unread[k] = 0;
+  return c->d[0].inpipe > 0 || c->d[1].inpipe > 0 || unread[0] > 0 || unread[1] > 0;
+}
 
 /* Registers a handed-off connection on the thread (or closes it if its group is gone). */
 void tcp_add(engine_t *e, conn_t *c) {

@@ -25,7 +25,12 @@ export function queryEngine(name = engineSocketName()): EngineListing[] | null {
     const why = last?.[0] === 0x31 ? last.subarray(1).toString() : 'incomplete answer';
     throw new ProxyError('UPROXY_ERR_NATIVE', `the shared engine @${name} did not list its mappings: ${why}`);
   }
-  return JSON.parse(parts.slice(0, -1).map((p) => p.subarray(1).toString()).join('')) as EngineListing[];
+  return JSON.parse(
+    parts
+      .slice(0, -1)
+      .map((p) => p.subarray(1).toString())
+      .join(''),
+  ) as EngineListing[];
 }
 
 /** The listing as a table (or JSON lines), for a person. */
@@ -33,9 +38,21 @@ export function formatListing(rows: EngineListing[], json: boolean): string {
   if (json) return rows.map((r) => `${JSON.stringify(r)}\n`).join('');
   const table = [['MAPPING', 'TARGET', 'ENGINE', 'SINCE', 'ACTIVE', 'TOTAL', 'BYTES IN', 'BYTES OUT']];
   for (const r of rows) {
-    const c = r.tcp ? [r.tcp.active, r.tcp.accepted, r.tcp.bytesIn, r.tcp.bytesOut] : r.udp ? [r.udp.flowsActive, r.udp.flowsCreated, r.udp.bytesIn, r.udp.bytesOut] : [];
+    const c = r.tcp
+      ? [r.tcp.active, r.tcp.accepted, r.tcp.bytesIn, r.tcp.bytesOut]
+      : r.udp
+        ? [r.udp.flowsActive, r.udp.flowsCreated, r.udp.bytesIn, r.udp.bytesOut]
+        : [];
     table.push([r.mapping, r.target, r.engine, r.since.replace(/\.\d+Z$/, 'Z'), ...c.map(String)]);
   }
   const widths = table[0]?.map((_, i) => Math.max(...table.map((row) => (row[i] ?? '').length))) ?? [];
-  return table.map((row) => `${row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`).join('');
+  return table
+    .map(
+      (row) =>
+        `${row
+          .map((cell, i) => cell.padEnd(widths[i] ?? 0))
+          .join('  ')
+          .trimEnd()}\n`,
+    )
+    .join('');
 }

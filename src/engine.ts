@@ -236,8 +236,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     die(/Address already in use/.test(m) ? `an engine already serves @${source} in this network namespace` : m, log);
   }
   if (env.metrics) {
-    const states = (): MappingState[] =>
-      [...entries.values()].flatMap((e) => (e.proxy ? [stateOf(e.proxy)] : []));
+    const states = (): MappingState[] => [...entries.values()].flatMap((e) => (e.proxy ? [stateOf(e.proxy)] : []));
     try {
       const { createRegistry } = await import('./metrics.js');
       const { startMetricsServer } = await import('./metrics-server.js');

@@ -114,6 +114,15 @@ function load(): Addon | null {
   return addon;
 }
 
+/**
+ * Bytes waiting unread in a socket's receive buffer (FIONREAD, through the addon without starting
+ * its thread); -1 when unknown (no addon).
+ */
+export function unreadBytes(fd: number): number {
+  const a = load() as (Addon & { unread?: (fd: number) => number }) | null;
+  return fd >= 0 && typeof a?.unread === 'function' ? a.unread(fd) : -1;
+}
+
 /** The addon for the shared engine's control socket (engine-protocol.ts), or why it cannot load. */
 export function controlAddon(): object | string {
   return load() ?? `native addon unavailable: ${loadError}`;

@@ -67,7 +67,8 @@ export const SETTINGS: readonly Setting[] = [
     modes: BOTH,
     default: null,
     shown: 'off',
-    description: 'serve /metrics, /healthz, /readyz (and POST /-/reload) on HOST:PORT; a bare port means 127.0.0.1 (docker mode: the shared engine, for every mapping)',
+    description:
+      'serve /metrics, /healthz, /readyz (and POST /-/reload) on HOST:PORT; a bare port means 127.0.0.1 (docker mode: the shared engine, for every mapping)',
   },
   {
     key: 'drainTimeout',

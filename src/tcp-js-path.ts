@@ -8,7 +8,8 @@
  */
 import type { Socket } from 'node:net';
 import { RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from './constants.js';
-import { adoptAccepted } from './node-internals.js';
+import { unreadBytes } from './native-engine.js';
+import { adoptAccepted, socketFd } from './node-internals.js';
 import { Pump } from './relay.js';
 import { closeUndialled, dial } from './tcp-dial.js';
 import type { TcpPath, TcpPathContext } from './tcp-forwarder.js';
@@ -124,10 +125,16 @@ export class JsPath implements TcpPath {
     for (const c of this.#live) this.#expire(c);
   }
 
-  /** Forced close: FIN when nothing is queued either way, else a reset of both sides. */
+  /**
+   * Forced close: FIN when no byte is stranded either way, else a reset of both sides. Stranded:
+   * queued here, or still unread in a receive buffer (the sender thinks it delivered them; a FIN
+   * would pass the truncated stream off as complete). Unknown (no addon for FIONREAD) counts as
+   * stranded unless that side already ended.
+   */
   #expire(c: Conn): void {
     this.#live.delete(c);
-    if (c.up.pending + c.down.pending + c.client.writableLength + c.upstream.writableLength > 0) {
+    const unread = (s: Socket): boolean => !s.readableEnded && unreadBytes(socketFd(s)) !== 0;
+    if (c.up.pending + c.down.pending + c.client.writableLength + c.upstream.writableLength > 0 || unread(c.client) || unread(c.upstream)) {
       c.upstream.resetAndDestroy();
       c.client.resetAndDestroy();
     } else {

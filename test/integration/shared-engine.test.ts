@@ -189,10 +189,21 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
       }
       expect(enginePids(name)).toHaveLength(2);
       for (const ns of [nsA, nsB] as Backend[]) {
-        const r = spawnSync('ip', ['netns', 'exec', ns.namespace as string, 'python3', '-c', "import socket;s=socket.create_connection(('127.0.0.1',9000),3);s.sendall(b'hi');print(s.recv(10).decode())"], {
-          encoding: 'utf8',
-          timeout: 10_000,
-        });
+        const r = spawnSync(
+          'ip',
+          [
+            'netns',
+            'exec',
+            ns.namespace as string,
+            'python3',
+            '-c',
+            "import socket;s=socket.create_connection(('127.0.0.1',9000),3);s.sendall(b'hi');print(s.recv(10).decode())",
+          ],
+          {
+            encoding: 'utf8',
+            timeout: 10_000,
+          },
+        );
         expect(r.stdout.trim()).toBe('hi');
       }
       await Promise.all(procs.map((p) => p.stop()));
@@ -257,7 +268,10 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     const p = await startProxy(tcpArgs(port), { env });
     expect(await echoes(port)).toBe(true);
     const r = spawnSync(BIN, ['ls', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10_000 });
-    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { mapping: string; tcp: { accepted: number; bytesIn: number } });
+    const rows = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { mapping: string; tcp: { accepted: number; bytesIn: number } });
     expect(rows).toHaveLength(1);
     expect(rows[0]?.mapping).toBe(`tcp/127.0.0.1:${port}`);
     expect(rows[0]?.tcp.accepted).toBe(1);
