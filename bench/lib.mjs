@@ -1,7 +1,7 @@
 // Shared helpers of the bench scripts: dockerd-like spawning with a status pipe on fd 3, memory
 // and CPU readings from /proc, free ports, statistics.
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -87,4 +87,39 @@ export function machine() {
     `${execFileSync('nproc').toString().trim()} vCPU, node ${process.version}, kernel ${execFileSync('uname', ['-r']).toString().trim()}` +
     `, environment: ${env.length ? env.join(', ') : 'no NODE_EXTRA_CA_CERTS/NODE_OPTIONS'} (the launcher unsets NODE_EXTRA_CA_CERTS)`
   );
+}
+
+/** Pids of shared engines (src/engine.ts) whose USERLAND_PROXY_ENGINE_SOCKET is `name`. */
+export function enginePids(name) {
+  const pids = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const args = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      if (!args.some((a) => a.endsWith('/dist/cli.js')) || !args.includes('engine')) continue;
+      if (readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`USERLAND_PROXY_ENGINE_SOCKET=${name}`)) pids.push(Number(d));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return pids;
+}
+
+/** SIGTERMs the engines named `name` and waits (at most 5 s) until they are gone. */
+export async function stopEngines(name) {
+  const pids = enginePids(name);
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // gone
+    }
+  }
+  for (let i = 0; i < 100 && pids.some((p) => existsSync(`/proc/${p}`)); i++) await sleep(50);
+}
+
+/** Pss of a process in MiB (/proc/PID/smaps_rollup): its fair share of shared pages. */
+export function pssMiB(pid) {
+  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return Number(m?.[1] ?? Number.NaN) / 1024;
 }

@@ -11,7 +11,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
-import { OURS, REF, ROOT, cpuSeconds, machine, sleep, spawnDockerMode, stopChild } from './lib.mjs';
+import { OURS, REF, ROOT, cpuSeconds, enginePids, machine, sleep, spawnDockerMode, stopChild, stopEngines } from './lib.mjs';
 import { renderMarkdown, renderSvg } from './report.mjs';
 
 const args = process.argv.slice(2);
@@ -124,7 +124,12 @@ function portsFor() {
   return { iperf: base, http: base + 1, echo: base + 2 };
 }
 
-async function startDockerModes(bin, idx, engine = 'js') {
+/**
+ * Docker-mode contenders: one proxy per port and protocol, started as dockerd does. Ours in shared
+ * mode (the default) runs shims and one engine, named for this contender, which is counted with
+ * them (CPU, memory) and holds the idle connections; `shared: false` is a Node process per port.
+ */
+async function startDockerModes(bin, idx, engine = 'js', shared = true) {
   const ports = portsFor();
   const to = targets(idx);
   const children = [];
@@ -134,10 +139,12 @@ async function startDockerModes(bin, idx, engine = 'js') {
     ['tcp', 'http'],
     ['tcp', 'echo'],
   ];
+  const name = `upb-${process.pid}-${idx}`;
+  const env = bin === REF ? '' : `USERLAND_PROXY_ENGINE=${engine} USERLAND_PROXY_SHARED=${shared} USERLAND_PROXY_ENGINE_SOCKET=${name}`;
   for (const [proto, svc] of specs) {
     const { child } = await spawnDockerMode('/bin/sh', [
       '-c',
-      `${RAISE} USERLAND_PROXY_ENGINE=${engine} exec "$0" "$@"`,
+      `${RAISE} ${env} exec "$0" "$@"`,
       bin,
       '-proto',
       proto,
@@ -152,8 +159,16 @@ async function startDockerModes(bin, idx, engine = 'js') {
     ]);
     children.push(child);
   }
-  // The echo port's process is the one that holds the idle connections.
-  return { host: '127.0.0.1', ports, pids: children.map((c) => c.pid), echoPid: children[3].pid, udp: true, stop: () => Promise.all(children.map(stopChild)) };
+  const engines = bin === REF ? [] : enginePids(name);
+  if (shared && bin !== REF && engines.length !== 1) throw new Error(`${bin}: expected one shared engine named ${name}, found ${engines.length}`);
+  const stop = async () => {
+    await Promise.all(children.map(stopChild));
+    await stopEngines(name);
+  };
+  cleanups.push(() => stopEngines(name));
+  // The process that holds the echo port's idle connections: its own, or the engine.
+  const echoPid = engines[0] ?? children[3].pid;
+  return { host: '127.0.0.1', ports, pids: [...children.map((c) => c.pid), ...engines], echoPid, udp: true, stop };
 }
 
 async function waitListening(port) {
@@ -249,6 +264,7 @@ const CONTENDERS = {
   },
   'userland-proxy js': (idx) => startDockerModes(OURS, idx, 'js'),
   'userland-proxy native': (idx) => startDockerModes(OURS, idx, 'native'),
+  'userland-proxy native per-port': (idx) => startDockerModes(OURS, idx, 'native', false),
   'userland-proxy standalone': async (idx) => {
     const ports = portsFor();
     const to = targets(idx);
@@ -503,23 +519,29 @@ async function main() {
   }
   await cleanup();
   if (SCENARIOS.includes('startup')) {
+    // Shared mode: each start after the first finds the engine running (bench/ports.mjs measures
+    // the first, engine start included, separately).
+    const engineName = `upb-startup-${process.pid}`;
+    cleanups.push(() => stopEngines(engineName));
     for (let i = 0; i < STARTUPS; i++) {
       const order = [
-        ['docker-proxy', REF, 'js'],
-        ['userland-proxy js', OURS, 'js'],
-        ['userland-proxy native', OURS, 'native'],
+        ['docker-proxy', REF, 'js', 'true'],
+        ['userland-proxy js', OURS, 'js', 'true'],
+        ['userland-proxy native', OURS, 'native', 'true'],
+        ['userland-proxy native per-port', OURS, 'native', 'false'],
       ];
-      for (const [n, bin, engine] of i % 2 ? order.reverse() : order) {
+      for (const [n, bin, engine, shared] of i % 2 ? order.reverse() : order) {
         if (!NAMES.includes(n)) continue;
         const { child, ms } = await spawnDockerMode(
           bin,
           ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(30990), '-container-ip', '127.0.0.1', '-container-port', '9'],
-          { ...process.env, USERLAND_PROXY_ENGINE: engine },
+          { ...process.env, USERLAND_PROXY_ENGINE: engine, USERLAND_PROXY_SHARED: shared, USERLAND_PROXY_ENGINE_SOCKET: engineName },
         );
         record('startup', n, { ms });
         await stopChild(child);
       }
     }
+    await stopEngines(engineName);
     log(`startup: ${STARTUPS} runs each`);
   }
   const report = {

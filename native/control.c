@@ -185,6 +185,9 @@ static void on_accept(uv_poll_t *p, int status, int events) {
     c->poll.data = c;
     conns[fd] = c;
     uv_poll_start(&c->poll, UV_READABLE | UV_DISCONNECT, on_conn);
+    /* A shim sends its registration right after connect(), before we accept: read it now
+     * rather than one event-loop turn later (it is on every dockerd start's critical path). */
+    on_conn(&c->poll, 0, UV_READABLE);
   }
 }
 

@@ -59,6 +59,7 @@
 
 extern char **environ;
 static char root[PATH_MAX];
+static char launcher[PATH_MAX + 32];
 static char name[108];
 static char **args;
 static int nargs;
@@ -111,8 +112,7 @@ static int shared_on(void) {
 /* Execs today's per-port Node proxy with our argv (plus -use-listen-fd on `held`, once fd 3 has
  * been answered). Signals are unblocked first: the mask survives execve. */
 static void exec_node(int held) {
-  char path[PATH_MAX + 32];
-  snprintf(path, sizeof path, "%s/bin/userland-proxy", root);
+  const char *path = launcher;
   char **argv = calloc((size_t)nargs + 2, sizeof *argv);
   if (!argv) fail(1, "out of memory", "");
   int n = 0;
@@ -158,16 +158,27 @@ static int understood(int *listen_flag) {
   return 1;
 }
 
-/* The install root: this binary is <root>/build/Release/userland-proxy-shim. */
+/* Cuts the last path component off dir; 0 if there is none. */
+static int up(char *dir) {
+  char *slash = strrchr(dir, '/');
+  if (!slash || slash == dir) return 0;
+  *slash = '\0';
+  return 1;
+}
+
+/* The install root and the Node launcher. This binary is <root>/build/Release/userland-proxy-shim
+ * in a checkout (bin/userland-proxy, the launcher, execs it), or <root>/bin/userland-proxy where
+ * deploy/docker/install.sh put it, so that dockerd execs it directly (saving the shell's ~1 ms
+ * per port) and the launcher is bin/userland-proxy-node. */
 static void find_root(void) {
   ssize_t n = readlink("/proc/self/exe", root, sizeof root - 1);
   if (n <= 0) fail(1, "cannot read /proc/self/exe", "");
   root[n] = '\0';
-  for (int i = 0; i < 3; i++) {
-    char *slash = strrchr(root, '/');
-    if (!slash || slash == root) fail(1, "cannot find the install directory of userland-proxy-shim", "");
-    *slash = '\0';
-  }
+  if (!up(root)) fail(1, "cannot find the install directory of userland-proxy-shim", "");
+  size_t len = strlen(root);
+  int checkout = len >= 14 && strcmp(root + len - 14, "/build/Release") == 0;
+  if (!up(root) || (checkout && !up(root))) fail(1, "cannot find the install directory of userland-proxy-shim", "");
+  snprintf(launcher, sizeof launcher, "%s/bin/userland-proxy%s", root, checkout ? "" : "-node");
 }
 
 /* The engine's abstract socket name (src/engine-protocol.ts computes the same). */
@@ -220,10 +231,8 @@ static void spawn_engine(int l) {
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   signal(SIGPIPE, SIG_DFL);
-  char path[PATH_MAX + 32];
-  snprintf(path, sizeof path, "%s/bin/userland-proxy", root);
   char *argv[] = { "userland-proxy", "engine", "--control-fd=3", NULL };
-  execv(path, argv);
+  execv(launcher, argv);
   _exit(127);
 }
 

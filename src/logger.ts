@@ -113,30 +113,46 @@ export function parseLogLevel(text: string, source: string): LogLevel {
   throw new ProxyError('UPROXY_ERR_BAD_ENV', `invalid ${source} "${text}": use one of ${LOG_LEVELS.join(', ')}`);
 }
 
-/** Creates the process logger; loads pino only when something will be written. */
+/** One pino logger per destination and level: the shared engine logs every mapping to the same file. */
+const roots = new Map<string, { logger: import('pino').Logger; dest: { reopen(): void; flushSync(): void } }>();
+let devNull: boolean | undefined;
+
+/**
+ * Creates a logger (bound to opts.base); loads pino only when something will be written. Loggers
+ * with the same destination and level share one pino instance and one file descriptor.
+ */
 export async function createLogger(opts: LoggerOptions): Promise<Log> {
-  if (opts.level === 'silent' || (!opts.file && stderrIsDevNull())) return silentLog;
-  const { pino } = await import('pino');
-  let dest: ReturnType<typeof pino.destination>;
-  try {
-    dest = pino.destination({ dest: opts.file ?? 2, sync: true, append: true, mkdir: false });
-  } catch (err) {
-    throw new ProxyError('UPROXY_ERR_LOG', `cannot open log file ${opts.file}: ${(err as Error).message}`);
+  devNull ??= stderrIsDevNull();
+  if (opts.level === 'silent' || (!opts.file && devNull)) return silentLog;
+  const key = `${opts.file ?? ''}\0${opts.level}\0${opts.humanOnTty === true}`;
+  let root = roots.get(key);
+  if (root === undefined) {
+    const { pino } = await import('pino');
+    let dest: ReturnType<typeof pino.destination>;
+    try {
+      dest = pino.destination({ dest: opts.file ?? 2, sync: true, append: true, mkdir: false });
+    } catch (err) {
+      throw new ProxyError('UPROXY_ERR_LOG', `cannot open log file ${opts.file}: ${(err as Error).message}`);
+    }
+    // fd 2 directly (a worker thread's process.stderr goes through the main thread): a terminal
+    // gets human lines, anything else JSON.
+    const human = opts.humanOnTty === true && !opts.file && isatty(2);
+    const colour = human && !process.env.NO_COLOR;
+    const out = human ? { write: (line: string) => dest.write(humanLine(line, colour)) } : dest;
+    const logger = pino(
+      {
+        level: opts.level,
+        base: { pid: process.pid },
+        timestamp: pino.stdTimeFunctions.isoTime,
+        formatters: { level: (label) => ({ level: label }) },
+      },
+      out,
+    );
+    root = { logger, dest };
+    roots.set(key, root);
   }
-  // fd 2 directly (a worker thread's process.stderr goes through the main thread): a terminal
-  // gets human lines, anything else JSON.
-  const human = opts.humanOnTty === true && !opts.file && isatty(2);
-  const colour = human && !process.env.NO_COLOR;
-  const out = human ? { write: (line: string) => dest.write(humanLine(line, colour)) } : dest;
-  const logger = pino(
-    {
-      level: opts.level,
-      base: { pid: process.pid, ...opts.base },
-      timestamp: pino.stdTimeFunctions.isoTime,
-      formatters: { level: (label) => ({ level: label }) },
-    },
-    out,
-  );
+  const logger = opts.base ? root.logger.child(opts.base) : root.logger;
+  const dest = root.dest;
   return {
     trace: logger.trace.bind(logger),
     debug: logger.debug.bind(logger),

@@ -43,7 +43,7 @@ async function serves(url: string): Promise<boolean> {
 /** Our proxy processes serving a host port (a shim, or a per-port Node process), from /proc. */
 function proxiesFor(port: number): string[] {
   const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
-  return out.split('\n').filter((l) => (l.includes('dist/cli.js') || l.includes('userland-proxy-shim')) && l.includes(`-host-port ${port} `));
+  return out.split('\n').filter((l) => (l.includes('dist/cli.js') || l.includes('/bin/userland-proxy ')) && l.includes(`-host-port ${port} `));
 }
 
 async function httpGet(url: string): Promise<string> {
@@ -113,15 +113,18 @@ describe.skipIf(!CAN_RUN).each(MODES)('real dockerd with userland-proxy installe
     }
   }, 60_000);
 
-  /** A proxy is what this mode runs: a shim, or a per-port Node process. */
+  /** A proxy is what this mode runs: the shim (installed as bin/userland-proxy), or a Node process. */
   const expectMode = (lines: string[]): void => {
-    for (const l of lines) expect(l.includes('userland-proxy-shim'), l).toBe(shared === 'true');
+    for (const l of lines) expect(l.includes('dist/cli.js'), l).toBe(shared === 'false');
   };
   it('the install is root-owned, not writable by others, and finds node without PATH', () => {
     const st = statSync(join(dir, 'opt/bin/userland-proxy'));
     expect(st.uid).toBe(0);
     expect(st.mode & 0o022).toBe(0);
     expect(readFileSync(join(dir, 'opt/dist/node-path'), 'utf8').trim()).toMatch(/^\/.*node$/);
+    // Built with the shim, dockerd execs it directly; the Node launcher moved next to it.
+    expect(readFileSync(join(dir, 'opt/bin/userland-proxy')).subarray(0, 4).toString('latin1')).toBe('\x7fELF');
+    expect(statSync(join(dir, 'opt/bin/userland-proxy-node')).mode & 0o111).toBe(0o111);
     const example = JSON.parse(readFileSync(join(ROOT, 'deploy/docker/daemon.json'), 'utf8')) as Record<string, unknown>;
     expect(example).toEqual({ 'userland-proxy': true, 'userland-proxy-path': '/opt/userland-proxy/bin/userland-proxy' });
   });
