@@ -321,7 +321,11 @@ function render(results) {
   row('each proxy beyond the engine, Pss MiB (shim + engine growth per mapping)', (n) => results.sequence[n]?.perProxyPssMiB, 3);
   row('the engine alone, Pss MiB', (n) => results.sequence[n]?.enginePssMiB);
   row(`one proxy, spawn to "0\\n", ms (median of ${RUNS}, engine running)`, (n) => results.single[n]?.warmMs, 2);
-  row(`first proxy (starts the engine), spawn to "0\\n", ms (median of ${FIRSTS})`, (n) => results.single[n]?.firstMs ?? (n === 'docker-proxy' ? results.single[n]?.warmMs : null), 1);
+  row(
+    `first proxy (starts the engine), spawn to "0\\n", ms (median of ${FIRSTS})`,
+    (n) => results.single[n]?.firstMs ?? (n === 'docker-proxy' ? results.single[n]?.warmMs : null),
+    1,
+  );
   for (const [n, by] of Object.entries(results.dockerd)) {
     row(`dockerd: docker run -d -p with ${n} ports (${2 * n} proxies), ms`, (c) => by[c]?.runMs, 0);
     row(`dockerd: docker stop with ${n} ports, ms`, (c) => by[c]?.stopMs, 0);
@@ -330,12 +334,26 @@ function render(results) {
 }
 
 const machine = machineText();
-process.on('SIGINT', () => void Promise.all(cleanups.splice(0).reverse().map((f) => f())).then(() => process.exit(130)));
+process.on(
+  'SIGINT',
+  () =>
+    void Promise.all(
+      cleanups
+        .splice(0)
+        .reverse()
+        .map((f) => f()),
+    ).then(() => process.exit(130)),
+);
 try {
   const results = await main();
-  const table = [`Measured ${new Date().toISOString().slice(0, 10)} on ${machine}. Ratios are to docker-proxy in the same run.`, '', render(results)].join('\n');
+  const table = [`Measured ${new Date().toISOString().slice(0, 10)} on ${machine}. Ratios are to docker-proxy in the same run.`, '', render(results)].join(
+    '\n',
+  );
   mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
-  writeFileSync(join(ROOT, 'bench/results/ports.json'), `${JSON.stringify({ date: new Date().toISOString(), machine, count: COUNT, runs: RUNS, results }, null, 2)}\n`);
+  writeFileSync(
+    join(ROOT, 'bench/results/ports.json'),
+    `${JSON.stringify({ date: new Date().toISOString(), machine, count: COUNT, runs: RUNS, results }, null, 2)}\n`,
+  );
   writeFileSync(join(ROOT, 'bench/results/ports.md'), `${table}\n`);
   log(`\n${table}`);
 } finally {
