@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { OURS, ROOT, freePort, mem, sleep, spawnDockerMode, stopChild } from './lib.mjs';
+import { OURS, ROOT, enginePids, freePort, mem, sleep, spawnDockerMode, stopChild, stopEngines } from './lib.mjs';
 
 const args = process.argv.slice(2);
 const opt = (n, d) => Number(args.includes(n) ? args[args.indexOf(n) + 1] : d);
@@ -25,6 +25,10 @@ const backend = spawn(process.execPath, [join(ROOT, 'test/helpers/backend.mjs'),
 });
 await new Promise((res) => backend.stdout.once('data', res));
 const port = await freePort();
+// The docker-mode proxy as dockerd starts it; in shared mode (the default) the engine, of this
+// run's own, is the process that serves and is measured.
+const engineName = `upb-soak-${process.pid}`;
+process.env.USERLAND_PROXY_ENGINE_SOCKET = engineName;
 const { child: proxy } = await spawnDockerMode('/bin/sh', [
   '-c',
   'ulimit -n "$(ulimit -Hn)"; exec "$0" "$@"',
@@ -51,8 +55,9 @@ const stats = {
   heldConnections: 0,
   errorSamples: [],
 };
+const servingPid = enginePids(engineName)[0] ?? proxy.pid;
 const sample = () => {
-  const m = mem(proxy.pid);
+  const m = mem(servingPid);
   stats.maxRssMiB = Math.max(stats.maxRssMiB, m.rssMiB);
   stats.maxPrivateDirtyMiB = Math.max(stats.maxPrivateDirtyMiB, m.privateDirtyMiB);
 };
@@ -144,6 +149,7 @@ for (const s of held.slice(0, 100)) {
 for (const s of held) s.destroy();
 clearInterval(sampler);
 await stopChild(proxy);
+await stopEngines(engineName);
 backend.kill('SIGKILL');
 const summary = {
   seconds: SECONDS,

@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// Cost of one docker-mode process, ours next to the reference docker-proxy, in one run:
+// Cost of one docker-mode process, ours next to the reference docker-proxy, in one run. Ours is a
+// Node process per port here (USERLAND_PROXY_SHARED=false); shared mode's per-port cost (a shim and
+// one engine) is bench/ports.mjs's.
 //   startup   spawn() to "0\n" on the fd-3 pipe, median (and min-max) of N alternating runs
 //   memory    Rss and Private_Dirty from /proc/PID/smaps_rollup: idle after start, and after a
 //             1 GiB TCP transfer through the proxy (iperf3 client -> proxy -> iperf3 -s, loopback)
@@ -24,7 +26,7 @@ const start = (bin, engine, port, targetPort) =>
   spawnDockerMode(
     bin,
     ['-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', String(port), '-container-ip', '127.0.0.1', '-container-port', String(targetPort)],
-    { ...process.env, USERLAND_PROXY_ENGINE: engine },
+    { ...process.env, USERLAND_PROXY_ENGINE: engine, USERLAND_PROXY_SHARED: 'false' },
   );
 
 const results = Object.fromEntries(contenders.map(([n]) => [n, { startupMs: [] }]));

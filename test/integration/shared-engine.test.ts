@@ -283,4 +283,21 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     expect(none.stdout).toBe('no shared engine runs in this network namespace\n');
     expect(none.status).toBe(0);
   });
+
+  it('USERLAND_PROXY_METRICS: the engine serves one /metrics for every docker mapping', async () => {
+    const mport = await freePort();
+    const { env } = engineEnv({ USERLAND_PROXY_METRICS: `127.0.0.1:${mport}` });
+    const [a, b] = [await freePort(), await freePort()];
+    const pa = await startProxy(tcpArgs(a), { env });
+    const pb = await startProxy(dockerArgv('udp', '127.0.0.1', b, backend.ipv4, ECHO), { env });
+    expect(await echoes(a)).toBe(true);
+    const text = await (await fetch(`http://127.0.0.1:${mport}/metrics`)).text();
+    expect(text).toMatch(new RegExp(`userland_proxy_connections_accepted_total\\{[^}]*mapping="tcp/127\\.0\\.0\\.1:${a}"[^}]*\\} 1`));
+    expect(text).toContain(`mapping="udp/127.0.0.1:${b}"`);
+    expect((await fetch(`http://127.0.0.1:${mport}/readyz`)).status).toBe(200);
+    await pa.stop();
+    await pb.stop();
+    // A stopped mapping leaves the endpoint.
+    expect(await (await fetch(`http://127.0.0.1:${mport}/metrics`)).text()).not.toContain(`:${a}"`);
+  });
 });
