@@ -128,7 +128,16 @@ static void exec_node(int held) {
   argv[n] = NULL;
   /* Keep the launcher from sending us back here; an invalid value stays for Node to report. */
   if (shared_on()) setenv("USERLAND_PROXY_SHARED", "false", 1);
-  sigset_t none;
+  /* Signals that arrived while blocked would act at the unmask, before Node can handle them: a
+   * stop means exit 0 now (docker mode's rule), a SIGHUP (reopen the log) has nothing to do yet. */
+  sigset_t set, none;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  struct timespec zero = { 0, 0 };
+  for (int sig; (sig = sigtimedwait(&set, NULL, &zero)) > 0;)
+    if (sig != SIGHUP) exit(0);
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
   execv(path, argv);
@@ -271,7 +280,8 @@ static int connect_engine(long deadline, int *spawned) {
   }
 }
 
-/* Sends a registration: argv and our USERLAND_PROXY_* environment, with `fd` when >= 0. */
+/* Sends a registration: argv and our USERLAND_PROXY_* environment, with `fd` when >= 0. Returns
+ * 0, -1 if the send failed, -2 if it does not fit one message. */
 static int send_register(int c, char type, int fd) {
   static char buf[MSG_MAX];
   size_t n = 0;
@@ -279,14 +289,14 @@ static int send_register(int c, char type, int fd) {
   n += (size_t)snprintf(buf + n, sizeof buf - n, "%d", nargs - 1) + 1;
   for (int i = 1; i < nargs; i++) {
     size_t l = strlen(args[i]) + 1;
-    if (n + l > sizeof buf) return -1;
+    if (n + l > sizeof buf) return -2;
     memcpy(buf + n, args[i], l);
     n += l;
   }
   for (char **e = environ; *e; e++) {
     if (strncmp(*e, "USERLAND_PROXY_", 15) != 0) continue;
     size_t l = strlen(*e) + 1;
-    if (n + l > sizeof buf) return -1;
+    if (n + l > sizeof buf) return -2;
     memcpy(buf + n, *e, l);
     n += l;
   }
@@ -377,10 +387,11 @@ static int register_mapping(char kind, int fd, int sigfd, long deadline, char *m
   for (;;) {
     int c = connect_engine(deadline, &spawned);
     if (c < 0) return -1;
-    if (send_register(c, kind, fd) < 0) {
+    int sent = send_register(c, kind, fd);
+    if (sent < 0) {
       close(c);
-      if (errno == 0 || errno == EMSGSIZE) return -1;
-      continue;
+      if (sent == -2 || now_ms() > deadline) return -1; /* too long for one message: per-port */
+      continue; /* the engine closed on us (exiting idle): try again */
     }
     *got = -1;
     *type = await_verdict(c, sigfd, deadline, msg, cap, got);

@@ -7,7 +7,7 @@
  * address already in use`) so that dockerd shows users a familiar message.
  */
 import type { Socket as UdpSocket } from 'node:dgram';
-import { fstatSync } from 'node:fs';
+import { closeSync, fstatSync } from 'node:fs';
 import type { Server } from 'node:net';
 import { joinHostPort, type IpAddress } from './address.js';
 import { LISTEN_BACKLOG, LISTEN_FD } from './constants.js';
@@ -58,6 +58,9 @@ function checkListenFd(fd: number, kind: string): void {
     throw new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd given but fd ${LISTEN_FD} is not open`);
   }
   if (!isSocket) {
+    // Nobody adopts it. A copy the shared engine received is closed here (it would keep every
+    // such fd); our own fd 4 never is: without the flag's socket it may be one of libuv's.
+    if (fd !== LISTEN_FD) closeSync(fd);
     throw new ProxyError('UPROXY_ERR_LISTEN_FD', `-use-listen-fd given but fd ${LISTEN_FD} is not a ${kind} socket`);
   }
 }

@@ -222,7 +222,7 @@ describe.each(DOCKER_MODES)('$mode', ({ shared }) => {
     it('fails clearly when fd 4 is missing or of the wrong kind', async () => {
       const missing = spawnProxy([...args('tcp', '127.0.0.1', 1), '-use-listen-fd']);
       expect(await missing.status).toMatch(/^1\n-use-listen-fd given but fd 4 is not (open|a listening TCP socket)$/);
-      expect((await missing.exited).code).toBe(1);
+      expect(await missing.exited).toEqual({ code: 1, signal: null });
       const server = await listenOn(0, '127.0.0.1');
       const wrong = spawnProxy([...args('udp', '127.0.0.1', 1), '-use-listen-fd'], { listenFd: fdOf(server) });
       expect(await wrong.status).toMatch(/^1\n-use-listen-fd: fd 4 is not a usable bound UDP socket/);
