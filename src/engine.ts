@@ -247,7 +247,8 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         onReload: null,
       });
     } catch (err) {
-      die(toProxyError(err).message, log);
+      // The data path matters more than its metrics: serve on, and say why there are none.
+      log.error({ metrics: env.metrics }, `no metrics endpoint: ${toProxyError(err).message}`);
     }
   }
   idleCheck();
