@@ -11,7 +11,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
-import { OURS, REF, ROOT, cpuSeconds, enginePids, machine, sleep, spawnDockerMode, stopChild, stopEngines } from './lib.mjs';
+import { OURS, REF, ROOT, cpuSeconds, enginePids, machine, mem, sleep, spawnDockerMode, stopChild, stopEngines } from './lib.mjs';
 import { renderMarkdown, renderSvg } from './report.mjs';
 
 const args = process.argv.slice(2);
