@@ -446,12 +446,26 @@ async function idleConnections(c) {
     const alive = allPids(c).every((p) => existsSync(`/proc/${p}`));
     return { error: `after ${socks.length} connections: ${err.message}${alive ? '' : ' (the proxy process exited)'}` };
   }
-  // A round trip on the last one proves the proxy is through with all of them.
-  await new Promise((res) => {
-    const s = socks[socks.length - 1];
-    s.once('data', res);
+  // A round trip on the last one proves the proxy is through with all of them; a proxy that
+  // refused some (its fd budget) has closed them: count what it really holds, bounded in time.
+  await sleep(500);
+  const open = socks.filter((s) => !s.destroyed && s.readyState === 'open');
+  const echoed = await new Promise((res) => {
+    const s = open[open.length - 1];
+    if (!s) return res(false);
+    const t = setTimeout(() => res(false), 5000);
+    s.once('data', () => {
+      clearTimeout(t);
+      res(true);
+    });
     s.write('x');
   });
+  if (!echoed || open.length < socks.length) {
+    for (const s of socks) s.destroy();
+    return {
+      error: `held ${open.length} of ${socks.length} connections${echoed ? '' : ', and the last one held did not echo within 5 s'} (the others were closed by the proxy)`,
+    };
+  }
   await sleep(500);
   const m = memOf(c.echoPid ? { pids: [c.echoPid] } : c);
   for (const s of socks) s.destroy();
