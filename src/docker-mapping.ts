@@ -13,6 +13,7 @@ import { openMapping, type OpenMapping } from './forward.js';
 import type { GoFlagResult } from './go-flags.js';
 import { createLogger, type Log } from './logger.js';
 import { parseEngine, selectEngine, type EngineChoice, type EngineName } from './native-engine.js';
+import type { MappingState } from './supervisor.js';
 import type { TextfileWriter } from './textfile-metrics.js';
 
 /** A serving docker-mode mapping. */
@@ -25,6 +26,8 @@ export interface DockerProxy {
   env: DockerEnv;
   engine: EngineName;
   open: OpenMapping;
+  /** The metrics view of the mapping (the textfile's, and the shared engine's /metrics). */
+  state: MappingState;
   log: Log;
   /** Closes the listener, every connection and flow, and removes the textfile. */
   close(): void;
@@ -65,6 +68,7 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
     log,
     budget: opts.budget,
   });
+  const state = dockerMappingState(id, m, open);
   let textfile: TextfileWriter | null = null;
   const close = (): void => {
     open.close();
@@ -73,7 +77,7 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
   if (env.textfileDir !== undefined) {
     try {
       const { startTextfileWriter } = await import('./textfile-metrics.js');
-      textfile = startTextfileWriter(env.textfileDir, { id, mapping: m, stats: { tcp: open.tcp, udp: open.udp } });
+      textfile = startTextfileWriter(env.textfileDir, state);
       await textfile.write();
     } catch (err) {
       close();
@@ -81,7 +85,29 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
     }
   }
   const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
-  return { id, target, mapping: m, env, engine, open, log, close };
+  return { id, target, mapping: m, env, engine, open, state, log, close };
+}
+
+/** A docker mapping as the metrics see it: one port, always up, labelled with its id. */
+function dockerMappingState(id: string, m: DockerMapping, stats: Pick<OpenMapping, 'tcp' | 'udp'>): MappingState {
+  return {
+    mapping: {
+      id,
+      proto: m.proto,
+      host: m.host,
+      hostPort: m.hostPort,
+      hostPortEnd: m.hostPort,
+      target: m.target,
+      targetPort: m.targetPort,
+      spec: id,
+      access: { allow: [], deny: [] },
+      proxyProtocol: 'off',
+    },
+    up: true,
+    restarts: 0,
+    tcp: stats.tcp,
+    udp: stats.udp,
+  };
 }
 
 /** The -engine flag's value, or a one-line error in Go's flag wording style. */

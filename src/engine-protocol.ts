@@ -66,9 +66,3 @@ export function parseRegistration(msg: Buffer): Registration | null {
   }
   return { adopt: msg[0] === 0x41, argv: parts.slice(1, argc + 1), env };
 }
-
-/** Encodes a registration (what the shim sends; the tests speak the protocol with it). */
-export function encodeRegistration(r: Registration): Buffer {
-  const env = Object.entries(r.env).map(([k, v]) => `${k}=${v}`);
-  return Buffer.from(`${r.adopt ? 'A' : 'R'}${[String(r.argv.length), ...r.argv, ...env].join('\0')}\0`);
-}

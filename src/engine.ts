@@ -17,7 +17,6 @@
  * the port outlives us), S to stop, EOF when the shim died. A mapping closes with its connection.
  */
 import { closeSync } from 'node:fs';
-import { joinHostPort } from './address.js';
 import { ENGINE_LIST_CHUNK, METRICS_MAX_CONNECTIONS } from './constants.js';
 import { readDockerEnv } from './docker-env.js';
 import { openDockerMapping, type DockerProxy } from './docker-mapping.js';
@@ -109,11 +108,13 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   const register = async (conn: number, msg: Buffer, fd: number): Promise<void> => {
     const reg = parseRegistration(msg);
     let fdUsed = false;
-    const reply = (text: string, sendFd = -1): void => {
-      ctl.ctlSend(conn, Buffer.from(text), sendFd);
+    const reply = (text: string): void => {
+      ctl.ctlSend(conn, Buffer.from(text), -1);
     };
     if (entries.has(conn) || reg === null) {
       if (fd >= 0) closeSync(fd);
+      // ctlClose reports no close: a mapping this connection already holds goes with it here.
+      drop(conn, 'malformed registration');
       reply('1malformed registration');
       ctl.ctlClose(conn);
       return;
@@ -236,7 +237,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     die(/Address already in use/.test(m) ? `an engine already serves @${source} in this network namespace` : m, log);
   }
   if (env.metrics) {
-    const states = (): MappingState[] => [...entries.values()].flatMap((e) => (e.proxy ? [stateOf(e.proxy)] : []));
+    const states = (): MappingState[] => [...entries.values()].flatMap((e) => (e.proxy ? [e.proxy.state] : []));
     try {
       const { createRegistry } = await import('./metrics.js');
       const { startMetricsServer } = await import('./metrics-server.js');
@@ -253,27 +254,4 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   }
   idleCheck();
   log.info({ version: packageVersion(), control: typeof source === 'number' ? `fd ${source}` : `@${source}`, fdLimit: budget.limit }, 'engine ready');
-}
-
-/** The metrics view of a docker mapping (as textfile-metrics.ts builds it for one process). */
-function stateOf(p: DockerProxy): MappingState {
-  const m = p.mapping;
-  return {
-    mapping: {
-      id: p.id,
-      proto: m.proto,
-      host: m.host,
-      hostPort: m.hostPort,
-      hostPortEnd: m.hostPort,
-      target: m.target,
-      targetPort: m.targetPort,
-      spec: `${p.id} -> ${joinHostPort(m.target.address, m.targetPort)}`,
-      access: { allow: [], deny: [] },
-      proxyProtocol: 'off',
-    },
-    up: true,
-    restarts: 0,
-    tcp: p.open.tcp,
-    udp: p.open.udp,
-  };
 }

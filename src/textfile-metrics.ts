@@ -7,11 +7,8 @@
 import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TEXTFILE_INTERVAL_MS } from './constants.js';
-import type { DockerMapping } from './docker-flags.js';
 import { createRegistry } from './metrics.js';
 import type { MappingState } from './supervisor.js';
-import type { TcpStats } from './tcp-forwarder.js';
-import type { UdpStats } from './udp-forwarder.js';
 
 /** A running textfile writer. */
 export interface TextfileWriter {
@@ -21,33 +18,9 @@ export interface TextfileWriter {
   remove(): void;
 }
 
-/** Options of startTextfileWriter. */
-export interface TextfileOptions {
-  /** The mapping's metrics label, as docker mode logs it. */
-  id: string;
-  mapping: DockerMapping;
-  stats: { tcp: TcpStats | null; udp: UdpStats | null };
-}
-
-/** Starts writing the mapping's metrics file every TEXTFILE_INTERVAL_MS. */
-export function startTextfileWriter(dir: string, { id, mapping: m, stats }: TextfileOptions): TextfileWriter {
-  const state: MappingState = {
-    mapping: {
-      id,
-      proto: m.proto,
-      host: m.host,
-      hostPort: m.hostPort,
-      hostPortEnd: m.hostPort,
-      target: m.target,
-      targetPort: m.targetPort,
-      spec: id,
-      access: { allow: [], deny: [] },
-      proxyProtocol: 'off',
-    },
-    up: true,
-    restarts: 0,
-    ...stats,
-  };
+/** Starts writing the mapping's metrics file every TEXTFILE_INTERVAL_MS (docker-mapping.ts builds the state). */
+export function startTextfileWriter(dir: string, state: MappingState): TextfileWriter {
+  const m = state.mapping;
   const registry = createRegistry(() => [state], { defaultMetrics: false });
   const file = join(dir, `${m.proto}_${m.host.address}_${m.hostPort}.prom`);
   const tmp = join(dir, `.${m.proto}_${m.host.address}_${m.hostPort}.prom.${process.pid}.tmp`);
