@@ -26,6 +26,8 @@
 #include <sys/un.h>
 #include <uv.h>
 
+#include "ctl-msg.h"
+
 #define CTL_MSG_MAX 65536
 #define CTL_SEND_TIMEOUT_MS 1000 /* a peer that does not read its replies is not waited for */
 
@@ -48,15 +50,6 @@ static napi_value throw_ctl(napi_env env, int err, const char *what) {
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
   napi_throw_error(env, "UPROXY_ERR_NATIVE", msg);
   return NULL;
-}
-
-static socklen_t abstract_addr(struct sockaddr_un *a, const char *name) {
-  memset(a, 0, sizeof *a);
-  a->sun_family = AF_UNIX;
-  size_t n = strlen(name);
-  if (n > sizeof a->sun_path - 1) n = sizeof a->sun_path - 1;
-  memcpy(a->sun_path + 1, name, n); /* sun_path[0] = 0: abstract, scoped to the network namespace */
-  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
 }
 
 /* Calls a JS callback from a libuv callback: its own scope, microtasks run after, and a throw
@@ -102,30 +95,10 @@ static void drop_conn(int fd) {
 static void on_conn(uv_poll_t *p, int status, int events) {
   ctl_conn_t *c = p->data;
   int fd = c->fd;
-  union {
-    struct cmsghdr h;
-    char space[CMSG_SPACE(sizeof(int) * 4)];
-  } cbuf;
   for (int round = 0; round < 16 && conns[fd] == c; round++) {
-    struct iovec iov = { rbuf, CTL_MSG_MAX };
-    struct msghdr m = {
-      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.space, .msg_controllen = sizeof cbuf.space
-    };
-    ssize_t n = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    int got = -1;
-    for (struct cmsghdr *h = n > 0 ? CMSG_FIRSTHDR(&m) : NULL; h; h = CMSG_NXTHDR(&m, h)) {
-      if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
-      int nfd = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-      for (int i = 0; i < nfd; i++) {
-        int x;
-        memcpy(&x, CMSG_DATA(h) + i * sizeof(int), sizeof x);
-        if (got < 0)
-          got = x;
-        else
-          close(x); /* one descriptor per message, never more */
-      }
-    }
+    int got;
+    ssize_t n = ctl_recv(fd, rbuf, CTL_MSG_MAX, &got, MSG_DONTWAIT);
+    if (n < 0 && errno == EAGAIN) return;
     napi_handle_scope scope;
     napi_open_handle_scope(ctl_env, &scope);
     napi_value argv[3];
@@ -218,7 +191,7 @@ static napi_value js_ctl_listen(napi_env env, napi_callback_info info) {
     size_t len;
     napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
     struct sockaddr_un a;
-    socklen_t alen = abstract_addr(&a, name);
+    socklen_t alen = ctl_addr(&a, name);
     fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return throw_ctl(env, errno, "socket");
     if (bind(fd, (struct sockaddr *)&a, alen) < 0 || listen(fd, SOMAXCONN) < 0) {
@@ -268,28 +241,13 @@ static napi_value js_ctl_send(napi_env env, napi_callback_info info) {
   napi_get_value_int32(env, argv[2], &fd);
   int ok = 0;
   if (conn >= 0 && conn < nconns && conns[conn]) {
-    struct iovec iov = { data, len };
-    union {
-      struct cmsghdr h;
-      char space[CMSG_SPACE(sizeof(int))];
-    } cbuf;
-    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (fd >= 0) {
-      m.msg_control = cbuf.space;
-      m.msg_controllen = sizeof cbuf.space;
-      struct cmsghdr *h = CMSG_FIRSTHDR(&m);
-      h->cmsg_level = SOL_SOCKET;
-      h->cmsg_type = SCM_RIGHTS;
-      h->cmsg_len = CMSG_LEN(sizeof(int));
-      memcpy(CMSG_DATA(h), &fd, sizeof fd);
-    }
     /* Replies are small and rare; a full socket buffer (a listing) waits a little, never forever. */
     for (int waited = 0;; waited += 10) {
-      if (sendmsg(conn, &m, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0) {
+      if (ctl_send(conn, data, len, fd, MSG_DONTWAIT) >= 0) {
         ok = 1;
         break;
       }
-      if ((errno != EAGAIN && errno != EINTR) || waited >= CTL_SEND_TIMEOUT_MS) break;
+      if (errno != EAGAIN || waited >= CTL_SEND_TIMEOUT_MS) break;
       struct pollfd p = { conn, POLLOUT, 0 };
       poll(&p, 1, 10);
     }
@@ -318,7 +276,7 @@ static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
   napi_get_buffer_info(env, argv[1], &data, &len);
   napi_get_value_int32(env, argv[2], &timeout);
   struct sockaddr_un a;
-  socklen_t alen = abstract_addr(&a, name);
+  socklen_t alen = ctl_addr(&a, name);
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_ctl(env, errno, "socket");
   if (connect(fd, (struct sockaddr *)&a, alen) < 0 || send(fd, data, len, MSG_NOSIGNAL) < 0) {

@@ -47,6 +47,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ctl-msg.h"
+
 /* Tunables (src/constants.ts documents the same values). */
 #define STATUS_FD 3
 #define LISTEN_FD 4
@@ -202,14 +204,6 @@ static void engine_name(void) {
   snprintf(name, sizeof name, "userland-proxy.%u.%08x", (unsigned)geteuid(), h);
 }
 
-static socklen_t engine_addr(struct sockaddr_un *a) {
-  memset(a, 0, sizeof *a);
-  a->sun_family = AF_UNIX;
-  size_t n = strlen(name); /* sun_path[0] = 0: an abstract name, no file, per network namespace */
-  memcpy(a->sun_path + 1, name, n);
-  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
-}
-
 /* Starts the engine on the bound, listening control socket `l`: a double fork, so that the
  * engine outlives us, gets no Pdeathsig and is not in our process group. */
 static void spawn_engine(int l) {
@@ -254,7 +248,7 @@ static void spawn_engine(int l) {
  * connection, or -1 when no engine of ours can be reached before `deadline`. */
 static int connect_engine(long deadline, int *spawned) {
   struct sockaddr_un a;
-  socklen_t len = engine_addr(&a);
+  socklen_t len = ctl_addr(&a, name);
   for (;;) {
     int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (c < 0) return -1;
@@ -305,51 +299,20 @@ static int send_register(int c, char type, int fd) {
     memcpy(buf + n, *e, l);
     n += l;
   }
-  struct iovec iov = { buf, n };
-  union {
-    struct cmsghdr h;
-    char space[CMSG_SPACE(sizeof(int))];
-  } ctl;
-  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
-  if (fd >= 0) {
-    m.msg_control = ctl.space;
-    m.msg_controllen = sizeof ctl.space;
-    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
-    h->cmsg_level = SOL_SOCKET;
-    h->cmsg_type = SCM_RIGHTS;
-    h->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(h), &fd, sizeof fd);
-  }
-  ssize_t w;
-  while ((w = sendmsg(c, &m, MSG_NOSIGNAL)) < 0 && errno == EINTR) {}
-  return w < 0 ? -1 : 0;
+  return ctl_send(c, buf, n, fd, 0) < 0 ? -1 : 0;
 }
 
 /* Receives one message into msg (NUL-terminated) and its fd, if any, into *fd. Returns the length,
  * 0 when the engine is gone (EOF or error). */
 static ssize_t recv_msg(int c, char *msg, size_t cap, int *fd) {
-  union {
-    struct cmsghdr h;
-    char space[CMSG_SPACE(sizeof(int) * 4)];
-  } ctl;
-  struct iovec iov = { msg, cap - 1 };
-  struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space, .msg_controllen = sizeof ctl.space };
-  ssize_t n;
-  while ((n = recvmsg(c, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {}
+  int got;
+  ssize_t n = ctl_recv(c, msg, cap - 1, &got, 0);
+  if (got >= 0 && *fd < 0)
+    *fd = got;
+  else if (got >= 0)
+    close(got);
   if (n <= 0) return 0;
   msg[n] = '\0';
-  for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h)) {
-    if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
-    int nfd = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    for (int i = 0; i < nfd; i++) {
-      int got;
-      memcpy(&got, CMSG_DATA(h) + i * sizeof(int), sizeof got);
-      if (*fd < 0)
-        *fd = got;
-      else
-        close(got);
-    }
-  }
   return n;
 }
 
