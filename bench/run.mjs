@@ -21,8 +21,8 @@ const QUICK = flag('--quick');
 const REPS = Number(opt('--reps', QUICK ? '1' : '3'));
 const SECS = QUICK ? 1 : 3;
 const OUT = opt('--out', join(ROOT, 'bench/results'));
-const ALL_SCENARIOS = ['bulk1', 'bulk4', 'http', 'short', 'udp64', 'udp1400', 'memory', 'startup'];
-const SCENARIOS = opt('--scenarios', QUICK ? 'bulk1,http,short,udp1400,memory' : ALL_SCENARIOS.join(',')).split(',');
+const ALL_SCENARIOS = ['bulk1', 'bulk4', 'http', 'short', 'short20', 'udp64', 'udp1400', 'memory', 'startup'];
+const SCENARIOS = opt('--scenarios', QUICK ? 'bulk1,http,short,short20,udp1400,memory' : ALL_SCENARIOS.join(',')).split(',');
 // 9000 and not 10 000: a proxy holds two fds per connection and RLIMIT_NOFILE's hard limit here
 // is 20000 (docker-proxy and haproxy are bound by it as well).
 const IDLE_CONNS = Number(opt('--idle-conns', QUICK ? '1000' : '9000'));
@@ -352,27 +352,46 @@ async function http(c) {
   return { rps: r.requests.average, p50ms: r.latency.p50, p99ms: r.latency.p99, errors: r.errors + r.non2xx };
 }
 
-async function short(c) {
+/** One short connection: connect, send 100 B, read the echo, close; resolves with its latency, ms. */
+function oneShort(c, payload) {
+  const t = performance.now();
+  return new Promise((res, rej) => {
+    const s = connect(c.ports.echo, c.host, () => s.write(payload));
+    let got = 0;
+    s.on('data', (d) => {
+      got += d.length;
+      if (got >= payload.length) s.destroy();
+    });
+    s.on('close', () => (got >= payload.length ? res(performance.now() - t) : rej(new Error('short read'))));
+    s.on('error', rej);
+  });
+}
+
+/**
+ * SHORT_CONNS short connections from `clients` concurrent clients, each in sequence: conn/s, p99,
+ * and the contender's CPU time per connection (user+system, microseconds).
+ */
+async function short(c, clients = 1) {
   const lat = [];
   const payload = Buffer.alloc(100, 7);
+  let left = SHORT_CONNS;
+  const cpu0 = cpuOf(c);
   const start = performance.now();
-  for (let i = 0; i < SHORT_CONNS; i++) {
-    const t = performance.now();
-    await new Promise((res, rej) => {
-      const s = connect(c.ports.echo, c.host, () => s.write(payload));
-      let got = 0;
-      s.on('data', (d) => {
-        got += d.length;
-        if (got >= payload.length) s.destroy();
-      });
-      s.on('close', () => (got >= payload.length ? res() : rej(new Error('short read'))));
-      s.on('error', rej);
-    });
-    lat.push(performance.now() - t);
-  }
+  const client = async () => {
+    while (left > 0) {
+      left--;
+      lat.push(await oneShort(c, payload));
+    }
+  };
+  await Promise.all(Array.from({ length: clients }, client));
   const secs = (performance.now() - start) / 1000;
+  const cpu = cpuOf(c) - cpu0;
   lat.sort((a, b) => a - b);
-  return { connPerSec: SHORT_CONNS / secs, p99ms: lat[Math.floor(lat.length * 0.99)] };
+  return {
+    connPerSec: SHORT_CONNS / secs,
+    p99ms: lat[Math.floor(lat.length * 0.99)],
+    cpuUsPerConn: c.pids.length || c.tree ? (cpu / SHORT_CONNS) * 1e6 : null,
+  };
 }
 
 /** Runs iperf3 and parses its JSON; a failure carries iperf3's own error text. */
@@ -500,7 +519,8 @@ async function main() {
     ['bulk1', (c) => bulk(c, 1)],
     ['bulk4', (c) => bulk(c, 4)],
     ['http', http],
-    ['short', short],
+    ['short', (c) => short(c, 1)],
+    ['short20', (c) => short(c, 20)],
     ['udp64', (c, rep) => udp(c, 64, rep)],
     ['udp1400', (c, rep) => udp(c, 1400, rep)],
   ].filter(([s]) => SCENARIOS.includes(s));

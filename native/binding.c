@@ -4,30 +4,33 @@
  *
  * Contract with JavaScript (src/native-engine.ts is the only caller; the tables it shares with
  * us are the `contract` export, compared at load):
- * - init(onClose)                      once per environment; onClose(batch) receives a flat array
- *                                      [groupId, connId, reason, ...] of closed TCP connections.
- * - tcpGroup(id, counters, idleMs, lingerMs, pipeBytes)      -> group
- * - tcpAdopt(group, connId, clientFd, targetFd)  dups both fds (JS then closes its own copies)
- *                                      and relays them until both directions end or one fails.
- * - udpGroup(id, counters, listenerFd, target, targetPort, idleMs, maxFlows, allow, deny,
- *            wildcard, perSource, budget, budgetLimit, budgetOwn, scopeId)
- *                                      -> group; dups the bound listener and serves every flow.
- * - groupStop(group)                   UDP: open no new flows (graceful drain).
+ * - init(onEvents)                     once per environment; onEvents(batch) receives a
+ *                                      Float64Array [groupId, event, detail, ...] (engine.h EVENTS).
+ * - tcpGroup(...COMMON, connectMs, idleMs, lingerMs, pipeBytes, maxConns, proxy, connFds)
+ *                                      -> group; dups the listening socket and serves it: accept,
+ *                                      caps, access lists, dial, PROXY header, splice relay.
+ * - udpGroup(...COMMON, idleMs, maxFlows, wildcard, perSource)
+ *                                      -> group; dups the bound socket and serves every flow.
+ *   COMMON = id, counters: Float64Array, listenerFd, target: Buffer(4|16), targetPort, scopeId,
+ *            allow, deny: Buffer | null (ACL records), budget: Int32Array | null, budgetLimit,
+ *            budgetOwn
+ * - groupFd(group)                     our listening socket's fd (-1 once closed)
+ * - groupStop(group)                   TCP: closes the listener (returns once its port is free);
+ *                                      UDP: opens no new flows. Open connections and flows go on.
  * - groupClose(group)                  closes everything of the group (a reset where bytes are
- *                                      pending, else FIN; no drain); for UDP it returns once
- *                                      the listener is closed (its port is free).
- * - contract                           { closeReasons, tcpCounters, udpCounters, aclRecordBytes,
- *                                      udpFlowBuffer } (engine.h)
+ *                                      pending, else FIN; no drain); returns once done.
+ * - contract                           { events, tcpCounters, connectBuckets, lifetimeBuckets,
+ *                                      udpCounters, aclRecordBytes, udpFlowBuffer } (engine.h)
  * Errors are thrown with the code UPROXY_ERR_NATIVE (src/errors.ts).
  * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
  * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
- * Counters live in the caller's Float64Array: only this thread writes them, JavaScript reads
- * them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets we build for).
+ * Counters and histograms live in the caller's Float64Array: only this thread writes them,
+ * JavaScript reads them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets
+ * we build for).
  *
- * Ownership: JavaScript has accepted, filtered, dialled and written any PROXY header; from the
- * handoff on, nobody but this thread reads or writes the sockets (JS keeps them paused and
- * destroys them right after; libuv does EPOLL_CTL_DEL before close, and the socket lives on in
- * our dup). Every fd we hold is removed from our epoll before close: a registration follows the
+ * Ownership: JavaScript has bound (or adopted) the listening socket and closes its own fd right
+ * after the group is made, before its event loop could accept: from then on only this thread
+ * accepts. Every fd we hold is removed from our epoll before close: a registration follows the
  * open file description, not the fd number.
  */
 #include "engine.h"
@@ -63,23 +66,30 @@ static engine_t *engine_of(napi_env env) {
   return e;
 }
 
-/* Queues a command for the thread and wakes it; -ENOMEM if it cannot. */
-static int post(engine_t *e, int op, group_t *g, conn_t *c) {
+/* Queues a command for the thread, wakes it and waits until it ran (at most 2 s); -ENOMEM if it
+ * cannot be queued. The thread runs commands as soon as it wakes. */
+static int run(engine_t *e, int op, group_t *g) {
   cmd_t *cmd = calloc(1, sizeof *cmd);
   if (!cmd) return -ENOMEM;
   cmd->op = op;
   cmd->g = g;
-  cmd->c = c;
   pthread_mutex_lock(&e->mu);
   *e->cmds_tail = cmd;
   e->cmds_tail = &cmd->next;
+  uint64_t seq = ++e->posted;
   pthread_mutex_unlock(&e->mu);
   uint64_t one = 1;
   while (write(e->evfd, &one, sizeof one) < 0 && errno == EINTR) {}
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 2;
+  pthread_mutex_lock(&e->mu);
+  while (e->started && e->done < seq && pthread_cond_timedwait(&e->done_cv, &e->mu, &until) == 0) {}
+  pthread_mutex_unlock(&e->mu);
   return 0;
 }
 
-/* Live connections and open UDP groups keep the event loop alive, as their sockets did. */
+/* Open groups keep the event loop alive, as their listening sockets did. */
 static void hold(napi_env env, engine_t *e, int delta) {
   e->refs += delta;
   if (e->refs > 0 && !e->refed) {
@@ -91,21 +101,20 @@ static void hold(napi_env env, engine_t *e, int delta) {
   }
 }
 
-/* On the JS thread: hands one batch of close reports to onClose and releases their holds. */
+/* On the JS thread: hands one batch of events to onEvents as a Float64Array. */
 static void call_js(napi_env env, napi_value cb, void *ctx, void *data) {
-  engine_t *e = ctx;
+  (void)ctx;
   double *batch = data;
   if (env != NULL) {
     size_t n = (size_t)batch[0];
-    napi_value arr, v, undef;
-    napi_create_array_with_length(env, n, &arr);
-    for (size_t i = 0; i < n; i++) {
-      napi_create_double(env, batch[i + 1], &v);
-      napi_set_element(env, arr, (uint32_t)i, v);
+    napi_value buf, arr, undef;
+    void *mem;
+    if (napi_create_arraybuffer(env, n * sizeof(double), &mem, &buf) == napi_ok &&
+        napi_create_typedarray(env, napi_float64_array, n, buf, 0, &arr) == napi_ok) {
+      memcpy(mem, batch + 1, n * sizeof(double));
+      napi_get_undefined(env, &undef);
+      napi_call_function(env, undef, cb, 1, &arr, NULL);
     }
-    hold(env, e, -(int)(n / 3));
-    napi_get_undefined(env, &undef);
-    napi_call_function(env, undef, cb, 1, &arr, NULL);
   }
   free(batch);
 }
@@ -129,11 +138,6 @@ static void engine_teardown(void *arg) {
   while (e->cmds) {
     cmd_t *c = e->cmds;
     e->cmds = c->next;
-    if (c->c) {
-      close(c->c->fd[0]);
-      close(c->c->fd[1]);
-      free(c->c);
-    }
     free(c);
   }
   while (e->groups) {
@@ -147,13 +151,12 @@ static void engine_teardown(void *arg) {
   }
   close(e->epfd);
   close(e->evfd);
-  free(e->closed);
   free(e->io);
   while (e->quotas) {
     e->quotas->refs = 1;
     quota_put(e, e->quotas);
   }
-  pthread_cond_destroy(&e->closed_cv);
+  pthread_cond_destroy(&e->done_cv);
   pthread_mutex_destroy(&e->mu);
   free(e);
 }
@@ -187,7 +190,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
     return throw_errno(env, err, "epoll_ctl");
   }
   pthread_mutex_init(&e->mu, NULL);
-  pthread_cond_init(&e->closed_cv, NULL);
+  pthread_cond_init(&e->done_cv, NULL);
   e->cmds_tail = &e->cmds;
   CHECK(napi_create_string_utf8(env, "userland-proxy native engine", NAPI_AUTO_LENGTH, &name));
   CHECK(napi_create_threadsafe_function(env, argv[0], NULL, name, 0, 1, NULL, NULL, e, call_js, &e->tsfn));
@@ -216,38 +219,129 @@ static int get_i64(napi_env env, napi_value v, int64_t *out) {
   return napi_get_value_int64(env, v, out) == napi_ok ? 0 : -1;
 }
 
-/* A group over the caller's counters (kept alive by a reference). */
-static group_t *new_group(napi_env env, engine_t *e, napi_value id, napi_value counters, int kind, size_t need) {
-  int64_t gid;
-  napi_typedarray_type type;
-  size_t len;
+/* Frees a group that never reached the thread. */
+static void group_free(napi_env env, group_t *g) {
+  if (g->lfd >= 0) close(g->lfd);
+  free(g->table);
+  free(g->allow);
+  free(g->deny);
+  if (g->ctr_ref) napi_delete_reference(env, g->ctr_ref);
+  if (g->budget_ref) napi_delete_reference(env, g->budget_ref);
+  free(g);
+}
+
+/* acl: Buffer of ACL_RECORD_BYTES entries [family 4|6, prefix, 16 address bytes], or null. */
+static int read_acl(napi_env env, napi_value v, acl_entry_t **out, int *n) {
   void *data;
-  if (get_i64(env, id, &gid) < 0 ||
-      napi_get_typedarray_info(env, counters, &type, &len, &data, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || len < need) {
-    napi_throw_type_error(env, NATIVE_ERROR, "bad group arguments");
+  size_t len;
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  *out = NULL;
+  *n = 0;
+  if (t == napi_undefined || t == napi_null) return 0;
+  if (napi_get_buffer_info(env, v, &data, &len) != napi_ok || len % ACL_RECORD_BYTES != 0) return -1;
+  if (len == 0) return 0;
+  *out = malloc(len / ACL_RECORD_BYTES * sizeof(acl_entry_t));
+  if (!*out) return -1;
+  for (size_t i = 0; i < len / ACL_RECORD_BYTES; i++) {
+    const uint8_t *p = (const uint8_t *)data + i * ACL_RECORD_BYTES;
+    (*out)[i].family = p[0];
+    (*out)[i].prefix = p[1];
+    memcpy((*out)[i].addr, p + 2, 16);
+  }
+  *n = (int)(len / ACL_RECORD_BYTES);
+  return 0;
+}
+
+#define COMMON_ARGS 11
+/* A group from the arguments both kinds share (binding contract: COMMON), with our own dup of
+ * the listener; NULL with an exception pending when an argument is wrong or the dup fails. */
+static group_t *new_group(napi_env env, napi_value *argv, int kind, size_t slots) {
+  int64_t gid, lfd, port, scope, budget_limit, budget_own;
+  napi_typedarray_type type;
+  size_t len, tlen;
+  void *data, *taddr;
+  if (get_i64(env, argv[0], &gid) < 0 || napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL) != napi_ok ||
+      type != napi_float64_array || len < slots || get_i64(env, argv[2], &lfd) < 0 ||
+      napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok || (tlen != 4 && tlen != 16) ||
+      get_i64(env, argv[4], &port) < 0 || get_i64(env, argv[5], &scope) < 0 || get_i64(env, argv[9], &budget_limit) < 0 ||
+      get_i64(env, argv[10], &budget_own) < 0) {
+    throw_errno(env, EINVAL, "group arguments");
     return NULL;
   }
+  int32_t *budget = NULL;
+  napi_valuetype bt;
+  napi_typeof(env, argv[8], &bt);
+  if (bt != napi_null && bt != napi_undefined) {
+    size_t blen;
+    void *bdata;
+    if (napi_get_typedarray_info(env, argv[8], &type, &blen, &bdata, NULL, NULL) != napi_ok || type != napi_int32_array ||
+        budget_own < 0 || (size_t)budget_own >= blen) {
+      throw_errno(env, EINVAL, "group budget");
+      return NULL;
+    }
+    budget = bdata;
+  }
   group_t *g = calloc(1, sizeof *g);
-  if (!g) return NULL;
+  if (!g) {
+    throw_errno(env, ENOMEM, "group");
+    return NULL;
+  }
   g->id = (int)gid;
   g->kind = kind;
   g->ctr = data;
   g->lfd = -1;
-  napi_create_reference(env, counters, 1, &g->ctr_ref); /* keeps the counters' memory alive */
+  if (read_acl(env, argv[6], &g->allow, &g->nallow) < 0 || read_acl(env, argv[7], &g->deny, &g->ndeny) < 0) {
+    group_free(env, g);
+    throw_errno(env, EINVAL, "group access lists");
+    return NULL;
+  }
+  g->lfd = fcntl((int)lfd, F_DUPFD_CLOEXEC, 0);
+  if (g->lfd < 0) {
+    int err = errno;
+    group_free(env, g);
+    throw_errno(env, err, "group listener");
+    return NULL;
+  }
+  if (tlen == 4) {
+    struct sockaddr_in *t = (struct sockaddr_in *)&g->target;
+    t->sin_family = AF_INET;
+    t->sin_port = htons((uint16_t)port);
+    memcpy(&t->sin_addr, taddr, 4);
+    g->tlen = sizeof *t;
+  } else {
+    struct sockaddr_in6 *t = (struct sockaddr_in6 *)&g->target;
+    t->sin6_family = AF_INET6;
+    t->sin6_port = htons((uint16_t)port);
+    memcpy(&t->sin6_addr, taddr, 16);
+    t->sin6_scope_id = (uint32_t)scope; /* a link-local target's interface (its %zone) */
+    g->tlen = sizeof *t;
+  }
+  g->budget = budget;
+  g->budget_limit = budget_limit;
+  g->budget_own = (int)budget_own;
+  napi_create_reference(env, argv[1], 1, &g->ctr_ref); /* keeps the counters' memory alive */
+  if (budget) napi_create_reference(env, argv[8], 1, &g->budget_ref);
   return g;
 }
 
-/* Makes a group visible to the thread's sweeps. */
-static void publish_group(engine_t *e, group_t *g) {
+/* Registers the group's listener with the thread's epoll, publishes the group to its sweeps and
+ * holds the event loop; the group as the external value JavaScript holds, or NULL (thrown). */
+static napi_value start_group(napi_env env, engine_t *e, group_t *g, uint32_t events) {
+  g->lw.kind = g->kind == W_TCP ? W_TCP_LISTENER : W_UDP_LISTENER;
+  g->lw.owner = g;
+  struct epoll_event ev = { .events = events, .data.ptr = &g->lw };
+  if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, g->lfd, &ev) < 0) {
+    int err = errno;
+    quota_put(e, g->quota);
+    group_free(env, g);
+    return throw_errno(env, err, "group epoll");
+  }
   pthread_mutex_lock(&e->mu);
   g->next = e->groups;
   e->groups = g;
   pthread_mutex_unlock(&e->mu);
-}
-
-/* A group as the external value JavaScript holds. */
-static napi_value wrap_group(napi_env env, group_t *g) {
+  hold(env, e, 1);
   napi_value ext;
   if (napi_create_external(env, g, NULL, NULL, &ext) != napi_ok) return NULL;
   return ext;
@@ -280,155 +374,56 @@ static engine_t *call_args(napi_env env, napi_callback_info info, napi_value *ar
   return engine_of(env);
 }
 
-/* tcpGroup(id, counters, idleMs, lingerMs, pipeBytes) -> group. */
+/* tcpGroup(...COMMON, connectMs, idleMs, lingerMs, pipeBytes, maxConns, proxy, connFds). */
 static napi_value js_tcp_group(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  engine_t *e = call_args(env, info, argv, 5);
+  napi_value argv[COMMON_ARGS + 7];
+  engine_t *e = call_args(env, info, argv, COMMON_ARGS + 7);
   if (!e) return NULL;
-  int64_t idle, linger, pipe_bytes;
-  if (get_i64(env, argv[2], &idle) < 0 || get_i64(env, argv[3], &linger) < 0 || get_i64(env, argv[4], &pipe_bytes) < 0)
+  napi_value *a = argv + COMMON_ARGS;
+  int64_t connect, idle, linger, pipe_bytes, max_conns, proxy, conn_fds;
+  if (get_i64(env, a[0], &connect) < 0 || get_i64(env, a[1], &idle) < 0 || get_i64(env, a[2], &linger) < 0 ||
+      get_i64(env, a[3], &pipe_bytes) < 0 || get_i64(env, a[4], &max_conns) < 0 || get_i64(env, a[5], &proxy) < 0 ||
+      get_i64(env, a[6], &conn_fds) < 0 || proxy < 0 || proxy > 2)
     return throw_errno(env, EINVAL, "tcpGroup");
-  group_t *g = new_group(env, e, argv[0], argv[1], W_TCP, T_COUNT);
+  group_t *g = new_group(env, argv, W_TCP, TCP_SLOTS);
   if (!g) return NULL;
+  g->connect_ms = connect;
   g->idle_ms = idle;
   g->linger_ms = linger;
   g->sweep_ms = sweep_period(idle, linger);
   g->pipe_bytes = (size_t)pipe_bytes;
-  publish_group(e, g);
-  return wrap_group(env, g);
+  g->max_conns = max_conns;
+  g->proxy = (int)proxy;
+  g->conn_fds = (int)conn_fds;
+  /* Level-triggered: a batch of accepts per wakeup, the rest on the next turn. */
+  return start_group(env, e, g, EPOLLIN);
 }
 
-/* tcpAdopt(group, connId, clientFd, targetFd): dups both fds and queues the connection for the thread. */
-static napi_value js_tcp_adopt(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
-  engine_t *e = call_args(env, info, argv, 4);
-  group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
-  int64_t id, cfd, tfd;
-  if (!g || get_i64(env, argv[1], &id) < 0 || get_i64(env, argv[2], &cfd) < 0 || get_i64(env, argv[3], &tfd) < 0)
-    return e && g ? throw_errno(env, EINVAL, "tcpAdopt") : NULL;
-  conn_t *c = calloc(1, sizeof *c);
-  if (!c) return throw_errno(env, ENOMEM, "tcpAdopt");
-  /* Our own references to both sockets; JS closes its fds right after. */
-  c->fd[0] = fcntl((int)cfd, F_DUPFD_CLOEXEC, 0);
-  c->fd[1] = c->fd[0] < 0 ? -1 : fcntl((int)tfd, F_DUPFD_CLOEXEC, 0);
-  if (c->fd[1] < 0) {
-    int err = errno;
-    if (c->fd[0] >= 0) close(c->fd[0]);
-    free(c);
-    return throw_errno(env, err, "dup");
-  }
-  c->g = g;
-  c->id = (uint32_t)id;
-  for (int k = 0; k < 2; k++) {
-    c->w[k].kind = W_TCP;
-    c->w[k].side = k;
-    c->w[k].owner = c;
-    c->d[k].p.r = c->d[k].p.w = -1;
-  }
-  if (post(e, C_ADD_CONN, g, c) < 0) {
-    close(c->fd[0]);
-    close(c->fd[1]);
-    free(c);
-    return throw_errno(env, ENOMEM, "tcpAdopt");
-  }
-  hold(env, e, 1);
-  return NULL;
-}
-
-/* acl: Uint8Array of ACL_RECORD_BYTES entries [family 4|6, prefix, 16 address bytes]. */
-static int read_acl(napi_env env, napi_value v, acl_entry_t **out, int *n) {
-  void *data;
-  size_t len;
-  napi_valuetype t;
-  napi_typeof(env, v, &t);
-  *out = NULL;
-  *n = 0;
-  if (t == napi_undefined || t == napi_null) return 0;
-  if (napi_get_buffer_info(env, v, &data, &len) != napi_ok || len % ACL_RECORD_BYTES != 0) return -1;
-  if (len == 0) return 0;
-  *out = malloc(len / ACL_RECORD_BYTES * sizeof(acl_entry_t));
-  if (!*out) return -1;
-  for (size_t i = 0; i < len / ACL_RECORD_BYTES; i++) {
-    const uint8_t *p = (const uint8_t *)data + i * ACL_RECORD_BYTES;
-    (*out)[i].family = p[0];
-    (*out)[i].prefix = p[1];
-    memcpy((*out)[i].addr, p + 2, 16);
-  }
-  *n = (int)(len / ACL_RECORD_BYTES);
-  return 0;
-}
-
-/* udpGroup(id, counters, listenerFd, targetBytes, targetPort, idleMs, maxFlows, allow, deny,
- *          wildcard, perSource, budget: Int32Array | null, budgetLimit, budgetOwn, scopeId)
- * Everything is set up here, on the JS thread, and the listener is registered last: a failure
- * throws (the mapping then fails to start) instead of leaving a port that nobody serves. */
+/* udpGroup(...COMMON, idleMs, maxFlows, wildcard, perSource). */
 static napi_value js_udp_group(napi_env env, napi_callback_info info) {
-  napi_value argv[15];
-  engine_t *e = call_args(env, info, argv, 15);
+  napi_value argv[COMMON_ARGS + 4];
+  engine_t *e = call_args(env, info, argv, COMMON_ARGS + 4);
   if (!e) return NULL;
-  int64_t lfd, port, idle, max_flows, per_source, budget_limit, budget_own, scope;
+  napi_value *a = argv + COMMON_ARGS;
+  int64_t idle, max_flows, per_source;
   bool wildcard;
-  void *taddr;
-  size_t tlen;
-  if (get_i64(env, argv[2], &lfd) < 0 || napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok ||
-      (tlen != 4 && tlen != 16) || get_i64(env, argv[4], &port) < 0 || get_i64(env, argv[5], &idle) < 0 ||
-      get_i64(env, argv[6], &max_flows) < 0 || napi_get_value_bool(env, argv[9], &wildcard) != napi_ok ||
-      get_i64(env, argv[10], &per_source) < 0 || get_i64(env, argv[12], &budget_limit) < 0 ||
-      get_i64(env, argv[13], &budget_own) < 0 || get_i64(env, argv[14], &scope) < 0)
+  if (get_i64(env, a[0], &idle) < 0 || get_i64(env, a[1], &max_flows) < 0 || napi_get_value_bool(env, a[2], &wildcard) != napi_ok ||
+      get_i64(env, a[3], &per_source) < 0)
     return throw_errno(env, EINVAL, "udpGroup");
-  int32_t *budget = NULL;
-  napi_valuetype bt;
-  napi_typeof(env, argv[11], &bt);
-  if (bt != napi_null && bt != napi_undefined) {
-    napi_typedarray_type type;
-    size_t blen;
-    void *bdata;
-    if (napi_get_typedarray_info(env, argv[11], &type, &blen, &bdata, NULL, NULL) != napi_ok ||
-        type != napi_int32_array || budget_own < 0 || (size_t)budget_own >= blen)
-      return throw_errno(env, EINVAL, "udpGroup budget");
-    budget = bdata;
-  }
-  group_t *g = new_group(env, e, argv[0], argv[1], W_UDP_LISTENER, U_COUNT);
+  group_t *g = new_group(env, argv, W_UDP_LISTENER, U_COUNT);
   if (!g) return NULL;
-  if (read_acl(env, argv[7], &g->allow, &g->nallow) < 0 || read_acl(env, argv[8], &g->deny, &g->ndeny) < 0) {
-    free(g->allow);
-    free(g);
-    return throw_errno(env, EINVAL, "udpGroup acl");
-  }
   struct sockaddr_storage local;
   socklen_t llen = sizeof local;
-  g->lfd = fcntl((int)lfd, F_DUPFD_CLOEXEC, 0);
-  if (g->lfd < 0 || getsockname(g->lfd, (struct sockaddr *)&local, &llen) < 0) {
+  if (getsockname(g->lfd, (struct sockaddr *)&local, &llen) < 0) {
     int err = errno;
-    if (g->lfd >= 0) close(g->lfd);
-    free(g->allow);
-    free(g->deny);
-    free(g);
+    group_free(env, g);
     return throw_errno(env, err, "udpGroup listener");
   }
   g->lfamily = local.ss_family;
   g->wildcard = wildcard;
-  if (tlen == 4) {
-    struct sockaddr_in *t = (struct sockaddr_in *)&g->target;
-    t->sin_family = AF_INET;
-    t->sin_port = htons((uint16_t)port);
-    memcpy(&t->sin_addr, taddr, 4);
-    g->tlen = sizeof *t;
-  } else {
-    struct sockaddr_in6 *t = (struct sockaddr_in6 *)&g->target;
-    t->sin6_family = AF_INET6;
-    t->sin6_port = htons((uint16_t)port);
-    memcpy(&t->sin6_addr, taddr, 16);
-    t->sin6_scope_id = (uint32_t)scope; /* a link-local target's interface (its %zone) */
-    g->tlen = sizeof *t;
-  }
   g->idle_ms = idle;
   g->max_flows = (int)max_flows;
   g->per_source = per_source > 0 ? (int)per_source : 1;
-  g->budget = budget;
-  g->budget_limit = budget_limit;
-  g->budget_own = (int)budget_own;
-  if (budget) napi_create_reference(env, argv[11], 1, &g->budget_ref);
   int64_t p = idle / 10;
   g->sweep_ms = p < 50 ? 50 : p > MAX_TICK_MS ? MAX_TICK_MS : p;
   int on = 1;
@@ -436,56 +431,48 @@ static napi_value js_udp_group(napi_env env, napi_callback_info info) {
     setsockopt(g->lfd, IPPROTO_IP, IP_PKTINFO, &on, sizeof on);
   else
     setsockopt(g->lfd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof on);
-  g->lw.kind = W_UDP_LISTENER;
-  g->lw.owner = g;
   g->quota = quota_get(e, g->ctr);
-  struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &g->lw };
-  if (!g->quota || table_grow(g) < 0 || epoll_ctl(e->epfd, EPOLL_CTL_ADD, g->lfd, &ev) < 0) {
-    int err = g->quota && g->table ? errno : ENOMEM;
+  if (!g->quota || table_grow(g) < 0) {
     quota_put(e, g->quota);
-    close(g->lfd);
-    free(g->table);
-    free(g->allow);
-    free(g->deny);
-    napi_delete_reference(env, g->ctr_ref);
-    if (g->budget_ref) napi_delete_reference(env, g->budget_ref);
-    free(g);
-    return throw_errno(env, err, "udpGroup epoll");
+    group_free(env, g);
+    return throw_errno(env, ENOMEM, "udpGroup");
   }
-  publish_group(e, g);
-  hold(env, e, 1);
-  return wrap_group(env, g);
+  return start_group(env, e, g, EPOLLIN);
 }
 
-/* groupStop(group): UDP opens no new flow (graceful drain). */
-static napi_value js_group_stop(napi_env env, napi_callback_info info) {
+/* groupFd(group): our listening socket's fd, -1 once closed (read racily: only right after the
+ * group is made, to hand a copy to a shim). */
+static napi_value js_group_fd(napi_env env, napi_callback_info info) {
   size_t argc = 1;
-  napi_value argv[1];
+  napi_value argv[1], result;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   group_t *g = unwrap_group(env, argv[0]);
-  if (g) g->draining = 1;
-  return NULL;
+  if (!g) return NULL;
+  napi_create_int32(env, g->lfd, &result);
+  return result;
 }
 
-/* groupClose(group): queues the close; for UDP, waits until the listener is closed. */
-static napi_value js_group_close(napi_env env, napi_callback_info info) {
+/* groupStop(group): TCP closes its listener (and returns once the port is free); UDP opens no
+ * new flow. Either way what is open carries on (graceful drain). */
+static napi_value js_group_stop(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   engine_t *e = call_args(env, info, argv, 1);
   group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
   if (!g) return NULL;
-  if (post(e, C_CLOSE_GROUP, g, NULL) < 0) return throw_errno(env, ENOMEM, "groupClose");
-  if (g->kind == W_UDP_LISTENER && !g->js_closed) {
-    hold(env, e, -1);
-    /* The listener's port must be free when this returns (a reload may bind it next): wait for
-     * the thread, which runs commands at once, at most 2 s. */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 2;
-    pthread_mutex_lock(&e->mu);
-    while (e->started && !g->close_done && pthread_cond_timedwait(&e->closed_cv, &e->mu, &until) == 0) {}
-    pthread_mutex_unlock(&e->mu);
-  }
+  g->draining = 1;
+  if (g->kind == W_TCP && !g->js_closed && run(e, C_STOP_GROUP, g) < 0) return throw_errno(env, ENOMEM, "groupStop");
+  return NULL;
+}
+
+/* groupClose(group): closes everything of the group and returns once done (the port is free). */
+static napi_value js_group_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  engine_t *e = call_args(env, info, argv, 1);
+  group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
+  if (!g || g->js_closed) return NULL;
+  if (run(e, C_CLOSE_GROUP, g) < 0) return throw_errno(env, ENOMEM, "groupClose");
   g->js_closed = 1;
+  hold(env, e, -1);
   return NULL;
 }
 
@@ -530,19 +517,30 @@ static void set_int(napi_env env, napi_value obj, const char *key, int64_t value
   napi_set_named_property(env, obj, key, v);
 }
 
-/* The contract export: { closeReasons: {name: value}, tcpCounters: [names in index order],
- * udpCounters: [...], aclRecordBytes, udpFlowBuffer }. */
+/* A JS array of the given numbers. */
+static napi_value numbers_array(napi_env env, const double *xs, size_t n) {
+  napi_value arr, v;
+  napi_create_array_with_length(env, n, &arr);
+  for (size_t i = 0; i < n; i++) {
+    napi_create_double(env, xs[i], &v);
+    napi_set_element(env, arr, (uint32_t)i, v);
+  }
+  return arr;
+}
+
+/* The contract export: { events: [names in value order], tcpCounters: [...], connectBuckets,
+ * lifetimeBuckets, udpCounters: [...], aclRecordBytes, udpFlowBuffer }. */
 static napi_value make_contract(napi_env env) {
 #define ENUM_NAME(id, name) name,
+  static const char *const events[] = { EVENTS(ENUM_NAME) };
   static const char *const tcp[] = { TCP_COUNTERS(ENUM_NAME) };
   static const char *const udp[] = { UDP_COUNTERS(ENUM_NAME) };
-  napi_value c, reasons;
+  napi_value c;
   napi_create_object(env, &c);
-  napi_create_object(env, &reasons);
-#define REASON_PROP(id, name) set_int(env, reasons, name, id);
-  CLOSE_REASONS(REASON_PROP)
-  napi_set_named_property(env, c, "closeReasons", reasons);
+  napi_set_named_property(env, c, "events", names_array(env, events, EV_COUNT));
   napi_set_named_property(env, c, "tcpCounters", names_array(env, tcp, T_COUNT));
+  napi_set_named_property(env, c, "connectBuckets", numbers_array(env, connect_bounds, N_CONNECT_BOUNDS));
+  napi_set_named_property(env, c, "lifetimeBuckets", numbers_array(env, lifetime_bounds, N_LIFETIME_BOUNDS));
   napi_set_named_property(env, c, "udpCounters", names_array(env, udp, U_COUNT));
   set_int(env, c, "aclRecordBytes", ACL_RECORD_BYTES);
   set_int(env, c, "udpFlowBuffer", UDP_FLOW_BUFFER);
@@ -553,7 +551,7 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     { "init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL },
     { "tcpGroup", NULL, js_tcp_group, NULL, NULL, NULL, napi_default, NULL },
-    { "tcpAdopt", NULL, js_tcp_adopt, NULL, NULL, NULL, napi_default, NULL },
+    { "groupFd", NULL, js_group_fd, NULL, NULL, NULL, napi_default, NULL },
     { "udpGroup", NULL, js_udp_group, NULL, NULL, NULL, napi_default, NULL },
     { "groupStop", NULL, js_group_stop, NULL, NULL, NULL, napi_default, NULL },
     { "groupClose", NULL, js_group_close, NULL, NULL, NULL, napi_default, NULL },

@@ -3,6 +3,8 @@
  * with splice(2) and UDP with recvmmsg/sendmmsg. Split by role, as passt splits its C:
  *   engine.h   this file: tunables, the JS<->C contract tables, types, cross-file functions
  *   binding.c  the N-API face (the contract with src/native-engine.ts is stated at its top)
+ *   accept.c   TCP listeners: accept4 batches, access lists, caps, the dial, the PROXY header
+ *   access.c   access lists and the process fd budget, for both protocols
  *   tcp.c      pipes and the splice relay of a TCP connection
  *   udp.c      flows, access lists, per-source quotas, batched receive and send
  *   loop.c     the thread: epoll loop, commands from JavaScript, sweeps, close reports
@@ -41,27 +43,47 @@
 #define GSO_MAX_BYTES 60000 /* one GSO message stays below the 64 KiB IP limit */
 #define GSO_MAX_SEGMENT 1400 /* larger datagrams may not fit the path MTU: sent plainly */
 #define UDP_ROUNDS 8 /* recvmmsg batches per wakeup before other sockets get a turn */
+#define ACCEPT_BATCH 64 /* accept4 calls per listener wakeup before other sockets get a turn */
+#define ACCEPT_RETRY_MS 100 /* after EMFILE/ENFILE/ENOBUFS/ENOMEM, accepting pauses this long */
+#define CLIENT_KEEPALIVE_S 15 /* Go's keepalive on accepted clients (CLIENT_KEEPALIVE_MS) */
+#define PROXY_HEADER_MAX 232 /* the longest v1 line (107) and v2 header (16 + 216) fit */
 #define THREAD_STACK (256 * 1024)
 #define MAX_TICK_MS 1000
 
 /* The JS<->C contract, each list written once: the enums below and the `contract` export that
  * native-engine.ts compares with its own tables when it loads the addon (a mismatch refuses the
  * addon instead of silently swapping counters). */
-/* Close reasons reported to JavaScript (CLOSE_REASON). X-macro lists: kept by hand (clang-format
- * cannot lay them out stably). */
 // clang-format off
-#define CLOSE_REASONS(X) \
-  X(R_CLEAN, "clean") \
-  X(R_ABORTED, "aborted") \
-  X(R_IDLE, "idle") \
-  X(R_LINGER, "linger") \
-  X(R_CLOSED, "closed")
-/* TCP counters: indices into the group's Float64Array, named as the TcpStats keys they feed. */
+/* What a TCP listener reports to JavaScript, which logs it (rate-limited): once per event kind
+ * and group per epoll batch, as [groupId, event, detail], detail an errno or the count. */
+#define EVENTS(X) \
+  X(EV_LIMIT, "limit") \
+  X(EV_BLOCKED, "blocked") \
+  X(EV_BUDGET, "fdBudget") \
+  X(EV_ACCEPT, "acceptError") \
+  X(EV_CONNECT, "connectError") \
+  X(EV_CONNECT_TIMEOUT, "connectTimeout") \
+  X(EV_IDLE, "idle") \
+  X(EV_LINGER, "linger")
+/* TCP counters: indices into the group's Float64Array, named as the TcpStats keys they feed
+ * (dotted: a key of a nested object). The two histograms follow them (HISTOGRAMS). */
 #define TCP_COUNTERS(X) \
   X(T_BYTES_IN, "bytesIn") \
   X(T_BYTES_OUT, "bytesOut") \
   X(T_PAUSES_CLIENT, "pausesClient") \
-  X(T_PAUSES_UPSTREAM, "pausesUpstream")
+  X(T_PAUSES_UPSTREAM, "pausesUpstream") \
+  X(T_ACCEPTED, "accepted") \
+  X(T_ACTIVE, "active") \
+  X(T_ACCEPT_ERRORS, "acceptErrors") \
+  X(T_REJECTED_LIMIT, "rejectedLimit") \
+  X(T_REJECTED_BLOCKED, "rejectedBlocked") \
+  X(T_ABORTED, "aborted") \
+  X(T_IDLE_TIMEOUTS, "idleTimeouts") \
+  X(T_LINGER_TIMEOUTS, "lingerTimeouts") \
+  X(T_CONNECT_REFUSED, "connectErrors.refused") \
+  X(T_CONNECT_TIMEOUT, "connectErrors.timeout") \
+  X(T_CONNECT_UNREACHABLE, "connectErrors.unreachable") \
+  X(T_CONNECT_OTHER, "connectErrors.other")
 /* UDP counters, named as the UdpStats keys. */
 #define UDP_COUNTERS(X) \
   X(U_FLOWS_CREATED, "flowsCreated") \
@@ -78,11 +100,22 @@
   X(U_REFUSED, "refused")
 // clang-format on
 #define ENUM_ITEM(id, name) id,
-enum { CLOSE_REASONS(ENUM_ITEM) R_COUNT };
+enum { EVENTS(ENUM_ITEM) EV_COUNT };
 enum { TCP_COUNTERS(ENUM_ITEM) T_COUNT };
+/* The histograms' upper bounds, seconds (histogram.ts CONNECT_BUCKETS, LIFETIME_BUCKETS). Each
+ * takes counts (bounds + 1, the last for +Inf), then sum and count, after the TCP counters. */
+#define CONNECT_BOUNDS 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5
+#define LIFETIME_BOUNDS 0.01, 0.1, 0.5, 1, 5, 10, 60, 300, 900, 1800, 3600
+#define N_CONNECT_BOUNDS 13
+#define N_LIFETIME_BOUNDS 11
+#define H_CONNECT T_COUNT
+#define H_LIFETIME (H_CONNECT + N_CONNECT_BOUNDS + 3)
+#define TCP_SLOTS (H_LIFETIME + N_LIFETIME_BOUNDS + 3)
 enum { UDP_COUNTERS(ENUM_ITEM) U_COUNT };
 #define ACL_RECORD_BYTES 18 /* [family, prefix, 16 address bytes] */
-enum { W_EVENT, W_TCP, W_UDP_LISTENER, W_UDP_FLOW };
+/* Why the thread closes a TCP connection (it counts and reports what JavaScript needs). */
+enum { R_CLEAN, R_ABORTED, R_IDLE, R_LINGER, R_CLOSED };
+enum { W_EVENT, W_TCP, W_TCP_LISTENER, W_UDP_LISTENER, W_UDP_FLOW };
 
 typedef struct engine engine_t;
 typedef struct group group_t;
@@ -113,8 +146,11 @@ typedef struct conn {
   int fd[2]; /* 0 client, 1 target */
   dir_t d[2]; /* 0 client->target, 1 target->client */
   int64_t last; /* monotonic ms of the last byte read either way */
-  int dead;
+  double t0; /* accept time, seconds (CLOCK_MONOTONIC): the histograms' origin */
+  int64_t deadline; /* while dialing: give up at this monotonic ms (0: never) */
+  int dialing, connected, dead;
   struct conn *prev, *next, *dead_next;
+  struct conn *dprev, *dnext; /* the group's dial queue, in deadline order */
 } conn_t;
 
 typedef struct flow {
@@ -158,15 +194,22 @@ struct group {
   /* TCP */
   size_t pipe_bytes;
   conn_t *conns;
-  /* UDP */
+  conn_t *dial_head, *dial_tail;
+  int64_t connect_ms, max_conns; /* max_conns < 0: no cap */
+  int conn_fds, proxy; /* fds a connection takes from the budget; PROXY header 0 off, 1 v1, 2 v2 */
+  int64_t accept_resume; /* > 0: accepting paused (EMFILE...) until this monotonic ms */
+  int ev_n[EV_COUNT], ev_detail[EV_COUNT], ev_queued;
+  group_t *ev_next;
+  /* both: the listener (TCP listening socket or UDP socket) */
   watch_t lw;
-  int lfd, lfamily, wildcard, max_flows, per_source, nflows, no_gso;
+  int lfd;
+  /* UDP */
+  int lfamily, wildcard, max_flows, per_source, nflows, no_gso;
   quota_t *quota;
   int32_t *budget; /* the process fd budget (shared memory): [0] fds in use */
   napi_ref budget_ref; /* keeps that memory alive */
   int budget_own; /* > 0: this worker's own cell, counted too (fd-limit.ts) */
   int64_t budget_limit;
-  int close_done; /* C_CLOSE_GROUP ran (guarded by the engine mutex) */
   volatile int draining;
   int js_closed; /* main thread only */
   struct sockaddr_storage target;
@@ -181,20 +224,20 @@ struct group {
 typedef struct cmd {
   int op;
   group_t *g;
-  conn_t *c;
   struct cmd *next;
 } cmd_t;
-enum { C_ADD_CONN, C_CLOSE_GROUP };
+enum { C_STOP_GROUP, C_CLOSE_GROUP };
 
 struct engine {
   int epfd, evfd, started;
   volatile int stop;
   pthread_t thread;
   pthread_mutex_t mu;
-  pthread_cond_t closed_cv; /* signalled after each C_CLOSE_GROUP */
+  pthread_cond_t done_cv; /* signalled after each command */
+  uint64_t posted, done; /* commands posted and run (under mu): JavaScript waits for its own */
   cmd_t *cmds, **cmds_tail;
   napi_threadsafe_function tsfn;
-  int refs, refed; /* main thread only: live conns + open UDP groups keep the loop alive */
+  int refs, refed; /* main thread only: open groups keep the loop alive */
   group_t *groups; /* main thread owns the list; freed at teardown */
   watch_t evw;
   /* thread-only state */
@@ -203,8 +246,7 @@ struct engine {
   int64_t next_trim;
   quota_t *quotas;
   conn_t *dead;
-  double *closed;
-  size_t nclosed, capclosed;
+  group_t *evq; /* groups with events for the next report */
   struct udp_io *io;
 };
 
@@ -216,14 +258,34 @@ static inline int64_t now_ms(void) {
 
 /* ---------- functions shared between the files ---------- */
 
+/* Monotonic seconds, precise (the histograms; now_ms() is coarse and cheaper). */
+static inline double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* access.c */
+int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family);
+int acl_allowed(group_t *g, const struct sockaddr_storage *ss);
+int budget_take(group_t *g, int n);
+void budget_give(group_t *g, int n);
+
+/* accept.c */
+void tcp_listener_event(engine_t *e, group_t *g, int64_t now);
+void dial_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now);
+void dial_unlink(conn_t *c);
+int64_t tcp_timers(engine_t *e, group_t *g, int64_t now);
+void group_event(engine_t *e, group_t *g, int ev, int detail);
+void observe(double *h, const double *bounds, int n, double v);
+extern const double connect_bounds[N_CONNECT_BOUNDS], lifetime_bounds[N_LIFETIME_BOUNDS];
+
 /* tcp.c */
 void pipe_close(pipe_pair_t *p);
 void pool_trim(engine_t *e, int64_t now);
 void conn_close(engine_t *e, conn_t *c, int reason, int rst);
 int conn_pending(const conn_t *c);
-void tcp_add(engine_t *e, conn_t *c);
 void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now);
-void note_closed(engine_t *e, group_t *g, uint32_t id, int reason);
 
 /* udp.c */
 void flow_close(engine_t *e, flow_t *f);

@@ -1,21 +1,25 @@
 /*
  * The engine thread: one epoll loop per environment, commands from JavaScript, the idle/linger
- * and flow-expiry sweeps, and the close reports sent back to JavaScript once per batch.
+ * and flow-expiry sweeps, connect timeouts, and the events sent back to JavaScript once per batch.
  */
 #include "engine.h"
 
 /* ---------- the thread ---------- */
 
+/* Closes a group's listening socket: its port is free from here on. */
+static void listener_close(engine_t *e, group_t *g) {
+  if (g->lfd < 0) return;
+  epoll_ctl(e->epfd, EPOLL_CTL_DEL, g->lfd, NULL);
+  close(g->lfd);
+  g->lfd = -1;
+}
+
 /* Closes every connection, flow and listener of a group (connections with bytes pending reset). */
 static void group_close(engine_t *e, group_t *g) {
   g->closed = 1;
+  listener_close(e, g);
   while (g->conns) conn_close(e, g->conns, R_CLOSED, conn_pending(g->conns));
   while (g->flows) flow_close(e, g->flows);
-  if (g->kind == W_UDP_LISTENER && g->lfd >= 0) {
-    epoll_ctl(e->epfd, EPOLL_CTL_DEL, g->lfd, NULL);
-    close(g->lfd);
-    g->lfd = -1;
-  }
   quota_put(e, g->quota);
   g->quota = NULL;
 }
@@ -27,6 +31,7 @@ static void sweep(engine_t *e, group_t *g, int64_t now) {
   g->next_sweep = now + g->sweep_ms;
   for (conn_t *c = g->conns, *next; c; c = next) {
     next = c->next;
+    if (c->dialing) continue; /* the connect timeout governs it (tcp_timers) */
     int64_t idle = now - c->last;
     if (g->idle_ms > 0 && idle >= g->idle_ms)
       conn_close(e, c, R_IDLE, conn_pending(c));
@@ -42,7 +47,7 @@ static void sweep(engine_t *e, group_t *g, int64_t now) {
   }
 }
 
-/* Runs the commands JavaScript queued (new connections, group closes). */
+/* Runs the commands JavaScript queued (stop accepting, close), telling each waiter when done. */
 static void run_commands(engine_t *e) {
   uint64_t v;
   while (read(e->evfd, &v, sizeof v) < 0 && errno == EINTR) {}
@@ -53,35 +58,48 @@ static void run_commands(engine_t *e) {
   pthread_mutex_unlock(&e->mu);
   while (q) {
     cmd_t *next = q->next;
-    if (q->op == C_ADD_CONN)
-      tcp_add(e, q->c);
-    else if (q->op == C_CLOSE_GROUP) {
+    if (q->op == C_STOP_GROUP)
+      listener_close(e, q->g);
+    else
       group_close(e, q->g);
-      /* JS waits for this: the port must be free when groupClose returns. */
-      pthread_mutex_lock(&e->mu);
-      q->g->close_done = 1;
-      pthread_cond_broadcast(&e->closed_cv);
-      pthread_mutex_unlock(&e->mu);
-    }
     free(q);
+    /* JS waits for this: the port must be free (a reload may bind it next) and the counters final. */
+    pthread_mutex_lock(&e->mu);
+    e->done++;
+    pthread_cond_broadcast(&e->done_cv);
+    pthread_mutex_unlock(&e->mu);
     q = next;
   }
 }
 
-/* Frees the connections closed in this batch, then reports their closes to JavaScript at once. */
+/* Frees the connections closed in this batch, then reports the batch's events to JavaScript in
+ * one call: [groupId, event, detail] per event kind and group. */
 static void flush(engine_t *e) {
   while (e->dead) {
     conn_t *c = e->dead;
     e->dead = c->dead_next;
     free(c);
   }
-  if (e->nclosed == 0) return;
-  double *batch = malloc(sizeof(double) * (e->nclosed + 1));
-  if (!batch) return;
-  batch[0] = (double)e->nclosed;
-  memcpy(batch + 1, e->closed, sizeof(double) * e->nclosed);
-  e->nclosed = 0;
-  /* One call per epoll batch, after every free: JS may act on it at once. */
+  size_t n = 0;
+  for (group_t *g = e->evq; g; g = g->ev_next)
+    for (int k = 0; k < EV_COUNT; k++) n += g->ev_n[k] > 0;
+  double *batch = n ? malloc(sizeof(double) * (3 * n + 1)) : NULL;
+  size_t i = 1;
+  for (group_t *g = e->evq, *next; g; g = next) {
+    next = g->ev_next;
+    for (int k = 0; k < EV_COUNT; k++) {
+      if (g->ev_n[k] > 0 && batch) {
+        batch[i++] = g->id;
+        batch[i++] = k;
+        batch[i++] = k == EV_ACCEPT || k == EV_CONNECT || k == EV_CONNECT_TIMEOUT ? g->ev_detail[k] : g->ev_n[k];
+      }
+      g->ev_n[k] = 0;
+    }
+    g->ev_queued = 0;
+  }
+  e->evq = NULL;
+  if (!batch) return; /* nothing to say (or no memory: only log lines are lost, never counts) */
+  batch[0] = (double)(3 * n);
   if (napi_call_threadsafe_function(e->tsfn, batch, napi_tsfn_nonblocking) != napi_ok) free(batch);
 }
 
@@ -98,11 +116,15 @@ void *thread_main(void *arg) {
     pthread_mutex_lock(&e->mu);
     group_t *groups = e->groups;
     pthread_mutex_unlock(&e->mu);
-    int64_t tick = MAX_TICK_MS;
-    for (group_t *g = groups; g; g = g->next)
+    int64_t tick = MAX_TICK_MS, now = now_ms();
+    for (group_t *g = groups; g; g = g->next) {
       if (g->sweep_ms < tick) tick = g->sweep_ms;
+      int64_t t = g->kind == W_TCP ? tcp_timers(e, g, now) : -1;
+      if (t >= 0 && t < tick) tick = t;
+    }
+    flush(e); /* the timers may have closed connections */
     int n = epoll_wait(e->epfd, evs, EVENTS_PER_WAIT, (int)tick);
-    int64_t now = now_ms();
+    now = now_ms();
     int commands = 0;
     for (int i = 0; i < n; i++) {
       watch_t *w = evs[i].data.ptr;
@@ -110,6 +132,8 @@ void *thread_main(void *arg) {
         commands = 1;
       else if (w->kind == W_TCP)
         tcp_event(e, w->owner, w->side, evs[i].events, now);
+      else if (w->kind == W_TCP_LISTENER)
+        tcp_listener_event(e, w->owner, now);
       else if (w->kind == W_UDP_LISTENER) {
         if (!((group_t *)w->owner)->closed) udp_listener_event(e, w->owner, now);
       } else if (w->kind == W_UDP_FLOW)
@@ -123,7 +147,8 @@ void *thread_main(void *arg) {
     flush(e);
   }
   for (group_t *g = e->groups; g; g = g->next) group_close(e, g);
-  e->nclosed = 0; /* the environment is going away: nobody to tell */
+  for (group_t *g = e->evq; g; g = g->ev_next) g->ev_queued = 0;
+  e->evq = NULL; /* the environment is going away: nobody to tell */
   flush(e);
   return NULL;
 }

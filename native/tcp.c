@@ -1,7 +1,7 @@
 /*
- * TCP: a connection handed over by JavaScript is relayed with splice(2) through a pipe per
- * direction, held only while bytes are in flight and pooled otherwise; half-close, reset
- * propagation and forced closes that reset when bytes are pending.
+ * TCP: a connection accepted and dialled by accept.c is relayed with splice(2) through a pipe
+ * per direction, held only while bytes are in flight and pooled otherwise; half-close, reset
+ * propagation, forced closes that reset when bytes are pending, and the accounting of every close.
  */
 #include "engine.h"
 
@@ -60,27 +60,15 @@ void pool_trim(engine_t *e, int64_t now) {
 
 /* ---------- TCP ---------- */
 
-/* Records a closed connection for the next report to JavaScript. */
-void note_closed(engine_t *e, group_t *g, uint32_t id, int reason) {
-  if (e->nclosed + 3 > e->capclosed) {
-    size_t cap = e->capclosed ? e->capclosed * 2 : 96;
-    double *n = realloc(e->closed, cap * sizeof(double));
-    if (!n) return; /* JS then never learns of this close; only under OOM */
-    e->closed = n;
-    e->capclosed = cap;
-  }
-  e->closed[e->nclosed++] = g->id;
-  e->closed[e->nclosed++] = id;
-  e->closed[e->nclosed++] = reason;
-}
-
 /* Closes both sockets. rst: SO_LINGER 0 makes close() send a reset, so that a peer never takes
  * a truncated stream for a complete one. Freeing waits for the end of the epoll batch, which
  * may still hold events pointing at this connection. */
 void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
   if (c->dead) return;
   c->dead = 1;
+  dial_unlink(c);
   for (int k = 0; k < 2; k++) {
+    if (c->fd[k] < 0) continue;
     if (rst) {
       struct linger l = { 1, 0 };
       setsockopt(c->fd[k], SOL_SOCKET, SO_LINGER, &l, sizeof l);
@@ -97,7 +85,18 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
   if (c->next) c->next->prev = c->prev;
   c->dead_next = e->dead;
   e->dead = c;
-  note_closed(e, g, c->id, reason);
+  /* The accounting of tcp-forwarder.ts's end(): anything but a clean double close is aborted. */
+  g->ctr[T_ACTIVE] -= 1;
+  budget_give(g, g->conn_fds);
+  if (c->connected) observe(g->ctr + H_LIFETIME, lifetime_bounds, N_LIFETIME_BOUNDS, mono_s() - c->t0);
+  if (reason != R_CLEAN) g->ctr[T_ABORTED] += 1;
+  if (reason == R_IDLE) {
+    g->ctr[T_IDLE_TIMEOUTS] += 1;
+    group_event(e, g, EV_IDLE, 0);
+  } else if (reason == R_LINGER) {
+    g->ctr[T_LINGER_TIMEOUTS] += 1;
+    group_event(e, g, EV_LINGER, 0);
+  }
 }
 
 /* Moves what is readable on src through the direction's pipe to dst, until neither end can make
@@ -166,6 +165,10 @@ static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now) {
 /* One epoll event on side s of a connection. */
 void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   if (c->dead) return;
+  if (c->dialing) {
+    dial_event(e, c, s, ev, now);
+    return;
+  }
   int err = 0;
   int all = (ev & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0;
   /* EPOLLIN on side s feeds direction s; EPOLLOUT on side s drains direction 1-s. */
@@ -184,40 +187,11 @@ void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   }
 }
 
-/* Bytes read from one side and not yet written to the other: a forced close must then reset. */
 /* Bytes would be stranded by a close: in a pipe, or acknowledged to a sender but still unread in
  * a receive buffer (a FIN would then pass a truncated stream off as complete). */
 int conn_pending(const conn_t *c) {
   int unread[2] = { 0, 0 };
   for (int k = 0; k < 2; k++)
-    if (ioctl(c->fd[k], FIONREAD, &unread[k]) < 0) unread[k] = 0;
+    if (c->fd[k] < 0 || ioctl(c->fd[k], FIONREAD, &unread[k]) < 0) unread[k] = 0;
   return c->d[0].inpipe > 0 || c->d[1].inpipe > 0 || unread[0] > 0 || unread[1] > 0;
-}
-
-/* Registers a handed-off connection on the thread (or closes it if its group is gone). */
-void tcp_add(engine_t *e, conn_t *c) {
-  group_t *g = c->g;
-  if (g->closed) {
-    close(c->fd[0]);
-    close(c->fd[1]);
-    note_closed(e, g, c->id, R_CLOSED);
-    free(c);
-    return;
-  }
-  c->prev = NULL;
-  c->next = g->conns;
-  if (g->conns) g->conns->prev = c;
-  g->conns = c;
-  c->last = now_ms();
-  for (int k = 0; k < 2; k++) {
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &c->w[k] };
-    /* EPOLL_CTL_ADD reports the current readiness at once: bytes that arrived before the
-     * handoff are not missed. */
-    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, c->fd[k], &ev) < 0) {
-      if (k == 1) epoll_ctl(e->epfd, EPOLL_CTL_DEL, c->fd[0], NULL);
-      /* conn_close's EPOLL_CTL_DEL of an unregistered fd fails harmlessly. */
-      conn_close(e, c, R_ABORTED, 1);
-      return;
-    }
-  }
 }

@@ -7,52 +7,6 @@
 
 /* ---------- UDP ---------- */
 
-/* The address bytes (4 or 16) and family of a socket address; returns its port. */
-static int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family) {
-  if (ss->ss_family == AF_INET) {
-    memcpy(out, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-    *family = 4;
-    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
-  }
-  memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-  *family = 6;
-  return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-}
-
-/* True when the first `bits` bits of a and b agree. */
-static int prefix_match(const uint8_t *a, const uint8_t *b, int bits) {
-  int full = bits / 8, rest = bits % 8;
-  if (memcmp(a, b, (size_t)full) != 0) return 0;
-  if (rest == 0) return 1;
-  uint8_t mask = (uint8_t)(0xff << (8 - rest));
-  return (a[full] & mask) == (b[full] & mask);
-}
-
-/* Families never mix (access-list.ts): an IPv4 or IPv4-mapped client matches only IPv4 rules
- * (JS turned rules written as mapped IPv6 into IPv4 ones), a plain IPv6 client only IPv6 rules. */
-static int acl_hit(const acl_entry_t *list, int n, const uint8_t *addr, int family) {
-  static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-  int v4 = family == 4;
-  if (!v4 && memcmp(addr, mapped, 12) == 0) {
-    addr += 12;
-    v4 = 1;
-  }
-  for (int i = 0; i < n; i++) {
-    if ((list[i].family == 4) == v4 && prefix_match(addr, list[i].addr, list[i].prefix)) return 1;
-  }
-  return 0;
-}
-
-/* The access lists' verdict on a client address: deny first, then allow (if any). */
-static int udp_allowed(group_t *g, const struct sockaddr_storage *ss) {
-  if (g->nallow == 0 && g->ndeny == 0) return 1;
-  uint8_t a[16];
-  int fam;
-  addr_bytes(ss, a, &fam);
-  if (acl_hit(g->deny, g->ndeny, a, fam)) return 0;
-  return g->nallow == 0 || acl_hit(g->allow, g->nallow, a, fam);
-}
-
 /* FNV-1a of a client address and port (the flow table's key). */
 static uint64_t addr_hash(const struct sockaddr_storage *ss) {
   uint8_t a[16];
@@ -100,24 +54,6 @@ int table_grow(group_t *g) {
 
 /* The quota of a mapping (found by its counters), made on first use. The list is taken by the
  * JS thread (new groups) and the engine thread (closes): under the engine mutex. */
-/* One fd from the process budget (fd-limit.ts: cell 0 for the process, and the worker's own). */
-static int budget_take(group_t *g) {
-  if (!g->budget) return 1;
-  if (__atomic_add_fetch(&g->budget[0], 1, __ATOMIC_RELAXED) > g->budget_limit) {
-    __atomic_sub_fetch(&g->budget[0], 1, __ATOMIC_RELAXED);
-    return 0;
-  }
-  if (g->budget_own > 0) __atomic_add_fetch(&g->budget[g->budget_own], 1, __ATOMIC_RELAXED);
-  return 1;
-}
-
-/* One fd back to the process budget. */
-static void budget_give(group_t *g) {
-  if (!g->budget) return;
-  __atomic_sub_fetch(&g->budget[0], 1, __ATOMIC_RELAXED);
-  if (g->budget_own > 0) __atomic_sub_fetch(&g->budget[g->budget_own], 1, __ATOMIC_RELAXED);
-}
-
 quota_t *quota_get(engine_t *e, double *ctr) {
   pthread_mutex_lock(&e->mu);
   quota_t *q = e->quotas;
@@ -204,7 +140,7 @@ void flow_close(engine_t *e, flow_t *f) {
   if (f->next) f->next->prev = f->prev;
   epoll_ctl(e->epfd, EPOLL_CTL_DEL, f->fd, NULL);
   close(f->fd);
-  budget_give(g);
+  budget_give(g, 1);
   src_release(g->quota, &f->client);
   g->nflows--;
   g->ctr[U_FLOWS_ACTIVE] -= 1;
@@ -218,7 +154,7 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   if (!src) return NULL;
   src->n++;
   /* One fd out of the process budget, shared with every other mapping and engine. */
-  if (!budget_take(g)) {
+  if (!budget_take(g, 1)) {
     src_release(g->quota, ss);
     return NULL;
   }
@@ -253,7 +189,7 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
 undo: /* the flow never opened: its fd, its budget and its per-source count go back */
   free(f);
   if (fd >= 0) close(fd);
-  budget_give(g);
+  budget_give(g, 1);
   src_release(g->quota, ss);
   return NULL;
 }
@@ -429,7 +365,7 @@ static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
         flows[i] = NULL;
         continue;
       }
-      if (!udp_allowed(g, from)) {
+      if (!acl_allowed(g, from)) {
         g->ctr[U_DROP_BLOCKED] += 1;
         flows[i] = NULL;
         continue;

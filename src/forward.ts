@@ -11,7 +11,7 @@ import { Server } from 'node:net';
 import { bindUdp, listenTcp } from './listen.js';
 import type { Log } from './logger.js';
 import type { EngineName } from './native-engine.js';
-import { serverFd, udpHandle } from './node-internals.js';
+import { udpHandle } from './node-internals.js';
 import type { Mapping } from './publish-spec.js';
 import { createTcpServer, newTcpStats, TcpForwarder, type TcpStats } from './tcp-forwarder.js';
 import { createUdpSocket, newUdpStats, UdpForwarder, type UdpStats } from './udp-forwarder.js';
@@ -98,7 +98,9 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
       opened.push(bindUdp(socket, listen));
     }
   }
-  const failure = (await Promise.allSettled(opened)).find((r) => r.status === 'rejected');
+  const rejected = (await Promise.allSettled(opened)).find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
+  const startError = forwarders.map((f) => (f instanceof TcpForwarder ? f.startError : null)).find((e) => e !== null);
+  const failure = rejected?.reason ?? startError;
   let closed = false;
   const close = (): void => {
     for (const f of forwarders) f.close();
@@ -107,7 +109,7 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
   };
   if (failure) {
     close();
-    throw (failure as PromiseRejectedResult).reason;
+    throw failure;
   }
   return {
     tcp,
@@ -120,10 +122,10 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
     },
     close,
     listenerFd: () => {
-      const l = listeners[0];
-      if (l === undefined) return -1;
+      const f = forwarders[0];
+      if (f instanceof TcpForwarder) return f.listenerFd();
       try {
-        return l instanceof Server ? serverFd(l) : udpHandle(l).fd;
+        return udpHandle(listeners[0] as UdpSocket).fd;
       } catch {
         return -1;
       }

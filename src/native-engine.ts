@@ -17,6 +17,9 @@ import { UDP_FLOW_BUFFER } from './constants.js';
 import { ipToBytes, type IpAddress } from './address.js';
 import { ruleOf, type AccessSpec } from './access-list.js';
 import { ProxyError } from './errors.js';
+import { CONNECT_BUCKETS, LIFETIME_BUCKETS, type PlainHistogram } from './histogram.js';
+import type { ProxyProtocol } from './proxy-protocol.js';
+import type { TcpStats } from './tcp-forwarder.js';
 
 /** What a user may ask for. */
 export type EngineChoice = 'auto' | 'native' | 'js';
@@ -31,40 +34,45 @@ export function parseEngine(v: unknown): EngineChoice {
   throw new Error(`use one of ${ENGINE_CHOICES.join(', ')}`);
 }
 
-/** Why a TCP connection ended, as the native thread reports it. */
-export const CLOSE_REASON = { clean: 0, aborted: 1, idle: 2, linger: 3, closed: 4 } as const;
+/** What a native TCP listener reports for JavaScript to log, in the addon's order (engine.h EVENTS). */
+export const NATIVE_EVENTS = ['limit', 'blocked', 'fdBudget', 'acceptError', 'connectError', 'connectTimeout', 'idle', 'linger'] as const;
+/** One of NATIVE_EVENTS. */
+export type NativeEvent = (typeof NATIVE_EVENTS)[number];
 
 /** What the addon says of its side of the contract (native/binding.c, make_contract). */
 export interface NativeContract {
-  closeReasons: Record<string, number>;
+  events: string[];
   tcpCounters: string[];
+  connectBuckets: number[];
+  lifetimeBuckets: number[];
   udpCounters: string[];
   aclRecordBytes: number;
   udpFlowBuffer: number;
 }
 
+/** The arguments both group kinds start with (binding.c COMMON). */
+type CommonArgs = [
+  id: number,
+  counters: Float64Array,
+  listenerFd: number,
+  target: Buffer,
+  targetPort: number,
+  scopeId: number,
+  allow: Buffer | null,
+  deny: Buffer | null,
+  budget: Int32Array | null,
+  budgetLimit: number,
+  budgetOwn: number,
+];
+
 interface Addon {
   contract: NativeContract;
-  init(onClose: (batch: number[]) => void): void;
-  tcpGroup(id: number, counters: Float64Array, idleMs: number, lingerMs: number, pipeBytes: number): object;
-  tcpAdopt(group: object, connId: number, clientFd: number, targetFd: number): void;
-  udpGroup(
-    id: number,
-    counters: Float64Array,
-    listenerFd: number,
-    target: Buffer,
-    targetPort: number,
-    idleMs: number,
-    maxFlows: number,
-    allow: Buffer | null,
-    deny: Buffer | null,
-    wildcard: boolean,
-    perSource: number,
-    budget: Int32Array | null,
-    budgetLimit: number,
-    budgetOwn: number,
-    scopeId: number,
+  init(onEvents: (batch: Float64Array) => void): void;
+  tcpGroup(
+    ...args: [...CommonArgs, connectMs: number, idleMs: number, lingerMs: number, pipeBytes: number, maxConns: number, proxy: number, connFds: number]
   ): object;
+  udpGroup(...args: [...CommonArgs, idleMs: number, maxFlows: number, wildcard: boolean, perSource: number]): object;
+  groupFd(group: object): number;
   groupStop(group: object): void;
   groupClose(group: object): void;
   shutdown(): void;
@@ -72,7 +80,7 @@ interface Addon {
 
 let addon: Addon | null | undefined;
 let loadError = '';
-const onClose = new Map<number, (connId: number, reason: number) => void>();
+const onEvent = new Map<number, (event: NativeEvent, detail: number) => void>();
 let nextGroupId = 1;
 let warned = false;
 
@@ -87,8 +95,10 @@ const ACL_RECORD_BYTES = 18;
 export function contractMismatch(c: Partial<NativeContract> | undefined): string | null {
   const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
   const mine: NativeContract = {
-    closeReasons: CLOSE_REASON,
+    events: [...NATIVE_EVENTS],
     tcpCounters: [...TCP_NATIVE_KEYS],
+    connectBuckets: CONNECT_BUCKETS,
+    lifetimeBuckets: LIFETIME_BUCKETS,
     udpCounters: [...UDP_NATIVE_KEYS],
     aclRecordBytes: ACL_RECORD_BYTES,
     udpFlowBuffer: UDP_FLOW_BUFFER,
@@ -135,7 +145,9 @@ function engine(): Addon {
   if (a === null) throw new Error(`native engine unavailable: ${loadError}`);
   if (!started) {
     a.init((batch) => {
-      for (let i = 0; i < batch.length; i += 3) onClose.get(batch[i] as number)?.(batch[i + 1] as number, batch[i + 2] as number);
+      for (let i = 0; i < batch.length; i += 3) {
+        onEvent.get(batch[i] as number)?.(NATIVE_EVENTS[batch[i + 1] as number] as NativeEvent, batch[i + 2] as number);
+      }
     });
     // exit() must not run while the native thread still calls into the runtime.
     process.on('exit', () => a.shutdown());
@@ -159,39 +171,71 @@ export function selectEngine(choice: EngineChoice, warn: (msg: string) => void, 
 }
 
 /**
- * Makes stats[key] read `base + counters[i]` for each key (and writes adjust the base), so a
- * stats object shared by several forwarders (a port range) reads native and JS counts alike.
+ * Makes obj[key] read `base + counters[i]` for each key (and writes adjust the base), so a stats
+ * object shared by several forwarders (a port range) reads native and JS counts alike. A dotted
+ * key names a key of a nested object (`connectErrors.refused`).
  */
-function bindCounters(stats: object, keys: readonly string[], counters: Float64Array): void {
-  const target = stats as Record<string, number>;
-  keys.forEach((key, i) => {
+function bindCounters(obj: object, keys: readonly string[], counters: Float64Array, from = 0): void {
+  keys.forEach((path, i) => {
+    const parts = path.split('.');
+    const key = parts.pop() as string;
+    const target = parts.reduce((o, k) => o[k] as Record<string, unknown>, obj as Record<string, unknown>) as Record<string, number>;
     let base = target[key] ?? 0;
     Object.defineProperty(target, key, {
       enumerable: true,
       configurable: true,
-      get: () => base + (counters[i] as number),
+      get: () => base + (counters[from + i] as number),
       set: (v: number) => {
-        base = v - (counters[i] as number);
+        base = v - (counters[from + i] as number);
       },
     });
   });
 }
 
+/** A histogram's slots as the native thread lays them out: counts (the last +Inf), sum, count. */
+function bindHistogram(h: PlainHistogram, counters: Float64Array, from: number): void {
+  bindCounters(h.counts, h.counts.map((_, i) => String(i)), counters, from);
+  bindCounters(h, ['sum', 'count'], counters, from + h.counts.length);
+}
+
 /** The counters object of a stats object, made and bound on first use. */
 const countersOf = new WeakMap<object, Float64Array>();
-function sharedCounters(stats: object, keys: readonly string[]): Float64Array {
+function sharedCounters(stats: object, keys: readonly string[], histograms: readonly PlainHistogram[] = []): Float64Array {
   let c = countersOf.get(stats);
   if (c === undefined) {
+    const slots = keys.length + histograms.reduce((n, h) => n + h.counts.length + 2, 0);
     // An ArrayBuffer's backing store never moves: the native thread writes into it.
-    c = new Float64Array(new ArrayBuffer(8 * keys.length));
+    c = new Float64Array(new ArrayBuffer(8 * slots));
     bindCounters(stats, keys, c);
+    let from = keys.length;
+    for (const h of histograms) {
+      bindHistogram(h, c, from);
+      from += h.counts.length + 2;
+    }
     countersOf.set(stats, c);
   }
   return c;
 }
 
 /** TCP counters the native thread keeps, in the order of native/engine.h (checked at load). */
-const TCP_NATIVE_KEYS = ['bytesIn', 'bytesOut', 'pausesClient', 'pausesUpstream'] as const;
+const TCP_NATIVE_KEYS = [
+  'bytesIn',
+  'bytesOut',
+  'pausesClient',
+  'pausesUpstream',
+  'accepted',
+  'active',
+  'acceptErrors',
+  'rejectedLimit',
+  'rejectedBlocked',
+  'aborted',
+  'idleTimeouts',
+  'lingerTimeouts',
+  'connectErrors.refused',
+  'connectErrors.timeout',
+  'connectErrors.unreachable',
+  'connectErrors.other',
+] as const;
 /** UDP counters the native thread keeps, in the order of native/engine.h (checked at load). */
 const UDP_NATIVE_KEYS = [
   'flowsCreated',
@@ -208,32 +252,92 @@ const UDP_NATIVE_KEYS = [
   'refused',
 ] as const;
 
-/** A TCP forwarder's native side. */
-export interface NativeTcp {
-  /** Hands both connected sockets to the native thread; the caller then destroys its own. */
-  adopt(connId: number, clientFd: number, targetFd: number): void;
+/** What the native thread needs of a mapping's listener, whichever the protocol. */
+export interface NativeListen {
+  listenerFd: number;
+  target: IpAddress;
+  targetPort: number;
+  access: AccessSpec | null;
+  budget: FdBudget | null;
+}
+
+/** binding.c's COMMON arguments of a new group. */
+function commonArgs(id: number, counters: Float64Array, l: NativeListen): CommonArgs {
+  return [
+    id,
+    counters,
+    l.listenerFd,
+    ipToBytes(l.target.address),
+    l.targetPort,
+    scopeIdOf(l.target.address),
+    packCidrs(l.access?.allow ?? []),
+    packCidrs(l.access?.deny ?? []),
+    l.budget?.cells ?? null,
+    l.budget?.limit ?? 0,
+    l.budget?.own ?? 0,
+  ];
+}
+
+/** A listener the native thread serves. */
+export interface NativeGroup {
+  /** The native thread's copy of the listening socket (-1 once closed). */
+  fd(): number;
+  /** TCP: closes the listener, open connections carry on; UDP: opens no new flow. */
+  stop(): void;
+  /** Closes everything; the port is free when it returns. */
   close(): void;
 }
 
-/** Creates the native side of a TCP forwarder; its counters feed `stats`. */
-export function nativeTcp(stats: object, idleMs: number, lingerMs: number, pipeBytes: number, closed: (connId: number, reason: number) => void): NativeTcp {
-  const a = engine();
-  const id = nextGroupId++;
-  onClose.set(id, closed);
-  const group = a.tcpGroup(id, sharedCounters(stats, TCP_NATIVE_KEYS), idleMs, lingerMs, pipeBytes);
+/** Wraps a group for JavaScript: close() once, its event handler forgotten. */
+function groupHandle(a: Addon, id: number, group: object): NativeGroup {
+  let closed = false;
   return {
-    adopt: (connId, clientFd, targetFd) => a.tcpAdopt(group, connId, clientFd, targetFd),
+    fd: () => (closed ? -1 : a.groupFd(group)),
+    stop: () => {
+      if (!closed) a.groupStop(group);
+    },
     close: () => {
+      if (closed) return;
+      closed = true;
       a.groupClose(group);
-      onClose.delete(id);
+      onEvent.delete(id);
     },
   };
 }
 
-/** A UDP forwarder's native side. */
-export interface NativeUdp {
-  stop(): void;
-  close(): void;
+/** Options of a native TCP listener beyond NativeListen. */
+export interface NativeTcpOptions {
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  lingerTimeoutMs: number;
+  pipeBytes: number;
+  maxConnections: number | null;
+  proxyProtocol: ProxyProtocol;
+  /** fds one connection takes from the budget. */
+  connectionFds: number;
+}
+
+/**
+ * Serves a listening TCP socket natively: accept, cap, access lists, budget, dial, PROXY header
+ * and relay. Its counters and histograms feed `stats`; `events` gets what is to be logged. The
+ * caller closes its own fd of the socket at once (the native thread holds a copy).
+ */
+export function nativeTcp(stats: TcpStats, l: NativeListen, o: NativeTcpOptions, events: (event: NativeEvent, detail: number) => void): NativeGroup {
+  const a = engine();
+  const id = nextGroupId++;
+  const counters = sharedCounters(stats, TCP_NATIVE_KEYS, [stats.connectDuration, stats.connectionDuration]);
+  const group = a.tcpGroup(
+    ...commonArgs(id, counters, l),
+    o.connectTimeoutMs,
+    o.idleTimeoutMs,
+    o.lingerTimeoutMs,
+    o.pipeBytes,
+    o.maxConnections ?? -1,
+    { off: 0, v1: 1, v2: 2 }[o.proxyProtocol],
+    o.connectionFds,
+  );
+  onEvent.set(id, events);
+  return groupHandle(a, id, group);
 }
 
 /**
@@ -267,43 +371,9 @@ export function scopeIdOf(address: string): number {
 }
 
 /** Serves a bound UDP listener natively (flows, expiry, limits, ACL); its counters feed `stats`. */
-export function nativeUdp(
-  stats: object,
-  listenerFd: number,
-  target: IpAddress,
-  targetPort: number,
-  idleMs: number,
-  maxFlows: number,
-  access: AccessSpec | null,
-  wildcard: boolean,
-  perSource: number,
-  budget: FdBudget | null,
-): NativeUdp {
+export function nativeUdp(stats: object, l: NativeListen, idleMs: number, maxFlows: number, wildcard: boolean, perSource: number): NativeGroup {
   const a = engine();
-  const group = a.udpGroup(
-    nextGroupId++,
-    sharedCounters(stats, UDP_NATIVE_KEYS),
-    listenerFd,
-    ipToBytes(target.address),
-    targetPort,
-    idleMs,
-    maxFlows,
-    packCidrs(access?.allow ?? []),
-    packCidrs(access?.deny ?? []),
-    wildcard,
-    perSource,
-    budget?.cells ?? null,
-    budget?.limit ?? 0,
-    budget?.own ?? 0,
-    scopeIdOf(target.address),
-  );
-  let closed = false;
-  return {
-    stop: () => a.groupStop(group),
-    close: () => {
-      if (closed) return;
-      closed = true;
-      a.groupClose(group);
-    },
-  };
+  const id = nextGroupId++;
+  const group = a.udpGroup(...commonArgs(id, sharedCounters(stats, UDP_NATIVE_KEYS), l), idleMs, maxFlows, wildcard, perSource);
+  return groupHandle(a, id, group);
 }

@@ -1,8 +1,9 @@
 /**
  * TCP forwarding: one upstream connection per accepted client, bytes relayed both ways with
  * backpressure, half-close propagated, resets propagated. This file holds the accept pipeline
- * and the accounting shared by both engines; the dial is tcp-dial.ts, the data paths are
- * tcp-js-path.ts (relay.ts) and tcp-native-path.ts (native/).
+ * and the accounting of the JavaScript engine; the dial is tcp-dial.ts, the data path
+ * tcp-js-path.ts (relay.ts). On the native engine all of it runs in C on the native thread
+ * (tcp-native-path.ts, native/accept.c and native/tcp.c), with the same semantics.
  *
  * Semantics (docker-proxy's, plus fixes):
  * - TCP_NODELAY on both sides and 15 s keepalive on the client side: Go's defaults.
@@ -23,7 +24,7 @@
  * - Memory per connection is bounded: a direction stops reading when its destination holds more
  *   than its high-water mark (16 KiB on Node 20) plus one read buffer (relay.ts).
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { IpAddress } from './address.js';
 import { CLIENT_KEEPALIVE_MS } from './constants.js';
 import { isAllowed, type AccessRules } from './access-list.js';
@@ -33,7 +34,8 @@ import { RateLimitedLog, type Log } from './logger.js';
 import type { EngineName } from './native-engine.js';
 import { TCP_CONNECTION_FDS, type FdBudget } from './fd-limit.js';
 import { JsPath } from './tcp-js-path.js';
-import { NativePath } from './tcp-native-path.js';
+import { NativeListener } from './tcp-native-path.js';
+import { serverFd } from './node-internals.js';
 
 /** Plain-number counters, read by metrics at scrape time (never prom-client on the hot path). */
 export interface TcpStats {
@@ -134,22 +136,34 @@ export interface TcpPathContext {
   end(acceptedAt: number, connected: boolean, aborted: boolean): void;
   /** Counts and logs (once per burst) a connection closed by the idle or linger timeout. */
   timedOut(kind: 'idle' | 'linger'): void;
+  /** Logs (once per burst) connections closed by a timeout that the native thread counted. */
+  logTimeout(kind: 'idle' | 'linger'): void;
 }
 
-/** An engine's data path: takes accepted connections from the dial on. */
+/** The JavaScript engine's data path: takes accepted connections from the dial on. */
 export interface TcpPath {
   forward(client: Socket, acceptedAt: number): void;
   /** Destroys every connection (docker-proxy semantics: no drain). */
   close(): void;
 }
 
-/** Forwards every connection accepted on a listening server to one target. */
+/**
+ * Forwards every connection accepted on a listening server to one target. On the JavaScript
+ * engine the server accepts; on the native engine the native thread takes the listening socket
+ * the moment it listens (before libuv's poll phase could accept on it) and the server's own
+ * handle is closed.
+ */
 export class TcpForwarder implements TcpPathContext {
   readonly stats: TcpStats;
   readonly opts: TcpForwarderOptions;
   readonly limited: RateLimitedLog;
   readonly #server: Server;
-  readonly #path: TcpPath;
+  readonly #path: TcpPath | null = null;
+  #native: NativeListener | null = null;
+  /** Why the native thread could not take the listener (the mapping then fails to open). */
+  startError: Error | null = null;
+  /** The port it listens on, once listening (the server's handle is gone on the native engine). */
+  port = 0;
   /** fds one connection takes from the budget (what its engine holds at most). */
   readonly #fds: number;
 
@@ -159,8 +173,23 @@ export class TcpForwarder implements TcpPathContext {
     this.stats = opts.stats ?? newTcpStats();
     this.limited = new RateLimitedLog(opts.log);
     const engine = opts.engine === 'native' ? 'native' : 'js';
-    this.#path = engine === 'native' ? new NativePath(this) : new JsPath(this);
     this.#fds = TCP_CONNECTION_FDS[engine];
+    server.once('listening', () => {
+      this.port = (server.address() as AddressInfo).port;
+    });
+    if (engine === 'native') {
+      server.once('listening', () => {
+        try {
+          this.#native = new NativeListener(this, serverFd(server));
+        } catch (err) {
+          this.startError = err as Error;
+        }
+        // The native thread holds its own copy of the socket (or the mapping fails to open).
+        server.close();
+      });
+      return;
+    }
+    this.#path = new JsPath(this);
     server.on('connection', (client: Socket) => this.#onConnection(client));
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
@@ -175,12 +204,24 @@ export class TcpForwarder implements TcpPathContext {
   /** Stops accepting and destroys every open connection (docker-proxy semantics: no drain). */
   close(): void {
     this.stopAccepting();
-    this.#path.close();
+    this.#path?.close();
+    this.#native?.close();
   }
 
   /** Stops accepting; open connections carry on (graceful drain). */
   stopAccepting(): void {
     if (this.#server.listening) this.#server.close();
+    this.#native?.stopAccepting();
+  }
+
+  /** The listening socket's fd (the shared engine hands a copy to the shim); -1 if none. */
+  listenerFd(): number {
+    if (this.#native) return this.#native.fd();
+    try {
+      return serverFd(this.#server);
+    } catch {
+      return -1;
+    }
   }
 
   end(acceptedAt: number, connected: boolean, aborted: boolean): void {
@@ -192,13 +233,14 @@ export class TcpForwarder implements TcpPathContext {
   }
 
   timedOut(kind: 'idle' | 'linger'): void {
-    if (kind === 'idle') {
-      this.stats.idleTimeouts++;
-      this.limited.warn('idle-timeout', { idleTimeoutMs: this.opts.idleTimeoutMs }, 'closing idle connections (idle timeout)');
-    } else {
-      this.stats.lingerTimeouts++;
-      this.limited.warn('linger-timeout', { lingerTimeoutMs: this.opts.lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
-    }
+    if (kind === 'idle') this.stats.idleTimeouts++;
+    else this.stats.lingerTimeouts++;
+    this.logTimeout(kind);
+  }
+
+  logTimeout(kind: 'idle' | 'linger'): void {
+    if (kind === 'idle') this.limited.warn('idle-timeout', { idleTimeoutMs: this.opts.idleTimeoutMs }, 'closing idle connections (idle timeout)');
+    else this.limited.warn('linger-timeout', { lingerTimeoutMs: this.opts.lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
   }
 
   /** The accept pipeline: connection cap, access lists, fd budget, then the engine's path. */
@@ -226,6 +268,6 @@ export class TcpForwarder implements TcpPathContext {
     }
     stats.accepted++;
     stats.active++;
-    this.#path.forward(accepted, performance.now());
+    this.#path?.forward(accepted, performance.now());
   }
 }

@@ -1,134 +1,80 @@
 /**
- * The native engine's side of a TCP connection: JavaScript accepts, filters and dials (the one
- * dial path, tcp-dial.ts) and writes any PROXY header, then hands both sockets to the native
- * thread (splice, native/tcp.c) and destroys its Socket objects; the thread reports each close
- * back with its reason, in batches.
- *
- * While the dial is in flight, the client is read here (as on the JavaScript path): its bytes
- * queue on the connecting socket and leave with the connect. At the connect, reading stops and
- * what was read is flushed; the handoff waits for the last write. The upstream is paused before
- * 'connect' (Node would otherwise start reading it), so only the native thread ever reads it.
+ * The native engine's TCP path: the native thread takes the listening socket and does the rest
+ * (native/accept.c, native/tcp.c): accept, cap, access lists, fd budget, dial with its timeout,
+ * PROXY header, splice relay, timeouts, and every counter and histogram of the mapping. No
+ * JavaScript runs per connection; what is to be logged arrives as events, a batch per epoll round,
+ * and is logged here with the JavaScript path's keys and messages (rate-limited).
  */
-import type { Socket } from 'node:net';
+import { constants } from 'node:os';
+import { joinHostPort } from './address.js';
 import { NATIVE_PIPE_MAX, NATIVE_PIPE_MIN, RELAY_HIGH_WATER_MARK } from './constants.js';
-import { CLOSE_REASON, nativeTcp, type NativeTcp } from './native-engine.js';
-import { socketFd, stopReading } from './node-internals.js';
-import { closeUndialled, dial } from './tcp-dial.js';
-import type { TcpPath, TcpPathContext } from './tcp-forwarder.js';
+import { TCP_CONNECTION_FDS } from './fd-limit.js';
+import { nativeTcp, type NativeEvent, type NativeGroup } from './native-engine.js';
+import type { TcpPathContext } from './tcp-forwarder.js';
 
-/** The native data path of one forwarder. */
-export class NativePath implements TcpPath {
+/** errno value -> its name (ECONNREFUSED), for log keys like the JavaScript path's. */
+const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, value]) => [value, name]));
+
+/** A listening socket served by the native thread. */
+export class NativeListener {
   readonly #ctx: TcpPathContext;
-  readonly #native: NativeTcp;
-  /** Connections handed to the native thread: id -> accept time (ms, performance.now()). */
-  readonly #handedOff = new Map<number, number>();
-  /** Connections still dialling: [client, upstream]. */
-  readonly #dialing = new Set<[Socket, Socket]>();
-  #nextId = 1;
+  readonly #group: NativeGroup;
 
-  constructor(ctx: TcpPathContext) {
+  /** Hands `listenerFd` (a copy: the caller closes its own) to the native thread; throws if it cannot. */
+  constructor(ctx: TcpPathContext, listenerFd: number) {
     this.#ctx = ctx;
-    const { idleTimeoutMs = 0, lingerTimeoutMs = 0, maxBufferBytes = RELAY_HIGH_WATER_MARK } = ctx.opts;
-    const pipeBytes = Math.min(NATIVE_PIPE_MAX, Math.max(NATIVE_PIPE_MIN, maxBufferBytes));
-    this.#native = nativeTcp(ctx.stats, idleTimeoutMs, lingerTimeoutMs, pipeBytes, (id, reason) => this.#onClose(id, reason));
+    const o = ctx.opts;
+    this.#group = nativeTcp(
+      ctx.stats,
+      { listenerFd, target: o.target, targetPort: o.targetPort, access: o.access?.spec ?? null, budget: o.budget ?? null },
+      {
+        connectTimeoutMs: o.connectTimeoutMs ?? 0,
+        idleTimeoutMs: o.idleTimeoutMs ?? 0,
+        lingerTimeoutMs: o.lingerTimeoutMs ?? 0,
+        pipeBytes: Math.min(NATIVE_PIPE_MAX, Math.max(NATIVE_PIPE_MIN, o.maxBufferBytes ?? RELAY_HIGH_WATER_MARK)),
+        maxConnections: o.maxConnections ?? null,
+        proxyProtocol: o.proxyProtocol ?? 'off',
+        connectionFds: TCP_CONNECTION_FDS.native,
+      },
+      (event, detail) => this.#log(event, detail),
+    );
   }
 
-  forward(client: Socket, acceptedAt: number): void {
-    const ctx = this.#ctx;
-    let done = false;
-    const fail = (): void => {
-      if (done) return;
-      done = true;
-      this.#dialing.delete(pair);
-      upstream.destroy();
-      closeUndialled(client);
-      ctx.end(acceptedAt, false, true);
-    };
-    const { upstream, header } = dial(ctx, client, acceptedAt, { onConnect: () => onConnect(), onFail: fail });
-    upstream.pause();
-    const pair: [Socket, Socket] = [client, upstream];
-    this.#dialing.add(pair);
-    client.on('error', () => {});
-    // A client that resets or vanishes during the dial: aborted, as on the JavaScript path.
-    client.on('close', fail);
-    const handoff = (): void => {
-      if (done) return;
-      const clientFd = socketFd(client);
-      const upstreamFd = socketFd(upstream);
-      try {
-        if (clientFd < 0 || upstreamFd < 0) throw new Error('connection already closed');
-        const id = this.#nextId;
-        this.#nextId = (this.#nextId + 1) >>> 0 || 1;
-        this.#native.adopt(id, clientFd, upstreamFd);
-        this.#handedOff.set(id, acceptedAt);
-      } catch (err) {
-        // EMFILE on dup, or a socket that closed meanwhile: reset both, the stream never started.
-        ctx.limited.warn('handoff', { err: (err as Error).message }, 'cannot hand connection to the native engine; resetting it');
-        client.resetAndDestroy();
-        upstream.resetAndDestroy();
-        fail();
-        return;
-      }
-      done = true;
-      this.#dialing.delete(pair);
-      // Only these fd numbers close: the sockets live on in the native thread's dups, and libuv
-      // removes them from its epoll before closing.
-      client.destroy();
-      upstream.destroy();
-    };
-    // Everything written here must be in the kernel before the native thread writes: the handoff
-    // waits until no write is in flight.
-    let connected = false;
-    let inFlight = 0;
-    const written = (err?: Error | null): void => {
-      inFlight--;
-      if (err) fail();
-      else if (connected && inFlight === 0) handoff();
-    };
-    const send = (chunk: Buffer | string): void => {
-      inFlight++;
-      if (!upstream.write(chunk, written)) client.pause();
-    };
-    // Queued on the connecting socket before any client byte: it goes out first.
-    if (header) send(header);
-    client.on('data', send);
-    upstream.on('drain', () => {
-      if (!connected) client.resume();
-    });
-    client.resume();
-    const onConnect = (): void => {
-      if (done) return;
-      connected = true;
-      // Stop reading the client: take what Node already buffered, then stop the handle. read()
-      // may restart the handle; stopping it afterwards, in the same tick, is what counts (libuv
-      // reads only in its poll phase).
-      client.removeListener('data', send);
-      client.pause();
-      for (let chunk = client.read() as Buffer | null; chunk !== null; chunk = client.read() as Buffer | null) send(chunk);
-      stopReading(client);
-      if (inFlight === 0) handoff();
-    };
+  /** The native thread's listening socket (-1 once closed). */
+  fd(): number {
+    return this.#group.fd();
   }
 
-  /** Closes every handed-off connection (a reset where bytes are pending, else FIN) and every dial. */
+  /** Closes the listener; open connections carry on (graceful drain). */
+  stopAccepting(): void {
+    this.#group.stop();
+  }
+
+  /** Closes the listener and every connection (a reset where bytes are pending, else FIN). */
   close(): void {
-    this.#native.close();
-    for (const acceptedAt of this.#handedOff.values()) this.#ctx.end(acceptedAt, true, true);
-    this.#handedOff.clear();
-    for (const [client, upstream] of this.#dialing) {
-      client.destroy();
-      upstream.destroy();
-    }
+    this.#group.close();
   }
 
-  /** A report from the native thread: one handed-off connection is gone. */
-  #onClose(id: number, reason: number): void {
-    const acceptedAt = this.#handedOff.get(id);
-    if (acceptedAt === undefined) return;
-    this.#handedOff.delete(id);
-    // As on the JavaScript path, anything but a clean double close counts as aborted.
-    this.#ctx.end(acceptedAt, true, reason !== CLOSE_REASON.clean);
-    if (reason === CLOSE_REASON.idle) this.#ctx.timedOut('idle');
-    else if (reason === CLOSE_REASON.linger) this.#ctx.timedOut('linger');
+  #log(event: NativeEvent, detail: number): void {
+    const { limited, opts } = this.#ctx;
+    const target = joinHostPort(opts.target.address, opts.targetPort);
+    const code = ERRNO_NAMES.get(detail) ?? `errno ${detail}`;
+    switch (event) {
+      case 'limit':
+        return limited.warn('limit', { maxConnections: opts.maxConnections }, 'connection limit reached; refusing new connections');
+      case 'blocked':
+        return limited.warn('blocked', { refused: detail }, 'connection refused by the access lists');
+      case 'fdBudget':
+        return limited.warn('fd-budget', { fdBudget: opts.budget?.limit }, 'file descriptor budget of the process spent; refusing new connections');
+      case 'acceptError':
+        return limited.warn(`accept:${code}`, { err: `accept ${code}` }, 'accept failed; still listening');
+      case 'connectError':
+        return limited.warn(`connect:${code}`, { target, err: `connect ${code} ${target}` }, 'cannot connect to target; closing client');
+      case 'connectTimeout':
+        return limited.warn('connect:timeout', { target, connectTimeoutMs: opts.connectTimeoutMs }, 'connect to target timed out; closing client');
+      case 'idle':
+      case 'linger':
+        return this.#ctx.logTimeout(event);
+    }
   }
 }

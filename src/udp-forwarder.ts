@@ -34,7 +34,7 @@ import {
 import { isAllowed, type AccessRules } from './access-list.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { parseIp, isUnspecified } from './address.js';
-import { nativeUdp, type EngineName, type NativeUdp } from './native-engine.js';
+import { nativeUdp, type EngineName, type NativeGroup } from './native-engine.js';
 import type { FdBudget } from './fd-limit.js';
 import { udpHandle } from './node-internals.js';
 
@@ -143,7 +143,7 @@ export class UdpForwarder {
   /** Coarse clock, refreshed by the sweep timer: no Date.now() per datagram. */
   #now = Date.now();
   #draining = false;
-  #native: NativeUdp | null = null;
+  #native: NativeGroup | null = null;
   readonly #sources: Map<string, number>;
   readonly #perSource: number;
 
@@ -175,15 +175,11 @@ export class UdpForwarder {
     const local = parseIp(this.#listener.address().address);
     this.#native = nativeUdp(
       this.stats,
-      handle.fd,
-      target,
-      targetPort,
+      { listenerFd: handle.fd, target, targetPort, access: access?.spec ?? null, budget: this.#opts.budget ?? null },
       idleTimeoutMs,
       maxFlows,
-      access?.spec ?? null,
       local !== null && isUnspecified(local),
       this.#perSource,
-      this.#opts.budget ?? null,
     );
     // The native thread counts; warnings come from here, once per burst as in the JS engine.
     const seen = { droppedBlocked: 0, droppedFlowLimit: 0, droppedSendError: 0 };

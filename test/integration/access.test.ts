@@ -57,7 +57,7 @@ describe('access lists', () => {
       });
       closers.push(() => f.close());
       await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
-      const port = (server.address() as { port: number }).port;
+      const port = f.port;
       const before = dialled;
       // The reset can beat the client's own 'connect' event: then connect() itself fails.
       const { data, error } = await tcpConnect('127.0.0.1', port).then(

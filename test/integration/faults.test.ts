@@ -35,7 +35,7 @@ async function forwardTo(port: number): Promise<{ port: number; f: TcpForwarder 
   const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: port, log: silentLog, engine: testEngine() });
   forwarders.push(f);
   await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
-  return { port: (server.address() as { port: number }).port, f };
+  return { port: f.port, f };
 }
 
 describe('faults', () => {
@@ -82,7 +82,10 @@ describe('faults', () => {
       const s = await tcpConnect('127.0.0.1', port);
       const talker = readToClose(s);
       s.write('x');
-      expect((await talker).error).toBe('ECONNRESET');
+      // A reset either way: the proxy's own (its bytes were read, then the dial failed), or the
+      // kernel's answer to a write after the proxy closed (the native engine's dial can fail
+      // before the byte arrives): EPIPE then. Never a clean end.
+      expect(['ECONNRESET', 'EPIPE']).toContain((await talker).error);
     }
   });
 

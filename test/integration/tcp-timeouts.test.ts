@@ -56,7 +56,7 @@ async function forward(
   const f = new TcpForwarder(server, { target: { address: t.address, family: t.family }, targetPort: t.port, log: silentLog, engine: testEngine(), ...opts });
   forwarders.push(f);
   await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
-  return { port: (server.address() as { port: number }).port, f };
+  return { port: f.port, f };
 }
 
 describe('tcp timeouts', () => {

@@ -1,0 +1,298 @@
+/*
+ * TCP listeners on the engine thread: accept4 in batches, the per-mapping connection cap, the
+ * access lists, the process fd budget, a non-blocking dial whose connect timeout the thread's
+ * timers drive, the PROXY protocol header, then the splice relay (tcp.c). No JavaScript runs per
+ * connection: counters and histograms are written into the mapping's Float64Array, and what must
+ * be logged goes to JavaScript as events, coalesced per epoll batch (loop.c).
+ *
+ * Semantics are the JavaScript engine's (tcp-forwarder.ts, tcp-dial.ts):
+ * - refusals: over the cap or the fd budget a FIN (accepted, then closed); refused by the access
+ *   lists a reset, so the client never takes it for an empty answer;
+ * - a failed or timed-out dial closes the client: a FIN when it sent nothing, a reset when its
+ *   bytes were read by the kernel and now cannot be delivered (close() with unread bytes resets);
+ * - a client that resets during the dial ends it (aborted); one that half-closes does not: its
+ *   bytes and FIN go out after the connect;
+ * - the client's early bytes wait in its receive buffer and are spliced at the connect, after the
+ *   PROXY header (a fresh socket's send buffer always takes the header whole).
+ */
+#include "engine.h"
+
+#include <arpa/inet.h>
+#include <netinet/tcp.h>
+
+const double connect_bounds[N_CONNECT_BOUNDS] = { CONNECT_BOUNDS };
+const double lifetime_bounds[N_LIFETIME_BOUNDS] = { LIFETIME_BOUNDS };
+
+/* Records v in a histogram laid out as histogram.ts's PlainHistogram: counts, sum, count. */
+void observe(double *h, const double *bounds, int n, double v) {
+  int i = 0;
+  while (i < n && v > bounds[i]) i++;
+  h[i] += 1;
+  h[n + 1] += v;
+  h[n + 2] += 1;
+}
+
+/* Queues an event of a group for the next report to JavaScript. */
+void group_event(engine_t *e, group_t *g, int ev, int detail) {
+  g->ev_n[ev]++;
+  g->ev_detail[ev] = detail;
+  if (!g->ev_queued) {
+    g->ev_queued = 1;
+    g->ev_next = e->evq;
+    e->evq = g;
+  }
+}
+
+static void set_int(int fd, int level, int name, int v) { setsockopt(fd, level, name, &v, sizeof v); }
+
+/* The dial queue holds a group's dialing connections in accept order, which is deadline order:
+ * every connection of a group has the same connect timeout. */
+static void dial_push(group_t *g, conn_t *c) {
+  c->dialing = 1;
+  c->dnext = NULL;
+  c->dprev = g->dial_tail;
+  if (g->dial_tail)
+    g->dial_tail->dnext = c;
+  else
+    g->dial_head = c;
+  g->dial_tail = c;
+}
+
+/* Takes a connection off its group's dial queue. */
+void dial_unlink(conn_t *c) {
+  if (!c->dialing) return;
+  group_t *g = c->g;
+  c->dialing = 0;
+  if (c->dprev)
+    c->dprev->dnext = c->dnext;
+  else
+    g->dial_head = c->dnext;
+  if (c->dnext)
+    c->dnext->dprev = c->dprev;
+  else
+    g->dial_tail = c->dprev;
+}
+
+/* A failed dial (errno err, or ETIMEDOUT from our own timeout): counted by reason, reported,
+ * both sockets closed (the client's close resets it if its bytes are unread). */
+static void dial_failed(engine_t *e, conn_t *c, int err, int ours) {
+  group_t *g = c->g;
+  int slot = err == ECONNREFUSED                        ? T_CONNECT_REFUSED
+             : err == ETIMEDOUT                         ? T_CONNECT_TIMEOUT
+             : err == EHOSTUNREACH || err == ENETUNREACH ? T_CONNECT_UNREACHABLE
+                                                        : T_CONNECT_OTHER;
+  g->ctr[slot] += 1;
+  group_event(e, g, ours ? EV_CONNECT_TIMEOUT : EV_CONNECT, err);
+  conn_close(e, c, R_ABORTED, 0);
+}
+
+/* The address as a PROXY header carries it: an IPv4-mapped IPv6 address is the IPv4 address it
+ * is (the target's IPv4 trust lists must match it). Returns 4, 6, or 0 for neither. */
+static int header_addr(const struct sockaddr_storage *ss, uint8_t out[16], uint16_t *port) {
+  static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+  int fam = 0;
+  if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6) return 0;
+  *port = (uint16_t)addr_bytes(ss, out, &fam);
+  if (fam == 6 && memcmp(out, mapped, 12) == 0) {
+    memmove(out, out + 12, 4);
+    fam = 4;
+  }
+  return fam;
+}
+
+/* Builds the PROXY header of a client connection (proxy-protocol.ts byte for byte); its length. */
+static int proxy_header(int fd, int version, uint8_t *out) {
+  static const uint8_t sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
+  struct sockaddr_storage src, dst;
+  socklen_t sl = sizeof src, dl = sizeof dst;
+  uint8_t sa[16], da[16];
+  uint16_t sp = 0, dp = 0;
+  int fam = 0;
+  if (getpeername(fd, (struct sockaddr *)&src, &sl) == 0 && getsockname(fd, (struct sockaddr *)&dst, &dl) == 0) {
+    fam = header_addr(&src, sa, &sp);
+    if (header_addr(&dst, da, &dp) != fam) fam = 0;
+  }
+  if (version == 1) {
+    if (fam == 0) return snprintf((char *)out, PROXY_HEADER_MAX, "PROXY UNKNOWN\r\n");
+    char s[INET6_ADDRSTRLEN], d[INET6_ADDRSTRLEN];
+    int af = fam == 4 ? AF_INET : AF_INET6;
+    inet_ntop(af, sa, s, sizeof s);
+    inet_ntop(af, da, d, sizeof d);
+    return snprintf((char *)out, PROXY_HEADER_MAX, "PROXY TCP%d %s %s %u %u\r\n", fam, s, d, sp, dp);
+  }
+  memcpy(out, sig, 12);
+  if (fam == 0) { /* LOCAL command, no address */
+    out[12] = 0x20;
+    out[13] = out[14] = out[15] = 0;
+    return 16;
+  }
+  int alen = fam == 4 ? 4 : 16;
+  out[12] = 0x21; /* version 2, PROXY */
+  out[13] = fam == 4 ? 0x11 : 0x21; /* AF_INET or AF_INET6, STREAM */
+  out[14] = 0;
+  out[15] = (uint8_t)(alen * 2 + 4);
+  memcpy(out + 16, sa, (size_t)alen);
+  memcpy(out + 16 + alen, da, (size_t)alen);
+  uint8_t *p = out + 16 + 2 * alen;
+  p[0] = (uint8_t)(sp >> 8);
+  p[1] = (uint8_t)sp;
+  p[2] = (uint8_t)(dp >> 8);
+  p[3] = (uint8_t)dp;
+  return 16 + 2 * alen + 4;
+}
+
+/* The dial succeeded: time it, send the PROXY header, then relay (the first pump moves what
+ * the client sent meanwhile, and its FIN if it already half-closed). */
+static void dial_done(engine_t *e, conn_t *c, int64_t now) {
+  group_t *g = c->g;
+  dial_unlink(c);
+  c->connected = 1;
+  c->last = now;
+  observe(g->ctr + H_CONNECT, connect_bounds, N_CONNECT_BOUNDS, mono_s() - c->t0);
+  if (g->proxy) {
+    uint8_t hdr[PROXY_HEADER_MAX];
+    int n = proxy_header(c->fd[0], g->proxy, hdr);
+    if (send(c->fd[1], hdr, (size_t)n, MSG_NOSIGNAL) != n) {
+      conn_close(e, c, R_ABORTED, 1);
+      return;
+    }
+  }
+  for (int k = 0; k < 2; k++) {
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &c->w[k] };
+    if (epoll_ctl(e->epfd, EPOLL_CTL_MOD, c->fd[k], &ev) < 0) {
+      conn_close(e, c, R_ABORTED, 1);
+      return;
+    }
+  }
+  tcp_event(e, c, 0, EPOLLIN | EPOLLOUT, now);
+}
+
+/* An epoll event of a dialing connection: the target's side completes (or fails) the connect;
+ * the client's side only matters if the client is gone (a reset: the dial is abandoned). */
+void dial_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
+  if (s == 0) {
+    if (ev & (EPOLLERR | EPOLLHUP)) conn_close(e, c, R_ABORTED, 0);
+    return;
+  }
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c->fd[1], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (err)
+    dial_failed(e, c, err, 0);
+  else if (ev & EPOLLOUT)
+    dial_done(e, c, now);
+}
+
+/* Opens the upstream socket and starts a non-blocking connect; 0 or an errno. */
+static int dial_start(engine_t *e, conn_t *c, int64_t now) {
+  group_t *g = c->g;
+  int fd = socket(g->target.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  c->fd[1] = fd;
+  set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  int r = connect(fd, (struct sockaddr *)&g->target, g->tlen);
+  if (r < 0 && errno != EINPROGRESS) return errno;
+  /* While dialing: the target for the connect's outcome, the client only for a reset. */
+  struct epoll_event ev1 = { .events = EPOLLOUT | EPOLLET, .data.ptr = &c->w[1] };
+  struct epoll_event ev0 = { .events = EPOLLRDHUP | EPOLLET, .data.ptr = &c->w[0] };
+  if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev1) < 0 || epoll_ctl(e->epfd, EPOLL_CTL_ADD, c->fd[0], &ev0) < 0) return errno;
+  c->deadline = g->connect_ms > 0 ? now + g->connect_ms : 0;
+  dial_push(g, c);
+  if (r == 0) dial_done(e, c, now);
+  return 0;
+}
+
+/* One accepted client: cap, access lists, budget, then the dial. */
+static void accept_one(engine_t *e, group_t *g, int fd, const struct sockaddr_storage *ss, int64_t now) {
+  if (g->max_conns >= 0 && g->ctr[T_ACTIVE] >= (double)g->max_conns) {
+    g->ctr[T_REJECTED_LIMIT] += 1;
+    group_event(e, g, EV_LIMIT, 0);
+    close(fd);
+    return;
+  }
+  if (!acl_allowed(g, ss)) {
+    g->ctr[T_REJECTED_BLOCKED] += 1;
+    group_event(e, g, EV_BLOCKED, 0);
+    struct linger l = { 1, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    close(fd);
+    return;
+  }
+  if (!budget_take(g, g->conn_fds)) {
+    g->ctr[T_REJECTED_LIMIT] += 1;
+    group_event(e, g, EV_BUDGET, 0);
+    close(fd);
+    return;
+  }
+  conn_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    budget_give(g, g->conn_fds);
+    g->ctr[T_ACCEPT_ERRORS] += 1;
+    group_event(e, g, EV_ACCEPT, ENOMEM);
+    close(fd);
+    return;
+  }
+  c->g = g;
+  c->fd[0] = fd;
+  c->fd[1] = -1;
+  c->t0 = mono_s();
+  c->last = now;
+  for (int k = 0; k < 2; k++) {
+    c->w[k].kind = W_TCP;
+    c->w[k].side = k;
+    c->w[k].owner = c;
+    c->d[k].p.r = c->d[k].p.w = -1;
+  }
+  c->next = g->conns;
+  if (g->conns) g->conns->prev = c;
+  g->conns = c;
+  g->ctr[T_ACCEPTED] += 1;
+  g->ctr[T_ACTIVE] += 1;
+  /* Go's options: no Nagle both ways, keepalive on the client (15 s idle, 15 s interval). */
+  set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+  set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, CLIENT_KEEPALIVE_S);
+  set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, CLIENT_KEEPALIVE_S);
+  int err = dial_start(e, c, now);
+  if (err) dial_failed(e, c, err, 0);
+}
+
+/* The listening socket is readable: accept a batch (level-triggered: the rest comes next turn). */
+void tcp_listener_event(engine_t *e, group_t *g, int64_t now) {
+  for (int i = 0; i < ACCEPT_BATCH && g->lfd >= 0 && !g->closed; i++) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int fd = accept4(g->lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      accept_one(e, g, fd, &ss, now);
+      continue;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      /* Out of a resource: the clients wait in the backlog while accepting pauses (a
+       * level-triggered listener would otherwise spin). The listener never stops. */
+      g->ctr[T_ACCEPT_ERRORS] += 1;
+      group_event(e, g, EV_ACCEPT, errno);
+      epoll_ctl(e->epfd, EPOLL_CTL_DEL, g->lfd, NULL);
+      g->accept_resume = now + ACCEPT_RETRY_MS;
+      return;
+    }
+    /* ECONNABORTED, EINTR and the network errors accept(2) says to retry: the next client. */
+  }
+}
+
+/* Connect timeouts and the end of an accept pause; returns ms until the next one (or -1). */
+int64_t tcp_timers(engine_t *e, group_t *g, int64_t now) {
+  if (g->closed) return -1;
+  while (g->dial_head && g->dial_head->deadline > 0 && g->dial_head->deadline <= now)
+    dial_failed(e, g->dial_head, ETIMEDOUT, 1);
+  if (g->accept_resume > 0 && g->accept_resume <= now) {
+    g->accept_resume = 0;
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &g->lw };
+    if (g->lfd >= 0) epoll_ctl(e->epfd, EPOLL_CTL_ADD, g->lfd, &ev);
+  }
+  int64_t next = -1;
+  if (g->dial_head && g->dial_head->deadline > 0) next = g->dial_head->deadline - now;
+  if (g->accept_resume > 0 && (next < 0 || g->accept_resume - now < next)) next = g->accept_resume - now;
+  return next;
+}

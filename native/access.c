@@ -1,0 +1,71 @@
+/*
+ * What both protocols check before they open anything for a client: the access lists (deny
+ * first, then allow) and the process fd budget shared with JavaScript (fd-limit.ts).
+ */
+#include "engine.h"
+
+/* The address bytes (4 or 16) and family of a socket address; returns its port. */
+int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family) {
+  if (ss->ss_family == AF_INET) {
+    memcpy(out, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    *family = 4;
+    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+  }
+  memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+  *family = 6;
+  return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+/* True when the first `bits` bits of a and b agree. */
+static int prefix_match(const uint8_t *a, const uint8_t *b, int bits) {
+  int full = bits / 8, rest = bits % 8;
+  if (memcmp(a, b, (size_t)full) != 0) return 0;
+  if (rest == 0) return 1;
+  uint8_t mask = (uint8_t)(0xff << (8 - rest));
+  return (a[full] & mask) == (b[full] & mask);
+}
+
+/* Families never mix (access-list.ts): an IPv4 or IPv4-mapped client matches only IPv4 rules
+ * (JS turned rules written as mapped IPv6 into IPv4 ones), a plain IPv6 client only IPv6 rules. */
+static int acl_hit(const acl_entry_t *list, int n, const uint8_t *addr, int family) {
+  static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+  int v4 = family == 4;
+  if (!v4 && memcmp(addr, mapped, 12) == 0) {
+    addr += 12;
+    v4 = 1;
+  }
+  for (int i = 0; i < n; i++) {
+    if ((list[i].family == 4) == v4 && prefix_match(addr, list[i].addr, list[i].prefix)) return 1;
+  }
+  return 0;
+}
+
+/* The access lists' verdict on a client address: deny first, then allow (if any). */
+int acl_allowed(group_t *g, const struct sockaddr_storage *ss) {
+  if (g->nallow == 0 && g->ndeny == 0) return 1;
+  uint8_t a[16];
+  int fam;
+  addr_bytes(ss, a, &fam);
+  if (acl_hit(g->deny, g->ndeny, a, fam)) return 0;
+  return g->nallow == 0 || acl_hit(g->allow, g->nallow, a, fam);
+}
+
+/* n fds from the process budget (fd-limit.ts: cell 0 for the process, and the worker's own);
+ * 0 (nothing taken) when that would pass the limit. */
+int budget_take(group_t *g, int n) {
+  if (!g->budget) return 1;
+  if (__atomic_add_fetch(&g->budget[0], n, __ATOMIC_RELAXED) > g->budget_limit) {
+    __atomic_sub_fetch(&g->budget[0], n, __ATOMIC_RELAXED);
+    return 0;
+  }
+  if (g->budget_own > 0) __atomic_add_fetch(&g->budget[g->budget_own], n, __ATOMIC_RELAXED);
+  return 1;
+}
+
+/* n fds back to the process budget. */
+void budget_give(group_t *g, int n) {
+  if (!g->budget) return;
+  __atomic_sub_fetch(&g->budget[0], n, __ATOMIC_RELAXED);
+  if (g->budget_own > 0) __atomic_sub_fetch(&g->budget[g->budget_own], n, __ATOMIC_RELAXED);
+}
+
