@@ -395,6 +395,7 @@ static napi_value js_tcp_group(napi_env env, napi_callback_info info) {
   g->max_conns = max_conns;
   g->proxy = (int)proxy;
   g->conn_fds = (int)conn_fds;
+  listener_options(g->lfd);
   /* Level-triggered: a batch of accepts per wakeup, the rest on the next turn. */
   return start_group(env, e, g, EPOLLIN);
 }

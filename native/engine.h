@@ -273,6 +273,7 @@ void budget_give(group_t *g, int n);
 
 /* accept.c */
 void tcp_listener_event(engine_t *e, group_t *g, int64_t now);
+void listener_options(int fd);
 void dial_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now);
 void dial_unlink(conn_t *c);
 int64_t tcp_timers(engine_t *e, group_t *g, int64_t now);

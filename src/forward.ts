@@ -7,7 +7,7 @@
 import type { AccessRules } from './access-list.js';
 import type { FdBudget } from './fd-limit.js';
 import type { Socket as UdpSocket } from 'node:dgram';
-import { Server } from 'node:net';
+import type { Server } from 'node:net';
 import { bindUdp, listenTcp } from './listen.js';
 import type { Log } from './logger.js';
 import type { EngineName } from './native-engine.js';

@@ -194,7 +194,12 @@ function bindCounters(obj: object, keys: readonly string[], counters: Float64Arr
 
 /** A histogram's slots as the native thread lays them out: counts (the last +Inf), sum, count. */
 function bindHistogram(h: PlainHistogram, counters: Float64Array, from: number): void {
-  bindCounters(h.counts, h.counts.map((_, i) => String(i)), counters, from);
+  bindCounters(
+    h.counts,
+    h.counts.map((_, i) => String(i)),
+    counters,
+    from,
+  );
   bindCounters(h, ['sum', 'count'], counters, from + h.counts.length);
 }
 

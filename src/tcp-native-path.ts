@@ -57,24 +57,20 @@ export class NativeListener {
 
   #log(event: NativeEvent, detail: number): void {
     const { limited, opts } = this.#ctx;
+    if (event === 'idle' || event === 'linger') {
+      this.#ctx.logTimeout(event);
+      return;
+    }
     const target = joinHostPort(opts.target.address, opts.targetPort);
     const code = ERRNO_NAMES.get(detail) ?? `errno ${detail}`;
-    switch (event) {
-      case 'limit':
-        return limited.warn('limit', { maxConnections: opts.maxConnections }, 'connection limit reached; refusing new connections');
-      case 'blocked':
-        return limited.warn('blocked', { refused: detail }, 'connection refused by the access lists');
-      case 'fdBudget':
-        return limited.warn('fd-budget', { fdBudget: opts.budget?.limit }, 'file descriptor budget of the process spent; refusing new connections');
-      case 'acceptError':
-        return limited.warn(`accept:${code}`, { err: `accept ${code}` }, 'accept failed; still listening');
-      case 'connectError':
-        return limited.warn(`connect:${code}`, { target, err: `connect ${code} ${target}` }, 'cannot connect to target; closing client');
-      case 'connectTimeout':
-        return limited.warn('connect:timeout', { target, connectTimeoutMs: opts.connectTimeoutMs }, 'connect to target timed out; closing client');
-      case 'idle':
-      case 'linger':
-        return this.#ctx.logTimeout(event);
-    }
+    const lines: Record<typeof event, [string, object, string]> = {
+      limit: ['limit', { maxConnections: opts.maxConnections }, 'connection limit reached; refusing new connections'],
+      blocked: ['blocked', { refused: detail }, 'connection refused by the access lists'],
+      fdBudget: ['fd-budget', { fdBudget: opts.budget?.limit }, 'file descriptor budget of the process spent; refusing new connections'],
+      acceptError: [`accept:${code}`, { err: `accept ${code}` }, 'accept failed; still listening'],
+      connectError: [`connect:${code}`, { target, err: `connect ${code} ${target}` }, 'cannot connect to target; closing client'],
+      connectTimeout: ['connect:timeout', { target, connectTimeoutMs: opts.connectTimeoutMs }, 'connect to target timed out; closing client'],
+    };
+    limited.warn(...lines[event]);
   }
 }

@@ -6,7 +6,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,7 @@ import { silentLog } from '../../src/logger.js';
 import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
 import { killTracked } from '../helpers/processes.js';
 import { ownEngineEnv, servingPid } from '../helpers/engines.js';
+import { IS_ROOT, useBackend } from '../helpers/netns.js';
 
 const HAVE_ADDON = existsSync(join(ROOT, 'build/Release/engine.node'));
 let echo: Server;
@@ -292,4 +293,54 @@ describe.skipIf(!HAVE_ADDON)('native engine: batched UDP', () => {
     c.close();
     udpEcho.close();
   });
+});
+
+describe.skipIf(!HAVE_ADDON || !IS_ROOT)('native engine: the accept path', () => {
+  const backend = useBackend(['--echo', '7000']);
+  beforeAll(() => {
+    // A "container" that drops SYNs on 7999: every dial there ends by the connect timeout.
+    execFileSync('ip', ['netns', 'exec', backend.namespace as string, 'iptables', '-A', 'INPUT', '-p', 'tcp', '--dport', '7999', '-j', 'DROP']);
+  });
+
+  /** Connects from `local`; resolves how the connection ended: its bytes and error code. */
+  const attempt = (port: number, local = '127.0.0.1'): Promise<{ data: Buffer; error: string | null }> =>
+    readToClose(connect({ host: '127.0.0.1', port, localAddress: local, allowHalfOpen: true }));
+
+  it('leaks no fd over 10 000 short connections: clean, reset, refused by ACL, refused by cap, dial timeout', async () => {
+    const env = { USERLAND_PROXY_ENGINE: 'native', ...ownEngineEnv() };
+    const [clean, capped, dead] = [await freePort(), await freePort(), await freePort()];
+    const p = servingPid((await startProxy(tcpArgs(clean, echoPort), { env: { ...env, USERLAND_PROXY_DENY: '127.0.0.2/32' } })).pid, env);
+    await startProxy(tcpArgs(capped, echoPort), { env: { ...env, USERLAND_PROXY_MAX_CONNECTIONS: '10' } });
+    await startProxy(dockerArgv('tcp', '127.0.0.1', dead, backend.ipv4, 7999), { env: { ...env, USERLAND_PROXY_CONNECT_TIMEOUT: '100ms' } });
+    await tcpRoundTrip('127.0.0.1', clean, randomBytes(300_000)); // warm up: thread, epoll, pipe pool
+    await sleep(100);
+    const before = fds(p);
+    let n = 0;
+    // 6000 clean: 2000 in sequence, 4000 in batches of 50.
+    for (let i = 0; i < 2000; i++, n++) expect((await tcpRoundTrip('127.0.0.1', clean, Buffer.from(`seq ${i}`))).toString()).toBe(`seq ${i}`);
+    for (let b = 0; b < 80; b++, n += 50) await Promise.all(Array.from({ length: 50 }, (_, i) => tcpRoundTrip('127.0.0.1', clean, randomBytes(100 + i * 50))));
+    // 1500 reset by the client at once.
+    for (let i = 0; i < 1500; i++, n++) (await tcpConnect('127.0.0.1', clean)).resetAndDestroy();
+    // 1000 refused by the access lists: a reset before any dial.
+    for (let b = 0; b < 20; b++, n += 50) {
+      for (const r of await Promise.all(Array.from({ length: 50 }, () => attempt(clean, '127.0.0.2')))) expect(r.error).toBe('ECONNRESET');
+    }
+    // 1000 refused by the cap while 10 connections hold it: closed at once, no byte.
+    const held = await Promise.all(Array.from({ length: 10 }, () => tcpConnect('127.0.0.1', capped)));
+    await sleep(100);
+    for (let b = 0; b < 20; b++, n += 50) {
+      for (const r of await Promise.all(Array.from({ length: 50 }, () => attempt(capped)))) expect(r.data.length).toBe(0);
+    }
+    for (const s of held) s.destroy();
+    // 500 dials that time out (100 ms each, 100 at a time).
+    for (let b = 0; b < 5; b++, n += 100) {
+      for (const r of await Promise.all(Array.from({ length: 100 }, () => attempt(dead)))) expect(r.data.length).toBe(0);
+    }
+    expect(n).toBe(10_000);
+    await vi.waitFor(() => expect(fds(p).socket).toBe(before.socket), { timeout: 10_000, interval: 100 });
+    const after = fds(p);
+    expect(after.other).toBe(before.other);
+    // Idle pipes sit in the thread's pool (at most 8 pipes, 16 fds); none belongs to a connection.
+    expect(after.pipe).toBeLessThanOrEqual(before.pipe + 16);
+  }, 120_000);
 });

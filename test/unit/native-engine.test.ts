@@ -13,10 +13,29 @@ describe('contractMismatch()', () => {
     expect(contractMismatch(contract)).toBeNull();
   });
 
-  it('a reordered counter, a changed close reason, a record size or a missing contract is refused, named', () => {
+  it('a reordered counter or event, other buckets, a record size or a missing contract is refused, named', () => {
     const good: NativeContract = {
-      closeReasons: { clean: 0, aborted: 1, idle: 2, linger: 3, closed: 4 },
-      tcpCounters: ['bytesIn', 'bytesOut', 'pausesClient', 'pausesUpstream'],
+      events: ['limit', 'blocked', 'fdBudget', 'acceptError', 'connectError', 'connectTimeout', 'idle', 'linger'],
+      tcpCounters: [
+        'bytesIn',
+        'bytesOut',
+        'pausesClient',
+        'pausesUpstream',
+        'accepted',
+        'active',
+        'acceptErrors',
+        'rejectedLimit',
+        'rejectedBlocked',
+        'aborted',
+        'idleTimeouts',
+        'lingerTimeouts',
+        'connectErrors.refused',
+        'connectErrors.timeout',
+        'connectErrors.unreachable',
+        'connectErrors.other',
+      ],
+      connectBuckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      lifetimeBuckets: [0.01, 0.1, 0.5, 1, 5, 10, 60, 300, 900, 1800, 3600],
       udpCounters: [
         'flowsCreated',
         'flowsActive',
@@ -35,11 +54,11 @@ describe('contractMismatch()', () => {
       udpFlowBuffer: 1024 * 1024,
     };
     expect(contractMismatch(good)).toBeNull();
-    expect(contractMismatch({ ...good, tcpCounters: ['bytesOut', 'bytesIn', 'pausesClient', 'pausesUpstream'] })).toBe(
-      'tcpCounters ["bytesOut","bytesIn","pausesClient","pausesUpstream"], expected ["bytesIn","bytesOut","pausesClient","pausesUpstream"]',
-    );
-    expect(contractMismatch({ ...good, closeReasons: { ...good.closeReasons, idle: 3, linger: 2 } })).toMatch(/^closeReasons /);
+    const swapped = ['bytesOut', 'bytesIn', ...good.tcpCounters.slice(2)];
+    expect(contractMismatch({ ...good, tcpCounters: swapped })).toBe(`tcpCounters ${JSON.stringify(swapped)}, expected ${JSON.stringify(good.tcpCounters)}`);
+    expect(contractMismatch({ ...good, events: ['blocked', 'limit', ...good.events.slice(2)] })).toMatch(/^events /);
+    expect(contractMismatch({ ...good, lifetimeBuckets: [0.01, 0.1] })).toMatch(/^lifetimeBuckets /);
     expect(contractMismatch({ ...good, aclRecordBytes: 20 })).toMatch(/^aclRecordBytes 20, expected 18$/);
-    expect(contractMismatch(undefined)).toMatch(/^closeReasons undefined/);
+    expect(contractMismatch(undefined)).toMatch(/^events undefined/);
   });
 });
