@@ -155,8 +155,10 @@ static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now) {
   /* Idle connections hold no pipe: a pipe is taken per burst and pooled again when empty. */
   if (d->inpipe == 0) pipe_put(e, d);
   if (d->eof && d->inpipe == 0 && !d->shut) {
-    /* Half-close: FIN to dst only after every byte before the EOF went out. */
-    shutdown(dst, SHUT_WR);
+    /* Half-close: FIN to dst only after every byte before the EOF went out. When the other
+     * direction is already done, the clean close that follows (tcp_event) sends this FIN: dst
+     * has nothing unread (its own EOF came first), so close() cannot turn into a reset. */
+    if (!c->d[1 - k].shut) shutdown(dst, SHUT_WR);
     d->shut = 1;
   }
   return 0;
