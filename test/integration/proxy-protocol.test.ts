@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -14,7 +15,12 @@ import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
 import { freePort, sleep, tcpConnect } from '../helpers/net.js';
 import { startProxy, dockerArgv } from '../helpers/proxy.js';
 import { startStandalone } from '../helpers/standalone.js';
+import { testEngine } from '../helpers/engine.js';
 import { killTracked } from '../helpers/processes.js';
+import { listenTcp } from '../../src/listen.js';
+import { silentLog } from '../../src/logger.js';
+import { proxyHeader } from '../../src/proxy-protocol.js';
+import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
 
 const CAN = IS_ROOT && existsSync('/usr/sbin/nginx');
 const dir = mkdtempSync(join(tmpdir(), 'upt-nginx-'));
@@ -116,4 +122,59 @@ describe.skipIf(!CAN)('PROXY protocol with nginx', () => {
     await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, NGINX_PORT));
     await expect(getFrom('127.0.0.1', port)).rejects.toThrow();
   });
+});
+
+describe('PROXY protocol headers, byte for byte', () => {
+  /** A target that records the first bytes of each connection it gets. */
+  async function recorder(host: string): Promise<{ port: number; next: () => Promise<Buffer>; close: () => void }> {
+    const got: Buffer[] = [];
+    const waiters: ((b: Buffer) => void)[] = [];
+    const server = createServer((c) => {
+      c.once('data', (d: Buffer) => {
+        const w = waiters.shift();
+        if (w) w(d);
+        else got.push(d);
+        c.destroy();
+      });
+      c.on('error', () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, host, r));
+    return {
+      port: (server.address() as AddressInfo).port,
+      next: () => new Promise<Buffer>((r) => (got.length ? r(got.shift() as Buffer) : waiters.push(r))),
+      close: () => server.close(),
+    };
+  }
+
+  // On the native engine the header is built in C (native/accept.c): it must match proxy-protocol.ts.
+  for (const version of ['v1', 'v2'] as const) {
+    for (const [family, host] of [
+      [4, '127.0.0.1'],
+      [6, '::1'],
+    ] as const) {
+      it(`${version} over IPv${family}: exactly proxyHeader()'s bytes first`, async () => {
+        const target = await recorder(host);
+        const server = createTcpServer();
+        const f = new TcpForwarder(server, {
+          target: { address: host, family },
+          targetPort: target.port,
+          log: silentLog,
+          engine: testEngine(),
+          proxyProtocol: version,
+        });
+        try {
+          await listenTcp(server, { host: { address: host, family }, port: 0, listenFd: null });
+          const c = await tcpConnect(host, f.port);
+          c.write('hello');
+          const header = proxyHeader(version, { srcAddress: host, srcPort: c.localPort ?? 0, dstAddress: host, dstPort: f.port }) as Buffer;
+          const first = await target.next(); // the header is sent whole, before any client byte
+          expect(first.subarray(0, header.length).toString('hex')).toBe(header.toString('hex'));
+          c.destroy();
+        } finally {
+          f.close();
+          target.close();
+        }
+      });
+    }
+  }
 });
