@@ -89,6 +89,26 @@ describe('faults', () => {
     }
   });
 
+  it('counts exactly: accepted, active, aborted, refused dials, both histograms, bytes', async () => {
+    const t = await target((c) => {
+      c.on('error', () => {});
+      c.pipe(c);
+    });
+    const { port, f } = await forwardTo(t);
+    for (let i = 0; i < 40; i++) await tcpRoundTrip('127.0.0.1', port, Buffer.alloc(1000, i));
+    await Promise.all(Array.from({ length: 10 }, () => tcpRoundTrip('127.0.0.1', port, Buffer.alloc(500))));
+    const refused = await forwardTo(await freePort());
+    for (let i = 0; i < 5; i++) await readToClose(await tcpConnect('127.0.0.1', refused.port));
+    await sleep(100);
+    const s = f.stats;
+    expect([s.accepted, s.active, s.aborted, s.bytesIn, s.bytesOut]).toEqual([50, 0, 0, 45_000, 45_000]);
+    expect([s.connectDuration.count, s.connectionDuration.count]).toEqual([50, 50]);
+    expect(s.connectDuration.counts.reduce((a, b) => a + b, 0)).toBe(50);
+    expect(s.connectionDuration.sum).toBeGreaterThan(0);
+    const r = refused.f.stats;
+    expect([r.accepted, r.active, r.aborted, r.connectErrors.refused, r.connectDuration.count, r.connectionDuration.count]).toEqual([5, 0, 5, 5, 0, 0]);
+  });
+
   it('a client abort mid-transfer resets the target and frees the connection', async () => {
     let seen: Promise<string> = Promise.resolve('none');
     const t = await target((c) => {
