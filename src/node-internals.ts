@@ -6,8 +6,8 @@
  * | what                  | private API                          | used for                          | if it is gone                  |
  * |-----------------------|--------------------------------------|-----------------------------------|--------------------------------|
  * | adoptAccepted()       | net.Socket `_handle`, `{ handle }`   | `onread` on accepted sockets      | error: the relay cannot work   |
- * | stopReading()         | `_handle.readStop()`, `.reading`     | no read after the native handoff  | pause() (one more read may come) |
- * | socketFd()            | `_handle.fd`                         | handing TCP sockets to C          | -1: the connection is reset    |
+ * | socketFd()            | `_handle.fd`                         | FIONREAD before a forced close    | -1: a forced close resets      |
+ * | serverFd()            | net.Server `_handle.fd`              | handing TCP listeners to C        | -1: the mapping fails to open  |
  * | swapReadBuffer()      | `_handle.useUserBuffer()`            | idle connections' small buffers   | false: the big buffer stays    |
  * | udpHandle()           | dgram's `state symbol` -> handle     | handing UDP listeners to C        | error at start: native UDP off |
  */
@@ -16,8 +16,6 @@ import { type Server, Socket } from 'node:net';
 
 interface StreamHandle {
   fd?: unknown;
-  reading?: boolean;
-  readStop?: () => number;
   useUserBuffer?: (b: Uint8Array) => void;
 }
 
@@ -53,17 +51,6 @@ export function adoptAccepted(
     onread,
     writableHighWaterMark: highWaterMark,
   } as ConstructorParameters<typeof Socket>[0]);
-}
-
-/** Stops libuv reading a socket now (Socket.pause() alone may still deliver one more chunk). */
-export function stopReading(socket: Socket): void {
-  const handle = handleOf(socket);
-  if (typeof handle?.readStop === 'function') {
-    handle.reading = false;
-    handle.readStop();
-  } else {
-    socket.pause();
-  }
 }
 
 /** The file descriptor of a connected socket, or -1. */
