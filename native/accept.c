@@ -141,9 +141,11 @@ static int proxy_header(int fd, int version, uint8_t *out) {
   return 16 + 2 * alen + 4;
 }
 
-/* The dial succeeded: time it, send the PROXY header, then relay (the first pump moves what
- * the client sent meanwhile, and its FIN if it already half-closed). */
-static void dial_done(engine_t *e, conn_t *c, int64_t now) {
+/* The dial succeeded (ev: the target's events, all of them when unknown): time it, send the
+ * PROXY header, then relay what each side sent meanwhile, FIN included. */
+#define ARRIVED (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+#define ENDED (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+static void dial_done(engine_t *e, conn_t *c, uint32_t ev, int64_t now) {
   group_t *g = c->g;
   dial_unlink(c);
   c->connected = 1;
@@ -157,14 +159,20 @@ static void dial_done(engine_t *e, conn_t *c, int64_t now) {
       return;
     }
   }
-  tcp_event(e, c, 0, EPOLLIN | EPOLLOUT, now);
+  /* The client's edges while dialing were recorded, not acted on; the target's are in ev. */
+  int want[2] = { (c->early & ARRIVED) != 0, (ev & ARRIVED) != 0 };
+  int hint[2] = { (c->early & ENDED) != 0, (ev & ENDED) != 0 };
+  tcp_relay(e, c, want, hint, now);
 }
 
 /* An epoll event of a dialing connection: the target's side completes (or fails) the connect;
  * the client's side only matters if the client is gone (a reset: the dial is abandoned). */
 void dial_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   if (s == 0) {
-    if (ev & (EPOLLERR | EPOLLHUP)) conn_close(e, c, R_ABORTED, 0);
+    if (ev & (EPOLLERR | EPOLLHUP))
+      conn_close(e, c, R_ABORTED, 0);
+    else
+      c->early |= ev;
     return;
   }
   /* A failed connect always raises EPOLLERR: only then is SO_ERROR worth a syscall. */
@@ -176,7 +184,7 @@ void dial_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   if (err)
     dial_failed(e, c, err, 0);
   else if (ev & EPOLLOUT)
-    dial_done(e, c, now);
+    dial_done(e, c, ev, now);
 }
 
 /* Opens the upstream socket and starts a non-blocking connect; 0 or an errno. */
@@ -197,7 +205,7 @@ static int dial_start(engine_t *e, conn_t *c, int64_t now) {
   }
   c->deadline = g->connect_ms > 0 ? now + g->connect_ms : 0;
   dial_push(g, c);
-  if (r == 0) dial_done(e, c, now);
+  if (r == 0) dial_done(e, c, ARRIVED, now); /* connected at once: nothing is known */
   return 0;
 }
 

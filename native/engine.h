@@ -46,6 +46,7 @@
 #define ACCEPT_BATCH 64 /* accept4 calls per listener wakeup before other sockets get a turn */
 #define ACCEPT_RETRY_MS 100 /* after EMFILE/ENFILE/ENOBUFS/ENOMEM, accepting pauses this long */
 #define CLIENT_KEEPALIVE_S 15 /* Go's keepalive on accepted clients (CLIENT_KEEPALIVE_MS) */
+#define SMALL_READ 16384 /* the relay's copy buffer: bursts up to this size skip the pipe */
 #define PROXY_HEADER_MAX 232 /* the longest v1 line (107) and v2 header (16 + 216) fit */
 #define THREAD_STACK (256 * 1024)
 #define MAX_TICK_MS 1000
@@ -149,6 +150,7 @@ typedef struct conn {
   double t0; /* accept time, seconds (CLOCK_MONOTONIC): the histograms' origin */
   int64_t deadline; /* while dialing: give up at this monotonic ms (0: never) */
   int dialing, connected, dead;
+  uint32_t early; /* the client's epoll events while dialing, acted on at the connect */
   struct conn *prev, *next, *dead_next;
   struct conn *dprev, *dnext; /* the group's dial queue, in deadline order */
 } conn_t;
@@ -247,6 +249,7 @@ struct engine {
   quota_t *quotas;
   conn_t *dead;
   group_t *evq; /* groups with events for the next report */
+  char small[SMALL_READ]; /* small_copy()'s buffer */
   struct udp_io *io;
 };
 
@@ -287,6 +290,7 @@ void pool_trim(engine_t *e, int64_t now);
 void conn_close(engine_t *e, conn_t *c, int reason, int rst);
 int conn_pending(const conn_t *c);
 void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now);
+void tcp_relay(engine_t *e, conn_t *c, const int want[2], const int hint[2], int64_t now);
 
 /* udp.c */
 void flow_close(engine_t *e, flow_t *f);

@@ -99,11 +99,57 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
   }
 }
 
-/* Moves what is readable on src through the direction's pipe to dst, until neither end can make
- * progress. Returns 0 or -errno of a failed read or write. */
-static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now) {
+/* What small_copy() leaves to its caller. */
+enum { SC_DRAINED, SC_SHORT, SC_AGAIN, SC_EOF, SC_PIPE };
+
+/* The small-copy path: a burst that starts with an empty pipe is first read into the thread's
+ * buffer and sent on directly; only a burst larger than the buffer, or a destination that cannot
+ * take it all, goes on through the pipe (what send() left enters the pipe first, so order
+ * holds). Request/response traffic thus never touches a pipe. A short recv() also shows the
+ * socket empty (a short splice may only mean "pipe out of slots"), so no probing read follows
+ * it: with edge-triggered epoll, any byte or FIN arriving later raises a new event.
+ * Returns an SC_ value, or -errno. */
+static int small_copy(engine_t *e, conn_t *c, int k, int64_t now) {
   dir_t *d = &c->d[k];
   int src = c->fd[k], dst = c->fd[1 - k];
+  ssize_t n = recv(src, e->small, SMALL_READ, MSG_DONTWAIT);
+  if (n < 0) return errno == EAGAIN ? SC_DRAINED : errno == EINTR ? SC_AGAIN : -errno;
+  if (n == 0) {
+    d->eof = 1;
+    return SC_EOF;
+  }
+  c->g->ctr[k == 0 ? T_BYTES_IN : T_BYTES_OUT] += (double)n;
+  c->last = now;
+  ssize_t m = send(dst, e->small, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (m < 0 && errno != EAGAIN && errno != EINTR) return -errno;
+  if (m < 0) m = 0;
+  if (m < n) {
+    /* dst is slow: the rest waits in a pipe, as a spliced burst would (an empty pipe holds at
+     * least 64 KiB, so it takes these bytes whole). */
+    int err = pipe_get(e, d, c->g->pipe_bytes);
+    if (err) return err;
+    ssize_t w = write(d->p.w, e->small + m, (size_t)(n - m));
+    if (w != n - m) return w < 0 ? -errno : -EIO;
+    d->inpipe = (size_t)w;
+    return SC_PIPE;
+  }
+  return n == SMALL_READ ? SC_PIPE : SC_SHORT; /* a full buffer: the pipe carries the rest */
+}
+
+/* Moves what is readable on src to dst, directly (small_copy) or through the direction's pipe,
+ * until neither end can make progress. `eof_hint`: src's FIN may be pending (the event said so,
+ * or nothing is known), so a short read is followed by one more that would see it.
+ * Returns 0 or -errno of a failed read or write. */
+static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now, int eof_hint) {
+  dir_t *d = &c->d[k];
+  int src = c->fd[k], dst = c->fd[1 - k];
+  while (!d->eof && d->inpipe == 0) {
+    int r = small_copy(e, c, k, now);
+    if (r < 0) return r;
+    if (r == SC_PIPE || r == SC_EOF) break;
+    if (r == SC_DRAINED || (r == SC_SHORT && !eof_hint)) goto done;
+    if (r == SC_SHORT) eof_hint = 0;
+  }
   for (;;) {
     int progress = 0;
     if (!d->eof) {
@@ -152,6 +198,7 @@ static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now) {
     }
     if (!progress) break;
   }
+done:
   /* Idle connections hold no pipe: a pipe is taken per burst and pooled again when empty. */
   if (d->inpipe == 0) pipe_put(e, d);
   if (d->eof && d->inpipe == 0 && !d->shut) {
@@ -164,18 +211,12 @@ static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now) {
   return 0;
 }
 
-/* One epoll event on side s of a connection. */
-void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
-  if (c->dead) return;
-  if (c->dialing) {
-    dial_event(e, c, s, ev, now);
-    return;
-  }
+/* Pumps the directions asked for (want[k]: direction k's src may have bytes; hint[k]: its FIN
+ * may be pending), then closes the connection if both directions are done or one failed. */
+void tcp_relay(engine_t *e, conn_t *c, const int want[2], const int hint[2], int64_t now) {
   int err = 0;
-  int all = (ev & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) != 0;
-  /* EPOLLIN on side s feeds direction s; EPOLLOUT on side s drains direction 1-s. */
-  if (all || (ev & EPOLLIN)) err = dir_pump(e, c, s, now);
-  if (!err && (all || (ev & EPOLLOUT))) err = dir_pump(e, c, 1 - s, now);
+  for (int k = 0; k < 2 && !err; k++)
+    if (want[k]) err = dir_pump(e, c, k, now, hint[k]);
   if (err) {
     /* One side failed: deliver what the other direction already holds (best effort, no wait),
      * then reset both, as the JavaScript engine does. */
@@ -187,6 +228,25 @@ void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   } else if (c->d[0].shut && c->d[1].shut) {
     conn_close(e, c, R_CLEAN, 0);
   }
+}
+
+/* One epoll event on side s of a connection. EPOLLIN or EPOLLRDHUP on side s feeds direction s.
+ * EPOLLOUT (send space freed by ACKs: it comes often) matters only to bytes waiting in the pipe
+ * of direction 1-s: with the pipe empty, that direction stopped reading because its src was
+ * empty, and that src raises its own event when bytes come. An error or hang-up concerns both. */
+void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
+  if (c->dead) return;
+  if (c->dialing) {
+    dial_event(e, c, s, ev, now);
+    return;
+  }
+  int bad = (ev & (EPOLLERR | EPOLLHUP)) != 0;
+  int want[2], hint[2];
+  want[s] = bad || (ev & (EPOLLIN | EPOLLRDHUP));
+  hint[s] = bad || (ev & EPOLLRDHUP);
+  want[1 - s] = bad || ((ev & EPOLLOUT) && c->d[1 - s].inpipe > 0);
+  hint[1 - s] = 1;
+  tcp_relay(e, c, want, hint, now);
 }
 
 /* Bytes would be stranded by a close: in a pipe, or acknowledged to a sender but still unread in
