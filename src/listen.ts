@@ -49,6 +49,24 @@ function bindError(proto: 'tcp' | 'udp', opts: ListenOptions, err: NodeJS.ErrnoE
   return new ProxyError('UPROXY_ERR_LISTEN', msg);
 }
 
+/**
+ * A copy of fd 4 that the shared engine received, when adopting it fails: Node closes it only if
+ * it had wrapped it (a socket of the wrong type is refused before), so it is closed here unless
+ * the same socket (inode) is gone already. Our own fd 4 is never closed.
+ */
+function dropFailedCopy(fd: number | null): (err: ProxyError) => ProxyError {
+  if (fd === null || fd === LISTEN_FD) return (err) => err;
+  const ino = fstatSync(fd).ino;
+  return (err) => {
+    try {
+      if (fstatSync(fd).ino === ino) closeSync(fd);
+    } catch {
+      // closed by Node already
+    }
+    return err;
+  };
+}
+
 /** Checks that the descriptor exists and is a socket before handing it to libuv. */
 function checkListenFd(fd: number, kind: string): void {
   let isSocket = false;
@@ -104,6 +122,7 @@ function fdError(kind: string, err: NodeJS.ErrnoException): ProxyError {
 /** Starts a TCP server listening on the host address, or on the listening socket in fd 4. */
 export function listenTcp(server: Server, opts: ListenOptions): Promise<void> {
   if (opts.listenFd !== null) checkListenFd(opts.listenFd, 'listening TCP');
+  const drop = dropFailedCopy(opts.listenFd);
   return whenListening(
     server,
     () => {
@@ -115,13 +134,14 @@ export function listenTcp(server: Server, opts: ListenOptions): Promise<void> {
         server.listen({ host: opts.host.address, port: opts.port, ipv6Only: opts.host.family === 6, backlog: LISTEN_BACKLOG });
       }
     },
-    (err) => (opts.listenFd !== null ? fdError('listening TCP', err) : bindError('tcp', opts, err)),
+    (err) => (opts.listenFd !== null ? drop(fdError('listening TCP', err)) : bindError('tcp', opts, err)),
   );
 }
 
 /** Binds a UDP socket on the host address, or adopts the bound socket in fd 4. */
 export function bindUdp(socket: UdpSocket, opts: ListenOptions): Promise<void> {
   if (opts.listenFd !== null) checkListenFd(opts.listenFd, 'bound UDP');
+  const drop = dropFailedCopy(opts.listenFd);
   return whenListening(
     socket,
     () => {
@@ -131,7 +151,7 @@ export function bindUdp(socket: UdpSocket, opts: ListenOptions): Promise<void> {
     (err) => {
       if (opts.listenFd === null) return bindError('udp', opts, err);
       // dgram throws ERR_INVALID_FD_TYPE for a non-UDP descriptor.
-      return fdError('bound UDP', err.code === 'ERR_INVALID_FD_TYPE' ? Object.assign(new Error('not a UDP socket'), { code: 'ENOTSOCK' }) : err);
+      return drop(fdError('bound UDP', err.code === 'ERR_INVALID_FD_TYPE' ? Object.assign(new Error('not a UDP socket'), { code: 'ENOTSOCK' }) : err));
     },
     () => {
       if (opts.listenFd === null) return null;

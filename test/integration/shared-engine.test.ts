@@ -6,7 +6,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { existsSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -244,6 +244,34 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     c.close();
     await t.stop();
     await d.stop();
+  });
+
+  it('fd 4 of the wrong kind fails with one line and leaves no fd behind in the engine', async () => {
+    const { name, env } = engineEnv();
+    const first = await startProxy(tcpArgs(await freePort()), { env });
+    const [pid] = enginePids(name);
+    const server: Server = await new Promise((res) => {
+      const s = createServer();
+      s.listen({ port: 0, host: '127.0.0.1' }, () => res(s));
+    });
+    const tcpFd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+    const u = createSocket('udp4');
+    await new Promise<void>((res) => u.bind(0, '127.0.0.1', () => res()));
+    const sym = Object.getOwnPropertySymbols(u).find((s) => s.description === 'state symbol') as symbol;
+    const udpFd = (u as unknown as Record<symbol, { handle: { fd: number } }>)[sym].handle.fd;
+    const fds = (): number => readdirSync(`/proc/${pid}/fd`).length;
+    const before = fds();
+    for (let i = 0; i < 5; i++) {
+      const asUdp = spawnProxy([...dockerArgv('udp', '127.0.0.1', 1, backend.ipv4, ECHO), '-use-listen-fd'], { env, listenFd: tcpFd });
+      expect(await asUdp.status).toMatch(/^1\n-use-listen-fd: fd 4 is not a usable bound UDP socket/);
+      const asTcp = spawnProxy([...tcpArgs(1), '-use-listen-fd'], { env, listenFd: udpFd });
+      expect(await asTcp.status).toMatch(/^1\n-use-listen-fd: fd 4 is not a usable listening TCP socket/);
+    }
+    await sleep(100);
+    expect(fds()).toBe(before);
+    server.close();
+    u.close();
+    await first.stop();
   });
 
   it('USERLAND_PROXY_SHARED=false, -v and -h, and flags the shim does not know run the per-port Node proxy', async () => {
