@@ -77,10 +77,10 @@ void dial_unlink(conn_t *c) {
  * both sockets closed (the client's close resets it if its bytes are unread). */
 static void dial_failed(engine_t *e, conn_t *c, int err, int ours) {
   group_t *g = c->g;
-  int slot = err == ECONNREFUSED                        ? T_CONNECT_REFUSED
-             : err == ETIMEDOUT                         ? T_CONNECT_TIMEOUT
+  int slot = err == ECONNREFUSED                         ? T_CONNECT_REFUSED
+             : err == ETIMEDOUT                          ? T_CONNECT_TIMEOUT
              : err == EHOSTUNREACH || err == ENETUNREACH ? T_CONNECT_UNREACHABLE
-                                                        : T_CONNECT_OTHER;
+                                                         : T_CONNECT_OTHER;
   g->ctr[slot] += 1;
   group_event(e, g, ours ? EV_CONNECT_TIMEOUT : EV_CONNECT, err);
   conn_close(e, c, R_ABORTED, 0);

@@ -68,4 +68,3 @@ void budget_give(group_t *g, int n) {
   __atomic_sub_fetch(&g->budget[0], n, __ATOMIC_RELAXED);
   if (g->budget_own > 0) __atomic_sub_fetch(&g->budget[g->budget_own], n, __ATOMIC_RELAXED);
 }
-

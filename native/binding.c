@@ -261,11 +261,11 @@ static group_t *new_group(napi_env env, napi_value *argv, int kind, size_t slots
   napi_typedarray_type type;
   size_t len, tlen;
   void *data, *taddr;
-  if (get_i64(env, argv[0], &gid) < 0 || napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || len < slots || get_i64(env, argv[2], &lfd) < 0 ||
-      napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok || (tlen != 4 && tlen != 16) ||
-      get_i64(env, argv[4], &port) < 0 || get_i64(env, argv[5], &scope) < 0 || get_i64(env, argv[9], &budget_limit) < 0 ||
-      get_i64(env, argv[10], &budget_own) < 0) {
+  if (get_i64(env, argv[0], &gid) < 0 ||
+      napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL) != napi_ok || type != napi_float64_array ||
+      len < slots || get_i64(env, argv[2], &lfd) < 0 || napi_get_buffer_info(env, argv[3], &taddr, &tlen) != napi_ok ||
+      (tlen != 4 && tlen != 16) || get_i64(env, argv[4], &port) < 0 || get_i64(env, argv[5], &scope) < 0 ||
+      get_i64(env, argv[9], &budget_limit) < 0 || get_i64(env, argv[10], &budget_own) < 0) {
     throw_errno(env, EINVAL, "group arguments");
     return NULL;
   }
@@ -275,8 +275,8 @@ static group_t *new_group(napi_env env, napi_value *argv, int kind, size_t slots
   if (bt != napi_null && bt != napi_undefined) {
     size_t blen;
     void *bdata;
-    if (napi_get_typedarray_info(env, argv[8], &type, &blen, &bdata, NULL, NULL) != napi_ok || type != napi_int32_array ||
-        budget_own < 0 || (size_t)budget_own >= blen) {
+    if (napi_get_typedarray_info(env, argv[8], &type, &blen, &bdata, NULL, NULL) != napi_ok ||
+        type != napi_int32_array || budget_own < 0 || (size_t)budget_own >= blen) {
       throw_errno(env, EINVAL, "group budget");
       return NULL;
     }
@@ -408,8 +408,8 @@ static napi_value js_udp_group(napi_env env, napi_callback_info info) {
   napi_value *a = argv + COMMON_ARGS;
   int64_t idle, max_flows, per_source;
   bool wildcard;
-  if (get_i64(env, a[0], &idle) < 0 || get_i64(env, a[1], &max_flows) < 0 || napi_get_value_bool(env, a[2], &wildcard) != napi_ok ||
-      get_i64(env, a[3], &per_source) < 0)
+  if (get_i64(env, a[0], &idle) < 0 || get_i64(env, a[1], &max_flows) < 0 ||
+      napi_get_value_bool(env, a[2], &wildcard) != napi_ok || get_i64(env, a[3], &per_source) < 0)
     return throw_errno(env, EINVAL, "udpGroup");
   group_t *g = new_group(env, argv, W_UDP_LISTENER, U_COUNT);
   if (!g) return NULL;
