@@ -62,6 +62,11 @@ int budget_take(group_t *g, int n) {
   return 1;
 }
 
+/* Whether n fds could be taken now (a hint: another thread may take them first). */
+int budget_room(group_t *g, int n) {
+  return !g->budget || __atomic_load_n(&g->budget[0], __ATOMIC_RELAXED) + n <= g->budget_limit;
+}
+
 /* n fds back to the process budget. */
 void budget_give(group_t *g, int n) {
   if (!g->budget) return;

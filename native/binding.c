@@ -134,7 +134,7 @@ static void engine_stop(engine_t *e) {
 static void engine_teardown(void *arg) {
   engine_t *e = arg;
   engine_stop(e);
-  for (int i = 0; i < e->npool; i++) pipe_close(&e->pool[i]);
+  for (int i = 0; i < e->npool; i++) pipe_close(e, &e->pool[i]);
   while (e->cmds) {
     cmd_t *c = e->cmds;
     e->cmds = c->next;
@@ -328,6 +328,8 @@ static group_t *new_group(napi_env env, napi_value *argv, int kind, size_t slots
 /* Registers the group's listener with the thread's epoll, publishes the group to its sweeps and
  * holds the event loop; the group as the external value JavaScript holds, or NULL (thrown). */
 static napi_value start_group(napi_env env, engine_t *e, group_t *g, uint32_t events) {
+  /* Every group of an environment shares its one fd budget; pipes are taken from it too. */
+  if (!e->budget && g->budget) e->budget = g;
   g->lw.kind = g->kind == W_TCP ? W_TCP_LISTENER : W_UDP_LISTENER;
   g->lw.owner = g;
   struct epoll_event ev = { .events = events, .data.ptr = &g->lw };

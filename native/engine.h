@@ -250,6 +250,7 @@ struct engine {
   conn_t *dead;
   group_t *evq; /* groups with events for the next report */
   char small[SMALL_READ]; /* small_copy()'s buffer */
+  group_t *budget; /* a group whose fd budget (the environment's one) new pipes are taken from */
   struct udp_io *io;
 };
 
@@ -272,6 +273,7 @@ static inline double mono_s(void) {
 int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family);
 int acl_allowed(group_t *g, const struct sockaddr_storage *ss);
 int budget_take(group_t *g, int n);
+int budget_room(group_t *g, int n);
 void budget_give(group_t *g, int n);
 
 /* accept.c */
@@ -285,7 +287,7 @@ void observe(double *h, const double *bounds, int n, double v);
 extern const double connect_bounds[N_CONNECT_BOUNDS], lifetime_bounds[N_LIFETIME_BOUNDS];
 
 /* tcp.c */
-void pipe_close(pipe_pair_t *p);
+void pipe_close(engine_t *e, pipe_pair_t *p);
 void pool_trim(engine_t *e, int64_t now);
 void conn_close(engine_t *e, conn_t *c, int reason, int rst);
 int conn_pending(const conn_t *c);

@@ -9,8 +9,10 @@
 
 /* ---------- pipes ---------- */
 
-/* A pipe from the pool, or a new one raised to the group's size. F_SETPIPE_SZ fails with EPERM
- * once an unprivileged user holds pipe-user-pages-soft (64 MiB) of pipes; the pipe then keeps its
+/* A pipe from the pool, or a new one raised to the group's size. A new pipe takes its 2 fds from
+ * the process budget (pooled pipes stay counted): -EDQUOT when the budget is spent, and the
+ * caller relays without a pipe (small_copy's peek mode). F_SETPIPE_SZ fails with EPERM once an
+ * unprivileged user holds pipe-user-pages-soft (64 MiB) of pipes; the pipe then keeps its
  * default 64 KiB, which still works. */
 static int pipe_get(engine_t *e, dir_t *d, size_t want) {
   if (e->npool > 0) {
@@ -18,8 +20,13 @@ static int pipe_get(engine_t *e, dir_t *d, size_t want) {
     if (e->npool < e->pool_low) e->pool_low = e->npool;
     return 0;
   }
+  if (e->budget && !budget_take(e->budget, 2)) return -EDQUOT;
   int fds[2];
-  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -errno;
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+    int err = errno;
+    if (e->budget) budget_give(e->budget, 2);
+    return -err;
+  }
   int cap = fcntl(fds[1], F_SETPIPE_SZ, (int)want);
   if (cap < 0) cap = fcntl(fds[1], F_GETPIPE_SZ);
   d->p.r = fds[0];
@@ -28,11 +35,15 @@ static int pipe_get(engine_t *e, dir_t *d, size_t want) {
   return 0;
 }
 
-/* Closes both ends of a pipe. */
-void pipe_close(pipe_pair_t *p) {
+/* Whether a burst could have a pipe now: a pooled one, or budget for a new one. */
+static int pipe_available(engine_t *e) { return e->npool > 0 || !e->budget || budget_room(e->budget, 2); }
+
+/* Closes both ends of a pipe and gives its fds back to the budget. */
+void pipe_close(engine_t *e, pipe_pair_t *p) {
   close(p->r);
   close(p->w);
   p->r = p->w = -1;
+  if (e->budget) budget_give(e->budget, 2);
 }
 
 /* Only an empty pipe goes back to the pool; a pipe still holding bytes is closed. */
@@ -41,7 +52,7 @@ static void pipe_put(engine_t *e, dir_t *d) {
   if (d->inpipe == 0 && e->npool < PIPE_POOL_MAX)
     e->pool[e->npool++] = d->p;
   else
-    pipe_close(&d->p);
+    pipe_close(e, &d->p);
   d->p.r = d->p.w = -1;
   d->inpipe = 0;
 }
@@ -52,7 +63,7 @@ void pool_trim(engine_t *e, int64_t now) {
   if (now < e->next_trim) return;
   e->next_trim = now + POOL_TRIM_MS;
   int unused = e->pool_low;
-  for (int i = 0; i < unused; i++) pipe_close(&e->pool[i]);
+  for (int i = 0; i < unused; i++) pipe_close(e, &e->pool[i]);
   memmove(e->pool, e->pool + unused, (size_t)(e->npool - unused) * sizeof e->pool[0]);
   e->npool -= unused;
   e->pool_low = e->npool;
@@ -100,7 +111,7 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
 }
 
 /* What small_copy() leaves to its caller. */
-enum { SC_DRAINED, SC_SHORT, SC_AGAIN, SC_EOF, SC_PIPE };
+enum { SC_DRAINED, SC_SHORT, SC_AGAIN, SC_EOF, SC_PIPE, SC_BLOCKED };
 
 /* The small-copy path: a burst that starts with an empty pipe is first read into the thread's
  * buffer and sent on directly; only a burst larger than the buffer, or a destination that cannot
@@ -108,32 +119,51 @@ enum { SC_DRAINED, SC_SHORT, SC_AGAIN, SC_EOF, SC_PIPE };
  * holds). Request/response traffic thus never touches a pipe. A short recv() also shows the
  * socket empty (a short splice may only mean "pipe out of slots"), so no probing read follows
  * it: with edge-triggered epoll, any byte or FIN arriving later raises a new event.
+ * peek: no pipe can be had (the fd budget is spent): the bytes are only peeked at, and those
+ * that dst took are then dropped from src (MSG_TRUNC: no copy); the rest stays in src's receive
+ * buffer, where TCP flow control holds the sender back, until dst is writable again.
  * Returns an SC_ value, or -errno. */
-static int small_copy(engine_t *e, conn_t *c, int k, int64_t now) {
+static int small_copy(engine_t *e, conn_t *c, int k, int64_t now, int peek) {
   dir_t *d = &c->d[k];
   int src = c->fd[k], dst = c->fd[1 - k];
-  ssize_t n = recv(src, e->small, SMALL_READ, MSG_DONTWAIT);
+  ssize_t n = recv(src, e->small, SMALL_READ, MSG_DONTWAIT | (peek ? MSG_PEEK : 0));
   if (n < 0) return errno == EAGAIN ? SC_DRAINED : errno == EINTR ? SC_AGAIN : -errno;
   if (n == 0) {
     d->eof = 1;
     return SC_EOF;
   }
-  c->g->ctr[k == 0 ? T_BYTES_IN : T_BYTES_OUT] += (double)n;
-  c->last = now;
   ssize_t m = send(dst, e->small, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
   if (m < 0 && errno != EAGAIN && errno != EINTR) return -errno;
   if (m < 0) m = 0;
-  if (m < n) {
+  if (m > 0) {
+    c->g->ctr[k == 0 ? T_BYTES_IN : T_BYTES_OUT] += (double)m;
+    c->last = now;
+    d->blocked = 0;
+  }
+  if (peek) {
+    if (m > 0 && recv(src, e->small, (size_t)m, MSG_DONTWAIT | MSG_TRUNC) != m) return -EIO;
+    if (m < n) {
+      /* dst is full; the rest stays in src. dst's EPOLLOUT resumes this direction (tcp_event). */
+      if (!d->blocked) {
+        d->blocked = 1;
+        c->g->ctr[k == 0 ? T_PAUSES_CLIENT : T_PAUSES_UPSTREAM] += 1;
+      }
+      return SC_BLOCKED;
+    }
+  } else if (m < n) {
     /* dst is slow: the rest waits in a pipe, as a spliced burst would (an empty pipe holds at
-     * least 64 KiB, so it takes these bytes whole). */
+     * least 64 KiB, so it takes these bytes whole). Its budget was there a moment ago; if
+     * another thread took it since, the bytes cannot wait anywhere: the connection resets. */
+    c->g->ctr[k == 0 ? T_BYTES_IN : T_BYTES_OUT] += (double)(n - m);
+    c->last = now;
     int err = pipe_get(e, d, c->g->pipe_bytes);
-    if (err) return err;
+    if (err) return err == -EDQUOT ? -ENOBUFS : err;
     ssize_t w = write(d->p.w, e->small + m, (size_t)(n - m));
     if (w != n - m) return w < 0 ? -errno : -EIO;
     d->inpipe = (size_t)w;
     return SC_PIPE;
   }
-  return n == SMALL_READ ? SC_PIPE : SC_SHORT; /* a full buffer: the pipe carries the rest */
+  return n == SMALL_READ ? SC_PIPE : SC_SHORT; /* a full buffer: more may wait */
 }
 
 /* Moves what is readable on src to dst, directly (small_copy) or through the direction's pipe,
@@ -143,11 +173,14 @@ static int small_copy(engine_t *e, conn_t *c, int k, int64_t now) {
 static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now, int eof_hint) {
   dir_t *d = &c->d[k];
   int src = c->fd[k], dst = c->fd[1 - k];
+  int nopipe = 0;
+copy:
   while (!d->eof && d->inpipe == 0) {
-    int r = small_copy(e, c, k, now);
+    int peek = nopipe || (d->p.r < 0 && !pipe_available(e));
+    int r = small_copy(e, c, k, now, peek);
     if (r < 0) return r;
-    if (r == SC_PIPE || r == SC_EOF) break;
-    if (r == SC_DRAINED || (r == SC_SHORT && !eof_hint)) goto done;
+    if (r == SC_EOF || (r == SC_PIPE && !peek)) break;
+    if (r == SC_BLOCKED || r == SC_DRAINED || (r == SC_SHORT && !eof_hint)) goto done;
     if (r == SC_SHORT) eof_hint = 0;
   }
   for (;;) {
@@ -155,6 +188,10 @@ static int dir_pump(engine_t *e, conn_t *c, int k, int64_t now, int eof_hint) {
     if (!d->eof) {
       if (d->p.r < 0) {
         int err = pipe_get(e, d, c->g->pipe_bytes);
+        if (err == -EDQUOT) { /* no pipe to be had: the burst goes on by peek and copy */
+          nopipe = 1;
+          goto copy;
+        }
         if (err) return err;
       }
       if (d->inpipe < d->p.cap) {
@@ -231,9 +268,9 @@ void tcp_relay(engine_t *e, conn_t *c, const int want[2], const int hint[2], int
 }
 
 /* One epoll event on side s of a connection. EPOLLIN or EPOLLRDHUP on side s feeds direction s.
- * EPOLLOUT (send space freed by ACKs: it comes often) matters only to bytes waiting in the pipe
- * of direction 1-s: with the pipe empty, that direction stopped reading because its src was
- * empty, and that src raises its own event when bytes come. An error or hang-up concerns both. */
+ * EPOLLOUT (send space freed by ACKs: it comes often) matters only to a blocked direction 1-s
+ * (bytes waiting in its pipe, or, without a pipe, in its src): otherwise that direction stopped
+ * reading because its src was empty, and that src raises its own event when bytes come. An error or hang-up concerns both. */
 void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   if (c->dead) return;
   if (c->dialing) {
@@ -244,7 +281,7 @@ void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   int want[2], hint[2];
   want[s] = bad || (ev & (EPOLLIN | EPOLLRDHUP));
   hint[s] = bad || (ev & EPOLLRDHUP);
-  want[1 - s] = bad || ((ev & EPOLLOUT) && c->d[1 - s].inpipe > 0);
+  want[1 - s] = bad || ((ev & EPOLLOUT) && (c->d[1 - s].inpipe > 0 || c->d[1 - s].blocked));
   hint[1 - s] = 1;
   tcp_relay(e, c, want, hint, now);
 }

@@ -85,7 +85,7 @@ export const UDP_SWEEP_MAX_MS = 1_000;
 
 /**
  * File descriptors kept free under RLIMIT_NOFILE for Node itself, logs, status pipes and the
- * native engine's epoll and pooled pipes (at most 16).
+ * native engine's epoll (its pipes are taken from the budget like sockets).
  */
 export const FD_RESERVE = 32;
 /** fds a mapping's worker thread takes from the budget for itself (its event loop, its native engine). */

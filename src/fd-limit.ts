@@ -6,17 +6,18 @@
  * pending connections (its reserve-fd trick) without telling JavaScript, and a dial, a pipe or a
  * UDP flow socket fails mid-connection. So every connection and flow takes its fds from this
  * budget before it opens anything, and is refused at once (counted as a limit refusal, logged)
- * when the budget is spent. What a connection takes is what its engine really holds at most:
- * two sockets on the JavaScript engine; two sockets and two pipes (one per direction while bytes
- * are in flight) on the native engine. A UDP flow takes one socket. Listening sockets take one
- * each, the HTTP endpoint its connection cap. FD_RESERVE stays free for Node itself, logs, the
- * native engine's epoll and its pooled pipes (at most 16 fds).
+ * when the budget is spent. A TCP connection takes its two sockets, on either engine. The native
+ * engine's pipes (one per direction while a burst is in flight, pooled after) take 2 fds each
+ * when made and give them back when closed; with the budget spent, a burst goes on without a
+ * pipe (peek and copy, native/tcp.c), so pipes never refuse or break a connection. A UDP flow
+ * takes one socket. Listening sockets take one each, the HTTP endpoint its connection cap.
+ * FD_RESERVE stays free for Node itself, logs and the native engine's epoll.
  */
 import { readFileSync } from 'node:fs';
 import { FD_RESERVE } from './constants.js';
 
-/** fds one TCP connection holds at most, per engine. */
-export const TCP_CONNECTION_FDS = { js: 2, native: 6 } as const;
+/** fds one TCP connection takes from the budget: its two sockets (either engine). */
+export const TCP_CONNECTION_FDS = 2;
 
 /** The soft RLIMIT_NOFILE of this process (Node raises it to the hard limit at start), or null. */
 export function openFileLimit(): number | null {

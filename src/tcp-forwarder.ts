@@ -164,8 +164,6 @@ export class TcpForwarder implements TcpPathContext {
   startError: Error | null = null;
   /** The port it listens on, once listening (the server's handle is gone on the native engine). */
   port = 0;
-  /** fds one connection takes from the budget (what its engine holds at most). */
-  readonly #fds: number;
 
   constructor(server: Server, opts: TcpForwarderOptions) {
     this.#server = server;
@@ -173,7 +171,6 @@ export class TcpForwarder implements TcpPathContext {
     this.stats = opts.stats ?? newTcpStats();
     this.limited = new RateLimitedLog(opts.log);
     const engine = opts.engine === 'native' ? 'native' : 'js';
-    this.#fds = TCP_CONNECTION_FDS[engine];
     server.once('listening', () => {
       this.port = (server.address() as AddressInfo).port;
     });
@@ -227,7 +224,7 @@ export class TcpForwarder implements TcpPathContext {
   end(acceptedAt: number, connected: boolean, aborted: boolean): void {
     const stats = this.stats;
     stats.active--;
-    this.opts.budget?.give(this.#fds);
+    this.opts.budget?.give(TCP_CONNECTION_FDS);
     if (connected) observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
     if (aborted) stats.aborted++;
   }
@@ -260,7 +257,7 @@ export class TcpForwarder implements TcpPathContext {
       accepted.resetAndDestroy();
       return;
     }
-    if (budget && !budget.take(this.#fds)) {
+    if (budget && !budget.take(TCP_CONNECTION_FDS)) {
       stats.rejectedLimit++;
       this.limited.warn('fd-budget', { fdBudget: budget.limit }, 'file descriptor budget of the process spent; refusing new connections');
       accepted.destroy();

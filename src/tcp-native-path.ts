@@ -34,7 +34,7 @@ export class NativeListener {
         pipeBytes: Math.min(NATIVE_PIPE_MAX, Math.max(NATIVE_PIPE_MIN, o.maxBufferBytes ?? RELAY_HIGH_WATER_MARK)),
         maxConnections: o.maxConnections ?? null,
         proxyProtocol: o.proxyProtocol ?? 'off',
-        connectionFds: TCP_CONNECTION_FDS.native,
+        connectionFds: TCP_CONNECTION_FDS,
       },
       (event, detail) => this.#log(event, detail),
     );

@@ -91,6 +91,8 @@ describe('the memory of stalled readers (audit M6)', () => {
 
 describe('the process fd budget', () => {
   it('slow readers under a low fd limit: each one is served whole or refused at once; pooled pipes go back (M2)', async () => {
+    // 80 stalled streams take 160 of the 167 fds of the budget: every one is served, and on the
+    // native engine only 3 of them can have a pipe; the others relay by peek and copy.
     const port = await freePort();
     const log = join(dir, 'm2.log');
     const argv = dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD);
@@ -113,7 +115,7 @@ describe('the process fd budget', () => {
     const whole = results.filter((r) => r.n === 4_000_000 && r.clean).length;
     const refused = results.filter((r) => r.n === 0).length;
     expect(whole + refused, JSON.stringify(results.filter((r) => r.n !== 0 && r.n !== 4_000_000))).toBe(80);
-    expect(whole).toBeGreaterThan(20);
+    expect(refused).toBe(0);
     const text = readFileSync(log, 'utf8');
     expect(text).not.toMatch(/EMFILE|Too many open files/);
     if (refused > 0) expect(text).toContain('file descriptor budget of the process spent; refusing new connections');
