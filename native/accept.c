@@ -86,17 +86,12 @@ static void dial_failed(engine_t *e, conn_t *c, int err, int ours) {
   conn_close(e, c, R_ABORTED, 0);
 }
 
-/* The address as a PROXY header carries it: an IPv4-mapped IPv6 address is the IPv4 address it
- * is (the target's IPv4 trust lists must match it). Returns 4, 6, or 0 for neither. */
+/* The address as a PROXY header carries it (addr_plain: an IPv4-mapped client is the IPv4
+ * address it is, so that the target's IPv4 trust lists match it). Returns 4, 6, or 0 for neither. */
 static int header_addr(const struct sockaddr_storage *ss, uint8_t out[16], uint16_t *port) {
-  static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
   int fam = 0;
   if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6) return 0;
-  *port = (uint16_t)addr_bytes(ss, out, &fam);
-  if (fam == 6 && memcmp(out, mapped, 12) == 0) {
-    memmove(out, out + 12, 4);
-    fam = 4;
-  }
+  *port = (uint16_t)addr_plain(ss, out, &fam);
   return fam;
 }
 
@@ -220,8 +215,7 @@ static void accept_one(engine_t *e, group_t *g, int fd, const struct sockaddr_st
   if (!acl_allowed(g, ss)) {
     g->ctr[T_REJECTED_BLOCKED] += 1;
     group_event(e, g, EV_BLOCKED, 0);
-    struct linger l = { 1, 0 };
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    reset_on_close(fd);
     close(fd);
     return;
   }

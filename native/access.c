@@ -16,6 +16,18 @@ int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family) 
   return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
 }
 
+/* addr_bytes(), with an IPv4-mapped IPv6 address given as the IPv4 address it is (family 4):
+ * how the access lists and the PROXY header see a client of a dual-stack socket. */
+int addr_plain(const struct sockaddr_storage *ss, uint8_t out[16], int *family) {
+  static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+  int port = addr_bytes(ss, out, family);
+  if (*family == 6 && memcmp(out, mapped, 12) == 0) {
+    memmove(out, out + 12, 4);
+    *family = 4;
+  }
+  return port;
+}
+
 /* True when the first `bits` bits of a and b agree. */
 static int prefix_match(const uint8_t *a, const uint8_t *b, int bits) {
   int full = bits / 8, rest = bits % 8;
@@ -25,17 +37,12 @@ static int prefix_match(const uint8_t *a, const uint8_t *b, int bits) {
   return (a[full] & mask) == (b[full] & mask);
 }
 
-/* Families never mix (access-list.ts): an IPv4 or IPv4-mapped client matches only IPv4 rules
- * (JS turned rules written as mapped IPv6 into IPv4 ones), a plain IPv6 client only IPv6 rules. */
+/* Families never mix (access-list.ts): an IPv4 or IPv4-mapped client (addr_plain) matches only
+ * IPv4 rules (JS turned rules written as mapped IPv6 into IPv4 ones), a plain IPv6 client only
+ * IPv6 rules. */
 static int acl_hit(const acl_entry_t *list, int n, const uint8_t *addr, int family) {
-  static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-  int v4 = family == 4;
-  if (!v4 && memcmp(addr, mapped, 12) == 0) {
-    addr += 12;
-    v4 = 1;
-  }
   for (int i = 0; i < n; i++) {
-    if ((list[i].family == 4) == v4 && prefix_match(addr, list[i].addr, list[i].prefix)) return 1;
+    if (list[i].family == family && prefix_match(addr, list[i].addr, list[i].prefix)) return 1;
   }
   return 0;
 }
@@ -45,7 +52,7 @@ int acl_allowed(group_t *g, const struct sockaddr_storage *ss) {
   if (g->nallow == 0 && g->ndeny == 0) return 1;
   uint8_t a[16];
   int fam;
-  addr_bytes(ss, a, &fam);
+  addr_plain(ss, a, &fam);
   if (acl_hit(g->deny, g->ndeny, a, fam)) return 0;
   return g->nallow == 0 || acl_hit(g->allow, g->nallow, a, fam);
 }

@@ -269,8 +269,16 @@ static inline double mono_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* SO_LINGER 0: the coming close() sends a reset, not a FIN (a peer must never take a refused or
+ * truncated stream for a complete one). */
+static inline void reset_on_close(int fd) {
+  struct linger l = { 1, 0 };
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
 /* access.c */
 int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family);
+int addr_plain(const struct sockaddr_storage *ss, uint8_t out[16], int *family);
 int acl_allowed(group_t *g, const struct sockaddr_storage *ss);
 int budget_take(group_t *g, int n);
 int budget_room(group_t *g, int n);

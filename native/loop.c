@@ -112,19 +112,10 @@ void *thread_main(void *arg) {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
+  int64_t tick = MAX_TICK_MS;
   while (!e->stop) {
-    pthread_mutex_lock(&e->mu);
-    group_t *groups = e->groups;
-    pthread_mutex_unlock(&e->mu);
-    int64_t tick = MAX_TICK_MS, now = now_ms();
-    for (group_t *g = groups; g; g = g->next) {
-      if (g->sweep_ms < tick) tick = g->sweep_ms;
-      int64_t t = g->kind == W_TCP ? tcp_timers(e, g, now) : -1;
-      if (t >= 0 && t < tick) tick = t;
-    }
-    flush(e); /* the timers may have closed connections */
     int n = epoll_wait(e->epfd, evs, EVENTS_PER_WAIT, (int)tick);
-    now = now_ms();
+    int64_t now = now_ms();
     int commands = 0;
     for (int i = 0; i < n; i++) {
       watch_t *w = evs[i].data.ptr;
@@ -142,7 +133,17 @@ void *thread_main(void *arg) {
        * which run after the batch, so W_UDP_FLOW pointers here are live. */
     }
     if (commands) run_commands(e);
-    for (group_t *g = groups; g; g = g->next) sweep(e, g, now);
+    /* One walk over the groups: sweeps, connect timeouts, and the wait until the next of them. */
+    pthread_mutex_lock(&e->mu);
+    group_t *groups = e->groups;
+    pthread_mutex_unlock(&e->mu);
+    tick = MAX_TICK_MS;
+    for (group_t *g = groups; g; g = g->next) {
+      sweep(e, g, now);
+      if (g->sweep_ms < tick) tick = g->sweep_ms;
+      int64_t t = g->kind == W_TCP ? tcp_timers(e, g, now) : -1;
+      if (t >= 0 && t < tick) tick = t;
+    }
     pool_trim(e, now);
     flush(e);
   }

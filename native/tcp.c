@@ -80,10 +80,7 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
   dial_unlink(c);
   for (int k = 0; k < 2; k++) {
     if (c->fd[k] < 0) continue;
-    if (rst) {
-      struct linger l = { 1, 0 };
-      setsockopt(c->fd[k], SOL_SOCKET, SO_LINGER, &l, sizeof l);
-    }
+    if (rst) reset_on_close(c->fd[k]);
     epoll_ctl(e->epfd, EPOLL_CTL_DEL, c->fd[k], NULL);
     close(c->fd[k]);
     pipe_put(e, &c->d[k]);
@@ -108,6 +105,19 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
     g->ctr[T_LINGER_TIMEOUTS] += 1;
     group_event(e, g, EV_LINGER, 0);
   }
+}
+
+/* n bytes taken from direction k's src: counted, and activity for the idle timeout. */
+static void taken(conn_t *c, int k, size_t n, int64_t now) {
+  c->g->ctr[k == 0 ? T_BYTES_IN : T_BYTES_OUT] += (double)n;
+  c->last = now;
+}
+
+/* dst of direction k cannot take more: counted once per stall (backpressure_pauses_total). */
+static void stalled(conn_t *c, int k) {
+  if (c->d[k].blocked) return;
+  c->d[k].blocked = 1;
+  c->g->ctr[k == 0 ? T_PAUSES_CLIENT : T_PAUSES_UPSTREAM] += 1;
 }
 
 /* What small_copy() leaves to its caller. */
@@ -136,26 +146,21 @@ static int small_copy(engine_t *e, conn_t *c, int k, int64_t now, int peek) {
   if (m < 0 && errno != EAGAIN && errno != EINTR) return -errno;
   if (m < 0) m = 0;
   if (m > 0) {
-    c->g->ctr[k == 0 ? T_BYTES_IN : T_BYTES_OUT] += (double)m;
-    c->last = now;
+    taken(c, k, (size_t)m, now);
     d->blocked = 0;
   }
   if (peek) {
     if (m > 0 && recv(src, e->small, (size_t)m, MSG_DONTWAIT | MSG_TRUNC) != m) return -EIO;
     if (m < n) {
       /* dst is full; the rest stays in src. dst's EPOLLOUT resumes this direction (tcp_event). */
-      if (!d->blocked) {
-        d->blocked = 1;
-        c->g->ctr[k == 0 ? T_PAUSES_CLIENT : T_PAUSES_UPSTREAM] += 1;
-      }
+      stalled(c, k);
       return SC_BLOCKED;
     }
   } else if (m < n) {
     /* dst is slow: the rest waits in a pipe, as a spliced burst would (an empty pipe holds at
      * least 64 KiB, so it takes these bytes whole). Its budget was there a moment ago; if
      * another thread took it since, the bytes cannot wait anywhere: the connection resets. */
-    c->g->ctr[k == 0 ? T_BYTES_IN : T_BYTES_OUT] += (double)(n - m);
-    c->last = now;
+    taken(c, k, (size_t)(n - m), now);
     int err = pipe_get(e, d, c->g->pipe_bytes);
     if (err) return err == -EDQUOT ? -ENOBUFS : err;
     ssize_t w = write(d->p.w, e->small + m, (size_t)(n - m));
@@ -201,8 +206,7 @@ copy:
         ssize_t n = splice(src, NULL, d->p.w, NULL, d->p.cap - d->inpipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n > 0) {
           d->inpipe += (size_t)n;
-          c->g->ctr[k == 0 ? T_BYTES_IN : T_BYTES_OUT] += (double)n;
-          c->last = now;
+          taken(c, k, (size_t)n, now);
           progress = 1;
         } else if (n == 0) {
           d->eof = 1;
@@ -223,10 +227,7 @@ copy:
         c->last = now; /* bytes moving out count as activity too */
         progress = 1;
       } else if (m < 0 && errno == EAGAIN) {
-        if (!d->blocked) {
-          d->blocked = 1;
-          c->g->ctr[k == 0 ? T_PAUSES_CLIENT : T_PAUSES_UPSTREAM] += 1;
-        }
+        stalled(c, k);
       } else if (m < 0 && errno == EINTR) {
         progress = 1;
       } else {
@@ -270,7 +271,8 @@ void tcp_relay(engine_t *e, conn_t *c, const int want[2], const int hint[2], int
 /* One epoll event on side s of a connection. EPOLLIN or EPOLLRDHUP on side s feeds direction s.
  * EPOLLOUT (send space freed by ACKs: it comes often) matters only to a blocked direction 1-s
  * (bytes waiting in its pipe, or, without a pipe, in its src): otherwise that direction stopped
- * reading because its src was empty, and that src raises its own event when bytes come. An error or hang-up concerns both. */
+ * reading because its src was empty, and that src raises its own event when bytes come. An
+ * error or hang-up concerns both. */
 void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   if (c->dead) return;
   if (c->dialing) {
