@@ -170,12 +170,9 @@ export class TcpForwarder implements TcpPathContext {
     this.opts = opts;
     this.stats = opts.stats ?? newTcpStats();
     this.limited = new RateLimitedLog(opts.log);
-    const engine = opts.engine === 'native' ? 'native' : 'js';
-    server.once('listening', () => {
-      this.port = (server.address() as AddressInfo).port;
-    });
-    if (engine === 'native') {
+    if (opts.engine === 'native') {
       server.once('listening', () => {
+        this.port = (server.address() as AddressInfo).port;
         try {
           this.#native = new NativeListener(this, serverFd(server));
         } catch (err) {
@@ -191,6 +188,7 @@ export class TcpForwarder implements TcpPathContext {
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
     server.once('listening', () => {
+      this.port = (server.address() as AddressInfo).port;
       server.on('error', (err: NodeJS.ErrnoException) => {
         this.stats.acceptErrors++;
         this.limited.warn(`accept:${err.code}`, { err: err.message }, 'accept failed; still listening');
@@ -213,12 +211,7 @@ export class TcpForwarder implements TcpPathContext {
 
   /** The listening socket's fd (the shared engine hands a copy to the shim); -1 if none. */
   listenerFd(): number {
-    if (this.#native) return this.#native.fd();
-    try {
-      return serverFd(this.#server);
-    } catch {
-      return -1;
-    }
+    return this.#native ? this.#native.fd() : serverFd(this.#server);
   }
 
   end(acceptedAt: number, connected: boolean, aborted: boolean): void {

@@ -72,6 +72,17 @@ export function readToClose(s: Socket): Promise<{ data: Buffer; error: string | 
   });
 }
 
+/** Everything a socket receives until the peer's FIN, as text (the socket stays open). */
+export function readToEnd(s: Socket): Promise<string> {
+  return new Promise((res) => {
+    let got = '';
+    s.on('data', (d) => {
+      got += d;
+    });
+    s.once('end', () => res(got));
+  });
+}
+
 export function sha256(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
 }

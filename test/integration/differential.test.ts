@@ -8,7 +8,7 @@ import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
-import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
+import { freePort, readToEnd, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { BIN, REF_PROXY, haveReference, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { killTracked } from '../helpers/processes.js';
 import { DOCKER_MODES, useDockerMode } from '../helpers/engines.js';
@@ -78,13 +78,7 @@ describe.each(DOCKER_MODES)('$mode', ({ shared }) => {
         const port = await freePort();
         await startProxy(argv('tcp', '127.0.0.1', port, backend.ipv4, GREET), { bin });
         const s = await tcpConnect('127.0.0.1', port);
-        const greeting = await new Promise<string>((res) => {
-          let got = '';
-          s.on('data', (d) => {
-            got += d;
-          });
-          s.once('end', () => res(got));
-        });
+        const greeting = await readToEnd(s);
         const payload = randomBytes(100_000);
         s.end(payload);
         await backend.command('', `greet-done ${payload.length} ${sha256(payload)}`);

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
-import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
+import { freePort, readToEnd, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
 import { BIN, memoryOf, startProxy, type ProxyProc, dockerArgv } from '../helpers/proxy.js';
 import { ownEngineEnv, servingPid } from '../helpers/engines.js';
 import { killTracked } from '../helpers/processes.js';
@@ -85,13 +85,7 @@ describe('tcp forwarding', () => {
   it('tcp forwarder propagates a target FIN and still carries client bytes to the target', async () => {
     const { port } = await proxy('127.0.0.1', backend.ipv4, GREET);
     const s = await tcpConnect('127.0.0.1', port);
-    const greeting = await new Promise<string>((res) => {
-      let got = '';
-      s.on('data', (d) => {
-        got += d;
-      });
-      s.once('end', () => res(got));
-    });
+    const greeting = await readToEnd(s);
     expect(greeting).toBe('hello\n');
     const payload = randomBytes(300_000);
     const closed = new Promise((res) => s.once('close', res));
