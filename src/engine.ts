@@ -164,11 +164,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       if (fd >= 0 && !fdUsed) closeSync(fd);
       const e = toProxyError(err);
       if (mlog.toFile) mlog.error({ code: e.code }, e.message);
-      if (entries.get(conn) === entry) {
-        entries.delete(conn);
-        budget.give(1);
-        idleCheck();
-      }
+      if (entries.get(conn) === entry) drop(conn, 'registration failed');
       reply(`${e.exitCode === 2 ? 2 : 1}${e.message}`);
       ctl.ctlClose(conn);
     }
