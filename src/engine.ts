@@ -225,13 +225,8 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     process.exit(1);
   });
 
-  const source = fdArg ? Number(fdArg.slice('--control-fd='.length)) : engineSocketName();
-  try {
-    ctl.ctlListen(source, onMessage, (conn) => drop(conn, 'shim gone'));
-  } catch (err) {
-    const m = (err as Error).message;
-    die(/Address already in use/.test(m) ? `an engine already serves @${source} in this network namespace` : m, log);
-  }
+  // /metrics is up before the first registration is read: a mapping reported ready to its shim
+  // (and to dockerd) is already on the endpoint. Shims meanwhile wait in the control backlog.
   if (env.metrics) {
     const states = (): MappingState[] => [...entries.values()].flatMap((e) => (e.proxy ? [e.proxy.state] : []));
     try {
@@ -247,6 +242,13 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       // The data path matters more than its metrics: serve on, and say why there are none.
       log.error({ metrics: env.metrics }, `no metrics endpoint: ${toProxyError(err).message}`);
     }
+  }
+  const source = fdArg ? Number(fdArg.slice('--control-fd='.length)) : engineSocketName();
+  try {
+    ctl.ctlListen(source, onMessage, (conn) => drop(conn, 'shim gone'));
+  } catch (err) {
+    const m = (err as Error).message;
+    die(/Address already in use/.test(m) ? `an engine already serves @${source} in this network namespace` : m, log);
   }
   idleCheck();
   log.info({ version: packageVersion(), control: typeof source === 'number' ? `fd ${source}` : `@${source}`, fdLimit: budget.limit }, 'engine ready');
