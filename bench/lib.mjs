@@ -11,13 +11,21 @@ export const OURS = join(ROOT, 'bin/userland-proxy');
 export const REF = process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy');
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export const freePort = (host = '127.0.0.1') =>
-  new Promise((res) => {
-    const s = createServer().listen(0, host, () => {
-      const { port } = s.address();
-      s.close(() => res(port));
+/**
+ * A port that was free a moment ago, from 20000-29999: below the kernel's ephemeral range, where
+ * no outgoing connection takes it before the proxy binds it, and apart from the test suite's ports
+ * (test/helpers/net.ts) and run.mjs's fixed ones (31000 up).
+ */
+export async function freePort(host = '127.0.0.1') {
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 10000);
+    const free = await new Promise((res) => {
+      const s = createServer();
+      s.once('error', () => res(false)).listen(port, host, () => s.close(() => res(true)));
     });
-  });
+    if (free) return port;
+  }
+}
 
 export function median(xs) {
   const s = [...xs].sort((a, b) => a - b);

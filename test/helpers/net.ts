@@ -1,24 +1,77 @@
 /** Small socket helpers for tests: free ports, echo round trips, UDP request/reply. */
 import { createHash, randomBytes } from 'node:crypto';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 
-/** A port that was free a moment ago on host (TCP and UDP both checked). */
-export async function freePort(host = '127.0.0.1'): Promise<number> {
+/**
+ * Ports handed to tests, outside the kernel's ephemeral range (ip_local_port_range): a port picked
+ * with listen(0) comes from that range, and any outgoing connection of a parallel suite (the
+ * 10 000-connection test takes a third of it) may take it as its local port before the proxy
+ * binds it (CI saw `bind: address already in use` that way). Each vitest worker walks a slice of
+ * its own (VITEST_POOL_ID; UPT_PORT_NEST for a vitest started by a test), so two workers never
+ * hand out the same port, and a worker hands a port out again only after its whole slice. Ports
+ * 20000-32767 are the benchmark harness's (bench/lib.mjs, bench/run.mjs), which CI runs too.
+ */
+const PORT_SLICES = 12;
+const portPool: number[] = (() => {
+  const [lo, hi] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+  const all: number[] = [];
+  for (let p = 10_000; p <= 65_535; p++) if ((p < lo || p > hi) && (p < 20_000 || p > 32_767)) all.push(p);
+  const slice = (Number(process.env.UPT_PORT_NEST ?? 0) * 4 + Number(process.env.VITEST_POOL_ID ?? 0)) % PORT_SLICES;
+  const size = Math.floor(all.length / PORT_SLICES);
+  return all.slice(slice * size, (slice + 1) * size);
+})();
+let nextPort = Math.floor(Math.random() * portPool.length);
+
+function tcpFree(port: number, host: string): Promise<boolean> {
+  return new Promise((res) => {
+    const s = createServer();
+    s.once('error', () => res(false)).listen({ port, host }, () => s.close(() => res(true)));
+  });
+}
+
+function udpFree(port: number, host: string): Promise<boolean> {
+  return new Promise((res) => {
+    const u = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+    u.once('error', () => res(false));
+    u.bind(port, host, () => u.close(() => res(true)));
+  });
+}
+
+/**
+ * The first of n consecutive ports that were free a moment ago on host (TCP and UDP both checked),
+ * outside the ephemeral range when it leaves room; the pool walk skips them all.
+ */
+export async function freePort(host = '127.0.0.1', n = 1): Promise<number> {
+  if (portPool.length < 200) return ephemeralFreePort(host, n);
+  for (let tries = 0; tries < portPool.length; tries++) {
+    const i = nextPort++ % portPool.length;
+    const first = portPool[i];
+    if (portPool[i + n - 1] !== first + n - 1) continue; // the run would cross a gap or the end
+    let ok = true;
+    for (let p = first; ok && p < first + n; p++) ok = (await tcpFree(p, host)) && (await udpFree(p, host));
+    if (ok) {
+      nextPort += n - 1;
+      return first;
+    }
+  }
+  throw new Error(`no ${n} free consecutive ports in this worker's slice`);
+}
+
+/** The fallback when ip_local_port_range covers nearly everything: listen(0), then check the rest. */
+async function ephemeralFreePort(host: string, n: number): Promise<number> {
   for (;;) {
-    const port = await new Promise<number>((res, rej) => {
+    const first = await new Promise<number>((res, rej) => {
       const s = createServer();
       s.once('error', rej).listen({ port: 0, host }, () => {
         const { port } = s.address() as { port: number };
         s.close(() => res(port));
       });
     });
-    const udpFree = await new Promise<boolean>((res) => {
-      const u = createSocket(host.includes(':') ? 'udp6' : 'udp4');
-      u.once('error', () => res(false));
-      u.bind(port, host, () => u.close(() => res(true)));
-    });
-    if (udpFree) return port;
+    let ok = first + n - 1 <= 65_535;
+    for (let p = first; ok && p < first + n; p++) ok = (p === first || (await tcpFree(p, host))) && (await udpFree(p, host));
+    if (ok) return first;
   }
 }
 

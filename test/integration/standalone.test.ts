@@ -26,30 +26,13 @@ afterEach(async () => {
   await killTracked();
 });
 
-/** Three consecutive free ports on host. */
-async function freeRange(host: string, n = 3): Promise<number> {
-  for (;;) {
-    const p = await freePort(host);
-    if (p + n > 65535) continue;
-    let ok = true;
-    for (let i = 1; i < n && ok; i++) {
-      ok = await new Promise<boolean>((res) => {
-        const s = createServer()
-          .once('error', () => res(false))
-          .listen({ port: p + i, host }, () => s.close(() => res(true)));
-      });
-    }
-    if (ok) return p;
-  }
-}
-
 async function tag(host: string, port: number): Promise<string> {
   return (await tcpRoundTrip(host, port, Buffer.alloc(0))).toString();
 }
 
 describe('userland-proxy run', () => {
   it('run forwards TCP and UDP port ranges port by port, over IPv4 and IPv6', async () => {
-    const [t4, t6, u4] = [await freeRange('127.0.0.1'), await freeRange('::1'), await freeRange('127.0.0.1')];
+    const [t4, t6, u4] = [await freePort('127.0.0.1', 3), await freePort('::1', 3), await freePort('127.0.0.1', 3)];
     const s = await startStandalone([
       'run',
       '-p',

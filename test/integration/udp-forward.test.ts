@@ -56,28 +56,6 @@ function client(family: 4 | 6, from?: string): UdpSocket {
   clients.push(c);
   return c;
 }
-/** Four consecutive ports free for UDP on 127.0.0.1. */
-async function freeRange(n: number): Promise<number> {
-  for (;;) {
-    const base = await freePort();
-    if (base + n > 65535) continue;
-    const probes = await Promise.all(
-      Array.from(
-        { length: n },
-        (_, i) =>
-          new Promise<boolean>((res) => {
-            const s = udpClient(4);
-            s.once('error', () => res(false));
-            s.bind(base + i, '127.0.0.1', () => {
-              s.close();
-              res(true);
-            });
-          }),
-      ),
-    );
-    if (probes.every(Boolean)) return base;
-  }
-}
 const answered = (c: UdpSocket, port: number, msg: string) =>
   udpRequest(c, '127.0.0.1', port, msg, 400).then(
     () => true,
@@ -184,7 +162,7 @@ describe('udp forwarding', () => {
   });
 
   it('the flow cap holds for a whole port range, not per port (audit M3)', async () => {
-    const base = await freeRange(4);
+    const base = await freePort('127.0.0.1', 4);
     const mp = await freePort();
     const s = await startStandalone([
       'run',
