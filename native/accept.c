@@ -214,7 +214,7 @@ static void accept_one(engine_t *e, group_t *g, int fd, const struct sockaddr_st
   }
   if (!acl_allowed(g, ss)) {
     g->ctr[T_REJECTED_BLOCKED] += 1;
-    group_event(e, g, EV_BLOCKED, 0);
+    group_blocked(e, g, ss);
     reset_on_close(fd);
     close(fd);
     return;

@@ -5,7 +5,7 @@
  * Contract with JavaScript (src/native-engine.ts is the only caller; the tables it shares with
  * us are the `contract` export, compared at load):
  * - init(onEvents)                     once per environment; onEvents(batch) receives a
- *                                      Float64Array [groupId, event, detail, ...] (engine.h EVENTS).
+ *                                      Float64Array of eventSlots doubles per event (engine.h EVENTS).
  * - tcpGroup(...COMMON, connectMs, idleMs, lingerMs, pipeBytes, maxConns, proxy, connFds)
  *                                      -> group; dups the listening socket and serves it: accept,
  *                                      caps, access lists, dial, PROXY header, splice relay.
@@ -19,8 +19,8 @@
  *                                      UDP: opens no new flows. Open connections and flows go on.
  * - groupClose(group)                  closes everything of the group (a reset where bytes are
  *                                      pending, else FIN; no drain); returns once done.
- * - contract                           { events, tcpCounters, connectBuckets, lifetimeBuckets,
- *                                      udpCounters, aclRecordBytes, udpFlowBuffer } (engine.h)
+ * - contract                           { events, eventSlots, tcpCounters, connectBuckets,
+ *                                      lifetimeBuckets, udpCounters, aclRecordBytes, udpFlowBuffer }
  * Errors are thrown with the code UPROXY_ERR_NATIVE (src/errors.ts).
  * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
  * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
@@ -531,8 +531,8 @@ static napi_value numbers_array(napi_env env, const double *xs, size_t n) {
   return arr;
 }
 
-/* The contract export: { events: [names in value order], tcpCounters: [...], connectBuckets,
- * lifetimeBuckets, udpCounters: [...], aclRecordBytes, udpFlowBuffer }. */
+/* The contract export: { events: [names in value order], eventSlots, tcpCounters: [...],
+ * connectBuckets, lifetimeBuckets, udpCounters: [...], aclRecordBytes, udpFlowBuffer }. */
 static napi_value make_contract(napi_env env) {
 #define ENUM_NAME(id, name) name,
   static const char *const events[] = { EVENTS(ENUM_NAME) };
@@ -541,6 +541,7 @@ static napi_value make_contract(napi_env env) {
   napi_value c;
   napi_create_object(env, &c);
   napi_set_named_property(env, c, "events", names_array(env, events, EV_COUNT));
+  set_int(env, c, "eventSlots", EVENT_SLOTS);
   napi_set_named_property(env, c, "tcpCounters", names_array(env, tcp, T_COUNT));
   napi_set_named_property(env, c, "connectBuckets", numbers_array(env, connect_bounds, N_CONNECT_BOUNDS));
   napi_set_named_property(env, c, "lifetimeBuckets", numbers_array(env, lifetime_bounds, N_LIFETIME_BOUNDS));

@@ -55,8 +55,10 @@
  * native-engine.ts compares with its own tables when it loads the addon (a mismatch refuses the
  * addon instead of silently swapping counters). */
 // clang-format off
-/* What a TCP listener reports to JavaScript, which logs it (rate-limited): once per event kind
- * and group per epoll batch, as [groupId, event, detail], detail an errno or the count. */
+/* What a listener reports to JavaScript, which logs it (rate-limited): once per event kind and
+ * group per epoll batch, as EVENT_SLOTS doubles [groupId, event, detail, client bytes 0-7, 8-15]:
+ * detail an errno (accept, connect) or, for blocked, the family (4, 6) of the last client refused,
+ * whose address bytes (addr_plain) fill the last two slots. */
 #define EVENTS(X) \
   X(EV_LIMIT, "limit") \
   X(EV_BLOCKED, "blocked") \
@@ -65,7 +67,9 @@
   X(EV_CONNECT, "connectError") \
   X(EV_CONNECT_TIMEOUT, "connectTimeout") \
   X(EV_IDLE, "idle") \
-  X(EV_LINGER, "linger")
+  X(EV_LINGER, "linger") \
+  X(EV_FLOW_LIMIT, "flowLimit") \
+  X(EV_FLOW_ERROR, "flowError")
 /* TCP counters: indices into the group's Float64Array, named as the TcpStats keys they feed
  * (dotted: a key of a nested object). The two histograms follow them (HISTOGRAMS). */
 #define TCP_COUNTERS(X) \
@@ -102,6 +106,7 @@
 // clang-format on
 #define ENUM_ITEM(id, name) id,
 enum { EVENTS(ENUM_ITEM) EV_COUNT };
+#define EVENT_SLOTS 5
 enum { TCP_COUNTERS(ENUM_ITEM) T_COUNT };
 /* The histograms' upper bounds, seconds (histogram.ts CONNECT_BUCKETS, LIFETIME_BUCKETS). Each
  * takes counts (bounds + 1, the last for +Inf), then sum and count, after the TCP counters. */
@@ -201,6 +206,7 @@ struct group {
   int conn_fds, proxy; /* fds a connection takes from the budget; PROXY header 0 off, 1 v1, 2 v2 */
   int64_t accept_resume; /* > 0: accepting paused (EMFILE...) until this monotonic ms */
   int ev_n[EV_COUNT], ev_detail[EV_COUNT], ev_queued;
+  uint8_t ev_client[16]; /* the last client the access lists refused (EV_BLOCKED) */
   group_t *ev_next;
   /* both: the listener (TCP listening socket or UDP socket) */
   watch_t lw;
@@ -291,6 +297,7 @@ void dial_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now);
 void dial_unlink(conn_t *c);
 int64_t tcp_timers(engine_t *e, group_t *g, int64_t now);
 void group_event(engine_t *e, group_t *g, int ev, int detail);
+void group_blocked(engine_t *e, group_t *g, const struct sockaddr_storage *ss);
 void observe(double *h, const double *bounds, int n, double v);
 extern const double connect_bounds[N_CONNECT_BOUNDS], lifetime_bounds[N_LIFETIME_BOUNDS];
 

@@ -73,7 +73,7 @@ static void run_commands(engine_t *e) {
 }
 
 /* Frees the connections closed in this batch, then reports the batch's events to JavaScript in
- * one call: [groupId, event, detail] per event kind and group. */
+ * one call: EVENT_SLOTS doubles per event kind and group (engine.h, EVENTS). */
 static void flush(engine_t *e) {
   while (e->dead) {
     conn_t *c = e->dead;
@@ -83,15 +83,18 @@ static void flush(engine_t *e) {
   size_t n = 0;
   for (group_t *g = e->evq; g; g = g->ev_next)
     for (int k = 0; k < EV_COUNT; k++) n += g->ev_n[k] > 0;
-  double *batch = n ? malloc(sizeof(double) * (3 * n + 1)) : NULL;
+  double *batch = n ? calloc(EVENT_SLOTS * n + 1, sizeof(double)) : NULL;
   size_t i = 1;
   for (group_t *g = e->evq, *next; g; g = next) {
     next = g->ev_next;
     for (int k = 0; k < EV_COUNT; k++) {
       if (g->ev_n[k] > 0 && batch) {
-        batch[i++] = g->id;
-        batch[i++] = k;
-        batch[i++] = k == EV_ACCEPT || k == EV_CONNECT || k == EV_CONNECT_TIMEOUT ? g->ev_detail[k] : g->ev_n[k];
+        batch[i] = g->id;
+        batch[i + 1] = k;
+        batch[i + 2] = g->ev_detail[k];
+        /* Raw bytes in two doubles: JavaScript reads them through a Uint8Array, never as numbers. */
+        if (k == EV_BLOCKED) memcpy(batch + i + 3, g->ev_client, 16);
+        i += EVENT_SLOTS;
       }
       g->ev_n[k] = 0;
     }
@@ -99,7 +102,7 @@ static void flush(engine_t *e) {
   }
   e->evq = NULL;
   if (!batch) return; /* nothing to say (or no memory: only log lines are lost, never counts) */
-  batch[0] = (double)(3 * n);
+  batch[0] = (double)(EVENT_SLOTS * n);
   if (napi_call_threadsafe_function(e->tsfn, batch, napi_tsfn_nonblocking) != napi_ok) free(batch);
 }
 

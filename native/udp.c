@@ -153,9 +153,11 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   src_count_t *src = g->quota ? src_slot(g->quota, ss, 1) : NULL;
   if (!src) return NULL;
   src->n++;
-  /* One fd out of the process budget, shared with every other mapping and engine. */
+  /* One fd out of the process budget, shared with every other mapping and engine. errno 0 tells
+   * the caller it was the budget: a limit, as the JS engine counts it, not an error. */
   if (!budget_take(g, 1)) {
     src_release(g->quota, ss);
+    errno = 0;
     return NULL;
   }
   flow_t *f = NULL;
@@ -187,10 +189,13 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   g->ctr[U_FLOWS_ACTIVE] += 1;
   return f;
 undo: /* the flow never opened: its fd, its budget and its per-source count go back */
+  errno = errno ? errno : EIO; /* what failed, for the caller; the clean-up keeps it */
+  int err = errno;
   free(f);
   if (fd >= 0) close(fd);
   budget_give(g, 1);
   src_release(g->quota, ss);
+  errno = err;
   return NULL;
 }
 
@@ -246,7 +251,7 @@ static int gso_refused(int err) { return err == EIO || err == EINVAL || err == E
 /* Sends messages [0, n) on fd; segs[i] datagrams each (NULL: one). What the socket cannot take
  * now is dropped and counted (UDP semantics). Returns -1 with *failed set when the kernel
  * refuses a GSO message, so that the caller can resend plainly; otherwise 0. */
-static int send_batch(group_t *g, int fd, struct mmsghdr *m, int n, const int *segs, int *failed) {
+static int send_batch(engine_t *e, group_t *g, int fd, struct mmsghdr *m, int n, const int *segs, int *failed) {
   int i = 0, retried = 0;
   while (i < n) {
     int r = sendmmsg(fd, m + i, (unsigned)(n - i), MSG_DONTWAIT);
@@ -267,8 +272,10 @@ static int send_batch(group_t *g, int fd, struct mmsghdr *m, int n, const int *s
     } else {
       if (errno == ECONNREFUSED)
         g->ctr[U_REFUSED] += 1;
-      else
+      else {
         g->ctr[U_DROP_SEND] += segs ? segs[i] : 1;
+        group_event(e, g, EV_FLOW_ERROR, errno);
+      }
       i++;
       retried = 0;
     }
@@ -283,7 +290,7 @@ static int send_batch(group_t *g, int fd, struct mmsghdr *m, int n, const int *s
 static void send_datagrams(engine_t *e, group_t *g, int fd, struct mmsghdr *m, int n) {
   udp_io_t *io = e->io;
   if (g->no_gso || n < 2) {
-    send_batch(g, fd, m, n, NULL, NULL);
+    send_batch(e, g, fd, m, n, NULL, NULL);
     return;
   }
   int k = 0;
@@ -322,11 +329,11 @@ static void send_datagrams(engine_t *e, group_t *g, int fd, struct mmsghdr *m, i
     i = j;
   }
   int failed = 0;
-  if (send_batch(g, fd, io->gm, k, io->segs, &failed) < 0) {
+  if (send_batch(e, g, fd, io->gm, k, io->segs, &failed) < 0) {
     int done = 0;
     for (int x = 0; x < failed; x++) done += io->segs[x];
     g->no_gso = 1;
-    send_batch(g, fd, m + done, n - done, NULL, NULL);
+    send_batch(e, g, fd, m + done, n - done, NULL, NULL);
   }
 }
 
@@ -367,6 +374,7 @@ static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
       }
       if (!acl_allowed(g, from)) {
         g->ctr[U_DROP_BLOCKED] += 1;
+        group_blocked(e, g, from);
         flows[i] = NULL;
         continue;
       }
@@ -374,18 +382,22 @@ static int udp_listener_batch(engine_t *e, group_t *g, int64_t now) {
        * address may hold only its share of it (L7). */
       if (g->ctr[U_FLOWS_ACTIVE] >= g->max_flows) {
         g->ctr[U_DROP_LIMIT] += 1;
+        group_event(e, g, EV_FLOW_LIMIT, 0);
         flows[i] = NULL;
         continue;
       }
       src_count_t *sc = src_slot(g->quota, from, 0);
       if (sc && sc->n >= g->per_source) {
         g->ctr[U_DROP_LIMIT] += 1;
+        group_event(e, g, EV_FLOW_LIMIT, 0);
         flows[i] = NULL;
         continue;
       }
       f = flow_open(e, g, from, io->m[i].msg_hdr.msg_namelen, now);
       if (!f) {
-        g->ctr[U_DROP_SEND] += 1;
+        int err = errno;
+        g->ctr[err ? U_DROP_SEND : U_DROP_LIMIT] += 1;
+        group_event(e, g, err ? EV_FLOW_ERROR : EV_FLOW_LIMIT, err);
         flows[i] = NULL;
         continue;
       }

@@ -30,7 +30,16 @@ export function parseIp(text: string): IpAddress | null {
  */
 export function canonicalIpv6(text: string): string {
   const zone = text.includes('%') ? text.slice(text.indexOf('%')) : '';
-  const b = ipv6ToBytes(text);
+  return ipv6Text(ipv6ToBytes(text)) + zone;
+}
+
+/** The text of an address from its bytes: dotted for family 4 (the first 4 bytes), else RFC 5952. */
+export function ipFromBytes(b: Buffer, family: 4 | 6): string {
+  return family === 4 ? [...b.subarray(0, 4)].join('.') : ipv6Text(b);
+}
+
+/** The RFC 5952 text of 16 IPv6 address bytes. */
+function ipv6Text(b: Buffer): string {
   const groups = Array.from({ length: 8 }, (_, i) => b.readUInt16BE(i * 2));
   let best = -1;
   let bestLen = 1;
@@ -48,8 +57,8 @@ export function canonicalIpv6(text: string): string {
     i = j;
   }
   const hex = groups.map((g) => g.toString(16));
-  if (best < 0) return hex.join(':') + zone;
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}${zone}`;
+  if (best < 0) return hex.join(':');
+  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
 }
 
 /** The IPv4 address inside an IPv4-mapped IPv6 literal (`::ffff:a.b.c.d`, `::ffff:7f00:1`), else null. */

@@ -12,9 +12,10 @@
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { constants } from 'node:os';
 import type { FdBudget } from './fd-limit.js';
 import { UDP_FLOW_BUFFER } from './constants.js';
-import { ipToBytes, type IpAddress } from './address.js';
+import { ipFromBytes, ipToBytes, type IpAddress } from './address.js';
 import { ruleOf, type AccessSpec } from './access-list.js';
 import { ProxyError } from './errors.js';
 import { CONNECT_BUCKETS, LIFETIME_BUCKETS, type PlainHistogram } from './histogram.js';
@@ -34,14 +35,41 @@ export function parseEngine(v: unknown): EngineChoice {
   throw new Error(`use one of ${ENGINE_CHOICES.join(', ')}`);
 }
 
-/** What a native TCP listener reports for JavaScript to log, in the addon's order (engine.h EVENTS). */
-export const NATIVE_EVENTS = ['limit', 'blocked', 'fdBudget', 'acceptError', 'connectError', 'connectTimeout', 'idle', 'linger'] as const;
+/** What a native listener reports for JavaScript to log, in the addon's order (engine.h EVENTS). */
+export const NATIVE_EVENTS = [
+  'limit',
+  'blocked',
+  'fdBudget',
+  'acceptError',
+  'connectError',
+  'connectTimeout',
+  'idle',
+  'linger',
+  'flowLimit',
+  'flowError',
+] as const;
 /** One of NATIVE_EVENTS. */
 export type NativeEvent = (typeof NATIVE_EVENTS)[number];
+/**
+ * Doubles per event in a batch: [groupId, event, detail, 16 address bytes]. detail is an errno
+ * (acceptError, connectError, flowError) or, for blocked, the family of the last client refused.
+ */
+const EVENT_SLOTS = 5;
+/** errno value -> its name (ECONNREFUSED), for log keys like the JavaScript engine's. */
+const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, value]) => [value, name]));
+
+/** The name of an errno value an event carries (`errno 1234` if unknown). */
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+}
+
+/** A group's event handler: client is the refused client's address (blocked only). */
+export type NativeEventHandler = (event: NativeEvent, detail: number, client: string | undefined) => void;
 
 /** What the addon says of its side of the contract (native/binding.c, make_contract). */
 export interface NativeContract {
   events: string[];
+  eventSlots: number;
   tcpCounters: string[];
   connectBuckets: number[];
   lifetimeBuckets: number[];
@@ -80,7 +108,7 @@ interface Addon {
 
 let addon: Addon | null | undefined;
 let loadError = '';
-const onEvent = new Map<number, (event: NativeEvent, detail: number) => void>();
+const onEvent = new Map<number, NativeEventHandler>();
 let nextGroupId = 1;
 let warned = false;
 
@@ -96,6 +124,7 @@ export function contractMismatch(c: Partial<NativeContract> | undefined): string
   const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
   const mine: NativeContract = {
     events: [...NATIVE_EVENTS],
+    eventSlots: EVENT_SLOTS,
     tcpCounters: [...TCP_NATIVE_KEYS],
     connectBuckets: CONNECT_BUCKETS,
     lifetimeBuckets: LIFETIME_BUCKETS,
@@ -145,8 +174,12 @@ function engine(): Addon {
   if (a === null) throw new Error(`native engine unavailable: ${loadError}`);
   if (!started) {
     a.init((batch) => {
-      for (let i = 0; i < batch.length; i += 3) {
-        onEvent.get(batch[i] as number)?.(NATIVE_EVENTS[batch[i + 1] as number] as NativeEvent, batch[i + 2] as number);
+      for (let i = 0; i < batch.length; i += EVENT_SLOTS) {
+        const event = NATIVE_EVENTS[batch[i + 1] as number] as NativeEvent;
+        const detail = batch[i + 2] as number;
+        // The address is raw bytes in two slots: read as bytes, never as numbers.
+        const client = event === 'blocked' ? ipFromBytes(Buffer.from(batch.buffer, batch.byteOffset + (i + 3) * 8, 16), detail === 4 ? 4 : 6) : undefined;
+        onEvent.get(batch[i] as number)?.(event, detail, client);
       }
     });
     // exit() must not run while the native thread still calls into the runtime.
@@ -327,7 +360,7 @@ export interface NativeTcpOptions {
  * and relay. Its counters and histograms feed `stats`; `events` gets what is to be logged. The
  * caller closes its own fd of the socket at once (the native thread holds a copy).
  */
-export function nativeTcp(stats: TcpStats, l: NativeListen, o: NativeTcpOptions, events: (event: NativeEvent, detail: number) => void): NativeGroup {
+export function nativeTcp(stats: TcpStats, l: NativeListen, o: NativeTcpOptions, events: NativeEventHandler): NativeGroup {
   const a = engine();
   const id = nextGroupId++;
   const counters = sharedCounters(stats, TCP_NATIVE_KEYS, [stats.connectDuration, stats.connectionDuration]);
@@ -375,10 +408,22 @@ export function scopeIdOf(address: string): number {
   }
 }
 
-/** Serves a bound UDP listener natively (flows, expiry, limits, ACL); its counters feed `stats`. */
-export function nativeUdp(stats: object, l: NativeListen, idleMs: number, maxFlows: number, wildcard: boolean, perSource: number): NativeGroup {
+/**
+ * Serves a bound UDP listener natively (flows, expiry, limits, ACL); its counters feed `stats`,
+ * `events` gets what is to be logged (blocked, flowLimit, flowError).
+ */
+export function nativeUdp(
+  stats: object,
+  l: NativeListen,
+  idleMs: number,
+  maxFlows: number,
+  wildcard: boolean,
+  perSource: number,
+  events: NativeEventHandler,
+): NativeGroup {
   const a = engine();
   const id = nextGroupId++;
   const group = a.udpGroup(...commonArgs(id, sharedCounters(stats, UDP_NATIVE_KEYS), l), idleMs, maxFlows, wildcard, perSource);
+  onEvent.set(id, events);
   return groupHandle(a, id, group);
 }

@@ -5,15 +5,11 @@
  * JavaScript runs per connection; what is to be logged arrives as events, a batch per epoll round,
  * and is logged here with the JavaScript path's keys and messages (rate-limited).
  */
-import { constants } from 'node:os';
 import { joinHostPort } from './address.js';
 import { NATIVE_PIPE_MAX, NATIVE_PIPE_MIN, RELAY_HIGH_WATER_MARK } from './constants.js';
 import { TCP_CONNECTION_FDS } from './fd-limit.js';
-import { nativeTcp, type NativeEvent, type NativeGroup } from './native-engine.js';
+import { errnoName, nativeTcp, type NativeEvent, type NativeGroup } from './native-engine.js';
 import type { TcpPathContext } from './tcp-forwarder.js';
-
-/** errno value -> its name (ECONNREFUSED), for log keys like the JavaScript path's. */
-const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, value]) => [value, name]));
 
 /** A listening socket served by the native thread. */
 export class NativeListener {
@@ -36,7 +32,7 @@ export class NativeListener {
         proxyProtocol: o.proxyProtocol ?? 'off',
         connectionFds: TCP_CONNECTION_FDS,
       },
-      (event, detail) => this.#log(event, detail),
+      (event, detail, client) => this.#log(event, detail, client),
     );
   }
 
@@ -55,22 +51,23 @@ export class NativeListener {
     this.#group.close();
   }
 
-  #log(event: NativeEvent, detail: number): void {
+  #log(event: NativeEvent, detail: number, client: string | undefined): void {
     const { limited, opts } = this.#ctx;
     if (event === 'idle' || event === 'linger') {
       this.#ctx.logTimeout(event);
       return;
     }
     const target = joinHostPort(opts.target.address, opts.targetPort);
-    const code = ERRNO_NAMES.get(detail) ?? `errno ${detail}`;
-    const lines: Record<typeof event, [string, object, string]> = {
+    const code = errnoName(detail);
+    const lines: Partial<Record<NativeEvent, [string, object, string]>> = {
       limit: ['limit', { maxConnections: opts.maxConnections }, 'connection limit reached; refusing new connections'],
-      blocked: ['blocked', { refused: detail }, 'connection refused by the access lists'],
+      blocked: ['blocked', { client }, 'connection refused by the access lists'],
       fdBudget: ['fd-budget', { fdBudget: opts.budget?.limit }, 'file descriptor budget of the process spent; refusing new connections'],
       acceptError: [`accept:${code}`, { err: `accept ${code}` }, 'accept failed; still listening'],
       connectError: [`connect:${code}`, { target, err: `connect ${code} ${target}` }, 'cannot connect to target; closing client'],
       connectTimeout: ['connect:timeout', { target, connectTimeoutMs: opts.connectTimeoutMs }, 'connect to target timed out; closing client'],
     };
-    limited.warn(...lines[event]);
+    const line = lines[event];
+    if (line) limited.warn(...line);
   }
 }

@@ -34,7 +34,7 @@ import {
 import { isAllowed, type AccessRules } from './access-list.js';
 import { RateLimitedLog, type Log } from './logger.js';
 import { parseIp, isUnspecified } from './address.js';
-import { nativeUdp, type EngineName, type NativeGroup } from './native-engine.js';
+import { errnoName, nativeUdp, type EngineName, type NativeEvent, type NativeGroup } from './native-engine.js';
 import type { FdBudget } from './fd-limit.js';
 import { udpHandle } from './node-internals.js';
 
@@ -180,18 +180,26 @@ export class UdpForwarder {
       maxFlows,
       local !== null && isUnspecified(local),
       this.#perSource,
+      (event, detail, client) => this.#nativeEvent(event, detail, client),
     );
-    // The native thread counts; warnings come from here, once per burst as in the JS engine.
-    const seen = { droppedBlocked: 0, droppedFlowLimit: 0, droppedSendError: 0 };
-    this.#timer = setInterval(() => {
-      const s = this.stats;
-      if (s.droppedBlocked > seen.droppedBlocked) this.#limited.warn('blocked', {}, 'datagrams refused by the access lists');
-      if (s.droppedFlowLimit > seen.droppedFlowLimit)
-        this.#limited.warn('flow-limit', { maxFlows, perSource: this.#perSource }, 'UDP flow limit reached; dropping datagrams from new clients');
-      if (s.droppedSendError > seen.droppedSendError) this.#limited.warn('flow:error', {}, 'cannot open UDP flow to target, or send failed');
-      for (const k of Object.keys(seen) as (keyof typeof seen)[]) seen[k] = s[k];
-    }, UDP_SWEEP_MAX_MS);
-    this.#timer.unref();
+  }
+
+  #limitWarning(): void {
+    this.#limited.warn(
+      'flow-limit',
+      { maxFlows: this.#opts.maxFlows, perSource: this.#perSource },
+      'UDP flow limit reached; dropping datagrams from new clients',
+    );
+  }
+
+  /** Logs what the native thread reports (a batch per epoll round) as the JavaScript engine does. */
+  #nativeEvent(event: NativeEvent, detail: number, client: string | undefined): void {
+    if (event === 'blocked') this.#limited.warn('blocked', { client }, 'datagrams refused by the access lists');
+    else if (event === 'flowLimit') this.#limitWarning();
+    else if (event === 'flowError') {
+      const code = errnoName(detail);
+      this.#limited.warn(`flow:${code}`, { err: code }, 'cannot open UDP flow to target, or send failed');
+    }
   }
 
   /** Stops opening new flows; established flows carry on until idle (graceful drain). */
@@ -229,11 +237,7 @@ export class UdpForwarder {
       const own = this.#sources.get(rinfo.address) ?? 0;
       if (stats.flowsActive >= this.#opts.maxFlows || own >= this.#perSource || !(this.#opts.budget?.take(1) ?? true)) {
         stats.droppedFlowLimit++;
-        this.#limited.warn(
-          'flow-limit',
-          { maxFlows: this.#opts.maxFlows, perSource: this.#perSource },
-          'UDP flow limit reached; dropping datagrams from new clients',
-        );
+        this.#limitWarning();
         return;
       }
       this.#sources.set(rinfo.address, own + 1);

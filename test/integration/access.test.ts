@@ -8,7 +8,7 @@ import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileAccess } from '../../src/access-list.js';
 import { bindUdp, listenTcp } from '../../src/listen.js';
-import { silentLog } from '../../src/logger.js';
+import { type Log, silentLog } from '../../src/logger.js';
 import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
 import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
 import { freePort, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
@@ -40,6 +40,17 @@ afterAll(async () => {
 
 const echoPort = (): number => (echo.address() as { port: number }).port;
 
+/** A log that keeps its warnings, to read what an engine said of a refused client. */
+function warnings(): { log: Log; seen: { obj: object; msg: string }[] } {
+  const seen: { obj: object; msg: string }[] = [];
+  return { log: { ...silentLog, warn: (obj, msg) => seen.push({ obj, msg }) }, seen };
+}
+
+/** Waits (at most 2 s) for a warning: the native engine reports once per epoll round. */
+async function warned(seen: { msg: string }[], msg: string): Promise<void> {
+  for (let i = 0; i < 100 && !seen.some((w) => w.msg === msg); i++) await sleep(20);
+}
+
 describe('access lists', () => {
   it('a denied TCP client is reset before any dial, counted; an allowed one is served', async () => {
     for (const [spec, allowed] of [
@@ -48,10 +59,11 @@ describe('access lists', () => {
       [{ allow: ['10.0.0.0/8'], deny: [] }, false],
     ] as const) {
       const server = createTcpServer();
+      const { log, seen } = warnings();
       const f = new TcpForwarder(server, {
         target: { address: '127.0.0.1', family: 4 },
         targetPort: echoPort(),
-        log: silentLog,
+        log,
         engine: testEngine(),
         access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }),
       });
@@ -76,16 +88,19 @@ describe('access lists', () => {
         expect(error).toBe('ECONNRESET');
         expect(f.stats.rejectedBlocked).toBe(1);
         expect(dialled).toBe(before); // never dialled
+        await warned(seen, 'connection refused by the access lists');
+        expect(seen).toContainEqual({ obj: { client: '127.0.0.1' }, msg: 'connection refused by the access lists' });
       }
     }
   });
 
   it('a denied UDP client opens no flow and its datagrams are counted as dropped', async () => {
     const listener = createUdpSocket(4);
+    const { log, seen } = warnings();
     const f = new UdpForwarder(listener, {
       target: { address: '127.0.0.1', family: 4 },
       targetPort: udpEcho.address().port,
-      log: silentLog,
+      log,
       idleTimeoutMs: 90_000,
       maxFlows: 10,
       engine: testEngine(),
@@ -98,6 +113,36 @@ describe('access lists', () => {
     c.close();
     expect(f.stats.droppedBlocked).toBe(1);
     expect(f.stats.flowsCreated).toBe(0);
+    await warned(seen, 'datagrams refused by the access lists');
+    expect(seen).toContainEqual({ obj: { client: '127.0.0.1' }, msg: 'datagrams refused by the access lists' });
+  });
+
+  it('a refused client is named in the log over IPv6 too, on both protocols', async () => {
+    const { log, seen } = warnings();
+    const access = compileAccess({ allow: ['10.0.0.0/8'], deny: [] });
+    const server = createTcpServer();
+    const tcp = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort(), log, engine: testEngine(), access });
+    closers.push(() => tcp.close());
+    await listenTcp(server, { host: { address: '::1', family: 6 }, port: 0, listenFd: null });
+    await tcpConnect('::1', tcp.port).then(readToClose, () => null);
+    const listener = createUdpSocket(6);
+    const udp = new UdpForwarder(listener, {
+      target: { address: '127.0.0.1', family: 4 },
+      targetPort: udpEcho.address().port,
+      log,
+      idleTimeoutMs: 90_000,
+      maxFlows: 10,
+      engine: testEngine(),
+      access,
+    });
+    closers.push(() => udp.close());
+    await bindUdp(listener, { host: { address: '::1', family: 6 }, port: 0, listenFd: null });
+    const c = udpClient(6);
+    await expect(udpRequest(c, '::1', listener.address().port, 'x', 300)).rejects.toThrow('no UDP reply');
+    c.close();
+    await warned(seen, 'connection refused by the access lists');
+    expect(seen).toContainEqual({ obj: { client: '::1' }, msg: 'connection refused by the access lists' });
+    expect(seen).toContainEqual({ obj: { client: '::1' }, msg: 'datagrams refused by the access lists' });
   });
 
   it('docker mode takes USERLAND_PROXY_DENY / _ALLOW and rejects bad lists at start', async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isUnspecified, joinHostPort, parseIp } from '../../src/address.js';
+import { ipFromBytes, ipv6ToBytes, isUnspecified, joinHostPort, parseIp } from '../../src/address.js';
 
 describe('parseIp()', () => {
   it('parseIp() classifies IPv4 and IPv6 literals', () => {
@@ -33,5 +33,17 @@ describe('joinHostPort() and isUnspecified()', () => {
     expect(isUnspecified({ address: '::', family: 6 })).toBe(true);
     expect(isUnspecified({ address: '0:0::0', family: 6 })).toBe(true);
     expect(isUnspecified({ address: '::1', family: 6 })).toBe(false);
+  });
+});
+
+describe('ipFromBytes()', () => {
+  it('ipFromBytes() prints the native engine’s address bytes as the text parseIp() gives', () => {
+    const b = Buffer.alloc(16);
+    b.set([10, 1, 2, 3]);
+    expect(ipFromBytes(b, 4)).toBe('10.1.2.3');
+    expect(ipFromBytes(ipv6ToBytes('fd00:0:0::2'), 6)).toBe('fd00::2');
+    expect(ipFromBytes(ipv6ToBytes('2001:db8:0:0:1:0:0:1'), 6)).toBe('2001:db8::1:0:0:1');
+    expect(ipFromBytes(Buffer.alloc(16), 6)).toBe('::');
+    expect(ipFromBytes(ipv6ToBytes('::1'), 6)).toBe('::1');
   });
 });

@@ -15,7 +15,8 @@ describe('contractMismatch()', () => {
 
   it('a reordered counter or event, other buckets, a record size or a missing contract is refused, named', () => {
     const good: NativeContract = {
-      events: ['limit', 'blocked', 'fdBudget', 'acceptError', 'connectError', 'connectTimeout', 'idle', 'linger'],
+      events: ['limit', 'blocked', 'fdBudget', 'acceptError', 'connectError', 'connectTimeout', 'idle', 'linger', 'flowLimit', 'flowError'],
+      eventSlots: 5,
       tcpCounters: [
         'bytesIn',
         'bytesOut',
@@ -59,6 +60,7 @@ describe('contractMismatch()', () => {
     expect(contractMismatch({ ...good, events: ['blocked', 'limit', ...good.events.slice(2)] })).toMatch(/^events /);
     expect(contractMismatch({ ...good, lifetimeBuckets: [0.01, 0.1] })).toMatch(/^lifetimeBuckets /);
     expect(contractMismatch({ ...good, aclRecordBytes: 20 })).toMatch(/^aclRecordBytes 20, expected 18$/);
+    expect(contractMismatch({ ...good, eventSlots: 3 })).toMatch(/^eventSlots 3, expected 5$/);
     expect(contractMismatch(undefined)).toMatch(/^events undefined/);
   });
 });
