@@ -6,7 +6,7 @@
 import { createSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { compileAccess } from '../../src/access-list.js';
+import { type AccessRules, compileAccess } from '../../src/access-list.js';
 import { bindUdp, listenTcp } from '../../src/listen.js';
 import { type Log, silentLog } from '../../src/logger.js';
 import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
@@ -44,6 +44,27 @@ const echoPort = (): number => (echo.address() as { port: number }).port;
 function warnings(): { log: Log; seen: { obj: object; msg: string }[] } {
   const seen: { obj: object; msg: string }[] = [];
   return { log: { ...silentLog, warn: (obj, msg) => seen.push({ obj, msg }) }, seen };
+}
+
+/** A UDP forwarder on host to the UDP echo under `access`, sent one datagram that gets no reply. */
+async function refusedUdp(host: string, log: Log, access: AccessRules | null): Promise<UdpForwarder> {
+  const family = host.includes(':') ? 6 : 4;
+  const listener = createUdpSocket(family);
+  const f = new UdpForwarder(listener, {
+    target: { address: '127.0.0.1', family: 4 },
+    targetPort: udpEcho.address().port,
+    log,
+    idleTimeoutMs: 90_000,
+    maxFlows: 10,
+    engine: testEngine(),
+    access,
+  });
+  closers.push(() => f.close());
+  await bindUdp(listener, { host: { address: host, family }, port: 0, listenFd: null });
+  const c = udpClient(family);
+  await expect(udpRequest(c, host, listener.address().port, 'x', 300)).rejects.toThrow('no UDP reply');
+  c.close();
+  return f;
 }
 
 /** Waits (at most 2 s) for a warning: the native engine reports once per epoll round. */
@@ -95,22 +116,8 @@ describe('access lists', () => {
   });
 
   it('a denied UDP client opens no flow and its datagrams are counted as dropped', async () => {
-    const listener = createUdpSocket(4);
     const { log, seen } = warnings();
-    const f = new UdpForwarder(listener, {
-      target: { address: '127.0.0.1', family: 4 },
-      targetPort: udpEcho.address().port,
-      log,
-      idleTimeoutMs: 90_000,
-      maxFlows: 10,
-      engine: testEngine(),
-      access: compileAccess({ allow: [], deny: ['127.0.0.1'] }),
-    });
-    closers.push(() => f.close());
-    await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
-    const c = udpClient(4);
-    await expect(udpRequest(c, '127.0.0.1', listener.address().port, 'x', 300)).rejects.toThrow('no UDP reply');
-    c.close();
+    const f = await refusedUdp('127.0.0.1', log, compileAccess({ allow: [], deny: ['127.0.0.1'] }));
     expect(f.stats.droppedBlocked).toBe(1);
     expect(f.stats.flowsCreated).toBe(0);
     await warned(seen, 'datagrams refused by the access lists');
@@ -125,21 +132,7 @@ describe('access lists', () => {
     closers.push(() => tcp.close());
     await listenTcp(server, { host: { address: '::1', family: 6 }, port: 0, listenFd: null });
     await tcpConnect('::1', tcp.port).then(readToClose, () => null);
-    const listener = createUdpSocket(6);
-    const udp = new UdpForwarder(listener, {
-      target: { address: '127.0.0.1', family: 4 },
-      targetPort: udpEcho.address().port,
-      log,
-      idleTimeoutMs: 90_000,
-      maxFlows: 10,
-      engine: testEngine(),
-      access,
-    });
-    closers.push(() => udp.close());
-    await bindUdp(listener, { host: { address: '::1', family: 6 }, port: 0, listenFd: null });
-    const c = udpClient(6);
-    await expect(udpRequest(c, '::1', listener.address().port, 'x', 300)).rejects.toThrow('no UDP reply');
-    c.close();
+    await refusedUdp('::1', log, access);
     await warned(seen, 'connection refused by the access lists');
     expect(seen).toContainEqual({ obj: { client: '::1' }, msg: 'connection refused by the access lists' });
     expect(seen).toContainEqual({ obj: { client: '::1' }, msg: 'datagrams refused by the access lists' });
