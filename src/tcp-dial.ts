@@ -29,7 +29,6 @@ export interface Dial {
 export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, hooks: DialHooks): Dial {
   const { target, targetPort, connectTimeoutMs = 0, proxyProtocol = 'off' } = ctx.opts;
   const upstream = connect({ host: target.address, port: targetPort, family: target.family, allowHalfOpen: true, noDelay: true, ...hooks.socketOptions });
-  const where = `${target.address}:${targetPort}`;
   let settled = false;
   const timer =
     connectTimeoutMs > 0
@@ -37,7 +36,7 @@ export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, ho
           if (settled) return;
           settled = true;
           ctx.stats.connectErrors.timeout++;
-          ctx.limited.warn('connect:timeout', { target: where, connectTimeoutMs }, 'connect to target timed out; closing client');
+          ctx.warn('connectTimeout');
           hooks.onFail();
         }, connectTimeoutMs)
       : null;
@@ -46,7 +45,7 @@ export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, ho
     settled = true;
     if (timer) clearTimeout(timer);
     ctx.stats.connectErrors[connectErrorReason(err.code)]++;
-    ctx.limited.warn(`connect:${err.code}`, { target: where, err: err.message }, 'cannot connect to target; closing client');
+    ctx.warnError('connect', err.code, err.message);
     hooks.onFail();
   });
   upstream.once('connect', () => {

@@ -127,17 +127,23 @@ export function createTcpServer(): Server {
   });
 }
 
-/** What a data path (tcp-js-path.ts, tcp-native-path.ts) gets from its forwarder. */
+/** What a TCP mapping warns of, on either engine (the native thread reports them as events). */
+export type TcpWarning = 'limit' | 'blocked' | 'fdBudget' | 'idle' | 'linger' | 'connectTimeout';
+
+/** What a data path (tcp-js-path.ts, tcp-dial.ts, tcp-native-path.ts) gets from its forwarder. */
 export interface TcpPathContext {
   readonly opts: TcpForwarderOptions;
   readonly stats: TcpStats;
-  readonly limited: RateLimitedLog;
+  /** The target as Node's connect errors print it (`10.0.0.2:80`, `fd00::2:80`: no brackets). */
+  readonly targetText: string;
   /** A connection counted at accept is gone: lifetime (if it connected), aborted, budget. */
   end(acceptedAt: number, connected: boolean, aborted: boolean): void;
   /** Counts and logs (once per burst) a connection closed by the idle or linger timeout. */
   timedOut(kind: 'idle' | 'linger'): void;
-  /** Logs (once per burst) connections closed by a timeout that the native thread counted. */
-  logTimeout(kind: 'idle' | 'linger'): void;
+  /** Logs (rate-limited) a warning with the same key, fields and message on either engine. */
+  warn(kind: TcpWarning, client?: string): void;
+  /** Logs (rate-limited) a failed accept or dial: `code` the errno name, `err` Node's message. */
+  warnError(op: 'accept' | 'connect', code: string | undefined, err: string): void;
 }
 
 /** The JavaScript engine's data path: takes accepted connections from the dial on. */
@@ -155,8 +161,9 @@ export interface TcpPath {
  */
 export class TcpForwarder implements TcpPathContext {
   readonly stats: TcpStats;
+  readonly targetText: string;
   readonly opts: TcpForwarderOptions;
-  readonly limited: RateLimitedLog;
+  readonly #limited: RateLimitedLog;
   readonly #server: Server;
   readonly #path: TcpPath | null = null;
   #native: NativeListener | null = null;
@@ -169,7 +176,8 @@ export class TcpForwarder implements TcpPathContext {
     this.#server = server;
     this.opts = opts;
     this.stats = opts.stats ?? newTcpStats();
-    this.limited = new RateLimitedLog(opts.log);
+    this.targetText = `${opts.target.address}:${opts.targetPort}`;
+    this.#limited = new RateLimitedLog(opts.log);
     if (opts.engine === 'native') {
       server.once('listening', () => {
         this.port = (server.address() as AddressInfo).port;
@@ -191,7 +199,7 @@ export class TcpForwarder implements TcpPathContext {
       this.port = (server.address() as AddressInfo).port;
       server.on('error', (err: NodeJS.ErrnoException) => {
         this.stats.acceptErrors++;
-        this.limited.warn(`accept:${err.code}`, { err: err.message }, 'accept failed; still listening');
+        this.warnError('accept', err.code, err.message);
       });
     });
   }
@@ -225,12 +233,35 @@ export class TcpForwarder implements TcpPathContext {
   timedOut(kind: 'idle' | 'linger'): void {
     if (kind === 'idle') this.stats.idleTimeouts++;
     else this.stats.lingerTimeouts++;
-    this.logTimeout(kind);
+    this.warn(kind);
   }
 
-  logTimeout(kind: 'idle' | 'linger'): void {
-    if (kind === 'idle') this.limited.warn('idle-timeout', { idleTimeoutMs: this.opts.idleTimeoutMs }, 'closing idle connections (idle timeout)');
-    else this.limited.warn('linger-timeout', { lingerTimeoutMs: this.opts.lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)');
+  warn(kind: TcpWarning, client?: string): void {
+    this.#limited.warn(...this.#warning(kind, client));
+  }
+
+  /** A warning's rate-limit key, fields and message. */
+  #warning(kind: TcpWarning, client: string | undefined): [string, object, string] {
+    const o = this.opts;
+    switch (kind) {
+      case 'limit':
+        return ['limit', { maxConnections: o.maxConnections }, 'connection limit reached; refusing new connections'];
+      case 'blocked':
+        return ['blocked', { client }, 'connection refused by the access lists'];
+      case 'fdBudget':
+        return ['fd-budget', { fdBudget: o.budget?.limit }, 'file descriptor budget of the process spent; refusing new connections'];
+      case 'idle':
+        return ['idle-timeout', { idleTimeoutMs: o.idleTimeoutMs }, 'closing idle connections (idle timeout)'];
+      case 'linger':
+        return ['linger-timeout', { lingerTimeoutMs: o.lingerTimeoutMs }, 'closing idle half-closed connections (linger timeout)'];
+      case 'connectTimeout':
+        return ['connect:timeout', { target: this.targetText, connectTimeoutMs: o.connectTimeoutMs }, 'connect to target timed out; closing client'];
+    }
+  }
+
+  warnError(op: 'accept' | 'connect', code: string | undefined, err: string): void {
+    if (op === 'accept') this.#limited.warn(`accept:${code}`, { err }, 'accept failed; still listening');
+    else this.#limited.warn(`connect:${code}`, { target: this.targetText, err }, 'cannot connect to target; closing client');
   }
 
   /** The accept pipeline: connection cap, access lists, fd budget, then the engine's path. */
@@ -239,20 +270,20 @@ export class TcpForwarder implements TcpPathContext {
     const { maxConnections, access, budget } = this.opts;
     if (maxConnections != null && stats.active >= maxConnections) {
       stats.rejectedLimit++;
-      this.limited.warn('limit', { maxConnections }, 'connection limit reached; refusing new connections');
+      this.warn('limit');
       accepted.destroy();
       return;
     }
     if (access && !isAllowed(access, accepted.remoteAddress)) {
       stats.rejectedBlocked++;
-      this.limited.warn('blocked', { client: accepted.remoteAddress }, 'connection refused by the access lists');
+      this.warn('blocked', accepted.remoteAddress);
       // A reset, not a clean close: the client must not mistake this for an empty answer.
       accepted.resetAndDestroy();
       return;
     }
     if (budget && !budget.take(TCP_CONNECTION_FDS)) {
       stats.rejectedLimit++;
-      this.limited.warn('fd-budget', { fdBudget: budget.limit }, 'file descriptor budget of the process spent; refusing new connections');
+      this.warn('fdBudget');
       accepted.destroy();
       return;
     }

@@ -3,9 +3,8 @@
  * (native/accept.c, native/tcp.c): accept, cap, access lists, fd budget, dial with its timeout,
  * PROXY header, splice relay, timeouts, and every counter and histogram of the mapping. No
  * JavaScript runs per connection; what is to be logged arrives as events, a batch per epoll round,
- * and is logged here with the JavaScript path's keys and messages (rate-limited).
+ * and goes to the forwarder's warn(), the JavaScript path's own lines (rate-limited).
  */
-import { joinHostPort } from './address.js';
 import { NATIVE_PIPE_MAX, NATIVE_PIPE_MIN, RELAY_HIGH_WATER_MARK } from './constants.js';
 import { TCP_CONNECTION_FDS } from './fd-limit.js';
 import { errnoName, nativeTcp, type NativeEvent, type NativeGroup } from './native-engine.js';
@@ -52,22 +51,11 @@ export class NativeListener {
   }
 
   #log(event: NativeEvent, detail: number, client: string | undefined): void {
-    const { limited, opts } = this.#ctx;
-    if (event === 'idle' || event === 'linger') {
-      this.#ctx.logTimeout(event);
-      return;
-    }
-    const target = joinHostPort(opts.target.address, opts.targetPort);
+    const ctx = this.#ctx;
     const code = errnoName(detail);
-    const lines: Partial<Record<NativeEvent, [string, object, string]>> = {
-      limit: ['limit', { maxConnections: opts.maxConnections }, 'connection limit reached; refusing new connections'],
-      blocked: ['blocked', { client }, 'connection refused by the access lists'],
-      fdBudget: ['fd-budget', { fdBudget: opts.budget?.limit }, 'file descriptor budget of the process spent; refusing new connections'],
-      acceptError: [`accept:${code}`, { err: `accept ${code}` }, 'accept failed; still listening'],
-      connectError: [`connect:${code}`, { target, err: `connect ${code} ${target}` }, 'cannot connect to target; closing client'],
-      connectTimeout: ['connect:timeout', { target, connectTimeoutMs: opts.connectTimeoutMs }, 'connect to target timed out; closing client'],
-    };
-    const line = lines[event];
-    if (line) limited.warn(...line);
+    // Node's messages for the same failures: `accept EMFILE`, `connect ECONNREFUSED 10.0.0.2:80`.
+    if (event === 'acceptError') ctx.warnError('accept', code, `accept ${code}`);
+    else if (event === 'connectError') ctx.warnError('connect', code, `connect ${code} ${ctx.targetText}`);
+    else if (event !== 'flowLimit' && event !== 'flowError') ctx.warn(event, client);
   }
 }

@@ -184,6 +184,10 @@ export class UdpForwarder {
     );
   }
 
+  #blockedWarning(client: string | undefined): void {
+    this.#limited.warn('blocked', { client }, 'datagrams refused by the access lists');
+  }
+
   #limitWarning(): void {
     this.#limited.warn(
       'flow-limit',
@@ -194,7 +198,7 @@ export class UdpForwarder {
 
   /** Logs what the native thread reports (a batch per epoll round) as the JavaScript engine does. */
   #nativeEvent(event: NativeEvent, detail: number, client: string | undefined): void {
-    if (event === 'blocked') this.#limited.warn('blocked', { client }, 'datagrams refused by the access lists');
+    if (event === 'blocked') this.#blockedWarning(client);
     else if (event === 'flowLimit') this.#limitWarning();
     else if (event === 'flowError') {
       const code = errnoName(detail);
@@ -231,7 +235,7 @@ export class UdpForwarder {
       const { access } = this.#opts;
       if (access && !isAllowed(access, rinfo.address)) {
         stats.droppedBlocked++;
-        this.#limited.warn('blocked', { client: rinfo.address }, 'datagrams refused by the access lists');
+        this.#blockedWarning(rinfo.address);
         return;
       }
       const own = this.#sources.get(rinfo.address) ?? 0;
