@@ -32,17 +32,6 @@ void observe(double *h, const double *bounds, int n, double v) {
   h[n + 2] += 1;
 }
 
-/* Queues an event of a group for the next report to JavaScript. */
-void group_event(engine_t *e, group_t *g, int ev, int detail) {
-  g->ev_n[ev]++;
-  g->ev_detail[ev] = detail;
-  if (!g->ev_queued) {
-    g->ev_queued = 1;
-    g->ev_next = e->evq;
-    e->evq = g;
-  }
-}
-
 static void set_int(int fd, int level, int name, int v) { setsockopt(fd, level, name, &v, sizeof v); }
 
 /* The dial queue holds a group's dialing connections in accept order, which is deadline order:

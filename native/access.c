@@ -47,15 +47,6 @@ static int acl_hit(const acl_entry_t *list, int n, const uint8_t *addr, int fami
   return 0;
 }
 
-/* Queues the blocked event with the client's address, which JavaScript logs as the JS engine does
- * (the last one of the batch: the rest are counted). */
-void group_blocked(engine_t *e, group_t *g, const struct sockaddr_storage *ss) {
-  int fam;
-  memset(g->ev_client, 0, sizeof g->ev_client);
-  addr_plain(ss, g->ev_client, &fam);
-  group_event(e, g, EV_BLOCKED, fam);
-}
-
 /* The access lists' verdict on a client address: deny first, then allow (if any). */
 int acl_allowed(group_t *g, const struct sockaddr_storage *ss) {
   if (g->nallow == 0 && g->ndeny == 0) return 1;

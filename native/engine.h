@@ -296,8 +296,6 @@ void listener_options(int fd);
 void dial_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now);
 void dial_unlink(conn_t *c);
 int64_t tcp_timers(engine_t *e, group_t *g, int64_t now);
-void group_event(engine_t *e, group_t *g, int ev, int detail);
-void group_blocked(engine_t *e, group_t *g, const struct sockaddr_storage *ss);
 void observe(double *h, const double *bounds, int n, double v);
 extern const double connect_bounds[N_CONNECT_BOUNDS], lifetime_bounds[N_LIFETIME_BOUNDS];
 
@@ -318,6 +316,8 @@ void udp_listener_event(engine_t *e, group_t *g, int64_t now);
 void udp_flow_event(engine_t *e, flow_t *f, int64_t now);
 
 /* loop.c */
+void group_event(engine_t *e, group_t *g, int ev, int detail);
+void group_blocked(engine_t *e, group_t *g, const struct sockaddr_storage *ss);
 void *thread_main(void *arg);
 
 /* control.c: the shared engine's control socket functions, added to the exports. */

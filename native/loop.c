@@ -72,6 +72,26 @@ static void run_commands(engine_t *e) {
   }
 }
 
+/* Queues an event of a group for the next report to JavaScript. */
+void group_event(engine_t *e, group_t *g, int ev, int detail) {
+  g->ev_n[ev]++;
+  g->ev_detail[ev] = detail;
+  if (!g->ev_queued) {
+    g->ev_queued = 1;
+    g->ev_next = e->evq;
+    e->evq = g;
+  }
+}
+
+/* Queues the blocked event with the client's address, which JavaScript logs as the JS engine does
+ * (the last one of the batch: the rest are counted). */
+void group_blocked(engine_t *e, group_t *g, const struct sockaddr_storage *ss) {
+  int fam;
+  memset(g->ev_client, 0, sizeof g->ev_client);
+  addr_plain(ss, g->ev_client, &fam);
+  group_event(e, g, EV_BLOCKED, fam);
+}
+
 /* Frees the connections closed in this batch, then reports the batch's events to JavaScript in
  * one call: EVENT_SLOTS doubles per event kind and group (engine.h, EVENTS). */
 static void flush(engine_t *e) {
