@@ -8,7 +8,8 @@ import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AccessRules, compileAccess } from '../../src/access-list.js';
 import { bindUdp, listenTcp } from '../../src/listen.js';
-import { type Log, silentLog } from '../../src/logger.js';
+import type { Log } from '../../src/logger.js';
+import { recorder, warned } from '../helpers/log.js';
 import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
 import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
 import { freePort, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
@@ -40,12 +41,6 @@ afterAll(async () => {
 
 const echoPort = (): number => (echo.address() as { port: number }).port;
 
-/** A log that keeps its warnings, to read what an engine said of a refused client. */
-function warnings(): { log: Log; seen: { obj: object; msg: string }[] } {
-  const seen: { obj: object; msg: string }[] = [];
-  return { log: { ...silentLog, warn: (obj, msg) => seen.push({ obj, msg }) }, seen };
-}
-
 /** A UDP forwarder on host to the UDP echo under `access`, sent one datagram that gets no reply. */
 async function refusedUdp(host: string, log: Log, access: AccessRules | null): Promise<UdpForwarder> {
   const family = host.includes(':') ? 6 : 4;
@@ -67,11 +62,6 @@ async function refusedUdp(host: string, log: Log, access: AccessRules | null): P
   return f;
 }
 
-/** Waits (at most 2 s) for a warning: the native engine reports once per epoll round. */
-async function warned(seen: { msg: string }[], msg: string): Promise<void> {
-  for (let i = 0; i < 100 && !seen.some((w) => w.msg === msg); i++) await sleep(20);
-}
-
 describe('access lists', () => {
   it('a denied TCP client is reset before any dial, counted; an allowed one is served', async () => {
     for (const [spec, allowed] of [
@@ -80,7 +70,7 @@ describe('access lists', () => {
       [{ allow: ['10.0.0.0/8'], deny: [] }, false],
     ] as const) {
       const server = createTcpServer();
-      const { log, seen } = warnings();
+      const { log, lines: seen } = recorder();
       const f = new TcpForwarder(server, {
         target: { address: '127.0.0.1', family: 4 },
         targetPort: echoPort(),
@@ -116,7 +106,7 @@ describe('access lists', () => {
   });
 
   it('a denied UDP client opens no flow and its datagrams are counted as dropped', async () => {
-    const { log, seen } = warnings();
+    const { log, lines: seen } = recorder();
     const f = await refusedUdp('127.0.0.1', log, compileAccess({ allow: [], deny: ['127.0.0.1'] }));
     expect(f.stats.droppedBlocked).toBe(1);
     expect(f.stats.flowsCreated).toBe(0);
@@ -125,7 +115,7 @@ describe('access lists', () => {
   });
 
   it('a refused client is named in the log over IPv6 too, on both protocols', async () => {
-    const { log, seen } = warnings();
+    const { log, lines: seen } = recorder();
     const access = compileAccess({ allow: ['10.0.0.0/8'], deny: [] });
     const server = createTcpServer();
     const tcp = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort(), log, engine: testEngine(), access });

@@ -1,7 +1,8 @@
 /**
  * TCP timeouts through the real forwarder in-process (real loopback sockets, short timeouts):
  * idle connections close, busy ones stay; half-closed connections that stay idle close after the
- * linger timeout; a dial into a namespace that drops SYNs gives up after the connect timeout.
+ * linger timeout; a dial into a namespace that drops SYNs gives up after the connect timeout; a
+ * refused or timed-out dial is logged with the same line on both engines.
  * Forced closes of stalled (not idle) connections, through spawned proxies: idle and linger
  * timeouts, SIGTERM and the drain timeout reset a connection that still holds bytes, never end it
  * with a clean FIN (audit M1).
@@ -19,6 +20,7 @@ import { ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { startStandalone } from '../helpers/standalone.js';
 import { testEngine } from '../helpers/engine.js';
 import { killTracked } from '../helpers/processes.js';
+import { recorder, warned } from '../helpers/log.js';
 
 const forwarders: TcpForwarder[] = [];
 let echo: Server;
@@ -106,8 +108,9 @@ describe.skipIf(!IS_ROOT)('tcp connect timeout (namespace that drops SYNs)', () 
     execFileSync('ip', ['netns', 'exec', backend.namespace as string, 'iptables', '-A', 'INPUT', '-p', 'tcp', '--dport', '7999', '-j', 'DROP']);
   });
 
-  it('connect timeout gives up the dial, counts it and closes the client', async () => {
-    const { port, f } = await forward({ address: backend.ipv4, port: 7999, family: 4 }, { connectTimeoutMs: 400 });
+  it('connect timeout gives up the dial, counts it, logs it and closes the client', async () => {
+    const { log, lines } = recorder();
+    const { port, f } = await forward({ address: backend.ipv4, port: 7999, family: 4 }, { connectTimeoutMs: 400, log });
     const t0 = Date.now();
     const { data } = await readToClose(await tcpConnect('127.0.0.1', port));
     expect(data.length).toBe(0);
@@ -116,6 +119,24 @@ describe.skipIf(!IS_ROOT)('tcp connect timeout (namespace that drops SYNs)', () 
     expect(f.stats.connectErrors.timeout).toBe(1);
     await sleep(50);
     expect(f.stats.active).toBe(0);
+    await warned(lines, 'connect to target timed out; closing client');
+    expect(lines).toContainEqual({ obj: { target: `${backend.ipv4}:7999`, connectTimeoutMs: 400 }, msg: 'connect to target timed out; closing client' });
+  });
+});
+
+describe('tcp dial failures', () => {
+  it('a refused dial closes the client and is logged as Node words it, on either engine', async () => {
+    const closed = await freePort();
+    const { log, lines } = recorder();
+    const { port, f } = await forward({ address: '127.0.0.1', port: closed, family: 4 }, { log });
+    const { data } = await readToClose(await tcpConnect('127.0.0.1', port));
+    expect(data.length).toBe(0);
+    await vi.waitFor(() => expect(f.stats.connectErrors.refused).toBe(1));
+    await warned(lines, 'cannot connect to target; closing client');
+    expect(lines).toContainEqual({
+      obj: { target: `127.0.0.1:${closed}`, err: `connect ECONNREFUSED 127.0.0.1:${closed}` },
+      msg: 'cannot connect to target; closing client',
+    });
   });
 });
 

@@ -1,10 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { RateLimitedLog, parseLogLevel, silentLog, type Log, humanLine } from '../../src/logger.js';
-
-function recorder(): { log: Log; lines: { obj: object; msg: string }[] } {
-  const lines: { obj: object; msg: string }[] = [];
-  return { log: { ...silentLog, warn: (obj, msg) => lines.push({ obj, msg }) }, lines };
-}
+import { recorder } from '../helpers/log.js';
+import { RateLimitedLog, parseLogLevel, humanLine } from '../../src/logger.js';
 
 describe('RateLimitedLog', () => {
   it('RateLimitedLog.warn() logs the first of a burst, then once per window with a count', async () => {
