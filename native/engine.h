@@ -6,8 +6,8 @@
  *   accept.c   TCP listeners: accept4 batches, access lists, caps, the dial, the PROXY header
  *   access.c   access lists and the process fd budget, for both protocols
  *   tcp.c      pipes and the splice relay of a TCP connection
- *   udp.c      flows, access lists, per-source quotas, batched receive and send
- *   loop.c     the thread: epoll loop, commands from JavaScript, sweeps, close reports
+ *   udp.c      flows, per-source quotas, batched receive and send
+ *   loop.c     the thread: epoll loop, commands from JavaScript, sweeps, events to JavaScript
  */
 #ifndef USERLAND_PROXY_ENGINE_H
 #define USERLAND_PROXY_ENGINE_H
@@ -71,7 +71,7 @@
   X(EV_FLOW_LIMIT, "flowLimit") \
   X(EV_FLOW_ERROR, "flowError")
 /* TCP counters: indices into the group's Float64Array, named as the TcpStats keys they feed
- * (dotted: a key of a nested object). The two histograms follow them (HISTOGRAMS). */
+ * (dotted: a key of a nested object). The two histograms follow them (H_CONNECT, H_LIFETIME). */
 #define TCP_COUNTERS(X) \
   X(T_BYTES_IN, "bytesIn") \
   X(T_BYTES_OUT, "bytesOut") \
