@@ -118,7 +118,6 @@ describe('the process fd budget', () => {
     expect(refused).toBe(0);
     const text = readFileSync(log, 'utf8');
     expect(text).not.toMatch(/EMFILE|Too many open files/);
-    if (refused > 0) expect(text).toContain('file descriptor budget of the process spent; refusing new connections');
     // Idle again: the native pipe pool shrinks back (at most 8 pipes, gone after two idle periods).
     await vi.waitFor(() => expect(fds(p.pid)).toBeLessThanOrEqual(baseline + 2), { timeout: 15_000, interval: 500 });
   }, 40_000);

@@ -10,6 +10,7 @@ import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { serverFd, udpHandle } from '../../src/node-internals.js';
 import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
 import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';
@@ -254,11 +255,10 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
       const s = createServer();
       s.listen({ port: 0, host: '127.0.0.1' }, () => res(s));
     });
-    const tcpFd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+    const tcpFd = serverFd(server);
     const u = createSocket('udp4');
     await new Promise<void>((res) => u.bind(0, '127.0.0.1', () => res()));
-    const sym = Object.getOwnPropertySymbols(u).find((s) => s.description === 'state symbol') as symbol;
-    const udpFd = (u as unknown as Record<symbol, { handle: { fd: number } }>)[sym].handle.fd;
+    const udpFd = udpHandle(u).fd;
     const fds = (): number => readdirSync(`/proc/${pid}/fd`).length;
     const before = fds();
     for (let i = 0; i < 5; i++) {
