@@ -84,20 +84,21 @@ static int header_addr(const struct sockaddr_storage *ss, uint8_t out[16], uint1
   return fam;
 }
 
-/* Builds the PROXY header of a client connection (proxy-protocol.ts byte for byte); its length. */
-static int proxy_header(int fd, int version, uint8_t *out) {
+/* Builds the PROXY header of a client connection (proxy-protocol.ts byte for byte); its length,
+ * or -1 when an address is missing. The client's address is the one accept4 returned: a client
+ * that sent and reset at once has no peer any more for getpeername (audit N2), and a header
+ * without the client's address (PROXY UNKNOWN, v2 LOCAL) would make the target take its bytes as
+ * the proxy's own. getsockname still answers on a reset socket. */
+static int proxy_header(const struct sockaddr_storage *src, int fd, int version, uint8_t *out) {
   static const uint8_t sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
-  struct sockaddr_storage src, dst;
-  socklen_t sl = sizeof src, dl = sizeof dst;
+  struct sockaddr_storage dst;
+  socklen_t dl = sizeof dst;
   uint8_t sa[16], da[16];
   uint16_t sp = 0, dp = 0;
-  int fam = 0;
-  if (getpeername(fd, (struct sockaddr *)&src, &sl) == 0 && getsockname(fd, (struct sockaddr *)&dst, &dl) == 0) {
-    fam = header_addr(&src, sa, &sp);
-    if (header_addr(&dst, da, &dp) != fam) fam = 0;
-  }
+  if (getsockname(fd, (struct sockaddr *)&dst, &dl) < 0) return -1;
+  int fam = header_addr(src, sa, &sp);
+  if (fam == 0 || header_addr(&dst, da, &dp) != fam) return -1;
   if (version == 1) {
-    if (fam == 0) return snprintf((char *)out, PROXY_HEADER_MAX, "PROXY UNKNOWN\r\n");
     char s[INET6_ADDRSTRLEN], d[INET6_ADDRSTRLEN];
     int af = fam == 4 ? AF_INET : AF_INET6;
     inet_ntop(af, sa, s, sizeof s);
@@ -105,11 +106,6 @@ static int proxy_header(int fd, int version, uint8_t *out) {
     return snprintf((char *)out, PROXY_HEADER_MAX, "PROXY TCP%d %s %s %u %u\r\n", fam, s, d, sp, dp);
   }
   memcpy(out, sig, 12);
-  if (fam == 0) { /* LOCAL command, no address */
-    out[12] = 0x20;
-    out[13] = out[14] = out[15] = 0;
-    return 16;
-  }
   int alen = fam == 4 ? 4 : 16;
   out[12] = 0x21; /* version 2, PROXY */
   out[13] = fam == 4 ? 0x11 : 0x21; /* AF_INET or AF_INET6, STREAM */
@@ -135,10 +131,11 @@ static void dial_done(engine_t *e, conn_t *c, uint32_t ev, int64_t now) {
   c->connected = 1;
   c->last = now;
   observe(g->ctr + H_CONNECT, connect_bounds, N_CONNECT_BOUNDS, mono_s() - c->t0);
-  if (g->proxy) {
-    uint8_t hdr[PROXY_HEADER_MAX];
-    int n = proxy_header(c->fd[0], g->proxy, hdr);
-    if (send(c->fd[1], hdr, (size_t)n, MSG_NOSIGNAL) != n) {
+  if (c->hdr) {
+    int sent = send(c->fd[1], c->hdr, (size_t)c->hlen, MSG_NOSIGNAL) == c->hlen;
+    free(c->hdr);
+    c->hdr = NULL;
+    if (!sent) {
       conn_close(e, c, R_ABORTED, 1);
       return;
     }
@@ -238,6 +235,16 @@ static void accept_one(engine_t *e, group_t *g, int fd, const struct sockaddr_st
   g->conns = c;
   g->ctr[T_ACCEPTED] += 1;
   g->ctr[T_ACTIVE] += 1;
+  if (g->proxy) {
+    uint8_t hdr[PROXY_HEADER_MAX];
+    int n = proxy_header(ss, fd, g->proxy, hdr);
+    if (n < 0 || !(c->hdr = malloc((size_t)n))) { /* no address to send: never dial without it */
+      conn_close(e, c, R_ABORTED, 1);
+      return;
+    }
+    memcpy(c->hdr, hdr, (size_t)n);
+    c->hlen = n;
+  }
   int err = dial_start(e, c, now);
   if (err) dial_failed(e, c, err, 0);
 }

@@ -156,6 +156,8 @@ typedef struct conn {
   int64_t deadline; /* while dialing: give up at this monotonic ms (0: never) */
   int dialing, connected, dead;
   uint32_t early; /* the client's epoll events while dialing, acted on at the connect */
+  uint8_t *hdr; /* the PROXY header, built at accept from accept4's address (freed once sent) */
+  int hlen;
   struct conn *prev, *next, *dead_next;
   struct conn *dprev, *dnext; /* the group's dial queue, in deadline order */
 } conn_t;

@@ -78,6 +78,8 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
   if (c->dead) return;
   c->dead = 1;
   dial_unlink(c);
+  free(c->hdr);
+  c->hdr = NULL;
   for (int k = 0; k < 2; k++) {
     if (c->fd[k] < 0) continue;
     if (rst) reset_on_close(c->fd[k]);

@@ -21,19 +21,20 @@ export interface ConnectionEnds {
 }
 
 /**
- * The header for a connection, or null when off. Both ends must be of one family (they always
- * are for one TCP connection); anything else yields v1's "PROXY UNKNOWN" / v2's LOCAL command.
+ * The header for a connection, or null when there is none to send: off, or an end without an
+ * address (a client reset before we read its address, audit N2), or ends of two families. We never
+ * send v1's "PROXY UNKNOWN" or v2's LOCAL command: either tells the target to take the bytes that
+ * follow as the proxy's own, so a client that resets at the right moment would pass for the proxy.
+ * The caller resets such a client instead of dialling.
  */
 export function proxyHeader(mode: ProxyProtocol, given: ConnectionEnds): Buffer | null {
   if (mode === 'off') return null;
   const ends = { ...given, srcAddress: headerAddress(given.srcAddress), dstAddress: headerAddress(given.dstAddress) };
   const fam = isIP(ends.srcAddress);
-  const same = fam !== 0 && fam === isIP(ends.dstAddress);
+  if (fam === 0 || fam !== isIP(ends.dstAddress)) return null;
   if (mode === 'v1') {
-    if (!same) return Buffer.from('PROXY UNKNOWN\r\n', 'latin1');
     return Buffer.from(`PROXY TCP${fam} ${ends.srcAddress} ${ends.dstAddress} ${ends.srcPort} ${ends.dstPort}\r\n`, 'latin1');
   }
-  if (!same) return Buffer.concat([V2_SIGNATURE, Buffer.from([0x20, 0x00, 0x00, 0x00])]); // LOCAL, no address
   const addrLen = fam === 4 ? 12 : 36;
   const head = Buffer.alloc(16 + addrLen);
   V2_SIGNATURE.copy(head, 0);

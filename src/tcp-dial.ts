@@ -25,9 +25,20 @@ export interface Dial {
   header: Buffer | null;
 }
 
-/** Starts a dial to the context's target on behalf of `client`, accepted at `acceptedAt`. */
-export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, hooks: DialHooks): Dial {
+/**
+ * Starts a dial to the context's target on behalf of `client`, accepted at `acceptedAt`. Null, and
+ * no dial, when a PROXY header is due but the client's addresses are gone (it reset before we
+ * could read them): the caller resets it. Read here, at the connection handler, and never later.
+ */
+export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, hooks: DialHooks): Dial | null {
   const { target, targetPort, connectTimeoutMs = 0, proxyProtocol = 'off' } = ctx.opts;
+  const header = proxyHeader(proxyProtocol, {
+    srcAddress: client.remoteAddress ?? '',
+    srcPort: client.remotePort ?? 0,
+    dstAddress: client.localAddress ?? '',
+    dstPort: client.localPort ?? 0,
+  });
+  if (header === null && proxyProtocol !== 'off') return null;
   const upstream = connect({ host: target.address, port: targetPort, family: target.family, allowHalfOpen: true, noDelay: true, ...hooks.socketOptions });
   let settled = false;
   const timer =
@@ -55,12 +66,6 @@ export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, ho
     observe(ctx.stats.connectDuration, (performance.now() - acceptedAt) / 1000);
     if (ctx.opts.log.debugEnabled) ctx.opts.log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
     hooks.onConnect();
-  });
-  const header = proxyHeader(proxyProtocol, {
-    srcAddress: client.remoteAddress ?? '',
-    srcPort: client.remotePort ?? 0,
-    dstAddress: client.localAddress ?? '',
-    dstPort: client.localPort ?? 0,
   });
   return { upstream, header };
 }

@@ -55,7 +55,7 @@ export class JsPath implements TcpPath {
       this.#timer.unref();
     }
     let connected = false;
-    const { upstream, header } = dial(ctx, client, acceptedAt, {
+    const dialled = dial(ctx, client, acceptedAt, {
       // Socket options reach the Duplex constructor; @types/node's connect options omit them.
       socketOptions: { onread: down.onread, writableHighWaterMark: this.#highWaterMark },
       onConnect: () => {
@@ -67,6 +67,12 @@ export class JsPath implements TcpPath {
         closeUndialled(client);
       },
     });
+    if (dialled === null) {
+      client.resetAndDestroy(); // no address for the PROXY header: never dial without it
+      ctx.end(acceptedAt, false, true);
+      return;
+    }
+    const { upstream, header } = dialled;
     // Queued on the connecting socket before any client byte can be read: it goes out first.
     if (header) upstream.write(header);
     const conn: Conn = { client, upstream, up, down, idleMs: 0 };

@@ -146,6 +146,52 @@ describe('PROXY protocol headers, byte for byte', () => {
     };
   }
 
+  // Audit N2: a client that sends and resets at once has no peer address left when the proxy
+  // asks for it. The target must never get its bytes behind PROXY UNKNOWN / v2 LOCAL (which mean
+  // "these bytes are the proxy's own"): such a client is reset, never dialled.
+  for (const version of ['v1', 'v2'] as const) {
+    it(`${version}: clients that send then reset at once never reach the target without their address`, async () => {
+      const seen: Buffer[] = [];
+      const target = createServer((c) => {
+        const parts: Buffer[] = [];
+        c.on('data', (d: Buffer) => parts.push(d));
+        c.on('close', () => seen.push(Buffer.concat(parts)));
+        c.on('error', () => {});
+      });
+      await new Promise<void>((r) => target.listen(0, '127.0.0.1', r));
+      const server = createTcpServer();
+      const f = new TcpForwarder(server, {
+        target: { address: '127.0.0.1', family: 4 },
+        targetPort: (target.address() as AddressInfo).port,
+        log: silentLog,
+        engine: testEngine(),
+        proxyProtocol: version,
+      });
+      try {
+        await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+        // Another process, as in the audit: in this one the accept would run before the reset.
+        const clients = spawn('python3', [
+          '-c',
+          `import socket,struct
+for i in range(100):
+  c=socket.create_connection(("127.0.0.1",${f.port})); c.sendall(b"GET /admin HTTP/1.0\\r\\n\\r\\n")
+  c.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack("ii",1,0)); c.close()`,
+        ]);
+        expect(await new Promise((r) => clients.on('exit', r))).toBe(0);
+        await sleep(1500);
+        const withPayload = seen.filter((b) => b.includes('GET /admin'));
+        for (const b of withPayload) {
+          if (version === 'v1') expect(b.toString('latin1')).toMatch(/^PROXY TCP4 127\.0\.0\.1 127\.0\.0\.1 \d+ \d+\r\nGET/);
+          else expect(b.subarray(12, 14).toString('hex')).toBe('2111'); // PROXY command, TCP over IPv4: never LOCAL (0x20)
+        }
+        expect(f.stats.accepted).toBe(100);
+      } finally {
+        f.close();
+        target.close();
+      }
+    });
+  }
+
   // On the native engine the header is built in C (native/accept.c): it must match proxy-protocol.ts.
   for (const version of ['v1', 'v2'] as const) {
     for (const [family, host] of [

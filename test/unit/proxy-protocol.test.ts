@@ -8,7 +8,9 @@ describe('proxyHeader()', () => {
   it('proxyHeader() writes v1 text lines', () => {
     expect(proxyHeader('v1', v4)?.toString()).toBe('PROXY TCP4 192.0.2.10 127.0.0.1 51234 8080\r\n');
     expect(proxyHeader('v1', v6)?.toString()).toBe('PROXY TCP6 ::1 fd00::2 40000 443\r\n');
-    expect(proxyHeader('v1', { ...v4, dstAddress: '::1' })?.toString()).toBe('PROXY UNKNOWN\r\n');
+    // Never UNKNOWN (audit N2): ends it cannot express give no header at all; the caller resets.
+    expect(proxyHeader('v1', { ...v4, dstAddress: '::1' })).toBeNull();
+    expect(proxyHeader('v1', { ...v4, srcAddress: '' })).toBeNull();
     expect(proxyHeader('off', v4)).toBeNull();
   });
 
@@ -23,11 +25,7 @@ describe('proxyHeader()', () => {
     expect(h6.subarray(32, 48).toString('hex')).toBe('fd000000000000000000000000000002');
     expect(h6.readUInt16BE(48)).toBe(40000);
     expect(h6.readUInt16BE(50)).toBe(443);
-    expect(
-      proxyHeader('v2', { ...v4, dstAddress: '::1' })
-        ?.subarray(12)
-        .toString('hex'),
-    ).toBe('20000000');
+    expect(proxyHeader('v2', { ...v4, dstAddress: '::1' })).toBeNull(); // never the LOCAL command
   });
 
   it('proxyHeader() drops zones and sends IPv4-mapped ends as IPv4 (audit L5)', () => {
