@@ -175,6 +175,7 @@ static int dial_start(engine_t *e, conn_t *c, int64_t now) {
   if (fd < 0) return errno;
   c->fd[1] = fd;
   set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  reset_on_close(fd, 1);
   int r = connect(fd, (struct sockaddr *)&g->target, g->tlen);
   if (r < 0 && errno != EINPROGRESS) return errno;
   /* Registered once, for the relay: while dialing, the target's EPOLLOUT is the connect's
@@ -192,22 +193,25 @@ static int dial_start(engine_t *e, conn_t *c, int64_t now) {
 
 /* One accepted client: cap, access lists, budget, then the dial. */
 static void accept_one(engine_t *e, group_t *g, int fd, const struct sockaddr_storage *ss, int64_t now) {
+  /* fd inherited the listener's reset-on-close: a refusal by the lists keeps it (a reset), the
+   * others disarm it (a close, as the JavaScript engine's destroy()). */
   if (g->max_conns >= 0 && g->ctr[T_ACTIVE] >= (double)g->max_conns) {
     g->ctr[T_REJECTED_LIMIT] += 1;
     group_event(e, g, EV_LIMIT, 0);
+    reset_on_close(fd, 0);
     close(fd);
     return;
   }
   if (!acl_allowed(g, ss)) {
     g->ctr[T_REJECTED_BLOCKED] += 1;
     group_blocked(e, g, ss);
-    reset_on_close(fd);
     close(fd);
     return;
   }
   if (!budget_take(g, g->conn_fds)) {
     g->ctr[T_REJECTED_LIMIT] += 1;
     group_event(e, g, EV_BUDGET, 0);
+    reset_on_close(fd, 0);
     close(fd);
     return;
   }
@@ -216,6 +220,7 @@ static void accept_one(engine_t *e, group_t *g, int fd, const struct sockaddr_st
     budget_give(g, g->conn_fds);
     g->ctr[T_ACCEPT_ERRORS] += 1;
     group_event(e, g, EV_ACCEPT, ENOMEM);
+    reset_on_close(fd, 0);
     close(fd);
     return;
   }
@@ -277,6 +282,7 @@ void tcp_listener_event(engine_t *e, group_t *g, int64_t now) {
  * the listener: Linux clones an accepted socket from its listener, options included, which
  * saves four setsockopt calls per connection. */
 void listener_options(int fd) {
+  reset_on_close(fd, 1); /* every accepted client is armed (engine.h) */
   set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   set_int(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
   set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, CLIENT_KEEPALIVE_S);

@@ -24,6 +24,7 @@
  * Errors are thrown with the code UPROXY_ERR_NATIVE (src/errors.ts).
  * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
  * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
+ * - resetOnClose(fd, on)             arms or disarms SO_LINGER {1, 0} on a socket JavaScript owns
  * Counters and histograms live in the caller's Float64Array: only this thread writes them,
  * JavaScript reads them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets
  * we build for).
@@ -502,6 +503,22 @@ static napi_value js_unread(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* resetOnClose(fd, on): arms (1) or disarms (0) SO_LINGER {1, 0} on a socket JavaScript owns
+ * (engine.h's reset_on_close): the JavaScript engine's relayed sockets are armed from accept and
+ * dial on, so that a process death resets them (audit N4), and disarmed before a clean close. */
+static napi_value js_reset_on_close(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int fd = -1;
+  bool on = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 2) {
+    napi_get_value_int32(env, argv[0], &fd);
+    napi_get_value_bool(env, argv[1], &on);
+  }
+  if (fd >= 0) reset_on_close(fd, on);
+  return NULL;
+}
+
 /* A JS array of the given strings. */
 static napi_value names_array(napi_env env, const char *const *names, size_t n) {
   napi_value arr, v;
@@ -561,6 +578,7 @@ NAPI_MODULE_INIT() {
     { "groupClose", NULL, js_group_close, NULL, NULL, NULL, napi_default, NULL },
     { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
     { "unread", NULL, js_unread, NULL, NULL, NULL, napi_default, NULL },
+    { "resetOnClose", NULL, js_reset_on_close, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_set_named_property(env, exports, "contract", make_contract(env));

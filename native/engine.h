@@ -277,10 +277,13 @@ static inline double mono_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* SO_LINGER 0: the coming close() sends a reset, not a FIN (a peer must never take a refused or
- * truncated stream for a complete one). */
-static inline void reset_on_close(int fd) {
-  struct linger l = { 1, 0 };
+/* SO_LINGER {on, 0}: while on, a close() sends a reset, not a FIN (a peer must never take a
+ * refused or truncated stream for a complete one). Every relayed socket is armed from its accept
+ * (inherited from the listener, listener_options) or its dial on, so that when the process dies
+ * without closing it (SIGKILL, the OOM killer, a crash) the kernel resets it instead of passing a
+ * truncated transfer off with a FIN (audit N4); a deliberate clean close disarms it first. */
+static inline void reset_on_close(int fd, int on) {
+  struct linger l = { on, 0 };
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
 }
 

@@ -82,7 +82,7 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
   c->hdr = NULL;
   for (int k = 0; k < 2; k++) {
     if (c->fd[k] < 0) continue;
-    if (rst) reset_on_close(c->fd[k]);
+    if (!rst) reset_on_close(c->fd[k], 0); /* armed since accept and dial (engine.h) */
     epoll_ctl(e->epfd, EPOLL_CTL_DEL, c->fd[k], NULL);
     close(c->fd[k]);
     pipe_put(e, &c->d[k]);

@@ -93,6 +93,11 @@ export const WORKER_FDS = 8;
 
 /** Repeated errors of one kind are logged once, then at most once per window with a count. */
 export const LOG_RATE_WINDOW_MS = 10_000;
+/**
+ * Log lines a failing log file (ENOSPC, EIO) may hold in memory before new lines are dropped:
+ * a full disk must cost neither the process nor unbounded memory (audit N3).
+ */
+export const LOG_MAX_BUFFERED = 1 << 20;
 
 /** After SIGINT/SIGTERM the process exits at the latest after this long (dockerd waits forever). */
 export const SHUTDOWN_HARD_DEADLINE_MS = 900;

@@ -66,7 +66,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     try {
       log.reopen();
     } catch (err) {
-      process.stderr.write(`${PROGRAM}: cannot reopen log file: ${(err as Error).message}\n`);
+      process.stderr.write(`${PROGRAM}: ${(err as Error).message}\n`);
     }
   });
   releaseSignals('SIGINT', 'SIGTERM', 'SIGHUP');

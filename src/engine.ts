@@ -164,7 +164,10 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       if (fd >= 0 && !fdUsed) closeSync(fd);
       const e = toProxyError(err);
       if (mlog.toFile) mlog.error({ code: e.code }, e.message);
-      if (entries.get(conn) === entry) drop(conn, 'registration failed');
+      // The shim may have gone meanwhile, and its connection number may now be another shim's
+      // (audit N11): answer and close only a connection that is still this registration's.
+      if (entry.closed || entries.get(conn) !== entry) return;
+      drop(conn, 'registration failed');
       reply(`${e.exitCode === 2 ? 2 : 1}${e.message}`);
       ctl.ctlClose(conn);
     }
@@ -193,16 +196,29 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     switch (msg[0]) {
       case 0x52: // R
       case 0x41: // A
-        void register(conn, msg, fd);
+        // Whatever a registration throws ends that registration, never the engine (audit N3).
+        register(conn, msg, fd).catch((err: unknown) => {
+          log.error({ err: toProxyError(err).message }, 'registration failed');
+          drop(conn, 'registration failed');
+          ctl.ctlClose(conn);
+        });
         return;
       case 0x53: // S: stop; the shim exits once it has B (or after its bound wait)
         drop(conn, 'stopped');
         ctl.ctlSend(conn, Buffer.from('B'), -1);
         ctl.ctlClose(conn);
         break;
-      case 0x48: // H: logrotate moved the mapping's log file
-        entries.get(conn)?.proxy?.log.reopen();
+      case 0x48: {
+        // H: logrotate moved the mapping's log file. A reopen that fails (its directory gone)
+        // leaves the mapping logging to the old file and serving (audit N3).
+        const p = entries.get(conn)?.proxy;
+        try {
+          p?.log.reopen();
+        } catch (err) {
+          log.warn({ mapping: p?.id }, toProxyError(err).message);
+        }
         break;
+      }
       case 0x4c: {
         // L: the listing, in parts that fit one message
         const text = JSON.stringify(listing());

@@ -128,13 +128,21 @@ export function listenTcp(server: Server, opts: ListenOptions): Promise<void> {
     () => {
       if (opts.listenFd !== null) {
         // libuv calls listen() again on the adopted socket; ask for the largest backlog so the
-        // daemon's somaxconn backlog is not lowered to Node's default 511.
-        server.listen({ fd: opts.listenFd, backlog: LISTEN_BACKLOG });
+        // daemon's somaxconn backlog is not lowered to Node's default 511. Positionally: Node
+        // ignores options.backlog when options.fd is given (audit N13; read back in a test).
+        server.listen({ fd: opts.listenFd }, LISTEN_BACKLOG);
       } else {
         server.listen({ host: opts.host.address, port: opts.port, ipv6Only: opts.host.family === 6, backlog: LISTEN_BACKLOG });
       }
     },
     (err) => (opts.listenFd !== null ? drop(fdError('listening TCP', err)) : bindError('tcp', opts, err)),
+    () => {
+      // Node listens on a unix socket too (address() is then its path): not a port to forward.
+      const a = server.address();
+      if (opts.listenFd === null || (typeof a === 'object' && a !== null)) return null;
+      server.close();
+      return fdError('listening TCP', Object.assign(new Error('not a TCP socket'), { code: 'EPROTOTYPE' }));
+    },
   );
 }
 

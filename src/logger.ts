@@ -5,9 +5,9 @@
  * pino is not even loaded (startup and memory are features when one process runs per port).
  * `USERLAND_PROXY_LOG_FILE` names a file to append to instead; SIGHUP reopens it (logrotate).
  */
-import { fstatSync, statSync } from 'node:fs';
+import { fstatSync, statSync, writeSync } from 'node:fs';
 import { isatty } from 'node:tty';
-import { LOG_RATE_WINDOW_MS } from './constants.js';
+import { LOG_MAX_BUFFERED, LOG_RATE_WINDOW_MS } from './constants.js';
 import { ProxyError } from './errors.js';
 
 /** Log levels, pino's names. */
@@ -107,6 +107,26 @@ function stderrIsDevNull(): boolean {
   }
 }
 
+/**
+ * A log file whose writes fail (a full disk, an I/O error) costs its lines, never the process: an
+ * 'error' without a listener would throw wherever the next line was logged, and in the shared
+ * engine that is every mapping's (audit N3). Said once per failing spell on stderr; lines past
+ * LOG_MAX_BUFFERED are dropped until writes succeed again.
+ */
+function watchWrites(dest: { on(event: string, fn: (arg: unknown) => void): unknown }, name: string): void {
+  let failing = false;
+  dest.on('error', (err) => {
+    if (failing) return;
+    failing = true;
+    try {
+      writeSync(2, `userland-proxy: cannot write log file ${name}: ${(err as Error).message}; its lines are dropped until writes succeed\n`);
+    } catch {}
+  });
+  dest.on('write', () => {
+    failing = false;
+  });
+}
+
 /** Parses a level name; throws a one-line error naming the value. */
 export function parseLogLevel(text: string, source: string): LogLevel {
   if ((LOG_LEVELS as readonly string[]).includes(text)) return text as LogLevel;
@@ -130,10 +150,11 @@ export async function createLogger(opts: LoggerOptions): Promise<Log> {
     const { pino } = await import('pino');
     let dest: ReturnType<typeof pino.destination>;
     try {
-      dest = pino.destination({ dest: opts.file ?? 2, sync: true, append: true, mkdir: false });
+      dest = pino.destination({ dest: opts.file ?? 2, sync: true, append: true, mkdir: false, maxLength: LOG_MAX_BUFFERED });
     } catch (err) {
       throw new ProxyError('UPROXY_ERR_LOG', `cannot open log file ${opts.file}: ${(err as Error).message}`);
     }
+    watchWrites(dest, opts.file ?? 'stderr');
     // fd 2 directly (a worker thread's process.stderr goes through the main thread): a terminal
     // gets human lines, anything else JSON.
     const human = opts.humanOnTty === true && !opts.file && isatty(2);
@@ -164,7 +185,13 @@ export async function createLogger(opts: LoggerOptions): Promise<Log> {
     toFile: opts.file !== undefined,
     // Only a named file can be reopened (SIGHUP after logrotate); stderr stays as it is.
     reopen: () => {
-      if (opts.file) dest.reopen();
+      if (!opts.file) return;
+      try {
+        dest.reopen();
+      } catch (err) {
+        // The old file stays open and written (sonic-boom closes it only once the new one opened).
+        throw new ProxyError('UPROXY_ERR_LOG', `cannot reopen log file ${opts.file}: ${(err as Error).message}`);
+      }
     },
     flush: () => dest.flushSync(),
   };

@@ -162,6 +162,17 @@ export function unreadBytes(fd: number): number {
   return fd >= 0 && typeof a?.unread === 'function' ? a.unread(fd) : -1;
 }
 
+/**
+ * Arms (true) or disarms SO_LINGER {1, 0} on a socket: while armed, its close sends a reset. The
+ * JavaScript engine arms every relayed socket so that a death of the process (SIGKILL, OOM, a
+ * crash) resets its connections instead of ending a truncated transfer with a FIN (audit N4), and
+ * disarms it before each deliberate clean close. Without the addon, a no-op (the README says so).
+ */
+export function resetOnClose(fd: number, on: boolean): void {
+  const a = load() as (Addon & { resetOnClose?: (fd: number, on: boolean) => void }) | null;
+  if (fd >= 0 && a?.resetOnClose) a.resetOnClose(fd, on);
+}
+
 /** The addon for the shared engine's control socket (engine-protocol.ts), or why it cannot load. */
 export function controlAddon(): object | string {
   return load() ?? `native addon unavailable: ${loadError}`;

@@ -6,6 +6,8 @@
  */
 import { connect, type Socket } from 'node:net';
 import { observe } from './histogram.js';
+import { resetOnClose } from './native-engine.js';
+import { socketFd } from './node-internals.js';
 import { proxyHeader } from './proxy-protocol.js';
 import type { TcpPathContext, TcpStats } from './tcp-forwarder.js';
 
@@ -77,7 +79,7 @@ export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, ho
  */
 export function closeUndialled(client: Socket): void {
   if (client.bytesRead > 0 || client.readableLength > 0) client.resetAndDestroy();
-  else client.destroy();
+  else cleanly(client).destroy();
 }
 
 /** The metrics reason of a failed dial. */
@@ -86,4 +88,10 @@ function connectErrorReason(code: string | undefined): keyof TcpStats['connectEr
   if (code === 'ETIMEDOUT') return 'timeout';
   if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
   return 'other';
+}
+
+/** Disarms a socket's reset on close (resetOnClose): its coming close is a deliberate clean one. */
+export function cleanly(s: Socket): Socket {
+  resetOnClose(socketFd(s), false);
+  return s;
 }

@@ -180,7 +180,9 @@ export class TcpForwarder implements TcpPathContext {
     this.#limited = new RateLimitedLog(opts.log);
     if (opts.engine === 'native') {
       server.once('listening', () => {
-        this.port = (server.address() as AddressInfo).port;
+        const a = server.address();
+        if (typeof a !== 'object' || a === null) return; // a unix socket: listenTcp refuses it
+        this.port = a.port;
         try {
           this.#native = new NativeListener(this, serverFd(server));
         } catch (err) {
@@ -196,7 +198,7 @@ export class TcpForwarder implements TcpPathContext {
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
     server.once('listening', () => {
-      this.port = (server.address() as AddressInfo).port;
+      this.port = (server.address() as AddressInfo | null)?.port ?? 0; // a unix socket: listenTcp refuses it
       server.on('error', (err: NodeJS.ErrnoException) => {
         this.stats.acceptErrors++;
         this.warnError('accept', err.code, err.message);

@@ -8,10 +8,10 @@
  */
 import type { Socket } from 'node:net';
 import { RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from './constants.js';
-import { unreadBytes } from './native-engine.js';
+import { resetOnClose, unreadBytes } from './native-engine.js';
 import { adoptAccepted, socketFd } from './node-internals.js';
 import { Pump } from './relay.js';
-import { closeUndialled, dial } from './tcp-dial.js';
+import { cleanly, closeUndialled, dial } from './tcp-dial.js';
 import type { TcpPath, TcpPathContext } from './tcp-forwarder.js';
 
 /** A live connection as the sweep sees it. */
@@ -50,6 +50,9 @@ export class JsPath implements TcpPath {
       ctx.end(acceptedAt, false, true); // gone before we could read it
       return;
     }
+    // Reset on close from here on (native-engine.ts resetOnClose): should this process die, the
+    // kernel resets the connection; a deliberate clean close disarms it first (cleanly()).
+    resetOnClose(socketFd(client), true);
     if (this.#timer === null) {
       this.#timer = setInterval(() => this.sweep(), this.#sweepMs);
       this.#timer.unref();
@@ -60,6 +63,7 @@ export class JsPath implements TcpPath {
       socketOptions: { onread: down.onread, writableHighWaterMark: this.#highWaterMark },
       onConnect: () => {
         connected = true;
+        resetOnClose(socketFd(upstream), true);
         upstream.resume();
       },
       onFail: () => {
@@ -92,12 +96,20 @@ export class JsPath implements TcpPath {
       const clean = self.readableEnded && self.writableFinished;
       if (!clean && !peer.destroyed) {
         if (connected) peer.resetAndDestroy();
-        else peer.destroy();
+        else cleanly(peer).destroy();
       }
       if (self.destroyed && peer.destroyed) finish(!clean);
       else if (!clean) finish(true);
     };
     client.on('error', () => {});
+    // Both directions of a socket ended: Node closes it right after these events; disarm first.
+    const ended = (s: Socket): void => {
+      if (s.readableEnded && s.writableFinished) cleanly(s);
+    };
+    client.on('end', () => ended(client));
+    client.on('finish', () => ended(client));
+    upstream.on('end', () => ended(upstream));
+    upstream.on('finish', () => ended(upstream));
     client.on('close', () => onClose(client, upstream, up, down));
     upstream.on('close', () => onClose(upstream, client, down, up));
     up.connect(client, upstream);
@@ -144,8 +156,8 @@ export class JsPath implements TcpPath {
       c.upstream.resetAndDestroy();
       c.client.resetAndDestroy();
     } else {
-      c.upstream.destroy();
-      c.client.destroy();
+      cleanly(c.upstream).destroy();
+      cleanly(c.client).destroy();
     }
   }
 }
