@@ -6,8 +6,8 @@
  *
  * Contract with JavaScript (src/engine-protocol.ts is the only caller):
  * - ctlListen(fdOrName, onMessage, onClose)  serve the listening AF_UNIX SOCK_SEQPACKET socket
- *       inherited as fd, or bind the abstract name; throws with the errno text (EADDRINUSE: an
- *       engine already serves this namespace). Peers that are neither root nor our uid are
+ *       inherited as fd, or bind the socket of that engine name (ctl-msg.h: under the start-up
+ *       lock); throws with the errno text (EADDRINUSE: an engine already serves this namespace). Peers that are neither root nor our uid are
  *       answered "1<reason>" and closed here, never seen by JavaScript (SO_PEERCRED).
  *       onMessage(conn, Buffer, fd)  one message, fd = the descriptor it carried or -1 (ours now)
  *       onClose(conn)                the peer is gone (EOF, reset); conn is closed
@@ -16,7 +16,9 @@
  * - ctlClose(conn)             closes conn (no onClose)
  * - ctlStopListening()         closes the listening socket (the engine is exiting)
  * - ctlRequest(name, Buffer, timeoutMs)  a client (userland-proxy ls): sends one message and
- *       returns the replies up to one starting with 'E', as an array of Buffers
+ *       returns the replies up to one starting with 'E', as an array of Buffers; only an engine of
+ *       our own uid is asked (SO_PEERCRED), and nothing blocks past timeoutMs
+ * - ctlPath(name)              the socket path of engine `name` in this network namespace
  * conn is the connection's fd number: unique while open, and JavaScript forgets it at onClose.
  */
 #include "engine.h"
@@ -126,7 +128,7 @@ static void on_accept(uv_poll_t *p, int status, int events) {
   for (;;) {
     int fd = accept4(listener_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) return; /* EAGAIN, or EMFILE: the peer waits in the backlog until fds free up */
-    struct ucred cred;
+    struct ucred cred = { 0, (uid_t)-1, (gid_t)-1 };
     socklen_t cl = sizeof cred;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != 0 && cred.uid != geteuid())) {
       char why[120];
@@ -187,18 +189,23 @@ static napi_value js_ctl_listen(napi_env env, napi_callback_info info) {
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     fcntl(fd, F_SETFD, FD_CLOEXEC);
   } else {
-    char name[108];
+    char name[CTL_PATH_MAX], path[CTL_PATH_MAX];
     size_t len;
     napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
-    struct sockaddr_un a;
-    socklen_t alen = ctl_addr(&a, name);
-    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return throw_ctl(env, errno, "socket");
-    if (bind(fd, (struct sockaddr *)&a, alen) < 0 || listen(fd, SOMAXCONN) < 0) {
-      int err = errno;
-      close(fd);
-      return throw_ctl(env, err, "bind");
+    int err = ctl_path(path, name);
+    if (err) return throw_ctl(env, err, "engine socket directory");
+    int lock = ctl_lock(path);
+    if (lock < 0) return throw_ctl(env, errno == EWOULDBLOCK ? EADDRINUSE : errno, "lock");
+    int c = ctl_connect(path);
+    if (c >= 0 || errno == EAGAIN) { /* an engine answers: this namespace has one */
+      if (c >= 0) close(c);
+      close(lock);
+      return throw_ctl(env, EADDRINUSE, "bind");
     }
+    fd = ctl_bind(path, SOCK_NONBLOCK);
+    err = errno;
+    close(lock);
+    if (fd < 0) return throw_ctl(env, err, "bind");
   }
   if (!rbuf && !(rbuf = malloc(CTL_MSG_MAX))) return throw_ctl(env, ENOMEM, "ctlListen");
   ctl_env = env;
@@ -268,27 +275,41 @@ static napi_value js_ctl_close(napi_env env, napi_callback_info info) {
 static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   if (get_args(env, info, 3, argv) < 0) return NULL;
-  char name[108];
+  char name[CTL_PATH_MAX];
   size_t len;
   void *data;
   int timeout;
   napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
   napi_get_buffer_info(env, argv[1], &data, &len);
   napi_get_value_int32(env, argv[2], &timeout);
-  struct sockaddr_un a;
-  socklen_t alen = ctl_addr(&a, name);
-  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (fd < 0) return throw_ctl(env, errno, "socket");
-  if (connect(fd, (struct sockaddr *)&a, alen) < 0 || send(fd, data, len, MSG_NOSIGNAL) < 0) {
-    int err = errno;
+  char path[CTL_PATH_MAX];
+  int err = ctl_path(path, name);
+  if (err) return throw_ctl(env, err, "engine socket directory");
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  /* Non-blocking: an engine whose backlog is full is asked again until the timeout, never waited
+   * for in connect() (audit N10: that wait ignored SIGTERM). */
+  int fd;
+  while ((fd = ctl_connect(path)) < 0 && errno == EAGAIN) {
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= timeout) break;
+    usleep(1000);
+  }
+  if (fd < 0) return throw_ctl(env, errno, "connect");
+  struct ucred cred = { 0, 0, 0 };
+  socklen_t cl = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.uid != geteuid()) {
     close(fd);
-    return throw_ctl(env, err, "connect");
+    return throw_ctl(env, EPERM, "the engine socket is not held by our uid");
+  }
+  if (send(fd, data, len, MSG_NOSIGNAL) < 0) {
+    err = errno;
+    close(fd);
+    return throw_ctl(env, err, "send");
   }
   napi_value out;
   napi_create_array(env, &out);
   char *buf = malloc(CTL_MSG_MAX);
-  struct timespec t0, t1;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
   for (uint32_t i = 0; buf;) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
     int left = timeout - (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
@@ -298,7 +319,7 @@ static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
       close(fd);
       return throw_ctl(env, ETIMEDOUT, "no complete answer from the engine");
     }
-    ssize_t n = recv(fd, buf, CTL_MSG_MAX, 0);
+    ssize_t n = recv(fd, buf, CTL_MSG_MAX, MSG_DONTWAIT);
     if (n <= 0) break;
     napi_value b;
     void *copy;
@@ -311,6 +332,18 @@ static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value js_ctl_path(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result;
+  if (get_args(env, info, 1, argv) < 0) return NULL;
+  char name[CTL_PATH_MAX], path[CTL_PATH_MAX];
+  size_t len;
+  napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
+  int err = ctl_path(path, name);
+  if (err) return throw_ctl(env, err, "engine socket directory");
+  napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &result);
+  return result;
+}
+
 /* Adds the control functions to the addon's exports. */
 void control_define(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -319,6 +352,7 @@ void control_define(napi_env env, napi_value exports) {
     { "ctlClose", NULL, js_ctl_close, NULL, NULL, NULL, napi_default, NULL },
     { "ctlStopListening", NULL, js_ctl_stop_listening, NULL, NULL, NULL, napi_default, NULL },
     { "ctlRequest", NULL, js_ctl_request, NULL, NULL, NULL, napi_default, NULL },
+    { "ctlPath", NULL, js_ctl_path, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

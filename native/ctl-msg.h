@@ -1,25 +1,117 @@
 /*
- * The wire of the shim protocol, for both of its ends (native/shim.c, native/control.c): the
- * engine's abstract socket address, and SOCK_SEQPACKET messages that carry at most one file
- * descriptor. Static inline: the shim is a separate executable with nothing else in common.
+ * The wire of the shim protocol, for both of its ends (native/shim.c, native/control.c): where
+ * the engine's socket lives, how the one engine of a namespace gets started, and SOCK_SEQPACKET
+ * messages that carry at most one file descriptor. Static inline: the shim is a separate
+ * executable with nothing else in common.
+ *
+ * Where (audit N1): a path socket in a directory only our uid can write, never an abstract name,
+ * which any local user could bind first and so decide whether root's proxies start:
+ *   <dir>/<name>.<netns inode>.sock
+ *   dir   /run/userland-proxy for root; $XDG_RUNTIME_DIR/userland-proxy, else
+ *         /tmp/userland-proxy-<uid>, for anyone else (rootless Docker sets XDG_RUNTIME_DIR).
+ *         Made 0700 if missing; refused unless it is a real directory of ours, mode 0700.
+ *   name  engine-<fnv1a32 of the install root> (src/engine-protocol.ts), or
+ *         $USERLAND_PROXY_ENGINE_SOCKET; the network namespace's inode keeps one engine per
+ *         namespace, as the kernel's scoping of abstract names did.
+ * Start-up: whoever finds no engine (ECONNREFUSED, ENOENT) takes an flock on <path>.lock, looks
+ * again, and only then replaces a stale socket file and binds: concurrent first shims make one
+ * engine, and a live engine's file is never unlinked. An engine never unlinks its own file (a
+ * successor may have taken the name meanwhile).
  */
 #ifndef USERLAND_PROXY_CTL_MSG_H
 #define USERLAND_PROXY_CTL_MSG_H
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-/* The abstract address of `name`: sun_path[0] = 0, no file, scoped to the network namespace. */
-static inline socklen_t ctl_addr(struct sockaddr_un *a, const char *name) {
+#define CTL_PATH_MAX 108 /* sizeof sun_path */
+
+/* Fills path (CTL_PATH_MAX bytes) with the socket of engine `name` in this network namespace,
+ * making the directory if missing. 0, or an errno: EPERM when the directory is not a private one
+ * of ours (another user made it), ENAMETOOLONG, or what mkdir/stat said. */
+static inline int ctl_path(char *path, const char *name) {
+  char dir[CTL_PATH_MAX];
+  const char *xdg = getenv("XDG_RUNTIME_DIR");
+  int n;
+  if (geteuid() == 0)
+    n = snprintf(dir, sizeof dir, "/run/userland-proxy");
+  else if (xdg && xdg[0] == '/')
+    n = snprintf(dir, sizeof dir, "%s/userland-proxy", xdg);
+  else
+    n = snprintf(dir, sizeof dir, "/tmp/userland-proxy-%u", (unsigned)geteuid());
+  if (n < 0 || (size_t)n >= sizeof dir) return ENAMETOOLONG;
+  if (mkdir(dir, 0700) < 0 && errno != EEXIST) return errno;
+  struct stat st;
+  if (lstat(dir, &st) < 0) return errno;
+  if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077) != 0) return EPERM;
+  struct stat ns;
+  if (stat("/proc/self/ns/net", &ns) < 0) return errno;
+  n = snprintf(path, CTL_PATH_MAX, "%s/%s.%lu.sock", dir, name, (unsigned long)ns.st_ino);
+  return n < 0 || n >= CTL_PATH_MAX ? ENAMETOOLONG : 0;
+}
+
+/* The address of a path. */
+static inline socklen_t ctl_addr(struct sockaddr_un *a, const char *path) {
   memset(a, 0, sizeof *a);
   a->sun_family = AF_UNIX;
-  size_t n = strlen(name);
+  size_t n = strlen(path);
   if (n > sizeof a->sun_path - 1) n = sizeof a->sun_path - 1;
-  memcpy(a->sun_path + 1, name, n);
-  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+  memcpy(a->sun_path, path, n);
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+/* A non-blocking connect to the engine at path: the connection (still non-blocking), or -1 with
+ * errno (ECONNREFUSED/ENOENT: no engine; EAGAIN: its backlog is full, it is busy). Never blocks:
+ * a blocking connect to a full backlog waits for ever (audit N1). */
+static inline int ctl_connect(const char *path) {
+  struct sockaddr_un a;
+  socklen_t len = ctl_addr(&a, path);
+  int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (c < 0) return -1;
+  if (connect(c, (struct sockaddr *)&a, len) == 0) return c;
+  int err = errno;
+  close(c);
+  errno = err;
+  return -1;
+}
+
+/* The start-up lock of path: its fd (flock held) or -1 (EWOULDBLOCK: another process is
+ * starting an engine or checking for one). Closing the fd releases it. */
+static inline int ctl_lock(const char *path) {
+  char lock[CTL_PATH_MAX + 8];
+  snprintf(lock, sizeof lock, "%s.lock", path);
+  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return -1;
+  if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
+  int err = errno;
+  close(fd);
+  errno = err;
+  return -1;
+}
+
+/* Under the start-up lock, with no engine answering at path: replaces a stale socket file with a
+ * bound, listening socket (the new engine's). Its fd, or -1 with errno. */
+static inline int ctl_bind(const char *path, int flags) {
+  struct sockaddr_un a;
+  socklen_t len = ctl_addr(&a, path);
+  unlink(path);
+  int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | flags, 0);
+  if (l < 0) return -1;
+  if (bind(l, (struct sockaddr *)&a, len) < 0 || listen(l, SOMAXCONN) < 0) {
+    int err = errno;
+    close(l);
+    errno = err;
+    return -1;
+  }
+  return l;
 }
 
 /* One sendmsg of buf with `pass` (when >= 0) as SCM_RIGHTS; retried on EINTR. */
@@ -58,7 +150,7 @@ static inline ssize_t ctl_recv(int fd, void *buf, size_t cap, int *got, int flag
   ssize_t n;
   while ((n = recvmsg(fd, &m, flags | MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {}
   *got = -1;
-  for (struct cmsghdr *h = n > 0 ? CMSG_FIRSTHDR(&m) : NULL; h; h = CMSG_NXTHDR(&m, h)) {
+  for (struct cmsghdr *h = n >= 0 ? CMSG_FIRSTHDR(&m) : NULL; h; h = CMSG_NXTHDR(&m, h)) {
     if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
     int nfd = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
     for (int i = 0; i < nfd; i++) {
@@ -69,6 +161,14 @@ static inline ssize_t ctl_recv(int fd, void *buf, size_t cap, int *got, int flag
       else
         close(x);
     }
+  }
+  /* A message cut to cap, or descriptors the kernel dropped, is not the message sent: refuse it
+   * rather than parse a part (audit N12). Nobody of ours sends one that large. */
+  if (n > 0 && (m.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+    if (*got >= 0) close(*got);
+    *got = -1;
+    errno = EMSGSIZE;
+    return -1;
   }
   return n;
 }

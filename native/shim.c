@@ -16,16 +16,17 @@
  *   SIGHUP the engine reopens the mapping's log file.
  *
  * Engine protocol (src/engine-protocol.ts is the other side): one AF_UNIX SOCK_SEQPACKET connection
- * per mapping to the abstract name userland-proxy.<euid>.<fnv1a32(install root)> (scoped to the
- * network namespace by the kernel) or $USERLAND_PROXY_ENGINE_SOCKET. Messages, first byte a type:
+ * per mapping to the engine's socket, a path in a directory only our uid can write, one per
+ * network namespace (ctl-msg.h says where). Messages, first byte a type:
  *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_* env...>\0  [+ fd 4]  register
  *                   A<same>  [+ the held socket]                             re-register (adopt)
  *                   S  stop      H  reopen the log
  *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
  * The shim keeps the listening socket the engine returns, so that no engine death ever unbinds a
  * port: on EOF it re-registers with a new engine, or execs the per-port proxy on that socket.
- * Whoever binds the abstract name starts the engine (double fork, own process group: it is nobody's child
- * and carries no Pdeathsig) and hands it the bound socket: concurrent first shims make one engine.
+ * Whoever finds no engine takes the start-up lock, binds the socket and starts the engine (double
+ * fork, own process group: it is nobody's child and carries no Pdeathsig) on it: concurrent first
+ * shims make one engine. A stop signal ends the shim (exit 0) at any moment of all this.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,7 +63,7 @@
 extern char **environ;
 static char root[PATH_MAX];
 static char launcher[PATH_MAX + 32];
-static char name[108];
+static char path[CTL_PATH_MAX];
 static char **args;
 static int nargs;
 
@@ -192,16 +193,19 @@ static void find_root(void) {
   snprintf(launcher, sizeof launcher, "%s/bin/userland-proxy%s", root, checkout ? "" : "-node");
 }
 
-/* The engine's abstract socket name (src/engine-protocol.ts computes the same). */
-static void engine_name(void) {
+/* The engine's socket (ctl-msg.h; src/engine-protocol.ts names it the same way). 0, or an errno
+ * when there is no private directory for it (the per-port proxy then serves). */
+static int engine_path(void) {
   const char *given = getenv("USERLAND_PROXY_ENGINE_SOCKET");
+  char name[64];
   if (given && *given) {
     snprintf(name, sizeof name, "%s", given);
-    return;
+  } else {
+    uint32_t h = 2166136261u; /* FNV-1a: installs in different directories get different engines */
+    for (const char *p = root; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    snprintf(name, sizeof name, "engine-%08x", h);
   }
-  uint32_t h = 2166136261u; /* FNV-1a: installs in different directories get different engines */
-  for (const char *p = root; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  snprintf(name, sizeof name, "userland-proxy.%u.%08x", (unsigned)geteuid(), h);
+  return ctl_path(path, name);
 }
 
 /* Starts the engine on the bound, listening control socket `l`: a double fork, so that the
@@ -227,7 +231,9 @@ static void spawn_engine(int l) {
   dup2(null, 1);
   dup2(null, 2);
   dup2(hl, ENGINE_CONTROL_FD); /* dup2 clears FD_CLOEXEC on the copy */
-  for (int fd = ENGINE_CONTROL_FD + 1; fd < 1024; fd++) close(fd);
+  /* Nothing else of ours reaches the engine: not another shim's fd 4, at any fd number. */
+  if (close_range(ENGINE_CONTROL_FD + 1, ~0U, 0) < 0)
+    for (int fd = ENGINE_CONTROL_FD + 1; fd < 65536; fd++) close(fd);
   /* One fd budget for every mapping: as many as the hard limit allows (shared-engine rule 7). */
   struct rlimit r;
   if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
@@ -244,38 +250,61 @@ static void spawn_engine(int l) {
   _exit(127);
 }
 
-/* Connects to this namespace's engine, starting one when nobody listens on the name. Returns the
- * connection, or -1 when no engine of ours can be reached before `deadline`. */
-static int connect_engine(long deadline, int *spawned) {
-  struct sockaddr_un a;
-  socklen_t len = ctl_addr(&a, name);
+/* Connects to this namespace's engine, starting one when none answers. Returns the connection
+ * (blocking again), or -1 when no engine of ours can be reached before `deadline`. A stop signal
+ * meanwhile ends the shim (exit 0), however long the engine takes. */
+static int connect_engine(long deadline, int *spawned, int sigfd) {
   for (;;) {
-    int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (c < 0) return -1;
-    if (connect(c, (struct sockaddr *)&a, len) == 0) {
-      /* An abstract name has no permissions: only an engine of our own uid gets our sockets. */
-      struct ucred cred;
+    struct signalfd_siginfo si;
+    while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si)
+      if (si.ssi_signo != SIGHUP) exit(0);
+    int c = ctl_connect(path);
+    if (c >= 0) {
+      /* Only an engine of our own uid gets our sockets (the directory is ours: say so loudly if
+       * anyone else answers). */
+      struct ucred cred = { 0, 0, 0 };
       socklen_t cl = sizeof cred;
-      if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cred.uid == geteuid()) return c;
+      if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cred.uid == geteuid()) {
+        fcntl(c, F_SETFL, fcntl(c, F_GETFL) & ~O_NONBLOCK);
+        return c;
+      }
+      char line[CTL_PATH_MAX + 128];
+      int n = snprintf(line, sizeof line, "userland-proxy: %s is held by uid %u, not ours: serving this port alone\n", path,
+          (unsigned)cred.uid);
+      write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
       close(c);
       return -1;
     }
     int err = errno;
-    close(c);
     if (now_ms() > deadline) return -1;
     if (err == ECONNREFUSED || err == ENOENT) {
-      if (*spawned >= ENGINE_SPAWNS) return -1;
-      /* Whoever binds the name starts the engine; the others' connects queue on its backlog. */
-      int l = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-      if (l >= 0 && bind(l, (struct sockaddr *)&a, len) == 0 && listen(l, SOMAXCONN) == 0) {
-        (*spawned)++;
-        spawn_engine(l);
+      int lock = ctl_lock(path);
+      if (lock >= 0) {
+        /* Ours to start, unless someone started one between our connect and the lock. */
+        c = ctl_connect(path);
+        if (c >= 0) {
+          close(c);
+        } else if (*spawned >= ENGINE_SPAWNS) {
+          close(lock);
+          return -1;
+        } else {
+          int l = ctl_bind(path, 0);
+          if (l < 0) { /* cannot bind: no engine to wait for */
+            close(lock);
+            return -1;
+          }
+          (*spawned)++;
+          spawn_engine(l);
+          close(l);
+        }
+        close(lock);
+        continue;
       }
-      if (l >= 0) close(l);
-      continue;
+      if (errno != EWOULDBLOCK) return -1;
+    } else if (err != EAGAIN && err != EINTR) {
+      return -1;
     }
-    if (err != EAGAIN && err != EINTR) return -1;
-    usleep(1000); /* the engine's backlog is full: it is busy accepting */
+    usleep(1000); /* someone else is starting the engine, or its backlog is full: it is busy */
   }
 }
 
@@ -353,7 +382,7 @@ static int await_verdict(int c, int sigfd, long deadline, char *msg, size_t cap,
 static int register_mapping(char kind, int fd, int sigfd, long deadline, char *msg, size_t cap, int *type, int *got) {
   int spawned = 0;
   for (;;) {
-    int c = connect_engine(deadline, &spawned);
+    int c = connect_engine(deadline, &spawned, sigfd);
     if (c < 0) return -1;
     int sent = send_register(c, kind, fd);
     if (sent < 0) {
@@ -376,7 +405,14 @@ int main(int argc, char **argv) {
   find_root();
   int listen_flag = 0;
   if (!shared_on() || !understood(&listen_flag)) exec_node(-1);
-  engine_name();
+  int err = engine_path();
+  if (err) {
+    char line[200];
+    int n = snprintf(line, sizeof line, "userland-proxy: no private directory for the shared engine's socket (%s): serving this port alone\n",
+        strerror(err));
+    write_all(2, line, (size_t)n);
+    exec_node(-1);
+  }
 
   sigset_t set;
   sigemptyset(&set);

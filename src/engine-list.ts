@@ -18,12 +18,12 @@ export function queryEngine(name = engineSocketName()): EngineListing[] | null {
     parts = ctl.ctlRequest(name, Buffer.from('L'), LIST_TIMEOUT_MS);
   } catch (err) {
     if (/refused|No such file/.test((err as Error).message)) return null;
-    throw new ProxyError('UPROXY_ERR_NATIVE', `cannot ask the shared engine @${name}: ${(err as Error).message}`);
+    throw new ProxyError('UPROXY_ERR_NATIVE', `cannot ask the shared engine ${name}: ${(err as Error).message}`);
   }
   const last = parts.at(-1);
   if (last?.[0] !== 0x45) {
     const why = last?.[0] === 0x31 ? last.subarray(1).toString() : 'incomplete answer';
-    throw new ProxyError('UPROXY_ERR_NATIVE', `the shared engine @${name} did not list its mappings: ${why}`);
+    throw new ProxyError('UPROXY_ERR_NATIVE', `the shared engine ${name} did not list its mappings: ${why}`);
   }
   return JSON.parse(
     parts
@@ -43,7 +43,7 @@ export function formatListing(rows: EngineListing[], json: boolean): string {
       : r.udp
         ? [r.udp.flowsActive, r.udp.flowsCreated, r.udp.bytesIn, r.udp.bytesOut]
         : [];
-    table.push([r.mapping, r.target, r.engine, r.since.replace(/\.\d+Z$/, 'Z'), ...c.map(String)]);
+    table.push([r.mapping, r.target, r.engine, r.since.replace(/\.\d+Z$/, 'Z'), ...c.map(String)].map(printable));
   }
   const widths = table[0]?.map((_, i) => Math.max(...table.map((row) => (row[i] ?? '').length))) ?? [];
   return table
@@ -55,4 +55,10 @@ export function formatListing(rows: EngineListing[], json: boolean): string {
           .trimEnd()}\n`,
     )
     .join('');
+}
+
+/** A cell as a terminal can show it: control characters escaped, never sent raw (audit N10). */
+function printable(cell: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: they are what is escaped
+  return cell.replace(/[\u0000-\u001f\u007f-\u009f]/g, (ch) => `\\x${ch.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }

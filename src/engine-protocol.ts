@@ -1,6 +1,7 @@
 /**
- * The shared engine's side of the shim protocol (native/shim.c states it in full): the abstract
- * socket name, the registration message, and the addon's control functions (native/control.c).
+ * The shared engine's side of the shim protocol (native/shim.c states it in full): the engine's
+ * name (native/ctl-msg.h turns it into a socket path in a private directory, per network
+ * namespace), the registration message, and the addon's control functions (native/control.c).
  *
  *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_*=... ...>\0  [+ fd 4]  register
  *                   A<same>  [+ the socket the shim holds]                 re-register: adopt it
@@ -20,6 +21,8 @@ export interface Control {
   ctlClose(conn: number): void;
   ctlStopListening(): void;
   ctlRequest(name: string, msg: Buffer, timeoutMs: number): Buffer[];
+  /** The socket path of engine `name` in this network namespace (throws without a private directory). */
+  ctlPath(name: string): string;
 }
 
 /** The control functions, or null (with the reason) when the addon is not built or not loadable. */
@@ -35,14 +38,14 @@ export function fnv1a32(text: string): number {
 }
 
 /**
- * The abstract socket name of this installation's engine for this uid: one engine per network
- * namespace (the kernel scopes abstract names to it), per install directory, per user.
+ * The name of this installation's engine (native/shim.c names it the same way): one per install
+ * directory; the socket's directory makes it one per user, its path one per network namespace.
  */
 export function engineSocketName(env: NodeJS.ProcessEnv = process.env): string {
   const given = env[`${ENV_PREFIX}ENGINE_SOCKET`];
   if (given) return given;
   const root = realpathSync(fileURLToPath(new URL('..', import.meta.url)));
-  return `userland-proxy.${process.geteuid?.() ?? 0}.${fnv1a32(root).toString(16).padStart(8, '0')}`;
+  return `engine-${fnv1a32(root).toString(16).padStart(8, '0')}`;
 }
 
 /** A shim's registration. */

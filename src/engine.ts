@@ -264,8 +264,8 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     ctl.ctlListen(source, onMessage, (conn) => drop(conn, 'shim gone'));
   } catch (err) {
     const m = (err as Error).message;
-    die(/Address already in use/.test(m) ? `an engine already serves @${source} in this network namespace` : m, log);
+    die(/Address already in use/.test(m) ? `an engine already serves ${ctl.ctlPath(String(source))} in this network namespace` : m, log);
   }
   idleCheck();
-  log.info({ version: packageVersion(), control: typeof source === 'number' ? `fd ${source}` : `@${source}`, fdLimit: budget.limit }, 'engine ready');
+  log.info({ version: packageVersion(), control: typeof source === 'number' ? `fd ${source}` : ctl.ctlPath(source), fdLimit: budget.limit }, 'engine ready');
 }

@@ -12,6 +12,7 @@ import type { Server } from 'node:net';
 import { joinHostPort, type IpAddress } from './address.js';
 import { LISTEN_BACKLOG, LISTEN_FD } from './constants.js';
 import { ProxyError } from './errors.js';
+import { isUnixServer } from './node-internals.js';
 
 /** Go's (lower-case strerror) wording for the errno codes a bind or listen can fail with. */
 const STRERROR: Record<string, string> = {
@@ -137,9 +138,8 @@ export function listenTcp(server: Server, opts: ListenOptions): Promise<void> {
     },
     (err) => (opts.listenFd !== null ? drop(fdError('listening TCP', err)) : bindError('tcp', opts, err)),
     () => {
-      // Node listens on a unix socket too (address() is then its path): not a port to forward.
-      const a = server.address();
-      if (opts.listenFd === null || (typeof a === 'object' && a !== null)) return null;
+      // Node listens on a unix socket too: not a port to forward.
+      if (opts.listenFd === null || !isUnixServer(server)) return null;
       server.close();
       return fdError('listening TCP', Object.assign(new Error('not a TCP socket'), { code: 'EPROTOTYPE' }));
     },

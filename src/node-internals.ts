@@ -8,6 +8,7 @@
  * | adoptAccepted()       | net.Socket `_handle`, `{ handle }`   | `onread` on accepted sockets      | error: the relay cannot work   |
  * | socketFd()            | `_handle.fd`                         | FIONREAD before a forced close    | -1: a forced close resets      |
  * | serverFd()            | net.Server `_handle.fd`              | handing TCP listeners to C        | -1: the mapping fails to open  |
+ * | isUnixServer()        | net.Server `_handle` class name      | refusing a unix socket as fd 4    | false: a null address refuses  |
  * | swapReadBuffer()      | `_handle.useUserBuffer()`            | idle connections' small buffers   | false: the big buffer stays    |
  * | udpHandle()           | dgram's `state symbol` -> handle     | handing UDP listeners to C        | error at start: native UDP off |
  */
@@ -63,6 +64,14 @@ export function socketFd(socket: Socket): number {
 export function serverFd(server: Server): number {
   const fd = (server as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
   return typeof fd === 'number' ? fd : -1;
+}
+
+/**
+ * True when the server listens on a unix socket (Node adopts one given as `{ fd }` as a Pipe,
+ * whose address() is null, as a TCP server's is once closed): not a port to forward (audit N3).
+ */
+export function isUnixServer(server: Server): boolean {
+  return (server as unknown as { _handle?: object | null })._handle?.constructor.name === 'Pipe';
 }
 
 /**

@@ -35,7 +35,7 @@ import type { EngineName } from './native-engine.js';
 import { TCP_CONNECTION_FDS, type FdBudget } from './fd-limit.js';
 import { JsPath } from './tcp-js-path.js';
 import { NativeListener } from './tcp-native-path.js';
-import { serverFd } from './node-internals.js';
+import { isUnixServer, serverFd } from './node-internals.js';
 
 /** Plain-number counters, read by metrics at scrape time (never prom-client on the hot path). */
 export interface TcpStats {
@@ -180,9 +180,8 @@ export class TcpForwarder implements TcpPathContext {
     this.#limited = new RateLimitedLog(opts.log);
     if (opts.engine === 'native') {
       server.once('listening', () => {
-        const a = server.address();
-        if (typeof a !== 'object' || a === null) return; // a unix socket: listenTcp refuses it
-        this.port = a.port;
+        if (isUnixServer(server)) return; // listenTcp refuses it
+        this.port = (server.address() as AddressInfo).port;
         try {
           this.#native = new NativeListener(this, serverFd(server));
         } catch (err) {
@@ -198,7 +197,7 @@ export class TcpForwarder implements TcpPathContext {
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
     server.once('listening', () => {
-      this.port = (server.address() as AddressInfo | null)?.port ?? 0; // a unix socket: listenTcp refuses it
+      this.port = isUnixServer(server) ? 0 : (server.address() as AddressInfo).port; // listenTcp refuses a unix socket
       server.on('error', (err: NodeJS.ErrnoException) => {
         this.stats.acceptErrors++;
         this.warnError('accept', err.code, err.message);

@@ -4,13 +4,15 @@
  * the processes dies. Each test names an engine of its own (USERLAND_PROXY_ENGINE_SOCKET) and
  * kills it afterwards; the data path is the project's engine (USERLAND_PROXY_ENGINE).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer, type Server } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { serverFd, udpHandle } from '../../src/node-internals.js';
+import { control, type Control } from '../../src/engine-protocol.js';
 import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
 import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';
@@ -52,6 +54,8 @@ const listeningPorts = (): number[] =>
     .map((l) => Number(/:(\d+)$/.exec(l.split(/\s+/)[3] ?? '')?.[1])) // Local Address:Port
     .filter((p) => p > 0);
 const listening = (port: number): boolean => listeningPorts().includes(port);
+/** The socket path of engine `name` (native/ctl-msg.h computes it). */
+const enginePath = (name: string): string => (control() as Control).ctlPath(name);
 const exeOf = (pid: number): string => {
   try {
     return readlinkSync(`/proc/${pid}/exe`);
@@ -148,36 +152,76 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     await vi.waitFor(() => expect(enginePids(name)).toEqual([]), { timeout: 5000, interval: 100 });
   });
 
-  it.skipIf(!IS_ROOT)('a peer that is neither root nor the engine uid is refused and nothing is bound', async () => {
+  it.skipIf(!IS_ROOT)("root's engine socket is in a directory only root can enter: another user can neither reach nor squat it (audit N1)", async () => {
     const { name, env } = engineEnv();
     const port = await freePort();
     const keep = await startProxy(tcpArgs(port), { env }); // starts the root engine
     expect(exeOf(keep.pid)).toBe(SHIM);
     expect(enginePids(name)).toHaveLength(1);
+    const path = enginePath(name);
+    expect(path).toBe(`/run/userland-proxy/${name}.${statSync('/proc/self/ns/net').ino}.sock`);
+    const dir = statSync(dirname(path));
+    expect([dir.uid, dir.mode & 0o777]).toEqual([0, 0o700]);
+    // Speak the protocol as nobody: the directory stops it before the engine's own uid check.
     const other = await freePort();
-    // Speak the protocol as nobody, bypassing the shim's own check of the engine's uid.
     const script = [
       'import socket,sys',
       's=socket.socket(socket.AF_UNIX,socket.SOCK_SEQPACKET)',
-      `s.connect("\\0${name}")`,
-      `argv=${JSON.stringify(tcpArgs(other))}`,
-      // The engine may refuse (answer and shut down) before this send: the answer is still there.
       'try:',
-      "  s.send(('R'+'\\0'.join([str(len(argv))]+argv)+'\\0').encode())",
-      'except BrokenPipeError:',
-      '  pass',
-      's.settimeout(5)',
-      'sys.stdout.write(s.recv(4096).decode())',
+      `  s.connect(${JSON.stringify(path)})`,
+      'except PermissionError:',
+      '  print("EACCES")',
     ].join('\n');
     const r = spawnSync('python3', ['-c', script], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 10_000 });
-    expect(r.stdout, r.stderr).toBe('1the shared engine serves only root and uid 0, not uid 65534');
-    expect(listening(other)).toBe(false);
-    // A shim run as nobody does not hand its port to root's engine: it runs the per-port proxy.
-    const nobody = await startProxy(tcpArgs(other), { env, uid: 65534, gid: 65534 });
-    expect(exeOf(nobody.pid)).not.toBe(SHIM);
-    expect(await echoes(other)).toBe(true);
-    await nobody.stop();
+    expect(r.stdout.trim(), r.stderr).toBe('EACCES');
+    // A shim run as nobody never hands its port to root's engine: it has its own directory.
+    const own = mkdtempSync(join(tmpdir(), 'upt-xdg-'));
+    chownSync(own, 65534, 65534);
+    try {
+      const nobody = await startProxy(tcpArgs(other), { env: { ...env, XDG_RUNTIME_DIR: own }, uid: 65534, gid: 65534 });
+      expect(await echoes(other)).toBe(true);
+      expect(existsSync(join(own, 'userland-proxy'))).toBe(true);
+      await nobody.stop();
+    } finally {
+      for (const pid of enginePids(name)) if (statSync(`/proc/${pid}`).uid === 65534) process.kill(pid, 'SIGKILL');
+      rmSync(own, { recursive: true, force: true });
+    }
     await keep.stop();
+  });
+
+  it.skipIf(!IS_ROOT)('a socket directory that is not private is refused: the port is served alone, and the shim says why (audit N1)', async () => {
+    const { env } = engineEnv();
+    const xdg = mkdtempSync(join(tmpdir(), 'upt-xdg-'));
+    chmodSync(xdg, 0o755);
+    mkdirSync(join(xdg, 'userland-proxy'), { mode: 0o777 }); // made by someone else (root), open to all
+    try {
+      const port = await freePort();
+      const p = await startProxy(tcpArgs(port), { env: { ...env, XDG_RUNTIME_DIR: xdg }, uid: 65534, gid: 65534 });
+      expect(exeOf(p.pid)).not.toBe(SHIM);
+      expect(await echoes(port)).toBe(true);
+      expect(p.stderr()).toContain('no private directory for the shared engine');
+      await p.stop();
+    } finally {
+      rmSync(xdg, { recursive: true, force: true });
+    }
+  });
+
+  it('a stop request ends a shim that waits for the engine start-up lock (audit N1)', async () => {
+    const { name, env } = engineEnv();
+    const path = enginePath(name);
+    // Someone holds the start-up lock and no engine answers: the shim waits, as for a busy start.
+    const holder = spawn('flock', [`${path}.lock`, 'sleep', '30'], { stdio: 'ignore' });
+    try {
+      await sleep(200);
+      const p = spawnProxy(tcpArgs(await freePort()), { env });
+      await sleep(500);
+      const t0 = Date.now();
+      process.kill(p.pid, 'SIGTERM');
+      expect(await p.exited).toEqual({ code: 0, signal: null });
+      expect(Date.now() - t0).toBeLessThan(1000);
+    } finally {
+      holder.kill('SIGKILL');
+    }
   });
 
   it.skipIf(!IS_ROOT)('two network namespaces get two engines', async () => {

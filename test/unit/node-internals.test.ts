@@ -3,9 +3,12 @@
  * runs this file on Node 22, 24 and 26 as well: a Node that changes one fails here, by name.
  */
 import { createSocket } from 'node:dgram';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adoptAccepted, serverFd, socketFd, swapReadBuffer, udpHandle } from '../../src/node-internals.js';
+import { adoptAccepted, isUnixServer, serverFd, socketFd, swapReadBuffer, udpHandle } from '../../src/node-internals.js';
 import { sleep } from '../helpers/net.js';
 
 let server: Server;
@@ -65,8 +68,16 @@ describe('node-internals', () => {
     const s = createServer();
     await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
     expect(serverFd(s)).toBeGreaterThan(2);
+    expect(isUnixServer(s)).toBe(false);
     s.close();
     expect(serverFd(s)).toBe(-1);
+    // A unix socket (as a unix fd 4 would be adopted) is a Pipe to Node.
+    const dir = mkdtempSync(join(tmpdir(), 'upt-ni-'));
+    const u = createServer();
+    await new Promise<void>((r) => u.listen(join(dir, 's'), r));
+    expect(isUnixServer(u)).toBe(true);
+    u.close();
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it("udpHandle() finds a bound dgram socket's fd and stops its reads", async () => {
