@@ -269,8 +269,8 @@ static int connect_engine(long deadline, int *spawned, int sigfd) {
         return c;
       }
       char line[CTL_PATH_MAX + 128];
-      int n = snprintf(line, sizeof line, "userland-proxy: %s is held by uid %u, not ours: serving this port alone\n", path,
-          (unsigned)cred.uid);
+      int n = snprintf(line, sizeof line, "userland-proxy: %s is held by uid %u, not ours: serving this port alone\n",
+          path, (unsigned)cred.uid);
       write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
       close(c);
       return -1;
@@ -408,7 +408,8 @@ int main(int argc, char **argv) {
   int err = engine_path();
   if (err) {
     char line[200];
-    int n = snprintf(line, sizeof line, "userland-proxy: no private directory for the shared engine's socket (%s): serving this port alone\n",
+    int n = snprintf(line, sizeof line,
+        "userland-proxy: no private directory for the shared engine's socket (%s): serving this port alone\n",
         strerror(err));
     write_all(2, line, (size_t)n);
     exec_node(-1);
