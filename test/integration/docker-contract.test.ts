@@ -4,7 +4,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { LISTEN_BACKLOG } from '../../src/constants.js';
 import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
@@ -202,6 +203,13 @@ describe.each(DOCKER_MODES)('$mode', ({ shared }) => {
       const { port } = server.address() as { port: number };
       const p = await startProxy([...args('tcp', '127.0.0.1', port), '-use-listen-fd'], { listenFd: fdOf(server) });
       server.close(); // dockerd closes its copy after "0\n"
+      // The backlog is ours (the kernel's cap, as docker-proxy 28's 4096), not the 511 Node gives an
+      // adopted fd when the backlog is passed as an option (audit N13). ss: Send-Q of a listener.
+      const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+      const ss = spawnSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' })
+        .stdout.trim()
+        .split(/\s+/);
+      expect(Number(ss[2])).toBe(Math.min(somaxconn, LISTEN_BACKLOG));
       const data = randomBytes(50_000);
       expect(sha256(await tcpRoundTrip('127.0.0.1', port, data))).toBe(sha256(data));
       expect((await p.stop()).code).toBe(0);
