@@ -25,6 +25,7 @@
  * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
  * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
  * - resetOnClose(fd, on)             arms or disarms SO_LINGER {1, 0} on a socket JavaScript owns
+ * - groupsOpen()                     groups on the thread's list (a closed one leaves it)
  * Counters and histograms live in the caller's Float64Array: only this thread writes them,
  * JavaScript reads them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets
  * we build for).
@@ -141,10 +142,22 @@ static void engine_teardown(void *arg) {
     e->cmds = c->next;
     free(c);
   }
+  /* Groups JavaScript still holds are freed by their external's finalizer, if it ever runs. */
   while (e->groups) {
     group_t *g = e->groups;
     e->groups = g->next;
     if (g->lfd >= 0) close(g->lfd);
+    g->lfd = -1;
+    if (__atomic_sub_fetch(&g->owners, 1, __ATOMIC_ACQ_REL) == 0) {
+      free(g->table);
+      free(g->allow);
+      free(g->deny);
+      free(g);
+    }
+  }
+  while (e->retired) {
+    group_t *g = e->retired;
+    e->retired = g->retired_next;
     free(g->table);
     free(g->allow);
     free(g->deny);
@@ -229,6 +242,39 @@ static void group_free(napi_env env, group_t *g) {
   if (g->ctr_ref) napi_delete_reference(env, g->ctr_ref);
   if (g->budget_ref) napi_delete_reference(env, g->budget_ref);
   free(g);
+}
+
+/* Frees the groups the thread retired last (their counters' references are JavaScript's). */
+static void reap(napi_env env, engine_t *e) {
+  pthread_mutex_lock(&e->mu);
+  group_t *list = e->retired;
+  e->retired = NULL;
+  pthread_mutex_unlock(&e->mu);
+  while (list) {
+    group_t *g = list;
+    list = g->retired_next;
+    group_free(env, g);
+  }
+}
+
+/* One owner of a group lets go: the thread when it retires it (closed, off its list), JavaScript
+ * when its external is collected. The last one frees it; napi references can only be deleted on
+ * the main thread, so a group the thread lets go last waits on e->retired for reap(). */
+void group_release(engine_t *e, group_t *g, int from_thread) {
+  if (__atomic_sub_fetch(&g->owners, 1, __ATOMIC_ACQ_REL) != 0) return;
+  if (from_thread) {
+    pthread_mutex_lock(&e->mu);
+    g->retired_next = e->retired;
+    e->retired = g;
+    pthread_mutex_unlock(&e->mu);
+  }
+}
+
+/* The finalizer of a group's external: JavaScript dropped the group. */
+static void group_finalize(napi_env env, void *data, void *hint) {
+  group_t *g = data;
+  (void)hint;
+  if (__atomic_sub_fetch(&g->owners, 1, __ATOMIC_ACQ_REL) == 0) group_free(env, g);
 }
 
 /* acl: Buffer of ACL_RECORD_BYTES entries [family 4|6, prefix, 16 address bytes], or null. */
@@ -340,13 +386,20 @@ static napi_value start_group(napi_env env, engine_t *e, group_t *g, uint32_t ev
     group_free(env, g);
     return throw_errno(env, err, "group epoll");
   }
+  napi_value ext;
+  if (napi_create_external(env, g, group_finalize, NULL, &ext) != napi_ok) {
+    epoll_ctl(e->epfd, EPOLL_CTL_DEL, g->lfd, NULL);
+    quota_put(e, g->quota);
+    group_free(env, g);
+    return NULL;
+  }
+  g->owners = 2; /* the thread's list and the external */
   pthread_mutex_lock(&e->mu);
   g->next = e->groups;
   e->groups = g;
   pthread_mutex_unlock(&e->mu);
   hold(env, e, 1);
-  napi_value ext;
-  if (napi_create_external(env, g, NULL, NULL, &ext) != napi_ok) return NULL;
+  reap(env, e);
   return ext;
 }
 
@@ -477,7 +530,24 @@ static napi_value js_group_close(napi_env env, napi_callback_info info) {
   if (run(e, C_CLOSE_GROUP, g) < 0) return throw_errno(env, ENOMEM, "groupClose");
   g->js_closed = 1;
   hold(env, e, -1);
+  reap(env, e);
   return NULL;
+}
+
+/* groupsOpen(): how many groups the thread walks on each wakeup (closed ones leave: audit N6). */
+static napi_value js_groups_open(napi_env env, napi_callback_info info) {
+  (void)info;
+  engine_t *e = NULL;
+  napi_get_instance_data(env, (void **)&e);
+  int n = 0;
+  if (e) {
+    pthread_mutex_lock(&e->mu);
+    for (group_t *g = e->groups; g; g = g->next) n++;
+    pthread_mutex_unlock(&e->mu);
+  }
+  napi_value result;
+  napi_create_int32(env, n, &result);
+  return result;
 }
 
 /* Called on process 'exit': exit() must not run while our thread still uses the runtime. */
@@ -576,6 +646,7 @@ NAPI_MODULE_INIT() {
     { "udpGroup", NULL, js_udp_group, NULL, NULL, NULL, napi_default, NULL },
     { "groupStop", NULL, js_group_stop, NULL, NULL, NULL, napi_default, NULL },
     { "groupClose", NULL, js_group_close, NULL, NULL, NULL, napi_default, NULL },
+    { "groupsOpen", NULL, js_groups_open, NULL, NULL, NULL, napi_default, NULL },
     { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
     { "unread", NULL, js_unread, NULL, NULL, NULL, napi_default, NULL },
     { "resetOnClose", NULL, js_reset_on_close, NULL, NULL, NULL, napi_default, NULL },

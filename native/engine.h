@@ -222,6 +222,8 @@ struct group {
   int64_t budget_limit;
   volatile int draining;
   int js_closed; /* main thread only */
+  int owners; /* atomic: the thread (until it retires the group) and JavaScript's external */
+  struct group *retired_next;
   struct sockaddr_storage target;
   socklen_t tlen;
   acl_entry_t *allow, *deny;
@@ -248,7 +250,8 @@ struct engine {
   cmd_t *cmds, **cmds_tail;
   napi_threadsafe_function tsfn;
   int refs, refed; /* main thread only: open groups keep the loop alive */
-  group_t *groups; /* main thread owns the list; freed at teardown */
+  group_t *groups; /* open groups: the main thread adds, the thread retires closed ones (under mu) */
+  group_t *retired; /* retired groups JavaScript no longer holds: freed on the main thread (under mu) */
   watch_t evw;
   /* thread-only state */
   pipe_pair_t pool[PIPE_POOL_MAX];
@@ -286,6 +289,9 @@ static inline void reset_on_close(int fd, int on) {
   struct linger l = { on, 0 };
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
 }
+
+/* binding.c */
+void group_release(engine_t *e, group_t *g, int from_thread);
 
 /* access.c */
 int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family);

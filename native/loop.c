@@ -24,6 +24,41 @@ static void group_close(engine_t *e, group_t *g) {
   g->quota = NULL;
 }
 
+/* Closes a group for good and takes it off the thread (audit N6: a closed mapping used to stay on
+ * the list, walked on every wakeup, for the life of the process): its pending events are dropped,
+ * pipes are taken from another group's budget (every group of an environment shares one), and its
+ * memory goes once JavaScript has dropped it too (group_release). */
+static void group_retire(engine_t *e, group_t *g) {
+  group_close(e, g);
+  for (group_t **p = &e->evq; *p; p = &(*p)->ev_next)
+    if (*p == g) {
+      *p = g->ev_next;
+      break;
+    }
+  g->ev_queued = 0;
+  pthread_mutex_lock(&e->mu);
+  for (group_t **p = &e->groups; *p; p = &(*p)->next)
+    if (*p == g) {
+      *p = g->next;
+      break;
+    }
+  if (e->budget == g) {
+    e->budget = NULL;
+    for (group_t *o = e->groups; o && !e->budget; o = o->next)
+      if (o->budget == g->budget) e->budget = o;
+  }
+  pthread_mutex_unlock(&e->mu);
+  /* No group left to count pipes against: the pooled ones go back to the budget now. */
+  if (!e->budget && g->budget) {
+    group_t *keep = e->budget;
+    e->budget = g;
+    for (int i = 0; i < e->npool; i++) pipe_close(e, &e->pool[i]);
+    e->npool = e->pool_low = 0;
+    e->budget = keep;
+  }
+  group_release(e, g, 1);
+}
+
 /* Idle and linger timeouts, and UDP flow expiry: one walk per group per sweep period, no timer
  * per connection. */
 static void sweep(engine_t *e, group_t *g, int64_t now) {
@@ -61,7 +96,7 @@ static void run_commands(engine_t *e) {
     if (q->op == C_STOP_GROUP)
       listener_close(e, q->g);
     else
-      group_close(e, q->g);
+      group_retire(e, q->g);
     free(q);
     /* JS waits for this: the port must be free (a reload may bind it next) and the counters final. */
     pthread_mutex_lock(&e->mu);

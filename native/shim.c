@@ -56,7 +56,12 @@
 #define ENGINE_CONTROL_FD 3 /* the engine's inherited listening control socket */
 #define MSG_MAX 65536
 #define READY_DEADLINE_MS 5000 /* then the per-port proxy has 11 s left of dockerd's 16 s */
-#define READOPT_DEADLINE_MS 1000 /* a lost engine: serve again within 1 s, or run per-port */
+#define READOPT_DEADLINE_MS 1000 /* a lost engine: reach a new one within 1 s, or run per-port */
+/* ...and once a new engine has our re-registration, wait this long for its verdict: no dockerd
+ * waits meanwhile, the port stays bound (clients queue in its backlog), and a new engine taking
+ * back 1000 mappings needs seconds; a Node process per port for every shim that gave up after 1 s
+ * cost gigabytes (audit N5). */
+#define READOPT_VERDICT_MS 30000
 #define SHIM_STOP_WAIT_MS 5000
 #define ENGINE_SPAWNS 2 /* engines started for one registration before falling back */
 
@@ -379,11 +384,13 @@ static int await_verdict(int c, int sigfd, long deadline, char *msg, size_t cap,
 
 /* Registers (again) with an engine, starting one if needed. Returns the connection with the
  * verdict in *type, or -1 when no engine could be reached before the deadline. */
-static int register_mapping(char kind, int fd, int sigfd, long deadline, char *msg, size_t cap, int *type, int *got) {
+static int register_mapping(
+    char kind, int fd, int sigfd, long deadline, long verdict_ms, char *msg, size_t cap, int *type, int *got) {
   int spawned = 0;
   for (;;) {
     int c = connect_engine(deadline, &spawned, sigfd);
     if (c < 0) return -1;
+    long verdict = now_ms() + verdict_ms > deadline ? now_ms() + verdict_ms : deadline;
     int sent = send_register(c, kind, fd);
     if (sent < 0) {
       close(c);
@@ -391,7 +398,7 @@ static int register_mapping(char kind, int fd, int sigfd, long deadline, char *m
       continue; /* the engine closed on us (exiting idle): try again */
     }
     *got = -1;
-    *type = await_verdict(c, sigfd, deadline, msg, cap, got);
+    *type = await_verdict(c, sigfd, verdict, msg, cap, got);
     if (*type > 0) return c;
     close(c);
     if (*type < 0) return -1;
@@ -429,7 +436,7 @@ int main(int argc, char **argv) {
   int in_fd = listen_flag && fcntl(LISTEN_FD, F_GETFD) >= 0 ? LISTEN_FD : -1;
   int type = 0;
   int held = -1;
-  int c = register_mapping('R', in_fd, sigfd, now_ms() + READY_DEADLINE_MS, msg, sizeof msg, &type, &held);
+  int c = register_mapping('R', in_fd, sigfd, now_ms() + READY_DEADLINE_MS, 0, msg, sizeof msg, &type, &held);
   if (c < 0) {
     close(sigfd);
     exec_node(-1); /* no engine (not built right, refused, or not starting): the per-port proxy */
@@ -467,9 +474,15 @@ int main(int argc, char **argv) {
      * it with the per-port proxy; connections it held are lost, queued ones are not. */
     close(c);
     int again = -1;
-    c = register_mapping('A', held, sigfd, now_ms() + READOPT_DEADLINE_MS, msg, sizeof msg, &type, &again);
+    c = register_mapping(
+        'A', held, sigfd, now_ms() + READOPT_DEADLINE_MS, READOPT_VERDICT_MS, msg, sizeof msg, &type, &again);
     if (again >= 0) close(again);
     if (c < 0 || type != '0') {
+      char line[256];
+      int n =
+          snprintf(line, sizeof line, "userland-proxy: no shared engine took the port back (%s): serving it alone\n",
+              c < 0 ? "none reachable in time" : msg + 1);
+      write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
       close(sigfd);
       if (status_open()) close(STATUS_FD);
       exec_node(held);

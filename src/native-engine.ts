@@ -103,6 +103,7 @@ interface Addon {
   groupFd(group: object): number;
   groupStop(group: object): void;
   groupClose(group: object): void;
+  groupsOpen(): number;
   shutdown(): void;
 }
 
@@ -160,6 +161,11 @@ function load(): Addon | null {
 export function unreadBytes(fd: number): number {
   const a = load() as (Addon & { unread?: (fd: number) => number }) | null;
   return fd >= 0 && typeof a?.unread === 'function' ? a.unread(fd) : -1;
+}
+
+/** Groups (mappings' listeners) the native thread walks: a closed one leaves at once (audit N6). */
+export function nativeGroupsOpen(): number {
+  return load()?.groupsOpen() ?? 0;
 }
 
 /**

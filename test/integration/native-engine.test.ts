@@ -13,9 +13,11 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { BIN, ROOT, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
-import { bindUdp } from '../../src/listen.js';
+import { bindUdp, listenTcp } from '../../src/listen.js';
 import { silentLog } from '../../src/logger.js';
 import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
+import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
+import { nativeGroupsOpen } from '../../src/native-engine.js';
 import { killTracked } from '../helpers/processes.js';
 import { ownEngineEnv, servingPid } from '../helpers/engines.js';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
@@ -154,6 +156,29 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
     expect(await reply).toBe(`who from 127.0.0.2:${port}`);
     c.close();
     udpEcho.close();
+  });
+
+  it('a closed mapping leaves the native thread: 300 TCP and UDP mappings come and go, the thread walks none of them (audit N6)', async () => {
+    const before = nativeGroupsOpen();
+    for (let i = 0; i < 150; i++) {
+      const server = createTcpServer();
+      const t = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort, log: silentLog, engine: 'native' });
+      await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+      const listener = createUdpSocket(4);
+      const u = new UdpForwarder(listener, {
+        target: { address: '127.0.0.1', family: 4 },
+        targetPort: echoPort,
+        log: silentLog,
+        idleTimeoutMs: 1000,
+        maxFlows: 10,
+        engine: 'native',
+      });
+      await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+      if (i === 0) expect(nativeGroupsOpen()).toBe(before + 2);
+      t.close();
+      u.close();
+    }
+    expect(nativeGroupsOpen()).toBe(before);
   });
 
   it('keeps one UDP flow through ICMP port unreachable, counting the refusals', async () => {

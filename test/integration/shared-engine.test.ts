@@ -6,7 +6,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createServer, type Server } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -125,6 +125,27 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     expect(enginePids(name)).not.toContain(engine);
     for (const p of procs) expect(exeOf(p.pid)).toBe(SHIM);
     expect(served).toBeGreaterThan(ports.length);
+  });
+
+  it('a new engine slow to take every mapping back gets them all: no shim falls back to a process of its own (audit N5)', async () => {
+    // The engine that replaces a dead one starts 2.5 s late (a loaded host, 1000 mappings): each
+    // shim used to give up after 1 s and exec a Node process per port, for good.
+    const dir = mkdtempSync(join(tmpdir(), 'upt-slow-'));
+    writeFileSync(join(dir, 'slow.cjs'), "if (require('fs').existsSync(__dirname + '/on')) { const end = Date.now() + 2500; while (Date.now() < end); }\n");
+    try {
+      const { name, env } = engineEnv({ USERLAND_PROXY_NODE_OPTIONS: `--require ${join(dir, 'slow.cjs')}` });
+      const ports = await Promise.all(Array.from({ length: 20 }, () => freePort()));
+      const procs = await Promise.all(ports.map((port) => startProxy(tcpArgs(port), { env })));
+      const [engine] = enginePids(name);
+      writeFileSync(join(dir, 'on'), '');
+      process.kill(engine as number, 'SIGKILL');
+      await vi.waitFor(async () => expect(await echoes(ports[0] as number)).toBe(true), { timeout: 10_000, interval: 100 });
+      for (const port of ports) expect(await echoes(port), `port ${port}`).toBe(true);
+      for (const p of procs) expect(exeOf(p.pid)).toBe(SHIM);
+      expect(enginePids(name)).toHaveLength(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a shim killed with SIGKILL frees its port at once; the others keep serving', async () => {
