@@ -12,7 +12,9 @@
  *          (2 for a flag syntax error); the message is the engine's docker-mode wording.
  *   fd 4   with -use-listen-fd: handed to the engine.
  *   SIGINT, SIGTERM  the engine closes the mapping (listener, connections, flows) and acks; exit 0
- *          within SHIM_STOP_WAIT_MS whatever the engine does (dockerd waits forever).
+ *          within SHIM_STOP_WAIT_MS whatever the engine does (dockerd waits forever). When our
+ *          parent is gone by then (dockerd died: this is its Pdeathsig, a restart or live-restore
+ *          follows), the engine frees the port but lets established TCP connections drain.
  *   SIGHUP the engine reopens the mapping's log file.
  *
  * Engine protocol (src/engine-protocol.ts is the other side): one AF_UNIX SOCK_SEQPACKET connection
@@ -20,7 +22,7 @@
  * network namespace (ctl-msg.h says where). Messages, first byte a type:
  *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_* env...>\0  [+ fd 4]  register
  *                   A<same>  [+ the held socket]                             re-register (adopt)
- *                   S  stop      H  reopen the log
+ *                   S  stop      D  detach (our dockerd died)      H  reopen the log
  *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
  * The shim keeps the listening socket the engine returns, so that no engine death ever unbinds a
  * port: on EOF it re-registers with a new engine, or execs the per-port proxy on that socket.
@@ -411,6 +413,7 @@ int main(int argc, char **argv) {
   nargs = argc;
   find_root();
   int listen_flag = 0;
+  pid_t parent = getppid(); /* dockerd; a signal that finds another parent is its Pdeathsig */
   if (!shared_on() || !understood(&listen_flag)) exec_node(-1);
   int err = engine_path();
   if (err) {
@@ -451,8 +454,9 @@ int main(int argc, char **argv) {
     if (poll(p, 2, -1) < 0) continue;
     if (p[1].revents) {
       if (take_signals(sigfd, c)) {
-        /* Stop: the engine closes the mapping and says B; never wait longer than the bound. */
-        send(c, "S", 1, MSG_NOSIGNAL);
+        /* Stop: the engine closes the mapping and says B; never wait longer than the bound. If
+         * dockerd died (we were reparented), detach: the port is freed, connections drain. */
+        send(c, getppid() == parent ? "S" : "D", 1, MSG_NOSIGNAL);
         long deadline = now_ms() + SHIM_STOP_WAIT_MS;
         for (long left; (left = deadline - now_ms()) > 0;) {
           struct pollfd q = { c, POLLIN, 0 };

@@ -131,11 +131,19 @@ export const ENV_PREFIX = 'USERLAND_PROXY_';
 
 /** The shared engine (docker mode) exits after this long without a mapping (USERLAND_PROXY_SHARED_IDLE_TIMEOUT). */
 export const SHARED_IDLE_TIMEOUT_MS = 30_000;
+/**
+ * A mapping whose dockerd died (a restart, live-restore) keeps relaying its established TCP
+ * connections for at most this long after its listener closed (USERLAND_PROXY_SHARED_DRAIN_TIMEOUT);
+ * then what is left is closed, with resets where bytes are pending.
+ */
+export const SHARED_DRAIN_TIMEOUT_MS = 600_000;
+/** How often the shared engine looks whether a draining mapping's last connection ended. */
+export const SHARED_DRAIN_CHECK_MS = 1_000;
 /** Characters of JSON per message of an engine listing (userland-proxy ls): well inside one SEQPACKET message. */
 export const ENGINE_LIST_CHUNK = 16_000;
 /**
- * native/shim.c's tunables, documented here (C cannot import them): a registration gets 15 s
- * (dockerd gives up after 16 s); a stop waits at most SHIM_STOP_WAIT_MS for the engine's
+ * native/shim.c's tunables, documented here (C cannot import them): a registration gets 5 s
+ * (dockerd gives up after 16 s: the per-port proxy then has 11 s left); a stop waits at most SHIM_STOP_WAIT_MS for the engine's
  * acknowledgement; after an engine death the mapping serves again within 1 s, through a new
  * engine or the per-port proxy on the socket the shim held.
  */

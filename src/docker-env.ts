@@ -30,6 +30,8 @@ export interface DockerEnv {
   metrics: { host: IpAddress; port: number } | null;
   shared: boolean;
   sharedIdleTimeoutMs: number;
+  /** Shared engine only: how long a mapping whose dockerd died drains its connections. */
+  sharedDrainTimeoutMs: number;
 }
 
 /** Reads and validates the docker-mode variables; throws a one-line ProxyError naming the value. */
@@ -49,6 +51,7 @@ export function readDockerEnv(env: NodeJS.ProcessEnv): DockerEnv {
     metrics: v.metrics as DockerEnv['metrics'],
     shared: v.shared as boolean,
     sharedIdleTimeoutMs: v.sharedIdleTimeout as number,
+    sharedDrainTimeoutMs: v.sharedDrainTimeout as number,
     maxConnections: v.maxConnections as number | null,
     maxBufferBytes: v.maxBuffer as number,
     proxyProtocol: v.proxyProtocol as ProxyProtocol,

@@ -36,14 +36,14 @@ export function queryEngine(name = engineSocketName()): EngineListing[] | null {
 /** The listing as a table (or JSON lines), for a person. */
 export function formatListing(rows: EngineListing[], json: boolean): string {
   if (json) return rows.map((r) => `${JSON.stringify(r)}\n`).join('');
-  const table = [['MAPPING', 'TARGET', 'ENGINE', 'SINCE', 'ACTIVE', 'TOTAL', 'BYTES IN', 'BYTES OUT']];
+  const table = [['MAPPING', 'TARGET', 'ENGINE', 'STATE', 'SINCE', 'ACTIVE', 'TOTAL', 'BYTES IN', 'BYTES OUT']];
   for (const r of rows) {
     const c = r.tcp
       ? [r.tcp.active, r.tcp.accepted, r.tcp.bytesIn, r.tcp.bytesOut]
       : r.udp
         ? [r.udp.flowsActive, r.udp.flowsCreated, r.udp.bytesIn, r.udp.bytesOut]
         : [];
-    table.push([r.mapping, r.target, r.engine, r.since.replace(/\.\d+Z$/, 'Z'), ...c.map(String)].map(printable));
+    table.push([r.mapping, r.target, r.engine, r.state ?? 'serving', r.since.replace(/\.\d+Z$/, 'Z'), ...c.map(String)].map(printable));
   }
   const widths = table[0]?.map((_, i) => Math.max(...table.map((row) => (row[i] ?? '').length))) ?? [];
   return table

@@ -5,7 +5,7 @@
  *
  *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_*=... ...>\0  [+ fd 4]  register
  *                   A<same>  [+ the socket the shim holds]                 re-register: adopt it
- *                   S stop   H reopen the log   L list (userland-proxy ls)
+ *                   S stop   D detach (dockerd died: drain)   H reopen the log   L list (ls)
  *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
  *                   J<json part> ... E   (the answer to L)
  */

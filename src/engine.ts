@@ -14,10 +14,12 @@
  *
  * Per mapping, one control connection: registration (the docker-mode code of docker-mapping.ts:
  * the same validation, messages and exit codes), the listening socket sent back to the shim (so
- * the port outlives us), S to stop, EOF when the shim died. A mapping closes with its connection.
+ * the port outlives us), S to stop, EOF when the shim died: the mapping closes with its connection.
+ * D when the shim's dockerd died: the listener closes at once, established TCP connections drain
+ * (at most USERLAND_PROXY_SHARED_DRAIN_TIMEOUT) beside whatever mapping a restarted dockerd makes.
  */
 import { closeSync } from 'node:fs';
-import { ENGINE_LIST_CHUNK, METRICS_MAX_CONNECTIONS } from './constants.js';
+import { ENGINE_LIST_CHUNK, METRICS_MAX_CONNECTIONS, SHARED_DRAIN_CHECK_MS } from './constants.js';
 import { readDockerEnv } from './docker-env.js';
 import { openDockerMapping, type DockerProxy } from './docker-mapping.js';
 import { parseDockerArgs } from './docker-flags.js';
@@ -34,6 +36,8 @@ interface Entry {
   proxy: DockerProxy | null;
   closed: boolean;
   since: number;
+  /** When its dockerd died (D): the listener is closed, the connections drain. */
+  drainingSince?: number;
 }
 
 /** What `userland-proxy ls` prints, one per mapping. */
@@ -43,6 +47,8 @@ export interface EngineListing {
   engine: string;
   listenFd: boolean;
   since: string;
+  /** serving; or draining: its dockerd died, its port is free, its connections finish. */
+  state: 'serving' | 'draining';
   tcp: { accepted: number; active: number; bytesIn: number; bytesOut: number } | null;
   udp: { flowsActive: number; flowsCreated: number; bytesIn: number; bytesOut: number } | null;
 }
@@ -74,6 +80,9 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   if (typeof ctl === 'string') die(ctl, log);
   const budget = FdBudget.forProcess(env.metrics ? METRICS_MAX_CONNECTIONS + 1 : 0);
   const entries = new Map<number, Entry>();
+  /** Mappings whose dockerd died: no shim, no listener, connections finishing. */
+  const draining = new Set<Entry>();
+  let drainTimer: NodeJS.Timeout | null = null;
   let idleTimer: NodeJS.Timeout | null = null;
   let exiting = false;
 
@@ -81,13 +90,13 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     if (exiting) return;
     exiting = true;
     ctl.ctlStopListening();
-    for (const e of entries.values()) e.proxy?.close();
+    for (const e of [...entries.values(), ...draining]) e.proxy?.close();
     log.info({ mappings: entries.size }, `engine stopping: ${why}`);
     log.flush();
     process.exit(0);
   };
   const idleCheck = (): void => {
-    if (entries.size > 0 || exiting) {
+    if (entries.size + draining.size > 0 || exiting) {
       if (idleTimer) clearTimeout(idleTimer);
       idleTimer = null;
       return;
@@ -103,6 +112,47 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     budget.give(1);
     if (e.proxy) log.info({ mapping: e.proxy.id, why }, 'mapping closed');
     idleCheck();
+  };
+
+  // A draining mapping ends with its last connection, or at its drain limit (resets where bytes
+  // are pending, as any forced close).
+  const drainCheck = (): void => {
+    const now = Date.now();
+    for (const e of draining) {
+      const p = e.proxy as DockerProxy;
+      const left = p.open.tcp?.active ?? 0;
+      const over = now - (e.drainingSince ?? now) >= p.env.sharedDrainTimeoutMs;
+      if (left > 0 && !over) continue;
+      draining.delete(e);
+      p.close();
+      log.info({ mapping: p.id, connections: left }, over ? 'drain limit reached: closing what is left' : 'drained');
+    }
+    if (draining.size === 0 && drainTimer) {
+      clearInterval(drainTimer);
+      drainTimer = null;
+    }
+    idleCheck();
+  };
+  /**
+   * D: the shim's dockerd died (its parent is gone: Pdeathsig). The port must be free at once for
+   * a restarted dockerd, but established connections need not die with dockerd (docker-proxy's
+   * do): the listener closes, the connections drain; a later registration of the same port is a
+   * new mapping beside it. UDP has no connection to keep: it closes as on a stop.
+   */
+  const detach = (conn: number): void => {
+    const e = entries.get(conn);
+    const p = e?.proxy;
+    if (!e || !p?.open.tcp || p.open.tcp.active === 0) {
+      drop(conn, 'dockerd gone');
+      return;
+    }
+    entries.delete(conn);
+    budget.give(1);
+    p.open.stopAccepting();
+    e.drainingSince = Date.now();
+    draining.add(e);
+    log.info({ mapping: p.id, connections: p.open.tcp.active, drainTimeoutMs: p.env.sharedDrainTimeoutMs }, 'dockerd gone: port freed, connections draining');
+    drainTimer ??= setInterval(drainCheck, SHARED_DRAIN_CHECK_MS);
   };
 
   const register = async (conn: number, msg: Buffer, fd: number): Promise<void> => {
@@ -174,7 +224,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   };
 
   const listing = (): EngineListing[] =>
-    [...entries.values()].flatMap((e) => {
+    [...entries.values(), ...draining].flatMap((e) => {
       const p = e.proxy;
       if (!p) return [];
       const t = p.open.tcp;
@@ -186,6 +236,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
           engine: p.engine,
           listenFd: p.mapping.useListenFd,
           since: new Date(e.since).toISOString(),
+          state: e.drainingSince === undefined ? 'serving' : 'draining',
           tcp: t && { accepted: t.accepted, active: t.active, bytesIn: t.bytesIn, bytesOut: t.bytesOut },
           udp: u && { flowsActive: u.flowsActive, flowsCreated: u.flowsCreated, bytesIn: u.bytesIn, bytesOut: u.bytesOut },
         },
@@ -205,6 +256,11 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         return;
       case 0x53: // S: stop; the shim exits once it has B (or after its bound wait)
         drop(conn, 'stopped');
+        ctl.ctlSend(conn, Buffer.from('B'), -1);
+        ctl.ctlClose(conn);
+        break;
+      case 0x44: // D: the shim's dockerd died; then as S
+        detach(conn);
         ctl.ctlSend(conn, Buffer.from('B'), -1);
         ctl.ctlClose(conn);
         break;

@@ -10,6 +10,7 @@ import { parseCidrs } from './access-list.js';
 import { parseIp } from './address.js';
 import {
   DRAIN_TIMEOUT_MS,
+  SHARED_DRAIN_TIMEOUT_MS,
   SHARED_IDLE_TIMEOUT_MS,
   RELAY_HIGH_WATER_MARK,
   TCP_CONNECT_TIMEOUT_MS,
@@ -222,6 +223,16 @@ export const SETTINGS: readonly Setting[] = [
     shown: '30s',
     min: 0,
     description: 'the shared engine exits after this long without a mapping',
+  },
+  {
+    key: 'sharedDrainTimeout',
+    env: 'SHARED_DRAIN_TIMEOUT',
+    kind: 'duration',
+    modes: ['docker'],
+    default: SHARED_DRAIN_TIMEOUT_MS,
+    shown: '10m',
+    min: 0,
+    description: 'shared engine: how long a mapping whose dockerd died keeps relaying its established TCP connections (its port is freed at once)',
   },
   {
     key: 'textfileDir',

@@ -8,13 +8,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { serverFd, udpHandle } from '../../src/node-internals.js';
 import { control, type Control } from '../../src/engine-protocol.js';
 import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
-import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
+import { freePort, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';
 import { killTracked } from '../helpers/processes.js';
 import { BIN, dockerArgv, ROOT, spawnProxy, startProxy, type ProxyProc } from '../helpers/proxy.js';
@@ -146,6 +146,61 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("dockerd dies (Pdeathsig): the port is free at once, established connections carry on beside the restarted dockerd's mapping, then drain", async () => {
+    const { name, env } = engineEnv();
+    const port = await freePort();
+    // A stand-in dockerd: starts the proxy with Pdeathsig SIGTERM (as dockerd does), then waits
+    // (without fd 3 of its own: the status pipe ends with the proxy's "0\n").
+    const dockerd = spawnProxy(['-c', 'setpriv --pdeathsig TERM "$@" & exec 3>&-; wait', 'sh', BIN, ...tcpArgs(port)], { bin: 'sh', env });
+    expect(await dockerd.status).toBe('0\n');
+    const [engine] = enginePids(name);
+    const old = await tcpConnect('127.0.0.1', port);
+    const say = (c: Socket, text: string): Promise<string> =>
+      new Promise((res, rej) => {
+        c.once('data', (d) => res(d.toString()));
+        c.once('error', rej);
+        c.write(text);
+      });
+    expect(await say(old, 'before')).toBe('before');
+    await dockerd.stop('SIGKILL'); // dockerd dies: the shim gets SIGTERM from a parent that is gone
+    await vi.waitFor(() => expect(listening(port)).toBe(false), { timeout: 5000, interval: 20 });
+    expect(await say(old, 'while no dockerd')).toBe('while no dockerd');
+    const ls = (): { mapping: string; state: string; tcp: { active: number } }[] =>
+      spawnSync(BIN, ['ls', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10_000 })
+        .stdout.trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l));
+    expect(ls().map((r) => [r.state, r.tcp.active])).toEqual([['draining', 1]]);
+    // The restarted dockerd's proxy for the same port: new connections go to it.
+    const again = await startProxy(tcpArgs(port), { env });
+    expect(await echoes(port)).toBe(true);
+    expect(await say(old, 'after the restart')).toBe('after the restart');
+    expect(enginePids(name)).toEqual([engine]);
+    expect(
+      ls()
+        .map((r) => r.state)
+        .sort(),
+    ).toEqual(['draining', 'serving']);
+    old.end();
+    await vi.waitFor(() => expect(ls().map((r) => r.state)).toEqual(['serving']), { timeout: 5000, interval: 100 });
+    await again.stop();
+  });
+
+  it('a draining mapping closes what is left at USERLAND_PROXY_SHARED_DRAIN_TIMEOUT', async () => {
+    const { env } = engineEnv({ USERLAND_PROXY_SHARED_DRAIN_TIMEOUT: '1s' });
+    const port = await freePort();
+    const dockerd = spawnProxy(['-c', 'setpriv --pdeathsig TERM "$@" & exec 3>&-; wait', 'sh', BIN, ...tcpArgs(port)], { bin: 'sh', env });
+    expect(await dockerd.status).toBe('0\n');
+    const old = await tcpConnect('127.0.0.1', port);
+    const closed = new Promise<number>((res) => old.on('end', () => res(Date.now()))); // FIN: nothing was pending
+    old.on('error', () => {});
+    old.resume();
+    await dockerd.stop('SIGKILL');
+    const t0 = Date.now();
+    expect((await closed) - t0).toBeLessThan(5000);
   });
 
   it('a shim killed with SIGKILL frees its port at once; the others keep serving', async () => {
