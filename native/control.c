@@ -19,6 +19,8 @@
  *       returns the replies up to one starting with 'E', as an array of Buffers; only an engine of
  *       our own uid is asked (SO_PEERCRED), and nothing blocks past timeoutMs
  * - ctlPath(name)              the socket path of engine `name` in this network namespace
+ * - ctlTakeOver(name, timeoutMs)  a new engine takes the name and the mappings of the running one
+ *       (hand-over): [its listening fd, the old engine's answer to U]
  * conn is the connection's fd number: unique while open, and JavaScript forgets it at onClose.
  */
 #include "engine.h"
@@ -272,44 +274,13 @@ static napi_value js_ctl_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  if (get_args(env, info, 3, argv) < 0) return NULL;
-  char name[CTL_PATH_MAX];
-  size_t len;
-  void *data;
-  int timeout;
-  napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
-  napi_get_buffer_info(env, argv[1], &data, &len);
-  napi_get_value_int32(env, argv[2], &timeout);
-  char path[CTL_PATH_MAX];
-  int err = ctl_path(path, name);
-  if (err) return throw_ctl(env, err, "engine socket directory");
-  struct timespec t0, t1;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  /* Non-blocking: an engine whose backlog is full is asked again until the timeout, never waited
-   * for in connect() (audit N10: that wait ignored SIGTERM). */
-  int fd;
-  while ((fd = ctl_connect(path)) < 0 && errno == EAGAIN) {
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    if ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= timeout) break;
-    usleep(1000);
-  }
-  if (fd < 0) return throw_ctl(env, errno, "connect");
-  struct ucred cred = { 0, 0, 0 };
-  socklen_t cl = sizeof cred;
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.uid != geteuid()) {
-    close(fd);
-    return throw_ctl(env, EPERM, "the engine socket is not held by our uid");
-  }
-  if (send(fd, data, len, MSG_NOSIGNAL) < 0) {
-    err = errno;
-    close(fd);
-    return throw_ctl(env, err, "send");
-  }
+/* Reads an engine's answer on fd (closed after): the messages up to one that does not start with
+ * 'J' (a part of a listing), as an array of Buffers; throws ETIMEDOUT after timeout ms from t0. */
+static napi_value read_answer(napi_env env, int fd, int timeout, struct timespec t0) {
   napi_value out;
   napi_create_array(env, &out);
   char *buf = malloc(CTL_MSG_MAX);
+  struct timespec t1;
   for (uint32_t i = 0; buf;) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
     int left = timeout - (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
@@ -330,6 +301,105 @@ static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
   free(buf);
   close(fd);
   return out;
+}
+
+/* Connects to the engine at path as a client: only an engine of our own uid (SO_PEERCRED), and
+ * a full backlog is retried until timeout ms from t0 instead of waited for in connect() (audit
+ * N10: that wait ignored SIGTERM). The connection, or -1 with errno. */
+static int connect_ours(const char *path, int timeout, struct timespec t0) {
+  int fd;
+  struct timespec t1;
+  while ((fd = ctl_connect(path)) < 0 && errno == EAGAIN) {
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= timeout) break;
+    usleep(1000);
+  }
+  if (fd < 0) return -1;
+  struct ucred cred = { 0, 0, 0 };
+  socklen_t cl = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.uid != geteuid()) {
+    close(fd);
+    errno = EPERM;
+    return -1;
+  }
+  return fd;
+}
+
+static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (get_args(env, info, 3, argv) < 0) return NULL;
+  char name[CTL_PATH_MAX];
+  size_t len;
+  void *data;
+  int timeout;
+  napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
+  napi_get_buffer_info(env, argv[1], &data, &len);
+  napi_get_value_int32(env, argv[2], &timeout);
+  char path[CTL_PATH_MAX];
+  int err = ctl_path(path, name);
+  if (err) return throw_ctl(env, err, "engine socket directory");
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int fd = connect_ours(path, timeout, t0);
+  if (fd < 0) return throw_ctl(env, errno, errno == EPERM ? "the engine socket is not held by our uid" : "connect");
+  if (send(fd, data, len, MSG_NOSIGNAL) < 0) {
+    err = errno;
+    close(fd);
+    return throw_ctl(env, err, "send");
+  }
+  return read_answer(env, fd, timeout, t0);
+}
+
+/* ctlTakeOver(name, timeoutMs): a new engine takes the name from the running one (issue 18's
+ * hand-over). Under the start-up lock: connect to the running engine, bind a socket beside the
+ * name and rename() it over the name, so that from that instant every shim that connects reaches
+ * us (the old engine keeps its nameless listener), then ask the old engine to move its mappings
+ * (U): it tells each shim to re-register here and answers U<json>. Returns [our listening fd,
+ * the answer as an array of Buffers (empty when no engine ran)]. */
+static napi_value js_ctl_take_over(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (get_args(env, info, 2, argv) < 0) return NULL;
+  char name[CTL_PATH_MAX], path[CTL_PATH_MAX], tmp[CTL_PATH_MAX + 24];
+  size_t len;
+  int timeout;
+  napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
+  napi_get_value_int32(env, argv[1], &timeout);
+  int err = ctl_path(path, name);
+  if (err) return throw_ctl(env, err, "engine socket directory");
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int lock;
+  while ((lock = ctl_lock(path)) < 0 && errno == EWOULDBLOCK) usleep(1000); /* a shim is starting one */
+  if (lock < 0) return throw_ctl(env, errno, "lock");
+  int old = connect_ours(path, timeout, t0);
+  snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid());
+  int l = ctl_bind(tmp, SOCK_NONBLOCK);
+  if (l < 0 || rename(tmp, path) < 0) {
+    err = errno;
+    if (l >= 0) close(l);
+    unlink(tmp);
+    if (old >= 0) close(old);
+    close(lock);
+    return throw_ctl(env, err, "bind");
+  }
+  close(lock);
+  napi_value result, lfd, answer;
+  napi_create_array_with_length(env, 2, &result);
+  napi_create_int32(env, l, &lfd);
+  napi_set_element(env, result, 0, lfd);
+  if (old >= 0 && send(old, "U", 1, MSG_NOSIGNAL) == 1) {
+    answer = read_answer(env, old, timeout, t0);
+    if (!answer) { /* an old engine that does not hand over: no answer (thrown) */
+      napi_value ex;
+      napi_get_and_clear_last_exception(env, &ex);
+      napi_create_array(env, &answer);
+    }
+  } else {
+    if (old >= 0) close(old);
+    napi_create_array(env, &answer);
+  }
+  napi_set_element(env, result, 1, answer);
+  return result;
 }
 
 static napi_value js_ctl_path(napi_env env, napi_callback_info info) {
@@ -353,6 +423,7 @@ void control_define(napi_env env, napi_value exports) {
     { "ctlStopListening", NULL, js_ctl_stop_listening, NULL, NULL, NULL, napi_default, NULL },
     { "ctlRequest", NULL, js_ctl_request, NULL, NULL, NULL, napi_default, NULL },
     { "ctlPath", NULL, js_ctl_path, NULL, NULL, NULL, napi_default, NULL },
+    { "ctlTakeOver", NULL, js_ctl_take_over, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

@@ -24,6 +24,7 @@
  *                   A<same>  [+ the held socket]                             re-register (adopt)
  *                   S  stop      D  detach (our dockerd died)      H  reopen the log
  *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
+ *                   M  move: a new engine took the name (upgrade); register there, then D here
  * The shim keeps the listening socket the engine returns, so that no engine death ever unbinds a
  * port: on EOF it re-registers with a new engine, or execs the per-port proxy on that socket.
  * Whoever finds no engine takes the start-up lock, binds the socket and starts the engine (double
@@ -472,6 +473,21 @@ int main(int argc, char **argv) {
     int fd = -1;
     if (recv_msg(c, msg, sizeof msg, &fd) > 0) {
       if (fd >= 0) close(fd);
+      if (msg[0] != 'M') continue;
+      /* Move (userland-proxy upgrade): register with the engine now at the name, on the socket we
+       * hold; once it accepts there, detach from the old one, which drains its connections. If
+       * the new engine refuses, we stay where we are. */
+      int got = -1, moved = 0;
+      int n = register_mapping(
+          'A', held, sigfd, now_ms() + READOPT_DEADLINE_MS, READOPT_VERDICT_MS, msg, sizeof msg, &moved, &got);
+      if (got >= 0) close(got);
+      if (n >= 0 && moved == '0') {
+        send(c, "D", 1, MSG_NOSIGNAL);
+        close(c);
+        c = n;
+      } else if (n >= 0) {
+        close(n);
+      }
       continue;
     }
     /* The engine died: the port stays bound (we hold it). Register it with a new engine, or serve

@@ -137,6 +137,10 @@ export const SHARED_IDLE_TIMEOUT_MS = 30_000;
  * then what is left is closed, with resets where bytes are pending.
  */
 export const SHARED_DRAIN_TIMEOUT_MS = 600_000;
+/** A new engine waits this long for the running one to answer its take-over (U). */
+export const TAKE_OVER_TIMEOUT_MS = 5_000;
+/** userland-proxy upgrade waits this long for every mapping to reach the new engine. */
+export const UPGRADE_WAIT_MS = 20_000;
 /** How often the shared engine looks whether a draining mapping's last connection ended. */
 export const SHARED_DRAIN_CHECK_MS = 1_000;
 /** Characters of JSON per message of an engine listing (userland-proxy ls): well inside one SEQPACKET message. */

@@ -5,9 +5,12 @@
  *
  *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_*=... ...>\0  [+ fd 4]  register
  *                   A<same>  [+ the socket the shim holds]                 re-register: adopt it
- *                   S stop   D detach (dockerd died: drain)   H reopen the log   L list (ls)
+ *                   S stop   D detach (dockerd died, or moved: drain)   H reopen the log   L list (ls)
+ *                   U (from a new engine: userland-proxy upgrade) hand every mapping over
  *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
  *                   J<json part> ... E   (the answer to L)
+ *                   M  (to a shim) move: re-register with the engine now at the name, then D here
+ *                   U<json>  (to the new engine) { pid, version, mappings moving }
  */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +26,8 @@ export interface Control {
   ctlRequest(name: string, msg: Buffer, timeoutMs: number): Buffer[];
   /** The socket path of engine `name` in this network namespace (throws without a private directory). */
   ctlPath(name: string): string;
+  /** Takes the name from the running engine: [our listening fd, its answer to U (empty: none ran)]. */
+  ctlTakeOver(name: string, timeoutMs: number): [number, Buffer[]];
 }
 
 /** The control functions, or null (with the reason) when the addon is not built or not loadable. */

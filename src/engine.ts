@@ -3,9 +3,10 @@
  * docker-proxy mapping whose per-port shim (native/shim.c) registered with it. The first shim
  * starts it; it exits after USERLAND_PROXY_SHARED_IDLE_TIMEOUT without a mapping.
  *
- *   argv   userland-proxy engine [--control-fd=N]  N: the bound, listening control socket the
- *          starting shim hands over; without it the engine binds the name itself and exits 1 if
- *          an engine already serves this namespace
+ *   argv   userland-proxy engine [--control-fd=N | --take-over]  N: the bound, listening control
+ *          socket the starting shim hands over; --take-over: replace the running engine (its
+ *          mappings move here, its connections drain there: userland-proxy upgrade); neither:
+ *          the engine binds the name itself and exits 1 if an engine already serves this namespace
  *   env    its own USERLAND_PROXY_LOG_FILE / _LOG_LEVEL (engine events), USERLAND_PROXY_METRICS
  *          (one /metrics for every mapping) and _SHARED_IDLE_TIMEOUT; each mapping follows the
  *          variables its shim sent, exactly as a per-port proxy would read its own
@@ -19,7 +20,7 @@
  * (at most USERLAND_PROXY_SHARED_DRAIN_TIMEOUT) beside whatever mapping a restarted dockerd makes.
  */
 import { closeSync } from 'node:fs';
-import { ENGINE_LIST_CHUNK, METRICS_MAX_CONNECTIONS, SHARED_DRAIN_CHECK_MS } from './constants.js';
+import { ENGINE_LIST_CHUNK, METRICS_MAX_CONNECTIONS, SHARED_DRAIN_CHECK_MS, TAKE_OVER_TIMEOUT_MS } from './constants.js';
 import { readDockerEnv } from './docker-env.js';
 import { openDockerMapping, type DockerProxy } from './docker-mapping.js';
 import { parseDockerArgs } from './docker-flags.js';
@@ -47,8 +48,11 @@ export interface EngineListing {
   engine: string;
   listenFd: boolean;
   since: string;
-  /** serving; or draining: its dockerd died, its port is free, its connections finish. */
+  /** serving; or draining: its dockerd died (or it moved to a new engine), its connections finish. */
   state: 'serving' | 'draining';
+  /** The engine that serves it. */
+  pid: number;
+  version: string;
   tcp: { accepted: number; active: number; bytesIn: number; bytesOut: number } | null;
   udp: { flowsActive: number; flowsCreated: number; bytesIn: number; bytesOut: number } | null;
 }
@@ -85,6 +89,9 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   let drainTimer: NodeJS.Timeout | null = null;
   let idleTimer: NodeJS.Timeout | null = null;
   let exiting = false;
+  /** A new engine took our name (U): we exit once our last mapping moved or drained. */
+  let handedOver = false;
+  let metricsServer: { close(): void } | null = null;
 
   const exit = (why: string): void => {
     if (exiting) return;
@@ -96,6 +103,10 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     process.exit(0);
   };
   const idleCheck = (): void => {
+    if (handedOver && entries.size + draining.size === 0) {
+      exit('handed over to a new engine');
+      return;
+    }
     if (entries.size + draining.size > 0 || exiting) {
       if (idleTimer) clearTimeout(idleTimer);
       idleTimer = null;
@@ -237,6 +248,8 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
           listenFd: p.mapping.useListenFd,
           since: new Date(e.since).toISOString(),
           state: e.drainingSince === undefined ? 'serving' : 'draining',
+          pid: process.pid,
+          version: packageVersion(),
           tcp: t && { accepted: t.accepted, active: t.active, bytesIn: t.bytesIn, bytesOut: t.bytesOut },
           udp: u && { flowsActive: u.flowsActive, flowsCreated: u.flowsCreated, bytesIn: u.bytesIn, bytesOut: u.bytesOut },
         },
@@ -259,7 +272,23 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         ctl.ctlSend(conn, Buffer.from('B'), -1);
         ctl.ctlClose(conn);
         break;
-      case 0x44: // D: the shim's dockerd died; then as S
+      case 0x55: {
+        // U: a new engine took our name (userland-proxy upgrade). Each shim re-registers there
+        // and then detaches from us (D): our listeners close only after the new engine accepts
+        // on the same sockets, and established connections drain here. Shims too old to move
+        // stay with us, served as before.
+        handedOver = true;
+        ctl.ctlStopListening();
+        metricsServer?.close();
+        let moving = 0;
+        for (const [c, e] of entries) if (e.proxy && ctl.ctlSend(c, Buffer.from('M'), -1)) moving++;
+        log.info({ mappings: moving }, 'a new engine takes over: mappings move');
+        ctl.ctlSend(conn, Buffer.from(`U${JSON.stringify({ pid: process.pid, version: packageVersion(), mappings: moving })}`), -1);
+        ctl.ctlClose(conn);
+        idleCheck();
+        break;
+      }
+      case 0x44: // D: the shim's dockerd died, or it moved to a new engine; then as S
         detach(conn);
         ctl.ctlSend(conn, Buffer.from('B'), -1);
         ctl.ctlClose(conn);
@@ -297,6 +326,19 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     process.exit(1);
   });
 
+  // --take-over (userland-proxy upgrade): our listening socket replaces the running engine's name
+  // first; shims queue in its backlog while the old engine frees the metrics port.
+  let source: number | string = fdArg ? Number(fdArg.slice('--control-fd='.length)) : engineSocketName();
+  if (argv.includes('--take-over')) {
+    try {
+      const [fd, answer] = ctl.ctlTakeOver(engineSocketName(), TAKE_OVER_TIMEOUT_MS);
+      source = fd;
+      const from = answer[0]?.[0] === 0x55 ? answer[0].subarray(1).toString() : null;
+      log.info({ from: from && JSON.parse(from) }, from ? 'took over from the running engine' : 'no engine handed over');
+    } catch (err) {
+      die(`cannot take over: ${(err as Error).message}`, log);
+    }
+  }
   // /metrics is up before the first registration is read: a mapping reported ready to its shim
   // (and to dockerd) is already on the endpoint. Shims meanwhile wait in the control backlog.
   if (env.metrics) {
@@ -304,7 +346,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     try {
       const { createRegistry } = await import('./metrics.js');
       const { startMetricsServer } = await import('./metrics-server.js');
-      await startMetricsServer({
+      metricsServer = await startMetricsServer({
         ...env.metrics,
         registry: createRegistry(states, { defaultMetrics: true }),
         supervisor: { refreshStats: async () => {}, down: [] },
@@ -315,7 +357,6 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       log.error({ metrics: env.metrics }, `no metrics endpoint: ${toProxyError(err).message}`);
     }
   }
-  const source = fdArg ? Number(fdArg.slice('--control-fd='.length)) : engineSocketName();
   try {
     ctl.ctlListen(source, onMessage, (conn) => drop(conn, 'shim gone'));
   } catch (err) {

@@ -51,10 +51,11 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       .command('check', 'validate the configuration and exit')
       .command('demo', 'forward a loopback port to a built-in HTTP and UDP echo backend, with metrics')
       .command('ls', "list the docker mappings of this network namespace's shared engine, with their counters")
+      .command('upgrade', 'move every docker mapping to a new shared engine running the installed code, cutting no connection')
       .option('json', { type: 'boolean', default: false, describe: 'ls: one JSON object per line' })
       .option('port', { type: 'number', default: 8080, describe: 'demo: the port to forward (127.0.0.1)' })
       .option('metrics-port', { type: 'number', default: 9464, describe: 'demo: the metrics port (127.0.0.1)' })
-      .demandCommand(1, 'give a command: run, check, demo or ls (see: userland-proxy help; docker mode takes docker-proxy flags)')
+      .demandCommand(1, 'give a command: run, check, demo, ls or upgrade (see: userland-proxy help; docker mode takes docker-proxy flags)')
       .option('config', { alias: 'c', type: 'string', describe: `JSON config file (or ${ENV_PREFIX}CONFIG)` })
       .options(
         Object.fromEntries(
@@ -91,6 +92,23 @@ export async function runStandalone(argv: readonly string[]): Promise<void> {
       die(err);
     }
     return;
+  }
+  if (command === 'upgrade') {
+    try {
+      const { upgradeEngine } = await import('./engine-upgrade.js');
+      const r = await upgradeEngine();
+      if (r.from === null) {
+        process.stdout.write('no shared engine with a mapping runs in this network namespace: nothing to move\n');
+        process.exit(0);
+      }
+      process.stdout.write(
+        `moved ${r.moved} of ${r.mappings} mappings from engine pid ${r.from.pid} (version ${r.from.version}) to pid ${r.to?.pid} (version ${r.to?.version}); ` +
+          `the old engine relays its ${r.draining} established connections until they end, then exits\n`,
+      );
+      process.exit(r.moved === r.mappings ? 0 : 1);
+    } catch (err) {
+      die(err);
+    }
   }
   if (command === 'ls') {
     try {

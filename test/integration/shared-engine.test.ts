@@ -14,7 +14,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { serverFd, udpHandle } from '../../src/node-internals.js';
 import { control, type Control } from '../../src/engine-protocol.js';
 import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
-import { freePort, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
+import { freePort, randomBytes, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';
 import { killTracked } from '../helpers/processes.js';
 import { BIN, dockerArgv, ROOT, spawnProxy, startProxy, type ProxyProc } from '../helpers/proxy.js';
@@ -202,6 +202,85 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     const t0 = Date.now();
     expect((await closed) - t0).toBeLessThan(5000);
   });
+
+  it('userland-proxy upgrade moves every mapping to a new engine under load: no port unbound, no connection reset, no byte lost, no connect failed', async () => {
+    const { name, env } = engineEnv();
+    const ports = await Promise.all(Array.from({ length: 5 }, () => freePort()));
+    await Promise.all(ports.map((port) => startProxy(tcpArgs(port), { env })));
+    const udpPort = await freePort();
+    await startProxy(dockerArgv('udp', '127.0.0.1', udpPort, backend.ipv4, ECHO), { env });
+    const [old] = enginePids(name);
+    // 20 long-lived connections, each echoing 64 KiB chunks of random bytes, checked byte for byte.
+    let stop = false;
+    const streams = Array.from({ length: 20 }, async (_, i) => {
+      const c = await tcpConnect('127.0.0.1', ports[i % ports.length] as number);
+      let sent = 0;
+      let broken = '';
+      c.on('error', (e) => {
+        broken = String(e);
+      });
+      while (!stop && !broken) {
+        const chunk = randomBytes(65536);
+        const back = await new Promise<Buffer>((res) => {
+          const parts: Buffer[] = [];
+          let got = 0;
+          const on = (d: Buffer): void => {
+            parts.push(d);
+            got += d.length;
+            if (got >= chunk.length) {
+              c.off('data', on);
+              res(Buffer.concat(parts));
+            }
+          };
+          c.on('data', on);
+          c.write(chunk);
+        });
+        if (!back.equals(chunk)) broken = 'bytes differ';
+        sent += chunk.length;
+      }
+      c.end();
+      return { sent, broken };
+    });
+    // New connections all along: none may fail.
+    let connects = 0;
+    let failed = 0;
+    const churn = (async () => {
+      while (!stop) {
+        if (await echoes(ports[connects % ports.length] as number)) connects++;
+        else failed++;
+        await sleep(5);
+      }
+    })();
+    const udp = udpClient(4);
+    expect((await udpRequest(udp, '127.0.0.1', udpPort, 'before')).toString()).toBe('before');
+    await sleep(300);
+    const r = spawnSync(BIN, ['upgrade'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 30_000 });
+    expect(r.stdout, r.stderr).toMatch(/^moved 6 of 6 mappings from engine pid \d+ \(version [^)]+\) to pid \d+ /);
+    expect(r.status).toBe(0);
+    const now = enginePids(name);
+    expect(now).toContain(old);
+    expect(now).toHaveLength(2);
+    // Every port was bound throughout, and the new engine serves UDP too.
+    expect(listeningPorts()).toEqual(expect.arrayContaining(ports));
+    expect((await udpRequest(udp, '127.0.0.1', udpPort, 'after')).toString()).toBe('after');
+    await sleep(500);
+    stop = true;
+    const done = await Promise.all(streams);
+    await churn;
+    udp.close();
+    expect(done.filter((d) => d.broken)).toEqual([]);
+    expect(done.every((d) => d.sent > 0)).toBe(true);
+    expect(failed).toBe(0);
+    expect(connects).toBeGreaterThan(10);
+    // The old engine goes with its last connection.
+    await vi.waitFor(() => expect(enginePids(name)).not.toContain(old), { timeout: 10_000, interval: 100 });
+    const rows = spawnSync(BIN, ['ls', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8' })
+      .stdout.trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { pid: number; state: string });
+    expect(rows).toHaveLength(6);
+    expect(rows.every((x) => x.pid !== old && x.state === 'serving')).toBe(true);
+  }, 60_000);
 
   it('a shim killed with SIGKILL frees its port at once; the others keep serving', async () => {
     const { env } = engineEnv();
