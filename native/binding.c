@@ -26,6 +26,7 @@
  * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
  * - resetOnClose(fd, on)             arms or disarms SO_LINGER {1, 0} on a socket JavaScript owns
  * - groupsOpen()                     groups on the thread's list (a closed one leaves it)
+ * - groupUnwatch(group)              UDP: reads no more from the listener; flows relay replies
  * Counters and histograms live in the caller's Float64Array: only this thread writes them,
  * JavaScript reads them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets
  * we build for).
@@ -521,6 +522,18 @@ static napi_value js_group_stop(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* groupUnwatch(group): UDP hand-over to a new engine sharing the socket: reads no more datagrams
+ * (the new engine does), while established flows still relay the target's replies until idle. */
+static napi_value js_group_unwatch(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  engine_t *e = call_args(env, info, argv, 1);
+  group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
+  if (!g) return NULL;
+  g->draining = 1;
+  if (!g->js_closed && run(e, C_UNWATCH_GROUP, g) < 0) return throw_errno(env, ENOMEM, "groupUnwatch");
+  return NULL;
+}
+
 /* groupClose(group): closes everything of the group and returns once done (the port is free). */
 static napi_value js_group_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -647,6 +660,7 @@ NAPI_MODULE_INIT() {
     { "groupStop", NULL, js_group_stop, NULL, NULL, NULL, napi_default, NULL },
     { "groupClose", NULL, js_group_close, NULL, NULL, NULL, napi_default, NULL },
     { "groupsOpen", NULL, js_groups_open, NULL, NULL, NULL, napi_default, NULL },
+    { "groupUnwatch", NULL, js_group_unwatch, NULL, NULL, NULL, napi_default, NULL },
     { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
     { "unread", NULL, js_unread, NULL, NULL, NULL, napi_default, NULL },
     { "resetOnClose", NULL, js_reset_on_close, NULL, NULL, NULL, napi_default, NULL },

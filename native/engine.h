@@ -238,7 +238,7 @@ typedef struct cmd {
   group_t *g;
   struct cmd *next;
 } cmd_t;
-enum { C_STOP_GROUP, C_CLOSE_GROUP };
+enum { C_STOP_GROUP, C_CLOSE_GROUP, C_UNWATCH_GROUP };
 
 struct engine {
   int epfd, evfd, started;

@@ -95,6 +95,8 @@ static void run_commands(engine_t *e) {
     cmd_t *next = q->next;
     if (q->op == C_STOP_GROUP)
       listener_close(e, q->g);
+    else if (q->op == C_UNWATCH_GROUP) /* UDP hand-over: replies still leave from lfd */
+      epoll_ctl(e->epfd, EPOLL_CTL_DEL, q->g->lfd, NULL);
     else
       group_retire(e, q->g);
     free(q);

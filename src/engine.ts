@@ -131,7 +131,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     const now = Date.now();
     for (const e of draining) {
       const p = e.proxy as DockerProxy;
-      const left = p.open.tcp?.active ?? 0;
+      const left = (p.open.tcp?.active ?? 0) + (p.open.udp?.flowsActive ?? 0);
       const over = now - (e.drainingSince ?? now) >= p.env.sharedDrainTimeoutMs;
       if (left > 0 && !over) continue;
       draining.delete(e);
@@ -153,16 +153,23 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   const detach = (conn: number): void => {
     const e = entries.get(conn);
     const p = e?.proxy;
-    if (!e || !p?.open.tcp || p.open.tcp.active === 0) {
-      drop(conn, 'dockerd gone');
+    // Moving to a new engine (after U), UDP flows drain here too: the new engine reads the same
+    // socket. When dockerd died, a UDP port must be freed at once: nothing of it stays.
+    const left = (p?.open.tcp?.active ?? 0) + (handedOver ? (p?.open.udp?.flowsActive ?? 0) : 0);
+    if (!e || !p || left === 0) {
+      drop(conn, handedOver ? 'moved to the new engine' : 'dockerd gone');
       return;
     }
     entries.delete(conn);
     budget.give(1);
-    p.open.stopAccepting();
+    if (handedOver) p.open.handOver();
+    else p.open.stopAccepting();
     e.drainingSince = Date.now();
     draining.add(e);
-    log.info({ mapping: p.id, connections: p.open.tcp.active, drainTimeoutMs: p.env.sharedDrainTimeoutMs }, 'dockerd gone: port freed, connections draining');
+    log.info(
+      { mapping: p.id, left, drainTimeoutMs: p.env.sharedDrainTimeoutMs },
+      handedOver ? 'moved: connections and flows drain here' : 'dockerd gone: port freed, connections draining',
+    );
     drainTimer ??= setInterval(drainCheck, SHARED_DRAIN_CHECK_MS);
   };
 

@@ -44,6 +44,11 @@ export interface OpenMapping {
   udp: UdpStats | null;
   /** Closes the listeners; TCP connections carry on (drain). UDP closes at once. */
   stopAccepting(): void;
+  /**
+   * Hand-over to a new engine sharing the sockets: TCP stops accepting, UDP stops reading; TCP
+   * connections and UDP flows carry on until they end or idle out.
+   */
+  handOver(): void;
   /** Closes listeners, connections and flows. */
   close(): void;
   /** The first port's listening socket (the shared engine hands a copy to the shim); -1 if unknown. */
@@ -119,6 +124,12 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
       // UDP has nothing in flight to finish (a flow is only an address pair): it closes now,
       // which frees its ports for a mapping that takes them over.
       if (udp) close();
+    },
+    handOver: () => {
+      for (const f of forwarders) {
+        if (f instanceof TcpForwarder) f.stopAccepting();
+        else f.handOver();
+      }
     },
     close,
     listenerFd: () => {

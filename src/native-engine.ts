@@ -104,6 +104,7 @@ interface Addon {
   groupStop(group: object): void;
   groupClose(group: object): void;
   groupsOpen(): number;
+  groupUnwatch(group: object): void;
   shutdown(): void;
 }
 
@@ -339,6 +340,8 @@ export interface NativeGroup {
   fd(): number;
   /** TCP: closes the listener, open connections carry on; UDP: opens no new flow. */
   stop(): void;
+  /** UDP hand-over: reads no more datagrams (another engine does); flows relay replies until idle. */
+  unwatch(): void;
   /** Closes everything; the port is free when it returns. */
   close(): void;
 }
@@ -350,6 +353,9 @@ function groupHandle(a: Addon, id: number, group: object): NativeGroup {
     fd: () => (closed ? -1 : a.groupFd(group)),
     stop: () => {
       if (!closed) a.groupStop(group);
+    },
+    unwatch: () => {
+      if (!closed) a.groupUnwatch(group);
     },
     close: () => {
       if (closed) return;

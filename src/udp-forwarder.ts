@@ -212,6 +212,16 @@ export class UdpForwarder {
     this.#native?.stop();
   }
 
+  /**
+   * Hand-over to a new engine that reads the same socket: read no more datagrams, and let the
+   * established flows relay the target's replies (sent from the listener) until they idle out.
+   */
+  handOver(): void {
+    this.#draining = true;
+    if (this.#native) this.#native.unwatch();
+    else udpHandle(this.#listener).recvStop();
+  }
+
   /** Closes the listener and every flow socket. */
   close(): void {
     if (this.#timer) clearInterval(this.#timer);

@@ -52,10 +52,15 @@ mv "$tmp" "$prefix"
 rm -rf "$prefix.old"
 
 "$prefix/bin/userland-proxy" -v >/dev/null || die "the installed launcher does not run"
+# An engine of this install already serving ports (this network namespace's) moves to the new code
+# now, without unbinding a port or cutting a connection; otherwise it would serve the old code
+# for as long as any of its mappings lives.
+upgraded=$("$prefix/bin/userland-proxy" upgrade 2>&1) || echo "install: upgrade of the running engine: $upgraded" >&2
 cat <<MSG
 installed: $prefix/bin/userland-proxy (node: $node)
 engine: $engine
 shared engine: $shared
+running engine: $upgraded
 Add to /etc/docker/daemon.json, then restart dockerd (e.g. systemctl restart docker):
   {
     "userland-proxy": true,

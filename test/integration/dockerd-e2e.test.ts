@@ -66,7 +66,11 @@ beforeAll(() => {
   writeFileSync(join(rootfs, 'www/index.html'), 'hello from the container\n');
   execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
   // Install the way an operator does, with deploy/docker/install.sh, into a private prefix.
-  execFileSync('sh', [join(ROOT, 'deploy/docker/install.sh'), join(dir, 'opt')], { stdio: 'ignore' });
+  // (install.sh upgrades a running engine of its name: none of this run's may be it.)
+  execFileSync('sh', [join(ROOT, 'deploy/docker/install.sh'), join(dir, 'opt')], {
+    stdio: 'ignore',
+    env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-install` },
+  });
 }, 90_000);
 
 afterAll(() => {

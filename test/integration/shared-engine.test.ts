@@ -204,7 +204,8 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
   });
 
   it('userland-proxy upgrade moves every mapping to a new engine under load: no port unbound, no connection reset, no byte lost, no connect failed', async () => {
-    const { name, env } = engineEnv();
+    // (UDP flows drain on the old engine until idle: 1 s here.)
+    const { name, env } = engineEnv({ USERLAND_PROXY_UDP_IDLE_TIMEOUT: '1s' });
     const ports = await Promise.all(Array.from({ length: 5 }, () => freePort()));
     await Promise.all(ports.map((port) => startProxy(tcpArgs(port), { env })));
     const udpPort = await freePort();
