@@ -67,6 +67,9 @@ function die(message: string, log: Log): never {
 /** Runs the engine until idle or a signal. */
 export async function runEngine(argv: readonly string[]): Promise<void> {
   let log: Log = silentLog;
+  // Read once: an upgrade replaces package.json under a running engine, which must not then
+  // report the new version as its own.
+  const version = packageVersion();
   const fdArg = argv.find((a) => a.startsWith('--control-fd='));
   const env = (() => {
     try {
@@ -256,7 +259,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
           since: new Date(e.since).toISOString(),
           state: e.drainingSince === undefined ? 'serving' : 'draining',
           pid: process.pid,
-          version: packageVersion(),
+          version,
           tcp: t && { accepted: t.accepted, active: t.active, bytesIn: t.bytesIn, bytesOut: t.bytesOut },
           udp: u && { flowsActive: u.flowsActive, flowsCreated: u.flowsCreated, bytesIn: u.bytesIn, bytesOut: u.bytesOut },
         },
@@ -290,7 +293,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         let moving = 0;
         for (const [c, e] of entries) if (e.proxy && ctl.ctlSend(c, Buffer.from('M'), -1)) moving++;
         log.info({ mappings: moving }, 'a new engine takes over: mappings move');
-        ctl.ctlSend(conn, Buffer.from(`U${JSON.stringify({ pid: process.pid, version: packageVersion(), mappings: moving })}`), -1);
+        ctl.ctlSend(conn, Buffer.from(`U${JSON.stringify({ pid: process.pid, version, mappings: moving })}`), -1);
         ctl.ctlClose(conn);
         idleCheck();
         break;
@@ -371,5 +374,5 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     die(/Address already in use/.test(m) ? `an engine already serves ${ctl.ctlPath(String(source))} in this network namespace` : m, log);
   }
   idleCheck();
-  log.info({ version: packageVersion(), control: typeof source === 'number' ? `fd ${source}` : ctl.ctlPath(source), fdLimit: budget.limit }, 'engine ready');
+  log.info({ version, control: typeof source === 'number' ? `fd ${source}` : ctl.ctlPath(source), fdLimit: budget.limit }, 'engine ready');
 }
