@@ -19,6 +19,7 @@ const DEFAULTS = {
   metrics: null,
   shared: true,
   sharedIdleTimeoutMs: 30_000,
+  sharedDrainTimeoutMs: 600_000,
 };
 
 describe('readDockerEnv()', () => {
