@@ -60,8 +60,9 @@ try {
     log,
     budget,
   });
-  send({ type: 'ready' });
+  // Logged before ready is reported: whoever sees the supervisor's "ready:" has this line too.
   log.info({ ports: count, target: `${mapping.target.address}:${mapping.targetPort}`, engine: init.engine }, 'mapping ready');
+  send({ type: 'ready' });
   if (init.crashAfterMs !== undefined)
     setTimeout(() => {
       throw new Error('injected crash (test hook)');
