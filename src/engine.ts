@@ -39,6 +39,8 @@ interface Entry {
   since: number;
   /** When its dockerd died (D): the listener is closed, the connections drain. */
   drainingSince?: number;
+  /** Tells draining mappings of one port apart in /metrics. */
+  drainSeq?: number;
 }
 
 /** What `userland-proxy ls` prints, one per mapping. */
@@ -90,6 +92,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   /** Mappings whose dockerd died: no shim, no listener, connections finishing. */
   const draining = new Set<Entry>();
   let drainTimer: NodeJS.Timeout | null = null;
+  let drains = 0;
   let idleTimer: NodeJS.Timeout | null = null;
   let exiting = false;
   /** A new engine took our name (U): we exit once our last mapping moved or drained. */
@@ -168,6 +171,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     if (handedOver) p.open.handOver();
     else p.open.stopAccepting();
     e.drainingSince = Date.now();
+    e.drainSeq = ++drains;
     draining.add(e);
     log.info(
       { mapping: p.id, left, drainTimeoutMs: p.env.sharedDrainTimeoutMs },
@@ -352,7 +356,15 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   // /metrics is up before the first registration is read: a mapping reported ready to its shim
   // (and to dockerd) is already on the endpoint. Shims meanwhile wait in the control backlog.
   if (env.metrics) {
-    const states = (): MappingState[] => [...entries.values()].flatMap((e) => (e.proxy ? [e.proxy.state] : []));
+    // A draining mapping keeps its series under a label of its own: the mapping a restarted dockerd
+    // registered for the same port may be serving beside it.
+    const states = (): MappingState[] => [
+      ...[...entries.values()].flatMap((e) => (e.proxy ? [e.proxy.state] : [])),
+      ...[...draining].map((e) => {
+        const st = (e.proxy as DockerProxy).state;
+        return { ...st, mapping: { ...st.mapping, id: `${st.mapping.id} draining#${e.drainSeq}` }, drainingSince: e.drainingSince };
+      }),
+    ];
     try {
       const { createRegistry } = await import('./metrics.js');
       const { startMetricsServer } = await import('./metrics-server.js');

@@ -171,7 +171,19 @@ export const FAMILIES: readonly Family[] = [
     name: 'mapping_up',
     type: 'gauge',
     help: '1 when every port of the mapping is bound and serving.',
-    samples: (states) => states.map((st) => ({ labels: { mapping: st.mapping.id, proto: st.mapping.proto }, value: st.up ? 1 : 0 })),
+    samples: (states) =>
+      states
+        .filter((st) => st.drainingSince === undefined)
+        .map((st) => ({ labels: { mapping: st.mapping.id, proto: st.mapping.proto }, value: st.up ? 1 : 0 })),
+  },
+  {
+    name: 'mapping_draining_seconds',
+    type: 'gauge',
+    help: 'Shared engine: seconds since the mapping stopped accepting (its dockerd died, or it moved to a new engine) while its connections finish.',
+    samples: (states) =>
+      states.flatMap((st) =>
+        st.drainingSince === undefined ? [] : [{ labels: { mapping: st.mapping.id, proto: st.mapping.proto }, value: (Date.now() - st.drainingSince) / 1000 }],
+      ),
   },
   {
     name: 'worker_restarts_total',

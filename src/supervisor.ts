@@ -33,6 +33,8 @@ export interface MappingState {
   restarts: number;
   tcp: TcpStats | null;
   udp: UdpStats | null;
+  /** Shared engine: when the mapping began draining (its dockerd died, or it moved to a new engine). */
+  drainingSince?: number;
 }
 
 interface Slot {

@@ -153,7 +153,8 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
   });
 
   it("dockerd dies (Pdeathsig): the port is free at once, established connections carry on beside the restarted dockerd's mapping, then drain", async () => {
-    const { name, env } = engineEnv();
+    const mport = await freePort();
+    const { name, env } = engineEnv({ USERLAND_PROXY_METRICS: `127.0.0.1:${mport}` });
     const port = await freePort();
     // A stand-in dockerd: starts the proxy with Pdeathsig SIGTERM (as dockerd does), then waits
     // (without fd 3 of its own: the status pipe ends with the proxy's "0\n").
@@ -188,6 +189,13 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
         .map((r) => r.state)
         .sort(),
     ).toEqual(['draining', 'serving']);
+    // /metrics: the draining mapping under a label of its own, beside the one serving the port.
+    const text = await (await fetch(`http://127.0.0.1:${mport}/metrics`)).text();
+    const id = `tcp/127.0.0.1:${port}`;
+    expect(text).toMatch(new RegExp(`userland_proxy_mapping_draining_seconds\\{mapping="${id} draining#1",proto="tcp"\\} [0-9.]+`));
+    expect(text).toContain(`userland_proxy_connections_active{mapping="${id} draining#1"} 1`);
+    expect(text).toContain(`userland_proxy_mapping_up{mapping="${id}",proto="tcp"} 1`);
+    expect(text).not.toContain(`userland_proxy_mapping_up{mapping="${id} draining#1"`);
     old.end();
     await vi.waitFor(() => expect(ls().map((r) => r.state)).toEqual(['serving']), { timeout: 5000, interval: 100 });
     await again.stop();
