@@ -12,9 +12,10 @@
  *          (2 for a flag syntax error); the message is the engine's docker-mode wording.
  *   fd 4   with -use-listen-fd: handed to the engine.
  *   SIGINT, SIGTERM  the engine closes the mapping (listener, connections, flows) and acks; exit 0
- *          within SHIM_STOP_WAIT_MS whatever the engine does (dockerd waits forever). When our
- *          parent is gone by then (dockerd died: this is its Pdeathsig, a restart or live-restore
- *          follows), the engine frees the port but lets established TCP connections drain.
+ *          within SHIM_STOP_WAIT_MS whatever the engine does (dockerd waits forever). When
+ *          dockerd died (its Pdeathsig: a SIGTERM from our parent, or our parent is gone; a
+ *          restart or live-restore follows), the engine frees the port but lets established
+ *          TCP connections drain.
  *   SIGHUP the engine reopens the mapping's log file.
  *
  * Engine protocol (src/engine-protocol.ts is the other side): one AF_UNIX SOCK_SEQPACKET connection
@@ -354,6 +355,7 @@ static ssize_t recv_msg(int c, char *msg, size_t cap, int *fd) {
 }
 
 /* Reads pending signals: returns SIGINT/SIGTERM when asked to stop, after sending H for SIGHUP. */
+static pid_t stop_sender; /* who sent the last stop signal (ssi_pid) */
 static int take_signals(int sigfd, int c) {
   struct signalfd_siginfo si;
   int stop = 0;
@@ -362,6 +364,7 @@ static int take_signals(int sigfd, int c) {
       if (c >= 0) send(c, "H", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     } else {
       stop = (int)si.ssi_signo;
+      stop_sender = (pid_t)si.ssi_pid;
     }
   }
   return stop;
@@ -454,10 +457,15 @@ int main(int argc, char **argv) {
     struct pollfd p[2] = { { c, POLLIN, 0 }, { sigfd, POLLIN, 0 } };
     if (poll(p, 2, -1) < 0) continue;
     if (p[1].revents) {
-      if (take_signals(sigfd, c)) {
+      int sig = take_signals(sigfd, c);
+      if (sig) {
         /* Stop: the engine closes the mapping and says B; never wait longer than the bound. If
-         * dockerd died (we were reparented), detach: the port is freed, connections drain. */
-        send(c, getppid() == parent ? "S" : "D", 1, MSG_NOSIGNAL);
+         * dockerd died, detach: the port is freed, connections drain. dockerd stops a proxy with
+         * SIGINT; its death reaches us as Pdeathsig SIGTERM, sent by the kernel in dockerd's name
+         * (ssi_pid) as soon as the thread that forked us exits, while our parent may still be a
+         * dying dockerd's other thread; or we were reparented already. */
+        int died = getppid() != parent || (sig == SIGTERM && stop_sender == parent);
+        send(c, died ? "D" : "S", 1, MSG_NOSIGNAL);
         long deadline = now_ms() + SHIM_STOP_WAIT_MS;
         for (long left; (left = deadline - now_ms()) > 0;) {
           struct pollfd q = { c, POLLIN, 0 };

@@ -9,11 +9,11 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CAN_RUN_DOCKERD, startDockerd, type PrivateDockerd } from '../helpers/dockerd.js';
-import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
+import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { ROOT } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
 import { killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
@@ -22,6 +22,7 @@ const CAN_RUN = CAN_RUN_DOCKERD && existsSync('/bin/busybox');
 /** The image rootfs, the install prefix and the proxies' log. */
 const dir = CAN_RUN ? mkdtempSync('/tmp/upt-e2e-') : '';
 const IMAGE = 'upt-busybox';
+const BIG = CAN_RUN ? randomBytes(12 << 20) : Buffer.alloc(0);
 let dockerd: PrivateDockerd | null = null;
 let containers: string[] = [];
 
@@ -38,6 +39,36 @@ async function serves(url: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * A GET whose reader stalls until resumed (the transfer then waits in flight, far from done);
+ * resume() reads the rest: the body and how it ended.
+ */
+function heldGet(port: number, path: string): { resume: () => Promise<{ body: Buffer; error: string }> } {
+  const parts: Buffer[] = [];
+  let result: { body: Buffer; error: string } | null = null;
+  const waiters: ((r: { body: Buffer; error: string }) => void)[] = [];
+  const c = connect(port, '127.0.0.1');
+  c.pause();
+  c.write(`GET ${path} HTTP/1.0\r\n\r\n`);
+  c.on('data', (d: Buffer) => parts.push(d));
+  const done = (error: string): void => {
+    const all = Buffer.concat(parts);
+    const head = all.indexOf('\r\n\r\n');
+    result = { body: head < 0 ? Buffer.alloc(0) : all.subarray(head + 4), error };
+    for (const w of waiters) w(result);
+  };
+  c.on('end', () => done(''));
+  c.on('error', (e: NodeJS.ErrnoException) => done(e.code ?? e.message));
+  return {
+    resume: () =>
+      new Promise((res) => {
+        if (result) res(result);
+        else waiters.push(res);
+        c.resume();
+      }),
+  };
 }
 
 /** Our proxy processes serving a host port (a shim, or a per-port Node process), from /proc. */
@@ -64,6 +95,7 @@ beforeAll(() => {
   for (const a of ['sh', 'httpd', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', a));
   execFileSync('gcc', ['-static', '-O2', '-o', join(rootfs, 'bin/udpecho'), join(ROOT, 'test/helpers/udp-echo.c')]);
   writeFileSync(join(rootfs, 'www/index.html'), 'hello from the container\n');
+  writeFileSync(join(rootfs, 'www/big'), BIG); // a download that outlives a dockerd restart
   execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
   // Install the way an operator does, with deploy/docker/install.sh, into a private prefix.
   // (install.sh upgrades a running engine of its name: none of this run's may be it.)
@@ -209,13 +241,33 @@ describe.skipIf(!CAN_RUN).each(MODES)('real dockerd with userland-proxy installe
     containers.push('upt-live');
     expect(r.code, r.stderr).toBe(0);
     expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
+    // A 12 MiB download held in flight (its reader stalled) across the dockerd kill and restart:
+    // in shared mode it carries on through the draining mapping and arrives whole.
+    const download = heldGet(port, '/big');
+    await sleep(300);
     await (dockerd as PrivateDockerd).kill('SIGKILL');
     // Pdeathsig SIGTERM: the proxy exits and its port is free for the next dockerd to bind.
     await vi.waitFor(() => expect(proxiesFor(port)).toEqual([]), { timeout: 5000, interval: 100 });
     expect(await serves(`http://127.0.0.1:${port}/`)).toBe(false);
+    if (shared === 'true') {
+      // The engine relays the download on: its mapping is draining, with that connection open.
+      const rows = execFileSync(join(ROOT, 'bin/userland-proxy'), ['ls', '--json'], {
+        env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd` },
+        encoding: 'utf8',
+      })
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { mapping: string; state: string; tcp: { active: number } });
+      expect(rows.filter((x) => x.mapping === `tcp/127.0.0.1:${port}`).map((x) => [x.state, x.tcp.active])).toEqual([['draining', 1]]);
+    }
     await (dockerd as PrivateDockerd).restart();
     await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 15_000, interval: 200 });
     expectMode(proxiesFor(port));
+    const got = await download.resume();
+    if (shared === 'true') expect([got.error, got.body.length, sha256(got.body)]).toEqual(['', BIG.length, sha256(BIG)]);
+    // Per-port, the proxy dies with dockerd: the download is cut unless the kernel's buffers
+    // already held all of it (timing), so nothing is asserted of it. (A cut one ends today with a
+    // clean FIN when nothing was queued at that instant: a defect noted on issue 18.)
   }, 90_000);
 
   it('the proxies dockerd started ran the engine under test', () => {
