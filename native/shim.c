@@ -67,6 +67,7 @@
  * cost gigabytes (audit N5). */
 #define READOPT_VERDICT_MS 30000
 #define SHIM_STOP_WAIT_MS 5000
+#define PARENT_DEATH_POLLS 20 /* x 10 ms: a SIGTERM from our parent, is it dying (Pdeathsig)? */
 #define ENGINE_SPAWNS 2 /* engines started for one registration before falling back */
 
 extern char **environ;
@@ -463,8 +464,13 @@ int main(int argc, char **argv) {
          * dockerd died, detach: the port is freed, connections drain. dockerd stops a proxy with
          * SIGINT; its death reaches us as Pdeathsig SIGTERM, sent by the kernel in dockerd's name
          * (ssi_pid) as soon as the thread that forked us exits, while our parent may still be a
-         * dying dockerd's other thread; or we were reparented already. */
-        int died = getppid() != parent || (sig == SIGTERM && stop_sender == parent);
+         * dying dockerd's other thread: then we are reparented within moments. A SIGTERM from a
+         * parent that lives on (an operator's, a test's) is a stop. */
+        int died = getppid() != parent;
+        for (int i = 0; i < PARENT_DEATH_POLLS && !died && sig == SIGTERM && stop_sender == parent; i++) {
+          usleep(10000);
+          died = getppid() != parent;
+        }
         send(c, died ? "D" : "S", 1, MSG_NOSIGNAL);
         long deadline = now_ms() + SHIM_STOP_WAIT_MS;
         for (long left; (left = deadline - now_ms()) > 0;) {

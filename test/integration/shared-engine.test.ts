@@ -207,6 +207,12 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     const dockerd = spawnProxy(['-c', 'setpriv --pdeathsig TERM "$@" & exec 3>&-; wait', 'sh', BIN, ...tcpArgs(port)], { bin: 'sh', env });
     expect(await dockerd.status).toBe('0\n');
     const old = await tcpConnect('127.0.0.1', port);
+    // One round trip first: the engine has accepted it (under load, a connection still in the
+    // backlog when dockerd dies is no established one, and is reset with the listener).
+    await new Promise((res) => {
+      old.once('data', res);
+      old.write('x');
+    });
     const closed = new Promise<number>((res) => old.on('end', () => res(Date.now()))); // FIN: nothing was pending
     old.on('error', () => {});
     old.resume();
