@@ -226,7 +226,8 @@ describe.skipIf(!CAN_RUN).each(MODES)('real dockerd with userland-proxy installe
     const r = await docker('run', '-d', '--name', 'upt-restart', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
     containers.push('upt-restart');
     expect(r.code, r.stderr).toBe(0);
-    expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
+    // (httpd in the container may still be starting when docker run returns.)
+    await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 200 });
     const before = proxiesFor(port);
     const again = await docker('restart', '-t', '1', 'upt-restart');
     expect(again.code, again.stderr).toBe(0);
@@ -240,7 +241,8 @@ describe.skipIf(!CAN_RUN).each(MODES)('real dockerd with userland-proxy installe
     const r = await docker('run', '-d', '--name', 'upt-live', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
     containers.push('upt-live');
     expect(r.code, r.stderr).toBe(0);
-    expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
+    // (httpd in the container may still be starting when docker run returns.)
+    await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 200 });
     // A 12 MiB download held in flight (its reader stalled) across the dockerd kill and restart:
     // in shared mode it carries on through the draining mapping and arrives whole.
     const download = heldGet(port, '/big');
