@@ -1,5 +1,6 @@
 /**
- * A private Docker engine for a test file (Debian's docker.io, installed by .ci/setup): its own
+ * A private Docker engine for a test file (Debian 12's docker.io 20.10, installed by .ci/setup, or
+ * Docker 28.5 from Debian unstable, unpacked by .ci/setup into .cache/docker-28.5): its own
  * data-root, exec-root, socket and pidfile under a temp dir, iptables off, vfs storage. Every
  * CLI call is bounded; stop() removes the daemon, its containerd, mounts and the directory.
  */
@@ -9,12 +10,31 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { IS_ROOT } from './netns.js';
 import { sleep } from './net.js';
+import { ROOT } from './proxy.js';
 
 const run = promisify(execFile);
-const DOCKERD = '/usr/sbin/dockerd';
 const DOCKER = '/usr/bin/docker';
-/** True when a private dockerd can run here (root and docker.io installed). */
-export const CAN_RUN_DOCKERD = IS_ROOT && existsSync(DOCKERD) && existsSync(DOCKER);
+const D28 = join(ROOT, '.cache/docker-28.5');
+
+/**
+ * The dockerd versions the tests run: where each one's binaries are, and the PATH prefix that
+ * gives it its own containerd (28.5 runs Debian 12's runc; the 20.10 CLI talks to both).
+ */
+export const DOCKERDS = {
+  '20.10': { dockerd: '/usr/sbin/dockerd', bin: '', args: [] as string[] },
+  '28.5': { dockerd: join(D28, 'usr/sbin/dockerd'), bin: join(D28, 'usr/bin'), args: ['--ip6tables=false'] },
+} as const;
+export type DockerdVersion = keyof typeof DOCKERDS;
+
+/** Why a private dockerd of this version cannot run here, or null when it can. */
+export function dockerdMissing(version: DockerdVersion): string | null {
+  if (!IS_ROOT) return 'needs root';
+  if (!existsSync(DOCKER)) return 'needs docker.io (.ci/setup)';
+  if (!existsSync(DOCKERDS[version].dockerd)) return `needs Docker ${version} (.ci/setup unpacks it from Debian unstable)`;
+  return null;
+}
+/** True when a private dockerd 20.10 can run here (root and docker.io installed). */
+export const CAN_RUN_DOCKERD = dockerdMissing('20.10') === null;
 
 export interface PrivateDockerd {
   /** The temp dir holding everything of this daemon (free for the test's own files too). */
@@ -31,7 +51,9 @@ export interface PrivateDockerd {
 }
 
 /** Starts a private dockerd with extra flags and environment; resolves once `docker info` works. */
-export async function startDockerd(extraArgs: string[], env: Record<string, string>): Promise<PrivateDockerd> {
+export async function startDockerd(extraArgs: string[], env: Record<string, string>, version: DockerdVersion = '20.10'): Promise<PrivateDockerd> {
+  const { dockerd, bin, args } = DOCKERDS[version];
+  if (bin) env = { ...env, PATH: `${bin}:${env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}` };
   const dir = mkdtempSync('/tmp/upt-dockerd-');
   const sock = join(dir, 'docker.sock');
   let daemonLog = '';
@@ -41,7 +63,7 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
       'timeout',
       [
         '900',
-        DOCKERD,
+        dockerd,
         '--data-root',
         join(dir, 'data'),
         '--exec-root',
@@ -53,6 +75,7 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
         '--iptables=false',
         '--storage-driver',
         'vfs',
+        ...args,
         ...extraArgs,
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env },
@@ -110,10 +133,11 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
   };
   const kill = async (signal: NodeJS.Signals): Promise<void> => {
     const exited = new Promise((res) => child.once('exit', res));
+    // Its managed containerd dies with it (Pdeathsig; a SIGTERM'd dockerd also removes the pid
+    // file): a restart before that finds it half alive.
+    const containerd = Number(readFileSync(join(dir, 'exec/containerd/containerd.pid'), 'utf8').trim());
     process.kill(Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim()), signal);
     await Promise.race([exited, sleep(20_000)]);
-    // Its managed containerd dies with it (Pdeathsig); a restart before that finds it half alive.
-    const containerd = Number(readFileSync(join(dir, 'exec/containerd/containerd.pid'), 'utf8').trim());
     for (let i = 0; i < 100 && existsSync(`/proc/${containerd}`); i++) await sleep(100);
   };
   const restart = async (): Promise<void> => {

@@ -1,18 +1,20 @@
 /**
- * End to end with a real Docker engine (Debian's docker.io 20.10, installed by .ci/setup): a
+ * End to end with a real Docker engine, dockerd 20.10 (Debian 12's docker.io) and dockerd 28.5
+ * (Debian unstable's, unpacked by .ci/setup; it binds every port itself and passes it on fd 4): a
  * private dockerd (own data-root, exec-root, socket, pidfile, bridge subnet; iptables off, so
  * every published port is served by our proxy alone) runs with
  * --userland-proxy-path=<abs path to bin/userland-proxy>. A busybox image is imported from a
  * rootfs tar (no registry). Every command is bounded by a timeout; everything started is removed
- * in afterAll, also on failure. Both docker modes run: shared (each proxy a shim, one engine per
- * network namespace; the default) and per-port (USERLAND_PROXY_SHARED=false), one dockerd each.
+ * in afterAll, also on failure. Both docker modes run under each version: shared (each proxy a
+ * shim, one engine per network namespace; the default) and per-port (USERLAND_PROXY_SHARED=false),
+ * one dockerd each.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { CAN_RUN_DOCKERD, startDockerd, type PrivateDockerd } from '../helpers/dockerd.js';
+import { CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { ROOT } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
@@ -109,170 +111,188 @@ afterAll(() => {
   if (CAN_RUN) rmSync(dir, { recursive: true, force: true });
 });
 
-const MODES = [
-  { mode: 'shared engine', shared: 'true' },
-  { mode: 'per-port processes', shared: 'false' },
-];
+const RUNS = (['20.10', '28.5'] as DockerdVersion[]).flatMap((version) => [
+  { version, mode: 'shared engine', shared: 'true', missing: dockerdMissing(version) },
+  { version, mode: 'per-port processes', shared: 'false', missing: dockerdMissing(version) },
+]);
+for (const r of RUNS) if (CAN_RUN && r.missing) console.warn(`SKIPPED: dockerd ${r.version} e2e (${r.mode}): ${r.missing}`);
 
-describe.skipIf(!CAN_RUN).each(MODES)('real dockerd with userland-proxy installed by deploy/docker/install.sh ($mode)', ({ shared }) => {
-  const log = join(dir, `proxy-${shared}.log`);
-  beforeAll(async () => {
-    const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
-    dockerd = await startDockerd(
-      ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`, '--live-restore'],
-      // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
-      // dockerd passes its environment to the proxies: the engine under test and a log to check it.
-      {
-        PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
-        USERLAND_PROXY_ENGINE: testEngine(),
-        USERLAND_PROXY_LOG_FILE: log,
-        USERLAND_PROXY_SHARED: shared,
-        USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd`,
-      },
-    );
-    const imp = await docker('import', join(dir, 'rootfs.tar'), IMAGE);
-    if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
-  }, 90_000);
+describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
+  'real dockerd $version with userland-proxy installed by deploy/docker/install.sh ($mode)',
+  ({ version, shared }) => {
+    const log = join(dir, `proxy-${version}-${shared}.log`);
+    beforeAll(async () => {
+      const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
+      dockerd = await startDockerd(
+        ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`, '--live-restore'],
+        // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
+        // dockerd passes its environment to the proxies: the engine under test and a log to check it.
+        {
+          PATH: '/usr/sbin:/usr/bin:/sbin:/bin',
+          USERLAND_PROXY_ENGINE: testEngine(),
+          USERLAND_PROXY_LOG_FILE: log,
+          USERLAND_PROXY_SHARED: shared,
+          USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd`,
+        },
+        version,
+      );
+      const imp = await docker('import', join(dir, 'rootfs.tar'), IMAGE);
+      if (imp.code !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
+    }, 90_000);
 
-  afterAll(async () => {
-    if (dockerd) {
-      for (const c of containers) await docker('rm', '-f', c);
-      await dockerd.stop();
-    }
-    dockerd = null;
-    containers = [];
-    killEngines(`${RUN_ENGINE_SOCKET}-dockerd`);
-    try {
-      execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' });
-    } catch {
-      /* gone */
-    }
-  }, 60_000);
+    afterAll(async () => {
+      if (dockerd) {
+        for (const c of containers) await docker('rm', '-f', c);
+        await dockerd.stop();
+      }
+      dockerd = null;
+      containers = [];
+      killEngines(`${RUN_ENGINE_SOCKET}-dockerd`);
+      try {
+        execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' });
+      } catch {
+        /* gone */
+      }
+    }, 60_000);
 
-  /** A proxy is what this mode runs: the shim (installed as bin/userland-proxy), or a Node process. */
-  const expectMode = (lines: string[]): void => {
-    for (const l of lines) expect(l.includes('dist/cli.js'), l).toBe(shared === 'false');
-  };
-  it('the install is root-owned, not writable by others, and finds node without PATH', () => {
-    const st = statSync(join(dir, 'opt/bin/userland-proxy'));
-    expect(st.uid).toBe(0);
-    expect(st.mode & 0o022).toBe(0);
-    expect(readFileSync(join(dir, 'opt/dist/node-path'), 'utf8').trim()).toMatch(/^\/.*node$/);
-    // Built with the shim, dockerd execs it directly; the Node launcher moved next to it.
-    expect(readFileSync(join(dir, 'opt/bin/userland-proxy')).subarray(0, 4).toString('latin1')).toBe('\x7fELF');
-    expect(statSync(join(dir, 'opt/bin/userland-proxy-node')).mode & 0o111).toBe(0o111);
-    const example = JSON.parse(readFileSync(join(ROOT, 'deploy/docker/daemon.json'), 'utf8')) as Record<string, unknown>;
-    expect(example).toEqual({ 'userland-proxy': true, 'userland-proxy-path': '/opt/userland-proxy/bin/userland-proxy' });
-  });
-
-  it('serves published TCP ports on 127.0.0.1 and [::1] and a UDP port, and docker stop removes every proxy', async () => {
-    const [p1, p2, p3] = [await freePort(), await freePort('::'), await freePort()];
-    const r = await docker(
-      'run',
-      '-d',
-      '--name',
-      'upt-web',
-      '-p',
-      `127.0.0.1:${p1}:80`,
-      '-p',
-      `${p2}:80`,
-      '-p',
-      `127.0.0.1:${p3}:53/udp`,
-      IMAGE,
-      '/bin/sh',
-      '-c',
-      'httpd -p 80 -h /www; exec udpecho 53',
-    );
-    containers.push('upt-web');
-    expect(r.code, r.stderr).toBe(0);
-    // dockerd started one proxy per binding: -p P2:80 gives 0.0.0.0 and :: (IPv6 front, IPv4 container).
-    expect(proxiesFor(p1)).toHaveLength(1);
-    expect(proxiesFor(p2)).toHaveLength(2);
-    expect(proxiesFor(p2).some((l) => l.includes('-host-ip ::'))).toBe(true);
-    expectMode(proxiesFor(p1));
-    expect(await httpGet(`http://127.0.0.1:${p1}/`)).toBe('hello from the container\n');
-    expect(await httpGet(`http://127.0.0.1:${p2}/`)).toBe('hello from the container\n');
-    expect(await httpGet(`http://[::1]:${p2}/`)).toBe('hello from the container\n');
-    const u = udpClient(4);
-    expect((await udpRequest(u, '127.0.0.1', p3, 'dns-like datagram')).toString()).toBe('dns-like datagram');
-    u.close();
-
-    const t0 = Date.now();
-    const stop = await docker('stop', '-t', '1', 'upt-web');
-    expect(stop.code, stop.stderr).toBe(0);
-    expect(Date.now() - t0).toBeLessThan(5000);
-    await sleep(300);
-    expect([...proxiesFor(p1), ...proxiesFor(p2), ...proxiesFor(p3)]).toEqual([]);
-    await expect(httpGet(`http://127.0.0.1:${p1}/`)).rejects.toThrow();
-  });
-
-  it('a port clash reaches the docker CLI as our error message', async () => {
-    const port = await freePort();
-    const blocker: Server = await new Promise((res) => {
-      const s = createServer().listen(port, '127.0.0.1', () => res(s));
+    /** A proxy is what this mode runs: the shim (installed as bin/userland-proxy), or a Node process. */
+    const expectMode = (lines: string[]): void => {
+      for (const l of lines) expect(l.includes('dist/cli.js'), l).toBe(shared === 'false');
+      // dockerd 28 binds the port itself and hands it over: the socket that serves is its own.
+      for (const l of lines) expect(l.includes(' -use-listen-fd'), l).toBe(version !== '20.10');
+    };
+    it('the install is root-owned, not writable by others, and finds node without PATH', () => {
+      const st = statSync(join(dir, 'opt/bin/userland-proxy'));
+      expect(st.uid).toBe(0);
+      expect(st.mode & 0o022).toBe(0);
+      expect(readFileSync(join(dir, 'opt/dist/node-path'), 'utf8').trim()).toMatch(/^\/.*node$/);
+      // Built with the shim, dockerd execs it directly; the Node launcher moved next to it.
+      expect(readFileSync(join(dir, 'opt/bin/userland-proxy')).subarray(0, 4).toString('latin1')).toBe('\x7fELF');
+      expect(statSync(join(dir, 'opt/bin/userland-proxy-node')).mode & 0o111).toBe(0o111);
+      const example = JSON.parse(readFileSync(join(ROOT, 'deploy/docker/daemon.json'), 'utf8')) as Record<string, unknown>;
+      expect(example).toEqual({ 'userland-proxy': true, 'userland-proxy-path': '/opt/userland-proxy/bin/userland-proxy' });
     });
-    try {
-      const r = await docker('run', '-d', '--name', 'upt-clash', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80');
-      containers.push('upt-clash');
-      expect(r.code).not.toBe(0);
-      expect(r.stderr).toContain(`Error starting userland proxy: listen tcp4 127.0.0.1:${port}: bind: address already in use`);
-      expect(proxiesFor(port)).toEqual([]);
-    } finally {
-      blocker.close();
-    }
-  });
-  it('docker restart: the proxies stop and start again, and the port serves', async () => {
-    const port = await freePort();
-    const r = await docker('run', '-d', '--name', 'upt-restart', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
-    containers.push('upt-restart');
-    expect(r.code, r.stderr).toBe(0);
-    // (httpd in the container may still be starting when docker run returns.)
-    await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 200 });
-    const before = proxiesFor(port);
-    const again = await docker('restart', '-t', '1', 'upt-restart');
-    expect(again.code, again.stderr).toBe(0);
-    expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
-    expect(proxiesFor(port)).toHaveLength(1);
-    expect(proxiesFor(port)).not.toEqual(before);
-  });
 
-  it('dockerd killed: Pdeathsig stops every proxy and frees its port; with live-restore the new dockerd serves again', async () => {
-    const port = await freePort();
-    const r = await docker('run', '-d', '--name', 'upt-live', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
-    containers.push('upt-live');
-    expect(r.code, r.stderr).toBe(0);
-    // (httpd in the container may still be starting when docker run returns.)
-    await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 200 });
-    // A 12 MiB download held in flight (its reader stalled) across the dockerd kill and restart:
-    // in shared mode it carries on through the draining mapping and arrives whole.
-    const download = heldGet(port, '/big');
-    await sleep(300);
-    await (dockerd as PrivateDockerd).kill('SIGKILL');
-    // Pdeathsig SIGTERM: the proxy exits and its port is free for the next dockerd to bind.
-    await vi.waitFor(() => expect(proxiesFor(port)).toEqual([]), { timeout: 5000, interval: 100 });
-    expect(await serves(`http://127.0.0.1:${port}/`)).toBe(false);
-    if (shared === 'true') {
-      // The engine relays the download on: its mapping is draining, with that connection open.
-      const rows = execFileSync(join(ROOT, 'bin/userland-proxy'), ['ls', '--json'], {
-        env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd` },
-        encoding: 'utf8',
-      })
-        .trim()
-        .split('\n')
-        .map((l) => JSON.parse(l) as { mapping: string; state: string; tcp: { active: number } });
-      expect(rows.filter((x) => x.mapping === `tcp/127.0.0.1:${port}`).map((x) => [x.state, x.tcp.active])).toEqual([['draining', 1]]);
-    }
-    await (dockerd as PrivateDockerd).restart();
-    await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 15_000, interval: 200 });
-    expectMode(proxiesFor(port));
-    const got = await download.resume();
-    if (shared === 'true') expect([got.error, got.body.length, sha256(got.body)]).toEqual(['', BIG.length, sha256(BIG)]);
-    // Per-port, the proxy dies with dockerd: the download is cut unless the kernel's buffers
-    // already held all of it (timing), so nothing is asserted of it. (A cut one ends today with a
-    // clean FIN when nothing was queued at that instant: a defect noted on issue 18.)
-  }, 90_000);
+    it('serves published TCP ports on 127.0.0.1 and [::1] and a UDP port, and docker stop removes every proxy', async () => {
+      const [p1, p2, p3] = [await freePort(), await freePort('::'), await freePort()];
+      const r = await docker(
+        'run',
+        '-d',
+        '--name',
+        'upt-web',
+        '-p',
+        `127.0.0.1:${p1}:80`,
+        '-p',
+        `${p2}:80`,
+        '-p',
+        `127.0.0.1:${p3}:53/udp`,
+        IMAGE,
+        '/bin/sh',
+        '-c',
+        'httpd -p 80 -h /www; exec udpecho 53',
+      );
+      containers.push('upt-web');
+      expect(r.code, r.stderr).toBe(0);
+      // dockerd started one proxy per binding: -p P2:80 gives 0.0.0.0 and :: (IPv6 front, IPv4 container).
+      expect(proxiesFor(p1)).toHaveLength(1);
+      expect(proxiesFor(p2)).toHaveLength(2);
+      expect(proxiesFor(p2).some((l) => l.includes('-host-ip ::'))).toBe(true);
+      expectMode([...proxiesFor(p1), ...proxiesFor(p2), ...proxiesFor(p3)]);
+      expect(await httpGet(`http://127.0.0.1:${p1}/`)).toBe('hello from the container\n');
+      expect(await httpGet(`http://127.0.0.1:${p2}/`)).toBe('hello from the container\n');
+      expect(await httpGet(`http://[::1]:${p2}/`)).toBe('hello from the container\n');
+      const u = udpClient(4);
+      expect((await udpRequest(u, '127.0.0.1', p3, 'dns-like datagram')).toString()).toBe('dns-like datagram');
+      u.close();
 
-  it('the proxies dockerd started ran the engine under test', () => {
-    expect(readFileSync(log, 'utf8')).toContain(`"engine":"${testEngine()}"`);
-  });
-});
+      const t0 = Date.now();
+      const stop = await docker('stop', '-t', '1', 'upt-web');
+      expect(stop.code, stop.stderr).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      await sleep(300);
+      expect([...proxiesFor(p1), ...proxiesFor(p2), ...proxiesFor(p3)]).toEqual([]);
+      await expect(httpGet(`http://127.0.0.1:${p1}/`)).rejects.toThrow();
+    });
+
+    it('a port clash reaches the docker CLI as our error message', async () => {
+      const port = await freePort();
+      const blocker: Server = await new Promise((res) => {
+        const s = createServer().listen(port, '127.0.0.1', () => res(s));
+      });
+      try {
+        const r = await docker('run', '-d', '--name', 'upt-clash', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80');
+        containers.push('upt-clash');
+        expect(r.code).not.toBe(0);
+        // dockerd 28 binds the port before it starts a proxy: the clash is its own error.
+        if (version === '20.10') expect(r.stderr).toContain(`Error starting userland proxy: listen tcp4 127.0.0.1:${port}: bind: address already in use`);
+        else expect(r.stderr).toMatch(new RegExp(`127\\.0\\.0\\.1:${port}\\b.*address already in use`));
+        expect(proxiesFor(port)).toEqual([]);
+      } finally {
+        blocker.close();
+      }
+    });
+    it('docker restart: the proxies stop and start again, and the port serves', async () => {
+      const port = await freePort();
+      const r = await docker('run', '-d', '--name', 'upt-restart', '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
+      containers.push('upt-restart');
+      expect(r.code, r.stderr).toBe(0);
+      // (httpd in the container may still be starting when docker run returns.)
+      await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 200 });
+      const before = proxiesFor(port);
+      const again = await docker('restart', '-t', '1', 'upt-restart');
+      expect(again.code, again.stderr).toBe(0);
+      expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
+      expect(proxiesFor(port)).toHaveLength(1);
+      expect(proxiesFor(port)).not.toEqual(before);
+    });
+
+    it.each(['SIGTERM', 'SIGKILL'] as const)(
+      'dockerd ended by %s: Pdeathsig stops every proxy and frees its port; with live-restore the new dockerd serves again',
+      async (signal) => {
+        const port = await freePort();
+        const name = `upt-live-${signal.toLowerCase()}`;
+        const r = await docker('run', '-d', '--name', name, '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
+        containers.push(name);
+        expect(r.code, r.stderr).toBe(0);
+        // (httpd in the container may still be starting when docker run returns.)
+        await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 200 });
+        // A 12 MiB download held in flight (its reader stalled) across the dockerd kill and restart:
+        // in shared mode it carries on through the draining mapping and arrives whole.
+        const download = heldGet(port, '/big');
+        await sleep(300);
+        await (dockerd as PrivateDockerd).kill(signal);
+        // Pdeathsig SIGTERM: the proxy exits and its port is free for the next dockerd to bind.
+        await vi.waitFor(() => expect(proxiesFor(port)).toEqual([]), { timeout: 5000, interval: 100 });
+        expect(await serves(`http://127.0.0.1:${port}/`)).toBe(false);
+        if (shared === 'true') {
+          // The engine relays the download on: its mapping is draining, with that connection open.
+          const rows = execFileSync(join(ROOT, 'bin/userland-proxy'), ['ls', '--json'], {
+            env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd` },
+            encoding: 'utf8',
+          })
+            .trim()
+            .split('\n')
+            .map((l) => JSON.parse(l) as { mapping: string; state: string; tcp: { active: number } });
+          expect(rows.filter((x) => x.mapping === `tcp/127.0.0.1:${port}`).map((x) => [x.state, x.tcp.active])).toEqual([['draining', 1]]);
+        }
+        await (dockerd as PrivateDockerd).restart();
+        // (A figure for the closing note, not an assertion: the time from `docker info` answering
+        // again until the port serves.)
+        const t0 = Date.now();
+        await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 15_000, interval: 50 });
+        console.log(`dockerd ${version} ${signal} (shared=${shared}): port served ${Date.now() - t0} ms after dockerd answered again`);
+        expectMode(proxiesFor(port));
+        const got = await download.resume();
+        if (shared === 'true') expect([got.error, got.body.length, sha256(got.body)]).toEqual(['', BIG.length, sha256(BIG)]);
+        // Per-port, the proxy dies with dockerd: the download is cut unless the kernel's buffers
+        // already held all of it (timing), so nothing is asserted of it. (A cut one ends today with a
+        // clean FIN when nothing was queued at that instant: a defect noted on issue 18.)
+      },
+      90_000,
+    );
+
+    it('the proxies dockerd started ran the engine under test', () => {
+      expect(readFileSync(log, 'utf8')).toContain(`"engine":"${testEngine()}"`);
+    });
+  },
+);
