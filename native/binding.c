@@ -15,8 +15,14 @@
  *            allow, deny: Buffer | null (ACL records), budget: Int32Array | null, budgetLimit,
  *            budgetOwn
  * - groupFd(group)                     our listening socket's fd (-1 once closed)
- * - groupStop(group)                   TCP: closes the listener (returns once its port is free);
- *                                      UDP: opens no new flows. Open connections and flows go on.
+ * - groupStop(group, how)              what is open goes on (returns once done); how 0 (drain):
+ *                                      TCP closes the listener, the port is free; UDP opens no new
+ *                                      flow. 1 (hand-over): UDP reads no more datagrams (another
+ *                                      engine does), flows relay replies until idle. 2 (release):
+ *                                      the listener closes, the port is free, flows live on and
+ *                                      drop the target's replies until a group adopts them.
+ * - groupAdopt(group, from)            UDP: from's flows move to group (the same mapping again,
+ *                                      after its dockerd restarted): their replies leave from it.
  * - groupClose(group)                  closes everything of the group (a reset where bytes are
  *                                      pending, else FIN; no drain); returns once done.
  * - contract                           { events, eventSlots, tcpCounters, connectBuckets,
@@ -26,7 +32,6 @@
  * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
  * - resetOnClose(fd, on)             arms or disarms SO_LINGER {1, 0} on a socket JavaScript owns
  * - groupsOpen()                     groups on the thread's list (a closed one leaves it)
- * - groupUnwatch(group)              UDP: reads no more from the listener; flows relay replies
  * Counters and histograms live in the caller's Float64Array: only this thread writes them,
  * JavaScript reads them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets
  * we build for).
@@ -71,11 +76,12 @@ static engine_t *engine_of(napi_env env) {
 
 /* Queues a command for the thread, wakes it and waits until it ran (at most 2 s); -ENOMEM if it
  * cannot be queued. The thread runs commands as soon as it wakes. */
-static int run(engine_t *e, int op, group_t *g) {
+static int run(engine_t *e, int op, group_t *g, group_t *src) {
   cmd_t *cmd = calloc(1, sizeof *cmd);
   if (!cmd) return -ENOMEM;
   cmd->op = op;
   cmd->g = g;
+  cmd->src = src;
   pthread_mutex_lock(&e->mu);
   *e->cmds_tail = cmd;
   e->cmds_tail = &cmd->next;
@@ -510,27 +516,33 @@ static napi_value js_group_fd(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* groupStop(group): TCP closes its listener (and returns once the port is free); UDP opens no
- * new flow. Either way what is open carries on (graceful drain). */
+/* groupStop(group, how): what is open carries on; see the contract above for how. */
 static napi_value js_group_stop(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  engine_t *e = call_args(env, info, argv, 1);
+  napi_value argv[2];
+  int64_t how;
+  engine_t *e = call_args(env, info, argv, 2);
   group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
   if (!g) return NULL;
+  if (get_i64(env, argv[1], &how) < 0 || how < 0 || how > 2) {
+    napi_throw_error(env, NATIVE_ERROR, "groupStop: how must be 0, 1 or 2");
+    return NULL;
+  }
   g->draining = 1;
-  if (g->kind == W_TCP && !g->js_closed && run(e, C_STOP_GROUP, g) < 0) return throw_errno(env, ENOMEM, "groupStop");
+  /* TCP's drain and every release close the listener; the hand-over only stops reading it. */
+  int op = how == 1 ? C_UNWATCH_GROUP : (g->kind == W_TCP || how == 2) ? C_STOP_GROUP : -1;
+  if (op >= 0 && !g->js_closed && run(e, op, g, NULL) < 0) return throw_errno(env, ENOMEM, "groupStop");
   return NULL;
 }
 
-/* groupUnwatch(group): UDP hand-over to a new engine sharing the socket: reads no more datagrams
- * (the new engine does), while established flows still relay the target's replies until idle. */
-static napi_value js_group_unwatch(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  engine_t *e = call_args(env, info, argv, 1);
+/* groupAdopt(group, from): from's UDP flows move to group (see udp.c flows_adopt). */
+static napi_value js_group_adopt(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  engine_t *e = call_args(env, info, argv, 2);
   group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
-  if (!g) return NULL;
-  g->draining = 1;
-  if (!g->js_closed && run(e, C_UNWATCH_GROUP, g) < 0) return throw_errno(env, ENOMEM, "groupUnwatch");
+  group_t *from = g ? unwrap_group(env, argv[1]) : NULL;
+  if (!from) return NULL;
+  if (!g->js_closed && !from->js_closed && run(e, C_ADOPT_FLOWS, g, from) < 0)
+    return throw_errno(env, ENOMEM, "groupAdopt");
   return NULL;
 }
 
@@ -540,7 +552,7 @@ static napi_value js_group_close(napi_env env, napi_callback_info info) {
   engine_t *e = call_args(env, info, argv, 1);
   group_t *g = e ? unwrap_group(env, argv[0]) : NULL;
   if (!g || g->js_closed) return NULL;
-  if (run(e, C_CLOSE_GROUP, g) < 0) return throw_errno(env, ENOMEM, "groupClose");
+  if (run(e, C_CLOSE_GROUP, g, NULL) < 0) return throw_errno(env, ENOMEM, "groupClose");
   g->js_closed = 1;
   hold(env, e, -1);
   reap(env, e);
@@ -660,7 +672,7 @@ NAPI_MODULE_INIT() {
     { "groupStop", NULL, js_group_stop, NULL, NULL, NULL, napi_default, NULL },
     { "groupClose", NULL, js_group_close, NULL, NULL, NULL, napi_default, NULL },
     { "groupsOpen", NULL, js_groups_open, NULL, NULL, NULL, napi_default, NULL },
-    { "groupUnwatch", NULL, js_group_unwatch, NULL, NULL, NULL, napi_default, NULL },
+    { "groupAdopt", NULL, js_group_adopt, NULL, NULL, NULL, napi_default, NULL },
     { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
     { "unread", NULL, js_unread, NULL, NULL, NULL, napi_default, NULL },
     { "resetOnClose", NULL, js_reset_on_close, NULL, NULL, NULL, napi_default, NULL },

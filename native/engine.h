@@ -235,10 +235,10 @@ struct group {
 
 typedef struct cmd {
   int op;
-  group_t *g;
+  group_t *g, *src; /* src: the group C_ADOPT_FLOWS takes the flows of */
   struct cmd *next;
 } cmd_t;
-enum { C_STOP_GROUP, C_CLOSE_GROUP, C_UNWATCH_GROUP };
+enum { C_STOP_GROUP, C_CLOSE_GROUP, C_UNWATCH_GROUP, C_ADOPT_FLOWS };
 
 struct engine {
   int epfd, evfd, started;
@@ -320,6 +320,7 @@ void tcp_relay(engine_t *e, conn_t *c, const int want[2], const int hint[2], int
 
 /* udp.c */
 void flow_close(engine_t *e, flow_t *f);
+void flows_adopt(engine_t *e, group_t *dst, group_t *src);
 void quota_put(engine_t *e, quota_t *q);
 quota_t *quota_get(engine_t *e, double *ctr);
 int table_grow(group_t *g);

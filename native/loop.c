@@ -97,6 +97,8 @@ static void run_commands(engine_t *e) {
       listener_close(e, q->g);
     else if (q->op == C_UNWATCH_GROUP) /* UDP hand-over: replies still leave from lfd */
       epoll_ctl(e->epfd, EPOLL_CTL_DEL, q->g->lfd, NULL);
+    else if (q->op == C_ADOPT_FLOWS)
+      flows_adopt(e, q->g, q->src);
     else
       group_retire(e, q->g);
     free(q);

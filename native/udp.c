@@ -127,8 +127,8 @@ static void src_release(quota_t *q, const struct sockaddr_storage *ss) {
   free(s);
 }
 
-/* Closes a flow: its socket, its table entry, its fd and per-source counts. */
-void flow_close(engine_t *e, flow_t *f) {
+/* Takes a flow out of its group's table, list and counts (not its fd or per-source count). */
+static void flow_unlink(flow_t *f) {
   group_t *g = f->g;
   flow_t **pp = &g->table[addr_hash(&f->client) & (g->buckets - 1)];
   while (*pp != f) pp = &(*pp)->hnext;
@@ -138,13 +138,55 @@ void flow_close(engine_t *e, flow_t *f) {
   else
     g->flows = f->next;
   if (f->next) f->next->prev = f->prev;
+  g->nflows--;
+  g->ctr[U_FLOWS_ACTIVE] -= 1;
+}
+
+/* Puts a flow in a group's table, list and counts (the table has room: table_grow first). */
+static void flow_link(group_t *g, flow_t *f) {
+  size_t b = addr_hash(&f->client) & (g->buckets - 1);
+  f->g = g;
+  f->hnext = g->table[b];
+  g->table[b] = f;
+  f->prev = NULL;
+  f->next = g->flows;
+  if (g->flows) g->flows->prev = f;
+  g->flows = f;
+  g->nflows++;
+  g->ctr[U_FLOWS_ACTIVE] += 1;
+}
+
+/* Closes a flow: its socket, its table entry, its fd and per-source counts. */
+void flow_close(engine_t *e, flow_t *f) {
+  group_t *g = f->g;
+  flow_unlink(f);
   epoll_ctl(e->epfd, EPOLL_CTL_DEL, f->fd, NULL);
   close(f->fd);
   budget_give(g, 1);
   src_release(g->quota, &f->client);
-  g->nflows--;
-  g->ctr[U_FLOWS_ACTIVE] -= 1;
   free(f);
+}
+
+/* Moves every flow of src, a mapping whose dockerd died (its port released, C_STOP_GROUP), into
+ * dst, the same mapping registered again by the restarted dockerd: a client's next datagram finds
+ * its flow, so the container still sees the same source port, and replies leave from dst's socket
+ * (same address and port). Each flow keeps its fd, hence its place in the one budget both count
+ * against; a client that already opened a flow in dst keeps that one. */
+void flows_adopt(engine_t *e, group_t *dst, group_t *src) {
+  if (dst->kind == W_TCP || src->kind == W_TCP || dst->closed || src->closed || dst->budget != src->budget) return;
+  while (src->flows) {
+    flow_t *f = src->flows;
+    src_count_t *s = NULL;
+    if (flow_find(dst, &f->client) || ((size_t)dst->nflows >= dst->buckets && table_grow(dst) < 0) ||
+        !(s = dst->quota ? src_slot(dst->quota, &f->client, 1) : NULL)) {
+      flow_close(e, f);
+      continue;
+    }
+    s->n++;
+    src_release(src->quota, &f->client);
+    flow_unlink(f);
+    flow_link(dst, f);
+  }
 }
 
 /* A flow's own connected socket: the connect filters replies from anyone but the target. */
@@ -178,15 +220,8 @@ static flow_t *flow_open(engine_t *e, group_t *g, const struct sockaddr_storage 
   /* Level-triggered: a busy flow is served one batch per wakeup, so others are not starved. */
   struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &f->w };
   if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) goto undo;
-  size_t b = addr_hash(ss) & (g->buckets - 1);
-  f->hnext = g->table[b];
-  g->table[b] = f;
-  f->next = g->flows;
-  if (g->flows) g->flows->prev = f;
-  g->flows = f;
-  g->nflows++;
+  flow_link(g, f);
   g->ctr[U_FLOWS_CREATED] += 1;
-  g->ctr[U_FLOWS_ACTIVE] += 1;
   return f;
 undo: /* the flow never opened: its fd, its budget and its per-source count go back */
   errno = errno ? errno : EIO; /* what failed, for the caller; the clean-up keeps it */
@@ -471,7 +506,11 @@ static int udp_flow_batch(engine_t *e, flow_t *f, int64_t now) {
       }
     }
   }
-  if (n > 0) send_datagrams(e, g, g->lfd, io->m, n);
+  /* Released (its dockerd died): nothing to send from until a restarted one's mapping adopts it. */
+  if (n > 0 && g->lfd < 0)
+    g->ctr[U_DROP_SEND] += n;
+  else if (n > 0)
+    send_datagrams(e, g, g->lfd, io->m, n);
   return n;
 }
 

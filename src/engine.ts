@@ -153,15 +153,15 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   /**
    * D: the shim's dockerd died (its parent is gone: Pdeathsig). The port must be free at once for
    * a restarted dockerd, but established connections need not die with dockerd (docker-proxy's
-   * do): the listener closes, the connections drain; a later registration of the same port is a
-   * new mapping beside it. UDP has no connection to keep: it closes as on a stop.
+   * do): the listener closes, TCP connections drain; a later registration of the same port is a
+   * new mapping beside it. UDP flows live on too (each keeps its socket toward the container) and
+   * the same mapping registered again adopts them: replies then leave from its socket.
+   * After U (moving to a new engine that reads the same sockets), both drain here.
    */
   const detach = (conn: number): void => {
     const e = entries.get(conn);
     const p = e?.proxy;
-    // Moving to a new engine (after U), UDP flows drain here too: the new engine reads the same
-    // socket. When dockerd died, a UDP port must be freed at once: nothing of it stays.
-    const left = (p?.open.tcp?.active ?? 0) + (handedOver ? (p?.open.udp?.flowsActive ?? 0) : 0);
+    const left = (p?.open.tcp?.active ?? 0) + (p?.open.udp?.flowsActive ?? 0);
     if (!e || !p || left === 0) {
       drop(conn, handedOver ? 'moved to the new engine' : 'dockerd gone');
       return;
@@ -169,7 +169,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     entries.delete(conn);
     budget.give(1);
     if (handedOver) p.open.handOver();
-    else p.open.stopAccepting();
+    else p.open.release();
     e.drainingSince = Date.now();
     e.drainSeq = ++drains;
     draining.add(e);
@@ -235,6 +235,15 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       }
       mlog.info({ target: proxy.target, listenFd: proxy.mapping.useListenFd || reg.adopt, engine: proxy.engine, shared: true }, 'proxy ready');
       log.info({ mapping: proxy.id, target: proxy.target, readopted: reg.adopt }, 'mapping ready');
+      // The same mapping again after its dockerd restarted: it takes over the UDP flows the
+      // released one kept, so the container's peers carry on with the same source ports.
+      if (!handedOver && proxy.open.udp)
+        for (const d of draining)
+          if (d.proxy?.id === proxy.id && d.proxy.target === proxy.target && d.proxy.engine === proxy.engine) {
+            const flows = d.proxy.open.udp?.flowsActive ?? 0;
+            proxy.open.adopt(d.proxy.open);
+            if (flows > 0) log.info({ mapping: proxy.id, flows }, 'UDP flows taken over from the released mapping');
+          }
     } catch (err) {
       if (fd >= 0 && !fdUsed) closeSync(fd);
       const e = toProxyError(err);

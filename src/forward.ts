@@ -49,11 +49,21 @@ export interface OpenMapping {
    * connections and UDP flows carry on until they end or idle out.
    */
   handOver(): void;
+  /**
+   * Its dockerd died: the listeners close (the ports are free for a restarted one); TCP
+   * connections and UDP flows carry on (the target's UDP replies are dropped until adopt()).
+   */
+  release(): void;
+  /** Takes the UDP flows of a released mapping of the same ports (its dockerd restarted). */
+  adopt(from: OpenMapping): void;
   /** Closes listeners, connections and flows. */
   close(): void;
   /** The first port's listening socket (the shared engine hands a copy to the shim); -1 if unknown. */
   listenerFd(): number;
 }
+
+/** Each open mapping's forwarders, port by port (for adopt). */
+const forwardersOf = new WeakMap<OpenMapping, (TcpForwarder | UdpForwarder)[]>();
 
 /** Opens every port of a mapping; all or nothing (a failure closes what opened and throws). */
 export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
@@ -116,7 +126,7 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
     close();
     throw failure;
   }
-  return {
+  const open: OpenMapping = {
     tcp,
     udp,
     stopAccepting: () => {
@@ -131,6 +141,19 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
         else f.handOver();
       }
     },
+    release: () => {
+      for (const f of forwarders) {
+        if (f instanceof TcpForwarder) f.stopAccepting();
+        else f.release();
+      }
+    },
+    adopt: (from) => {
+      const theirs = forwardersOf.get(from) ?? [];
+      forwarders.forEach((f, i) => {
+        const other = theirs[i];
+        if (f instanceof UdpForwarder && other instanceof UdpForwarder) f.adopt(other);
+      });
+    },
     close,
     listenerFd: () => {
       const f = forwarders[0];
@@ -142,4 +165,6 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
       }
     },
   };
+  forwardersOf.set(open, forwarders);
+  return open;
 }

@@ -101,10 +101,10 @@ interface Addon {
   ): object;
   udpGroup(...args: [...CommonArgs, idleMs: number, maxFlows: number, wildcard: boolean, perSource: number]): object;
   groupFd(group: object): number;
-  groupStop(group: object): void;
+  groupStop(group: object, how: StopHow): void;
+  groupAdopt(group: object, from: object): void;
   groupClose(group: object): void;
   groupsOpen(): number;
-  groupUnwatch(group: object): void;
   shutdown(): void;
 }
 
@@ -334,6 +334,10 @@ function commonArgs(id: number, counters: Float64Array, l: NativeListen): Common
   ];
 }
 
+/** groupStop's how (binding contract): drain, hand-over, release. */
+const STOP = { drain: 0, handOver: 1, release: 2 } as const;
+type StopHow = (typeof STOP)[keyof typeof STOP];
+
 /** A listener the native thread serves. */
 export interface NativeGroup {
   /** The native thread's copy of the listening socket (-1 once closed). */
@@ -342,20 +346,34 @@ export interface NativeGroup {
   stop(): void;
   /** UDP hand-over: reads no more datagrams (another engine does); flows relay replies until idle. */
   unwatch(): void;
+  /** UDP: closes the listener (the port is free); flows live on, the target's replies dropped. */
+  release(): void;
+  /** UDP: takes the flows of another group of this mapping (after release()). */
+  adopt(from: NativeGroup): void;
   /** Closes everything; the port is free when it returns. */
   close(): void;
 }
 
+/** The addon's group object behind each handle (for groupAdopt). */
+const groupObjects = new WeakMap<NativeGroup, object>();
+
 /** Wraps a group for JavaScript: close() once, its event handler forgotten. */
 function groupHandle(a: Addon, id: number, group: object): NativeGroup {
   let closed = false;
-  return {
+  const handle: NativeGroup = {
     fd: () => (closed ? -1 : a.groupFd(group)),
     stop: () => {
-      if (!closed) a.groupStop(group);
+      if (!closed) a.groupStop(group, STOP.drain);
     },
     unwatch: () => {
-      if (!closed) a.groupUnwatch(group);
+      if (!closed) a.groupStop(group, STOP.handOver);
+    },
+    release: () => {
+      if (!closed) a.groupStop(group, STOP.release);
+    },
+    adopt: (from) => {
+      const other = groupObjects.get(from);
+      if (!closed && other) a.groupAdopt(group, other);
     },
     close: () => {
       if (closed) return;
@@ -364,6 +382,8 @@ function groupHandle(a: Addon, id: number, group: object): NativeGroup {
       onEvent.delete(id);
     },
   };
+  groupObjects.set(handle, group);
+  return handle;
 }
 
 /** Options of a native TCP listener beyond NativeListen. */

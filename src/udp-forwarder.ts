@@ -102,6 +102,8 @@ interface Flow {
   address: string;
   port: number;
   socket: Socket;
+  /** The forwarder serving it: replies leave from its listener (a new one after adopt()). */
+  owner: UdpForwarder;
   lastActive: number;
   /** Datagrams waiting for connect(); null once connected. */
   pending: Buffer[] | null;
@@ -143,6 +145,8 @@ export class UdpForwarder {
   /** Coarse clock, refreshed by the sweep timer: no Date.now() per datagram. */
   #now = Date.now();
   #draining = false;
+  /** release(): the listener is closed, replies have nowhere to leave from. */
+  #released = false;
   #native: NativeGroup | null = null;
   readonly #sources: Map<string, number>;
   readonly #perSource: number;
@@ -222,6 +226,47 @@ export class UdpForwarder {
     else udpHandle(this.#listener).recvStop();
   }
 
+  /**
+   * Its dockerd died: the listener closes (a restarted dockerd binds the port again) while the
+   * flows live on, the target's replies dropped, until the same mapping registered again adopts
+   * them or they idle out. (A client's next datagram then finds its flow: the target sees the
+   * same source port, as if nothing happened.)
+   */
+  release(): void {
+    this.#draining = true;
+    if (this.#native) this.#native.release();
+    this.#released = true;
+    try {
+      this.#listener.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Takes the flows of a released forwarder of the same mapping (same engine kind). */
+  adopt(from: UdpForwarder): void {
+    if ((this.#native === null) !== (from.#native === null)) return; // flows live in one engine
+    if (this.#native && from.#native) this.#native.adopt(from.#native);
+    for (const [key, flow] of from.#flows) {
+      from.#flows.delete(key);
+      from.stats.flowsActive--;
+      const own = (from.#sources.get(flow.address) ?? 1) - 1;
+      if (own > 0) from.#sources.set(flow.address, own);
+      else from.#sources.delete(flow.address);
+      if (this.#flows.has(key)) {
+        // The client opened a new flow here first: that one serves it.
+        this.#opts.budget?.give(1);
+        this.#dropFlow(flow);
+        continue;
+      }
+      flow.owner = this;
+      this.#flows.set(key, flow);
+      this.stats.flowsActive++;
+      this.#sources.set(flow.address, (this.#sources.get(flow.address) ?? 0) + 1);
+      this.#startSweep();
+    }
+  }
+
   /** Closes the listener and every flow socket. */
   close(): void {
     if (this.#timer) clearInterval(this.#timer);
@@ -275,45 +320,14 @@ export class UdpForwarder {
   #openFlow(key: string, rinfo: RemoteInfo): Flow {
     const { target, targetPort, log } = this.#opts;
     const socket = createUdpSocket(target.family, UDP_FLOW_BUFFER);
-    const flow: Flow = { address: rinfo.address, port: rinfo.port, socket, lastActive: this.#now, pending: [] };
+    const flow: Flow = { address: rinfo.address, port: rinfo.port, socket, owner: this, lastActive: this.#now, pending: [] };
     this.#flows.set(key, flow);
     this.stats.flowsCreated++;
     this.stats.flowsActive++;
-    if (this.#timer === null) {
-      this.#now = Date.now();
-      flow.lastActive = this.#now;
-      this.#timer = setInterval(() => this.#sweep(), this.#sweepMs);
-      this.#timer.unref();
-    }
-    const listener = this.#listener;
-    const stats = this.stats;
-    socket.on('message', (reply: Buffer) => {
-      stats.datagramsOut++;
-      stats.bytesOut += reply.length;
-      flow.lastActive = this.#now;
-      if (listener.getSendQueueCount() >= UDP_SEND_QUEUE_MAX) {
-        stats.droppedQueueFull++;
-        return;
-      }
-      listener.send(reply, flow.port, flow.address);
-    });
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ECONNREFUSED') {
-        // ICMP port unreachable from the target: reported on the next read; the flow lives on.
-        stats.refused++;
-        return;
-      }
-      if (flow.pending !== null) {
-        // bind/connect failed (EMFILE, ENETUNREACH, ...): the flow cannot work; let it go.
-        stats.droppedSendError += flow.pending.length;
-        this.#limited.warn(`flow:${err.code}`, { err: err.message }, 'cannot open UDP flow to target');
-        this.#flows.delete(key);
-        this.#closeFlow(flow);
-        return;
-      }
-      stats.droppedSendError++;
-      this.#limited.warn(`flow:${err.code}`, { err: err.message }, 'UDP flow error');
-    });
+    this.#startSweep();
+    flow.lastActive = this.#now;
+    socket.on('message', (reply: Buffer) => flow.owner.#onReply(flow, reply));
+    socket.on('error', (err: NodeJS.ErrnoException) => flow.owner.#onFlowError(flow, key, err));
     socket.connect(targetPort, target.address, () => {
       const pending = flow.pending ?? [];
       flow.pending = null;
@@ -323,12 +337,60 @@ export class UdpForwarder {
     return flow;
   }
 
+  /** A target's reply: back to the client from the listener (dropped while released). */
+  #onReply(flow: Flow, reply: Buffer): void {
+    const stats = this.stats;
+    stats.datagramsOut++;
+    stats.bytesOut += reply.length;
+    flow.lastActive = this.#now;
+    if (this.#released) {
+      stats.droppedSendError++;
+      return;
+    }
+    if (this.#listener.getSendQueueCount() >= UDP_SEND_QUEUE_MAX) {
+      stats.droppedQueueFull++;
+      return;
+    }
+    this.#listener.send(reply, flow.port, flow.address);
+  }
+
+  #onFlowError(flow: Flow, key: string, err: NodeJS.ErrnoException): void {
+    if (err.code === 'ECONNREFUSED') {
+      // ICMP port unreachable from the target: reported on the next read; the flow lives on.
+      this.stats.refused++;
+      return;
+    }
+    if (flow.pending !== null) {
+      // bind/connect failed (EMFILE, ENETUNREACH, ...): the flow cannot work; let it go.
+      this.stats.droppedSendError += flow.pending.length;
+      this.#limited.warn(`flow:${err.code}`, { err: err.message }, 'cannot open UDP flow to target');
+      this.#flows.delete(key);
+      this.#closeFlow(flow);
+      return;
+    }
+    this.stats.droppedSendError++;
+    this.#limited.warn(`flow:${err.code}`, { err: err.message }, 'UDP flow error');
+  }
+
+  /** The idle sweep runs while there are flows. */
+  #startSweep(): void {
+    if (this.#timer !== null) return;
+    this.#now = Date.now();
+    this.#timer = setInterval(() => this.#sweep(), this.#sweepMs);
+    this.#timer.unref();
+  }
+
   #closeFlow(flow: Flow): void {
     this.stats.flowsActive--;
     this.#opts.budget?.give(1);
     const own = (this.#sources.get(flow.address) ?? 1) - 1;
     if (own > 0) this.#sources.set(flow.address, own);
     else this.#sources.delete(flow.address);
+    this.#dropFlow(flow);
+  }
+
+  /** Closes a flow's socket (its counts are the caller's). */
+  #dropFlow(flow: Flow): void {
     flow.pending = null;
     try {
       flow.socket.close();

@@ -249,13 +249,45 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
     it.each(['SIGTERM', 'SIGKILL'] as const)(
       'dockerd ended by %s: Pdeathsig stops every proxy and frees its port; with live-restore the new dockerd serves again',
       async (signal) => {
-        const port = await freePort();
+        const [port, uport] = [await freePort(), await freePort()];
         const name = `upt-live-${signal.toLowerCase()}`;
-        const r = await docker('run', '-d', '--name', name, '-p', `127.0.0.1:${port}:80`, IMAGE, '/bin/sh', '-c', 'httpd -f -p 80 -h /www');
+        const r = await docker(
+          'run',
+          '-d',
+          '--name',
+          name,
+          '-p',
+          `127.0.0.1:${port}:80`,
+          '-p',
+          `127.0.0.1:${uport}:53/udp`,
+          IMAGE,
+          '/bin/sh',
+          '-c',
+          'httpd -p 80 -h /www; exec udpecho 53',
+        );
         containers.push(name);
         expect(r.code, r.stderr).toBe(0);
         // (httpd in the container may still be starting when docker run returns.)
         await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 200 });
+        // A UDP flow, live across the restart: the same client socket before and after.
+        const flow = udpClient(4);
+        expect((await udpRequest(flow, '127.0.0.1', uport, 'before')).toString()).toBe('before');
+        const ls = () =>
+          execFileSync(join(ROOT, 'bin/userland-proxy'), ['ls', '--json'], {
+            env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd` },
+            encoding: 'utf8',
+          })
+            .trim()
+            .split('\n')
+            .map(
+              (l) =>
+                JSON.parse(l) as {
+                  mapping: string;
+                  state: string;
+                  tcp: { active: number };
+                  udp: { flowsActive: number; flowsCreated: number };
+                },
+            );
         // A 12 MiB download held in flight (its reader stalled) across the dockerd kill and restart:
         // in shared mode it carries on through the draining mapping and arrives whole.
         const download = heldGet(port, '/big');
@@ -265,15 +297,11 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
         await vi.waitFor(() => expect(proxiesFor(port)).toEqual([]), { timeout: 5000, interval: 100 });
         expect(await serves(`http://127.0.0.1:${port}/`)).toBe(false);
         if (shared === 'true') {
-          // The engine relays the download on: its mapping is draining, with that connection open.
-          const rows = execFileSync(join(ROOT, 'bin/userland-proxy'), ['ls', '--json'], {
-            env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd` },
-            encoding: 'utf8',
-          })
-            .trim()
-            .split('\n')
-            .map((l) => JSON.parse(l) as { mapping: string; state: string; tcp: { active: number } });
+          // The engine relays the download on: its mapping is draining, with that connection open;
+          // the UDP mapping keeps its flow, its port released.
+          const rows = ls();
           expect(rows.filter((x) => x.mapping === `tcp/127.0.0.1:${port}`).map((x) => [x.state, x.tcp.active])).toEqual([['draining', 1]]);
+          expect(rows.filter((x) => x.mapping === `udp/127.0.0.1:${uport}`).map((x) => [x.state, x.udp.flowsActive])).toEqual([['draining', 1]]);
         }
         await (dockerd as PrivateDockerd).restart();
         // (A figure for the closing note, not an assertion: the time from `docker info` answering
@@ -284,6 +312,15 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
         expectMode(proxiesFor(port));
         const got = await download.resume();
         if (shared === 'true') expect([got.error, got.body.length, sha256(got.body)]).toEqual(['', BIG.length, sha256(BIG)]);
+        expect((await udpRequest(flow, '127.0.0.1', uport, 'after')).toString()).toBe('after');
+        flow.close();
+        // Shared: the restarted dockerd's mapping took the flow over (it created none itself).
+        if (shared === 'true')
+          expect(
+            ls()
+              .filter((x) => x.mapping === `udp/127.0.0.1:${uport}`)
+              .map((x) => [x.state, x.udp.flowsActive, x.udp.flowsCreated]),
+          ).toEqual([['serving', 1, 0]]);
         // Per-port, the proxy dies with dockerd: the download is cut unless the kernel's buffers
         // already held all of it (timing), so nothing is asserted of it. (A cut one ends today with a
         // clean FIN when nothing was queued at that instant: a defect noted on issue 18.)

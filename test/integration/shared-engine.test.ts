@@ -22,7 +22,8 @@ import { BIN, dockerArgv, ROOT, spawnProxy, startProxy, type ProxyProc } from '.
 const SHIM = join(ROOT, 'build/Release/userland-proxy-shim');
 const HAVE_SHIM = existsSync(SHIM);
 const ECHO = 7000;
-const backend = useBackend(['--echo', String(ECHO)]);
+const WHOAMI = 7001;
+const backend = useBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI)]);
 
 let n = 0;
 let names: string[] = [];
@@ -199,6 +200,41 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     old.end();
     await vi.waitFor(() => expect(ls().map((r) => r.state)).toEqual(['serving']), { timeout: 5000, interval: 100 });
     await again.stop();
+  });
+
+  it("dockerd dies (Pdeathsig): the UDP port is free at once, and the restarted dockerd's mapping takes over the live flows (same source port toward the container)", async () => {
+    const { env } = engineEnv();
+    const port = await freePort();
+    const udpArgs = dockerArgv('udp', '127.0.0.1', port, backend.ipv4, WHOAMI);
+    const dockerd = spawnProxy(['-c', 'setpriv --pdeathsig TERM "$@" & exec 3>&-; wait', 'sh', BIN, ...udpArgs], { bin: 'sh', env });
+    expect(await dockerd.status).toBe('0\n');
+    const client = udpClient(4);
+    const peer = async (): Promise<string> => (await udpRequest(client, '127.0.0.1', port, 'who')).toString();
+    const first = await peer(); // "<address> <port>": the flow's own socket, as the container sees it
+    const udpBound = (): boolean => spawnSync('ss', ['-Hlun', `sport = :${port}`], { encoding: 'utf8' }).stdout.trim() !== '';
+    expect(udpBound()).toBe(true);
+    await dockerd.stop('SIGKILL');
+    await vi.waitFor(() => expect(udpBound()).toBe(false), { timeout: 5000, interval: 20 });
+    const ls = (): [string, number][] =>
+      spawnSync(BIN, ['ls', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10_000 })
+        .stdout.trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { state: string; udp: { flowsActive: number } })
+        .map((r) => [r.state, r.udp.flowsActive]);
+    expect(ls()).toEqual([['draining', 1]]);
+    const again = await startProxy(udpArgs, { env });
+    try {
+      expect(await peer()).toBe(first);
+      // The released mapping gave its flow away and is gone; the new one holds it.
+      await vi.waitFor(() => expect(ls()).toEqual([['serving', 1]]), { timeout: 5000, interval: 100 });
+      const other = udpClient(4);
+      expect((await udpRequest(other, '127.0.0.1', port, 'who')).toString()).not.toBe(first);
+      other.close();
+    } finally {
+      client.close();
+      await again.stop();
+    }
   });
 
   it('a draining mapping closes what is left at USERLAND_PROXY_SHARED_DRAIN_TIMEOUT', async () => {
