@@ -143,6 +143,13 @@ export const TAKE_OVER_TIMEOUT_MS = 5_000;
 export const UPGRADE_WAIT_MS = 20_000;
 /** How often the shared engine looks whether a draining mapping's last connection ended. */
 export const SHARED_DRAIN_CHECK_MS = 1_000;
+/**
+ * Shared engine: a mapping whose own code threw is closed and its shim registers it again; after
+ * this many faults within MAPPING_FAULT_WINDOW_MS the engine refuses it, and the shim serves that
+ * port in a process of its own (a fault then costs that port alone, as with docker-proxy).
+ */
+export const MAPPING_FAULT_LIMIT = 3;
+export const MAPPING_FAULT_WINDOW_MS = 60_000;
 /** Characters of JSON per message of an engine listing (userland-proxy ls): well inside one SEQPACKET message. */
 export const ENGINE_LIST_CHUNK = 16_000;
 /**

@@ -42,6 +42,8 @@ export interface DockerOpenOptions {
   budget: FdBudget | null;
   /** Receives the mapping's logger as soon as it exists (a later failure is logged there too). */
   onLog: (log: Log) => void;
+  /** An exception in the mapping's own code (forward.ts ForwardSpec.onFault); absent: thrown on. */
+  onFault?: (err: unknown) => void;
 }
 
 /** Validates and opens; throws a ProxyError with docker-proxy's wording and our exit code. */
@@ -67,6 +69,7 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
     settings: { ...env, engine },
     log,
     budget: opts.budget,
+    onFault: opts.onFault,
   });
   const state = dockerMappingState(id, m, open);
   let textfile: TextfileWriter | null = null;

@@ -20,13 +20,20 @@
  * (at most USERLAND_PROXY_SHARED_DRAIN_TIMEOUT) beside whatever mapping a restarted dockerd makes.
  */
 import { closeSync } from 'node:fs';
-import { ENGINE_LIST_CHUNK, METRICS_MAX_CONNECTIONS, SHARED_DRAIN_CHECK_MS, TAKE_OVER_TIMEOUT_MS } from './constants.js';
+import {
+  ENGINE_LIST_CHUNK,
+  MAPPING_FAULT_LIMIT,
+  MAPPING_FAULT_WINDOW_MS,
+  METRICS_MAX_CONNECTIONS,
+  SHARED_DRAIN_CHECK_MS,
+  TAKE_OVER_TIMEOUT_MS,
+} from './constants.js';
 import { readDockerEnv } from './docker-env.js';
 import { openDockerMapping, type DockerProxy } from './docker-mapping.js';
 import { parseDockerArgs } from './docker-flags.js';
 import { releaseSignals } from './early-signals.js';
 import { control, engineSocketName, parseRegistration } from './engine-protocol.js';
-import { toProxyError } from './errors.js';
+import { ProxyError, toProxyError } from './errors.js';
 import { FdBudget } from './fd-limit.js';
 import { createLogger, silentLog, type Log } from './logger.js';
 import type { MappingState } from './supervisor.js';
@@ -41,6 +48,8 @@ interface Entry {
   drainingSince?: number;
   /** Tells draining mappings of one port apart in /metrics. */
   drainSeq?: number;
+  /** Its own code threw: it is being closed (once). */
+  faulted?: boolean;
 }
 
 /** What `userland-proxy ls` prints, one per mapping. */
@@ -120,6 +129,45 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     }
     idleTimer ??= setTimeout(() => exit('no mapping left'), env.sharedIdleTimeoutMs);
   };
+  /** Per mapping id: its faults (the metric) and when the recent ones happened. */
+  const faults = new Map<string, { total: number; recent: number[] }>();
+  /**
+   * Blast radius: an exception thrown by one mapping's code (a handler of its sockets or timers,
+   * forward.ts onFault) ends that mapping alone, never the engine. It is logged and counted
+   * (userland_proxy_worker_restarts_total), closed whole (its connections with it), and its shim,
+   * seeing its control connection close, registers it again on the socket it holds: the port is
+   * never unbound. A mapping that keeps faulting is refused (register), and served alone.
+   */
+  const fault = (conn: number, entry: Entry, err: unknown): void => {
+    if (entry.faulted) return;
+    entry.faulted = true;
+    const id = entry.proxy?.id ?? 'registering';
+    const f = faults.get(id) ?? { total: 0, recent: [] };
+    f.total++;
+    f.recent.push(Date.now());
+    faults.set(id, f);
+    const e = toProxyError(err);
+    log.error({ mapping: id, code: e.code, stack: (err as Error | null)?.stack }, `mapping fault, mapping closed (its shim registers it again): ${e.message}`);
+    // Out of the failing callback's stack.
+    setImmediate(() => {
+      if (draining.delete(entry)) {
+        entry.proxy?.close();
+        idleCheck();
+      } else if (entries.get(conn) === entry) {
+        drop(conn, 'fault');
+        ctl.ctlClose(conn);
+      }
+    });
+  };
+  /** How many times a mapping faulted within the window (older ones forgotten). */
+  const recentFaults = (id: string): number => {
+    const f = faults.get(id);
+    if (!f) return 0;
+    const since = Date.now() - MAPPING_FAULT_WINDOW_MS;
+    f.recent = f.recent.filter((t) => t >= since);
+    return f.recent.length;
+  };
+
   const drop = (conn: number, why: string): void => {
     const e = entries.get(conn);
     if (!e) return;
@@ -220,12 +268,19 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         onLog: (l) => {
           mlog = l;
         },
+        onFault: (err) => fault(conn, entry, err),
       });
       if (fd >= 0 && !fdUsed) closeSync(fd);
       if (entry.closed) {
         proxy.close();
         return;
       }
+      const faulted = recentFaults(proxy.id);
+      if (reg.adopt && faulted >= MAPPING_FAULT_LIMIT) {
+        proxy.close();
+        throw new ProxyError('UPROXY_ERR_INTERNAL', `mapping faulted ${faulted} times within ${MAPPING_FAULT_WINDOW_MS / 1000} s: serve it alone`);
+      }
+      proxy.state.restarts = faults.get(proxy.id)?.total ?? 0;
       entry.proxy = proxy;
       const lfd = proxy.open.listenerFd();
       if (lfd < 0 || !ctl.ctlSend(conn, Buffer.from('0'), lfd)) {

@@ -36,6 +36,12 @@ export interface ForwardSpec extends Pick<Mapping, 'proto' | 'host' | 'hostPort'
   settings: ForwardSettings;
   log: Log;
   budget: FdBudget | null;
+  /**
+   * An exception thrown by the mapping's own code (a handler of its sockets or timers): the
+   * shared engine ends that mapping alone. Absent, it is thrown on (a per-port process or a
+   * worker thread dies of it, and its supervisor or runtime sees that).
+   */
+  onFault?: (err: unknown) => void;
 }
 
 /** An open mapping: its counters, and its listeners to stop or close. */
@@ -81,7 +87,7 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
   const listeners: (Server | UdpSocket)[] = [];
   for (let i = 0; i < ports; i++) {
     const listen = { host: spec.host, port: spec.hostPort + i, listenFd: spec.listenFd };
-    const target = { target: spec.target, targetPort: spec.targetPort + i, log, access, budget, engine: s.engine };
+    const target = { target: spec.target, targetPort: spec.targetPort + i, log, access, budget, engine: s.engine, onFault: spec.onFault };
     if (tcp) {
       const server = createTcpServer();
       listeners.push(server);

@@ -188,7 +188,7 @@ export const FAMILIES: readonly Family[] = [
   {
     name: 'worker_restarts_total',
     type: 'counter',
-    help: "Times the mapping's worker thread was restarted after a crash.",
+    help: 'Times the mapping was restarted after a crash: its worker thread (standalone), or after a fault in its code (shared engine).',
     samples: (states) => states.map((st) => ({ labels: { mapping: st.mapping.id }, value: st.restarts })),
   },
   {

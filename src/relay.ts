@@ -94,9 +94,13 @@ export class Pump {
   /** Client to upstream (counts bytesIn, pausesClient) or the reverse. */
   readonly #inbound: boolean;
 
-  constructor(counters: PumpCounters, inbound: boolean) {
+  /** Where an exception of this pump's callbacks goes (its mapping's fault sink). */
+  readonly #fault: (err: unknown) => void;
+
+  constructor(counters: PumpCounters, inbound: boolean, fault: (err: unknown) => void) {
     this.#counters = counters;
     this.#inbound = inbound;
+    this.#fault = fault;
   }
 
   /** The onread option for the source socket. */
@@ -113,13 +117,17 @@ export class Pump {
     // hid a reset (see the top of this file): then the failed probe errors src and the relay
     // resets dst instead.
     src.on('end', () => {
-      if (!src.writable) {
-        dst.end();
-        return;
+      try {
+        if (!src.writable) {
+          dst.end();
+          return;
+        }
+        src.write(EMPTY, (err) => {
+          if (!err) dst.end();
+        });
+      } catch (err) {
+        this.#fault(err);
       }
-      src.write(EMPTY, (err) => {
-        if (!err) dst.end();
-      });
     });
   }
 
@@ -127,7 +135,18 @@ export class Pump {
 
   // The bytes are in this.#buf: what #nextBuffer last handed out, or what sweep() installed
   // since (Node's own reference, passed as the second argument, is stale after that).
+  // Node calls it from libuv's read callback: an exception here would be the process's, so it
+  // goes to the mapping's fault sink (which ends that mapping alone in the shared engine).
   readonly #onRead = (n: number): boolean => {
+    try {
+      return this.#read(n);
+    } catch (err) {
+      this.#fault(err);
+      return false;
+    }
+  };
+
+  #read(n: number): boolean {
     const buf = this.#buf;
     const dst = this.#dst as Socket;
     this.#reads++;
@@ -172,16 +191,20 @@ export class Pump {
       return false;
     }
     return true;
-  };
+  }
 
   readonly #afterWrite = (): void => {
-    this.#writes++;
-    queuedBytes -= this.#queued.shift() ?? 0;
-    const b = this.#pinned.shift();
-    if (b) give(b);
-    if (this.#budgetPaused) {
-      this.#budgetPaused = false;
-      this.#src?.resume();
+    try {
+      this.#writes++;
+      queuedBytes -= this.#queued.shift() ?? 0;
+      const b = this.#pinned.shift();
+      if (b) give(b);
+      if (this.#budgetPaused) {
+        this.#budgetPaused = false;
+        this.#src?.resume();
+      }
+    } catch (err) {
+      this.#fault(err);
     }
   };
 

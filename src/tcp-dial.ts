@@ -43,31 +43,44 @@ export function dial(ctx: TcpPathContext, client: Socket, acceptedAt: number, ho
   if (header === null && proxyProtocol !== 'off') return null;
   const upstream = connect({ host: target.address, port: targetPort, family: target.family, allowHalfOpen: true, noDelay: true, ...hooks.socketOptions });
   let settled = false;
+  // Each callback hands an exception to the mapping's fault sink (TcpPathContext.fault).
   const timer =
     connectTimeoutMs > 0
       ? setTimeout(() => {
           if (settled) return;
           settled = true;
-          ctx.stats.connectErrors.timeout++;
-          ctx.warn('connectTimeout');
-          hooks.onFail();
+          try {
+            ctx.stats.connectErrors.timeout++;
+            ctx.warn('connectTimeout');
+            hooks.onFail();
+          } catch (err) {
+            ctx.fault(err);
+          }
         }, connectTimeoutMs)
       : null;
   upstream.on('error', (err: NodeJS.ErrnoException) => {
     if (settled) return; // after the connect, the engine's own close handling takes over
     settled = true;
     if (timer) clearTimeout(timer);
-    ctx.stats.connectErrors[connectErrorReason(err.code)]++;
-    ctx.warnError('connect', err.code, err.message);
-    hooks.onFail();
+    try {
+      ctx.stats.connectErrors[connectErrorReason(err.code)]++;
+      ctx.warnError('connect', err.code, err.message);
+      hooks.onFail();
+    } catch (e) {
+      ctx.fault(e);
+    }
   });
   upstream.once('connect', () => {
     if (settled) return;
     settled = true;
     if (timer) clearTimeout(timer);
-    observe(ctx.stats.connectDuration, (performance.now() - acceptedAt) / 1000);
-    if (ctx.opts.log.debugEnabled) ctx.opts.log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
-    hooks.onConnect();
+    try {
+      observe(ctx.stats.connectDuration, (performance.now() - acceptedAt) / 1000);
+      if (ctx.opts.log.debugEnabled) ctx.opts.log.debug({ client: `${client.remoteAddress}:${client.remotePort}` }, 'connection forwarded');
+      hooks.onConnect();
+    } catch (err) {
+      ctx.fault(err);
+    }
   });
   return { upstream, header };
 }

@@ -114,6 +114,8 @@ export interface TcpForwarderOptions {
   idleSweepMs?: number;
   /** Data path after the dial: 'js' (relay.ts) or 'native' (splice, native/). */
   engine?: EngineName;
+  /** An exception in this mapping's handlers (forward.ts ForwardSpec.onFault); absent: thrown on. */
+  onFault?: (err: unknown) => void;
 }
 
 /** Creates the listening server with the socket options every accepted client needs. */
@@ -144,6 +146,8 @@ export interface TcpPathContext {
   warn(kind: TcpWarning, client?: string): void;
   /** Logs (rate-limited) a failed accept or dial: `code` the errno name, `err` Node's message. */
   warnError(op: 'accept' | 'connect', code: string | undefined, err: string): void;
+  /** An exception caught in a handler of this mapping: to its fault sink (or thrown on). */
+  fault(err: unknown): void;
 }
 
 /** The JavaScript engine's data path: takes accepted connections from the dial on. */
@@ -193,7 +197,13 @@ export class TcpForwarder implements TcpPathContext {
       return;
     }
     this.#path = new JsPath(this);
-    server.on('connection', (client: Socket) => this.#onConnection(client));
+    server.on('connection', (client: Socket) => {
+      try {
+        this.#onConnection(client);
+      } catch (err) {
+        this.fault(err);
+      }
+    });
     // Listen errors belong to whoever starts the server; once listening, only accept errors
     // arrive here, and the listener itself stays up.
     server.once('listening', () => {
@@ -229,6 +239,12 @@ export class TcpForwarder implements TcpPathContext {
     this.opts.budget?.give(TCP_CONNECTION_FDS);
     if (connected) observe(stats.connectionDuration, (performance.now() - acceptedAt) / 1000);
     if (aborted) stats.aborted++;
+  }
+
+  fault(err: unknown): void {
+    const sink = this.opts.onFault;
+    if (!sink) throw err;
+    sink(err);
   }
 
   timedOut(kind: 'idle' | 'linger'): void {

@@ -43,8 +43,9 @@ export class JsPath implements TcpPath {
 
   forward(accepted: Socket, acceptedAt: number): void {
     const ctx = this.#ctx;
-    const up = new Pump(ctx.stats, true);
-    const down = new Pump(ctx.stats, false);
+    const fault = (err: unknown): void => ctx.fault(err);
+    const up = new Pump(ctx.stats, true, fault);
+    const down = new Pump(ctx.stats, false, fault);
     const client = adoptAccepted(accepted, up.onread, this.#highWaterMark);
     if (client === null) {
       ctx.end(acceptedAt, false, true); // gone before we could read it
@@ -54,7 +55,13 @@ export class JsPath implements TcpPath {
     // kernel resets the connection; a deliberate clean close disarms it first (cleanly()).
     resetOnClose(socketFd(client), true);
     if (this.#timer === null) {
-      this.#timer = setInterval(() => this.sweep(), this.#sweepMs);
+      this.#timer = setInterval(() => {
+        try {
+          this.sweep();
+        } catch (err) {
+          ctx.fault(err);
+        }
+      }, this.#sweepMs);
       this.#timer.unref();
     }
     let connected = false;
@@ -90,21 +97,30 @@ export class JsPath implements TcpPath {
     };
     // An error or premature close on one side resets the other; a clean close (both directions
     // ended and flushed) needs nothing: the peer finishes its own directions and closes itself.
+    // (Each handler hands an exception to the mapping's fault sink: see TcpPathContext.fault.)
     const onClose = (self: Socket, peer: Socket, pump: Pump, into: Pump): void => {
-      pump.release();
-      into.dropQueued();
-      const clean = self.readableEnded && self.writableFinished;
-      if (!clean && !peer.destroyed) {
-        if (connected) peer.resetAndDestroy();
-        else cleanly(peer).destroy();
+      try {
+        pump.release();
+        into.dropQueued();
+        const clean = self.readableEnded && self.writableFinished;
+        if (!clean && !peer.destroyed) {
+          if (connected) peer.resetAndDestroy();
+          else cleanly(peer).destroy();
+        }
+        if (self.destroyed && peer.destroyed) finish(!clean);
+        else if (!clean) finish(true);
+      } catch (err) {
+        fault(err);
       }
-      if (self.destroyed && peer.destroyed) finish(!clean);
-      else if (!clean) finish(true);
     };
     client.on('error', () => {});
     // Both directions of a socket ended: Node closes it right after these events; disarm first.
     const ended = (s: Socket): void => {
-      if (s.readableEnded && s.writableFinished) cleanly(s);
+      try {
+        if (s.readableEnded && s.writableFinished) cleanly(s);
+      } catch (err) {
+        fault(err);
+      }
     };
     client.on('end', () => ended(client));
     client.on('finish', () => ended(client));

@@ -31,7 +31,13 @@ export class NativeListener {
         proxyProtocol: o.proxyProtocol ?? 'off',
         connectionFds: TCP_CONNECTION_FDS,
       },
-      (event, detail, client) => this.#log(event, detail, client),
+      (event, detail, client) => {
+        try {
+          this.#log(event, detail, client);
+        } catch (err) {
+          ctx.fault(err);
+        }
+      },
     );
   }
 

@@ -91,6 +91,8 @@ export interface UdpForwarderOptions {
   budget?: FdBudget | null;
   /** Flows per client address, shared by every port of the mapping (JS engine). */
   sources?: Map<string, number>;
+  /** An exception in this mapping's handlers (forward.ts ForwardSpec.onFault); absent: thrown on. */
+  onFault?: (err: unknown) => void;
 }
 
 /** How many flows of a mapping one client address may hold: all but the share kept for others. */
@@ -160,7 +162,14 @@ export class UdpForwarder {
     this.#limited = new RateLimitedLog(opts.log);
     this.#sweepMs = Math.min(UDP_SWEEP_MAX_MS, Math.max(UDP_SWEEP_MIN_MS, Math.floor(opts.idleTimeoutMs / 10)));
     if (opts.engine === 'native') listener.once('listening', () => this.#handoff());
-    else listener.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.#onClientDatagram(msg, rinfo));
+    else
+      listener.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
+        try {
+          this.#onClientDatagram(msg, rinfo);
+        } catch (err) {
+          this.#fault(err);
+        }
+      });
     listener.once('listening', () => {
       listener.on('error', (err: NodeJS.ErrnoException) => {
         this.#limited.warn(`listener:${err.code}`, { err: err.message }, 'UDP listener error; still serving');
@@ -184,8 +193,21 @@ export class UdpForwarder {
       maxFlows,
       local !== null && isUnspecified(local),
       this.#perSource,
-      (event, detail, client) => this.#nativeEvent(event, detail, client),
+      (event, detail, client) => {
+        try {
+          this.#nativeEvent(event, detail, client);
+        } catch (err) {
+          this.#fault(err);
+        }
+      },
     );
+  }
+
+  /** An exception in a handler of this mapping: to its fault sink, or thrown on without one. */
+  #fault(err: unknown): void {
+    const sink = this.#opts.onFault;
+    if (!sink) throw err;
+    sink(err);
   }
 
   #blockedWarning(client: string | undefined): void {
@@ -326,8 +348,20 @@ export class UdpForwarder {
     this.stats.flowsActive++;
     this.#startSweep();
     flow.lastActive = this.#now;
-    socket.on('message', (reply: Buffer) => flow.owner.#onReply(flow, reply));
-    socket.on('error', (err: NodeJS.ErrnoException) => flow.owner.#onFlowError(flow, key, err));
+    socket.on('message', (reply: Buffer) => {
+      try {
+        flow.owner.#onReply(flow, reply);
+      } catch (err) {
+        flow.owner.#fault(err);
+      }
+    });
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      try {
+        flow.owner.#onFlowError(flow, key, err);
+      } catch (e) {
+        flow.owner.#fault(e);
+      }
+    });
     socket.connect(targetPort, target.address, () => {
       const pending = flow.pending ?? [];
       flow.pending = null;
@@ -376,7 +410,13 @@ export class UdpForwarder {
   #startSweep(): void {
     if (this.#timer !== null) return;
     this.#now = Date.now();
-    this.#timer = setInterval(() => this.#sweep(), this.#sweepMs);
+    this.#timer = setInterval(() => {
+      try {
+        this.#sweep();
+      } catch (err) {
+        this.#fault(err);
+      }
+    }, this.#sweepMs);
     this.#timer.unref();
   }
 

@@ -6,8 +6,8 @@
  * project's engine (USERLAND_PROXY_ENGINE), on loopback and in a test namespace only.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { existsSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -17,6 +17,7 @@ import { freePort, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
 import { useBackend } from '../helpers/netns.js';
 import { killTracked } from '../helpers/processes.js';
 import { dockerArgv, ROOT, spawnProxy, startProxy } from '../helpers/proxy.js';
+import { testEngine } from '../helpers/engine.js';
 
 const HAVE_SHIM = existsSync(join(ROOT, 'build/Release/userland-proxy-shim'));
 const ECHO = 7000;
@@ -110,6 +111,92 @@ describe.skipIf(!HAVE_SHIM)('one mapping fails alone (audit N3)', () => {
     } finally {
       unix.close();
     }
+  });
+});
+
+/**
+ * Fault injection, preloaded into the engine: a JavaScript exception where one mapping's code
+ * runs. A refused dial's warning throws (both engines: the JS dial handler, or the native
+ * thread's event), and so does relaying a chunk that holds "BOOM" (the JavaScript relay).
+ */
+const INJECT = `
+const { pathToFileURL } = require('node:url');
+import(pathToFileURL(${JSON.stringify(join(ROOT, 'dist/logger.js'))}).href).then((m) => {
+  const warn = m.RateLimitedLog.prototype.warn;
+  m.RateLimitedLog.prototype.warn = function (key, ...rest) {
+    if (key === 'connect:ECONNREFUSED') throw new Error('injected fault: refused dial');
+    return warn.call(this, key, ...rest);
+  };
+});
+const net = require('node:net');
+const write = net.Socket.prototype.write;
+net.Socket.prototype.write = function (chunk, ...rest) {
+  if (Buffer.isBuffer(chunk) && chunk.includes('BOOM')) throw new Error('injected fault: relay');
+  return write.call(this, chunk, ...rest);
+};
+`;
+
+describe.skipIf(!HAVE_SHIM)('blast radius: an exception in one mapping ends that mapping alone', () => {
+  it("the faulting mapping closes and comes back on the shim's socket (logged, counted); the others' connections and the engine carry on; a mapping faulting again and again is served alone", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'upt-inject-'));
+    dirs.push(dir);
+    writeFileSync(join(dir, 'inject.cjs'), INJECT);
+    const mport = await freePort();
+    const { name, env } = engineEnv({
+      USERLAND_PROXY_NODE_OPTIONS: `--require ${join(dir, 'inject.cjs')}`,
+      USERLAND_PROXY_METRICS: `127.0.0.1:${mport}`,
+    });
+    const [a, b, f] = [await freePort(), await freePort(), await freePort()];
+    await startProxy(tcpArgs(a), { env });
+    await startProxy(tcpArgs(b), { env });
+    // f's target refuses: its dial fails, and the warning throws.
+    const pf = await startProxy(dockerArgv('tcp', '127.0.0.1', f, backend.ipv4, ECHO + 77), { env });
+    const [engine] = enginePids(name);
+    const open = await tcpConnect('127.0.0.1', a);
+    expect(await roundTrip(open, 'before')).toBe('before');
+    const restarts = async (): Promise<string> => {
+      const text = await (await fetch(`http://127.0.0.1:${mport}/metrics`)).text();
+      return (
+        /userland_proxy_worker_restarts_total\{mapping="tcp\/127\.0\.0\.1:(\d+)"\} (\d+)/g.exec(
+          text
+            .split('\n')
+            .filter((l) => l.includes(`:${f}"`))
+            .join('\n'),
+        )?.[2] ?? 'none'
+      );
+    };
+    const faultOnce = async (): Promise<void> => {
+      // (Closed with a FIN, or reset with its mapping, maybe before the connect completed.)
+      const c = connect(f, '127.0.0.1');
+      await new Promise((res) => {
+        c.on('close', res);
+        c.on('error', () => {});
+        c.resume();
+      });
+    };
+    await faultOnce();
+    // The mapping comes back on the shim's socket (the port never unbound), counted once.
+    await vi.waitFor(async () => expect(await restarts()).toBe('1'), { timeout: 5000, interval: 100 });
+    expect(enginePids(name)).toEqual([engine]);
+    expect(await roundTrip(open, 'after a fault')).toBe('after a fault');
+    expect(await echoes(b)).toBe(true);
+    if (testEngine() === 'js') {
+      // An exception in the relay of one of b's connections: b restarts, a's connection is untouched.
+      const c = await tcpConnect('127.0.0.1', b);
+      c.on('error', () => {});
+      c.write('BOOM');
+      await vi.waitFor(async () => expect(await echoes(b)).toBe(true), { timeout: 5000, interval: 100 });
+      expect(await roundTrip(open, 'after a relay fault')).toBe('after a relay fault');
+      c.destroy();
+    }
+    // Two more faults within the window: the engine refuses it back, and its shim serves it alone.
+    await faultOnce();
+    await vi.waitFor(async () => expect(await restarts()).toBe('2'), { timeout: 5000, interval: 100 });
+    await faultOnce();
+    await vi.waitFor(() => expect(readlinkSync(`/proc/${pf.pid}/exe`)).toMatch(/node/), { timeout: 5000, interval: 100 });
+    expect(enginePids(name)).toEqual([engine]);
+    expect(await roundTrip(open, 'still')).toBe('still');
+    open.destroy();
   });
 });
 
