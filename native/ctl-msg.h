@@ -34,6 +34,16 @@
 
 #define CTL_PATH_MAX 108 /* sizeof sun_path */
 
+/* The shim protocol's version (audit N9), src/constants.ts CTL_PROTOCOL too. A shim's registration
+ * ends with a field "protocol=<n>" (an engine of protocol 1 ignores it: it reads USERLAND_PROXY_*
+ * entries only); the engine's "0" verdict carries "protocol=<n>" after the type byte (a shim of
+ * protocol 1 reads the type byte only). An engine that cannot serve a shim's protocol answers
+ * V<reason>, which a shim of protocol 2 or later acts on by serving its port alone (protocol 1
+ * shims ignore unknown messages: they fall back too, once their verdict times out).
+ *   1  the protocol without versions (before 0.2.0)
+ *   2  versioned; M/D moves (userland-proxy upgrade), D detach on dockerd death */
+#define CTL_PROTOCOL 2
+
 /* Fills path (CTL_PATH_MAX bytes) with the socket of engine `name` in this network namespace,
  * making the directory if missing. 0, or an errno: EPERM when the directory is not a private one
  * of ours (another user made it), ENAMETOOLONG, or what mkdir/stat said. */

@@ -24,8 +24,10 @@
  *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_* env...>\0  [+ fd 4]  register
  *                   A<same>  [+ the held socket]                             re-register (adopt)
  *                   S  stop      D  detach (our dockerd died)      H  reopen the log
- *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
+ *   engine -> shim  0[protocol=<n>] [+ the listening socket]   1<message>   2<message>   B (stopped)
+ *                   V<reason>  this engine cannot serve this shim's protocol: serve the port alone
  *                   M  move: a new engine took the name (upgrade); register there, then D here
+ * A registration ends with protocol=<n> (ctl-msg.h CTL_PROTOCOL says what each version means).
  * The shim keeps the listening socket the engine returns, so that no engine death ever unbinds a
  * port: on EOF it re-registers with a new engine, or execs the per-port proxy on that socket.
  * Whoever finds no engine takes the start-up lock, binds the socket and starts the engine (double
@@ -338,6 +340,11 @@ static int send_register(int c, char type, int fd) {
     memcpy(buf + n, *e, l);
     n += l;
   }
+  char proto[24];
+  size_t l = (size_t)snprintf(proto, sizeof proto, "protocol=%d", CTL_PROTOCOL) + 1;
+  if (n + l > sizeof buf) return -2;
+  memcpy(buf + n, proto, l);
+  n += l;
   return ctl_send(c, buf, n, fd, 0) < 0 ? -1 : 0;
 }
 
@@ -384,7 +391,7 @@ static int await_verdict(int c, int sigfd, long deadline, char *msg, size_t cap,
     if (!p[0].revents) continue;
     *fd = -1;
     if (recv_msg(c, msg, cap, fd) == 0) return 0;
-    if (msg[0] == '0' || msg[0] == '1' || msg[0] == '2') return msg[0];
+    if (msg[0] == '0' || msg[0] == '1' || msg[0] == '2' || msg[0] == 'V') return msg[0];
     if (*fd >= 0) close(*fd);
   }
 }
@@ -445,6 +452,15 @@ int main(int argc, char **argv) {
   int type = 0;
   int held = -1;
   int c = register_mapping('R', in_fd, sigfd, now_ms() + READY_DEADLINE_MS, 0, msg, sizeof msg, &type, &held);
+  if (c >= 0 && type == 'V') { /* an engine of another protocol (CTL_PROTOCOL): serve alone */
+    char line[256];
+    int n = snprintf(line, sizeof line,
+        "userland-proxy: the shared engine cannot serve this shim (%s): serving this port alone\n", msg + 1);
+    write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    close(c);
+    if (held >= 0) close(held);
+    c = -1;
+  }
   if (c < 0) {
     close(sigfd);
     exec_node(-1); /* no engine (not built right, refused, or not starting): the per-port proxy */

@@ -128,6 +128,8 @@ export const TEXTFILE_INTERVAL_MS = 5_000;
 
 /** Prefix of every environment variable we read. */
 export const ENV_PREFIX = 'USERLAND_PROXY_';
+/** The shim protocol's version (native/ctl-msg.h CTL_PROTOCOL, which says what each one means). */
+export const CTL_PROTOCOL = 2;
 
 /** The shared engine (docker mode) exits after this long without a mapping (USERLAND_PROXY_SHARED_IDLE_TIMEOUT). */
 export const SHARED_IDLE_TIMEOUT_MS = 30_000;

@@ -3,11 +3,12 @@
  * name (native/ctl-msg.h turns it into a socket path in a private directory, per network
  * namespace), the registration message, and the addon's control functions (native/control.c).
  *
- *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_*=... ...>\0  [+ fd 4]  register
+ *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_*=... ...>\0[protocol=<n>\0]  [+ fd 4]  register
  *                   A<same>  [+ the socket the shim holds]                 re-register: adopt it
  *                   S stop   D detach (dockerd died, or moved: drain)   H reopen the log   L list (ls)
  *                   U (from a new engine: userland-proxy upgrade) hand every mapping over
- *   engine -> shim  0 [+ the listening socket]   1<message>   2<message>   B (stopped)
+ *   engine -> shim  0protocol=<n> [+ the listening socket]   1<message>   2<message>   B (stopped)
+ *                   V<reason>  (to a shim of protocol 2+) cannot serve its protocol: it serves alone
  *                   J<json part> ... E   (the answer to L)
  *                   M  (to a shim) move: re-register with the engine now at the name, then D here
  *                   U<json>  (to the new engine) { pid, version, mappings moving }
@@ -60,6 +61,8 @@ export interface Registration {
   argv: string[];
   /** The shim's USERLAND_PROXY_* variables: the mapping's settings, as a per-port proxy reads them. */
   env: Record<string, string>;
+  /** The shim's protocol version (native/ctl-msg.h CTL_PROTOCOL); 1 when it sent none. */
+  protocol: number;
 }
 
 /** Decodes R/A; null when malformed. */
@@ -68,9 +71,11 @@ export function parseRegistration(msg: Buffer): Registration | null {
   const argc = Number(parts[0]);
   if (!Number.isInteger(argc) || argc < 0 || argc + 1 > parts.length) return null;
   const env: Record<string, string> = {};
+  let protocol = 1;
   for (const kv of parts.slice(argc + 1)) {
     const eq = kv.indexOf('=');
     if (eq > 0 && kv.startsWith(ENV_PREFIX)) env[kv.slice(0, eq)] = kv.slice(eq + 1);
+    else if (/^protocol=[1-9][0-9]{0,5}$/.test(kv)) protocol = Number(kv.slice('protocol='.length));
   }
-  return { adopt: msg[0] === 0x41, argv: parts.slice(1, argc + 1), env };
+  return { adopt: msg[0] === 0x41, argv: parts.slice(1, argc + 1), env, protocol };
 }

@@ -21,6 +21,7 @@
  */
 import { closeSync } from 'node:fs';
 import {
+  CTL_PROTOCOL,
   ENGINE_LIST_CHUNK,
   MAPPING_FAULT_LIMIT,
   MAPPING_FAULT_WINDOW_MS,
@@ -50,6 +51,8 @@ interface Entry {
   drainSeq?: number;
   /** Its own code threw: it is being closed (once). */
   faulted?: boolean;
+  /** Its shim's protocol version (1: an install older than versions). */
+  protocol: number;
 }
 
 /** What `userland-proxy ls` prints, one per mapping. */
@@ -64,6 +67,8 @@ export interface EngineListing {
   /** The engine that serves it. */
   pid: number;
   version: string;
+  /** The protocol version of the mapping's shim (native/ctl-msg.h CTL_PROTOCOL). */
+  shimProtocol: number;
   tcp: { accepted: number; active: number; bytesIn: number; bytesOut: number } | null;
   udp: { flowsActive: number; flowsCreated: number; bytesIn: number; bytesOut: number } | null;
 }
@@ -249,7 +254,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       ctl.ctlClose(conn);
       return;
     }
-    const entry: Entry = { proxy: null, closed: false, since: Date.now() };
+    const entry: Entry = { proxy: null, closed: false, since: Date.now(), protocol: reg.protocol };
     entries.set(conn, entry);
     idleCheck();
     let mlog: Log = silentLog;
@@ -283,13 +288,13 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       proxy.state.restarts = faults.get(proxy.id)?.total ?? 0;
       entry.proxy = proxy;
       const lfd = proxy.open.listenerFd();
-      if (lfd < 0 || !ctl.ctlSend(conn, Buffer.from('0'), lfd)) {
+      if (lfd < 0 || !ctl.ctlSend(conn, Buffer.from(`0protocol=${CTL_PROTOCOL}`), lfd)) {
         drop(conn, 'shim gone before ready');
         ctl.ctlClose(conn);
         return;
       }
       mlog.info({ target: proxy.target, listenFd: proxy.mapping.useListenFd || reg.adopt, engine: proxy.engine, shared: true }, 'proxy ready');
-      log.info({ mapping: proxy.id, target: proxy.target, readopted: reg.adopt }, 'mapping ready');
+      log.info({ mapping: proxy.id, target: proxy.target, readopted: reg.adopt, shimProtocol: reg.protocol }, 'mapping ready');
       // The same mapping again after its dockerd restarted: it takes over the UDP flows the
       // released one kept, so the container's peers carry on with the same source ports.
       if (!handedOver && proxy.open.udp)
@@ -328,6 +333,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
           state: e.drainingSince === undefined ? 'serving' : 'draining',
           pid: process.pid,
           version,
+          shimProtocol: e.protocol,
           tcp: t && { accepted: t.accepted, active: t.active, bytesIn: t.bytesIn, bytesOut: t.bytesOut },
           udp: u && { flowsActive: u.flowsActive, flowsCreated: u.flowsCreated, bytesIn: u.bytesIn, bytesOut: u.bytesOut },
         },

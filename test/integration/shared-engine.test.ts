@@ -6,7 +6,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -338,6 +338,92 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     expect(rows).toHaveLength(6);
     expect(rows.every((x) => x.pid !== old && x.state === 'serving')).toBe(true);
   }, 60_000);
+
+  it('shim protocol (audit N9): a shim of protocol 1 (the previous release, built from git) registers with this engine, serves, re-registers after an engine death and stops', async (ctx) => {
+    const OLD = 'bc39786'; // the last release before protocol versions
+    if (spawnSync('git', ['-C', ROOT, 'cat-file', '-e', `${OLD}^{commit}`]).status !== 0) {
+      console.warn(`SKIPPED: the protocol-1 shim needs commit ${OLD} in the checkout's history`);
+      ctx.skip();
+    }
+    // An install whose shim is the old one (its launcher, which starts the engine, ours).
+    const dir = mkdtempSync(join(tmpdir(), 'upt-oldshim-'));
+    try {
+      mkdirSync(join(dir, 'src'));
+      mkdirSync(join(dir, 'bin'));
+      for (const f of ['shim.c', 'ctl-msg.h']) writeFileSync(join(dir, 'src', f), spawnSync('git', ['-C', ROOT, 'show', `${OLD}:native/${f}`]).stdout);
+      expect(spawnSync('gcc', ['-O2', '-o', join(dir, 'bin/userland-proxy'), join(dir, 'src/shim.c')]).status).toBe(0);
+      symlinkSync(BIN, join(dir, 'bin/userland-proxy-node'));
+      const { name, env } = engineEnv();
+      const port = await freePort();
+      const old = spawnProxy(tcpArgs(port), { bin: join(dir, 'bin/userland-proxy'), env });
+      expect(await old.status).toBe('0\n');
+      expect(exeOf(old.pid)).toBe(join(dir, 'bin/userland-proxy'));
+      expect(await echoes(port)).toBe(true);
+      const rows = (): { shimProtocol: number; version: string }[] =>
+        spawnSync(BIN, ['ls', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10_000 })
+          .stdout.trim()
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l));
+      expect(rows().map((r) => r.shimProtocol)).toEqual([1]);
+      const [engine] = enginePids(name);
+      process.kill(engine as number, 'SIGKILL');
+      await vi.waitFor(async () => expect(await echoes(port)).toBe(true), { timeout: 10_000, interval: 100 });
+      expect(enginePids(name)).not.toContain(engine);
+      expect(exeOf(old.pid)).toBe(join(dir, 'bin/userland-proxy'));
+      await old.stop('SIGTERM');
+      await vi.waitFor(() => expect(listening(port)).toBe(false), { timeout: 5000, interval: 20 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('shim protocol (audit N9): this shim works with an engine of protocol 1, and serves its port alone when an engine answers V', async () => {
+    // A stand-in engine at the name: it reads the registration, binds the port, and answers as a
+    // protocol-1 engine does ("0" and the listening socket), or with V<reason>.
+    const STANDIN = `
+import socket,sys
+path,port,answer=sys.argv[1],int(sys.argv[2]),sys.argv[3]
+s=socket.socket(socket.AF_UNIX,socket.SOCK_SEQPACKET); s.bind(path); s.listen(8)
+c,_=s.accept(); msg,fds,_,_=socket.recv_fds(c,65536,4)
+print(msg.split(b"\\0")[-2].decode(),flush=True)
+l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); l.bind(("127.0.0.1",port)); l.listen(8)
+if answer=="0": socket.send_fds(c,[b"0"],[l.fileno()])
+else: c.send(b"Vprotocol 2 is no longer served")
+l.close(); sys.stdin.read()
+`;
+    for (const answer of ['0', 'V']) {
+      const { name, env } = engineEnv();
+      const path = enginePath(name);
+      const port = await freePort();
+      const standin = spawn('python3', ['-c', STANDIN, path, String(port), answer], { stdio: ['pipe', 'pipe', 'inherit'] });
+      let said = '';
+      standin.stdout.on('data', (d) => {
+        said += d;
+      });
+      try {
+        await vi.waitFor(() => expect(existsSync(path)).toBe(true), { timeout: 5000, interval: 20 });
+        const p = spawnProxy(tcpArgs(port), { env });
+        if (answer === '0') {
+          // The old engine reads its USERLAND_PROXY_* entries and skips the protocol field.
+          expect(await p.status).toBe('0\n');
+          await vi.waitFor(() => expect(said.trim()).toBe('protocol=2'), { timeout: 5000, interval: 20 });
+          expect(exeOf(p.pid)).toBe(SHIM);
+          await p.stop('SIGKILL'); // (a stop would wait for the stand-in's B)
+        } else {
+          // The per-port proxy binds the port itself, once the stand-in let go of it.
+          expect(await p.status).toBe('0\n');
+          expect(p.stderr()).toContain('the shared engine cannot serve this shim (protocol 2 is no longer served): serving this port alone');
+          expect(exeOf(p.pid)).not.toBe(SHIM);
+          expect(await echoes(port)).toBe(true);
+          await p.stop('SIGTERM');
+        }
+      } finally {
+        standin.kill();
+        rmSync(path, { force: true });
+      }
+    }
+  });
 
   it('a shim killed with SIGKILL frees its port at once; the others keep serving', async () => {
     const { env } = engineEnv();
