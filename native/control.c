@@ -130,12 +130,11 @@ static void on_accept(uv_poll_t *p, int status, int events) {
   for (;;) {
     int fd = accept4(listener_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) return; /* EAGAIN, or EMFILE: the peer waits in the backlog until fds free up */
-    struct ucred cred = { 0, (uid_t)-1, (gid_t)-1 };
-    socklen_t cl = sizeof cred;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != 0 && cred.uid != geteuid())) {
+    long uid = ctl_peer_uid(fd);
+    if (uid != 0 && uid != (long)geteuid()) {
       char why[120];
-      snprintf(why, sizeof why, "1the shared engine serves only root and uid %u, not uid %u", (unsigned)geteuid(),
-          (unsigned)cred.uid);
+      snprintf(
+          why, sizeof why, "1the shared engine serves only root and uid %u, not uid %ld", (unsigned)geteuid(), uid);
       refuse(fd, why);
       continue;
     }
@@ -315,9 +314,7 @@ static int connect_ours(const char *path, int timeout, struct timespec t0) {
     usleep(1000);
   }
   if (fd < 0) return -1;
-  struct ucred cred = { 0, 0, 0 };
-  socklen_t cl = sizeof cred;
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.uid != geteuid()) {
+  if (ctl_peer_uid(fd) != (long)geteuid()) {
     close(fd);
     errno = EPERM;
     return -1;

@@ -44,6 +44,14 @@
  *   2  versioned; M/D moves (userland-proxy upgrade), D detach on dockerd death */
 #define CTL_PROTOCOL 2
 
+/* The uid of the process at the other end of a connected socket (SO_PEERCRED), or -1 when it
+ * cannot be read. A client hands its sockets only to an engine of its own uid. */
+static inline long ctl_peer_uid(int fd) {
+  struct ucred cred = { 0, 0, 0 };
+  socklen_t cl = sizeof cred;
+  return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 ? (long)cred.uid : -1;
+}
+
 /* Fills path (CTL_PATH_MAX bytes) with the socket of engine `name` in this network namespace,
  * making the directory if missing. 0, or an errno: EPERM when the directory is not a private one
  * of ours (another user made it), ENAMETOOLONG, or what mkdir/stat said. */

@@ -60,6 +60,7 @@
 #define STATUS_FD 3
 #define LISTEN_FD 4
 #define ENGINE_CONTROL_FD 3 /* the engine's inherited listening control socket */
+#define ENGINE_NOFILE_FLOOR 1024 /* the least RLIMIT_NOFILE hard limit that starts an engine */
 #define MSG_MAX 65536
 #define READY_DEADLINE_MS 5000 /* then the per-port proxy has 11 s left of dockerd's 16 s */
 #define READOPT_DEADLINE_MS 1000 /* a lost engine: reach a new one within 1 s, or run per-port */
@@ -265,6 +266,21 @@ static void spawn_engine(int l) {
 /* Connects to this namespace's engine, starting one when none answers. Returns the connection
  * (blocking again), or -1 when no engine of ours can be reached before `deadline`. A stop signal
  * meanwhile ends the shim (exit 0), however long the engine takes. */
+/* Whether our RLIMIT_NOFILE hard limit may size the engine's one fd budget for every mapping of
+ * the namespace (audit N7: a wrapper's `ulimit -Hn 256` capped every later port); below the floor
+ * we start no engine and serve our port alone (joining a running engine is fine). */
+static int nofile_enough(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) < 0 || r.rlim_max == RLIM_INFINITY || r.rlim_max >= ENGINE_NOFILE_FLOOR) return 1;
+  char line[160];
+  int n = snprintf(line, sizeof line,
+      "userland-proxy: RLIMIT_NOFILE hard limit %lu is below %d, too low to start the shared engine: serving this port "
+      "alone\n",
+      (unsigned long)r.rlim_max, ENGINE_NOFILE_FLOOR);
+  write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+  return 0;
+}
+
 static int connect_engine(long deadline, int *spawned, int sigfd) {
   for (;;) {
     struct signalfd_siginfo si;
@@ -274,15 +290,14 @@ static int connect_engine(long deadline, int *spawned, int sigfd) {
     if (c >= 0) {
       /* Only an engine of our own uid gets our sockets (the directory is ours: say so loudly if
        * anyone else answers). */
-      struct ucred cred = { 0, 0, 0 };
-      socklen_t cl = sizeof cred;
-      if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cred.uid == geteuid()) {
+      long uid = ctl_peer_uid(c);
+      if (uid == (long)geteuid()) {
         fcntl(c, F_SETFL, fcntl(c, F_GETFL) & ~O_NONBLOCK);
         return c;
       }
       char line[CTL_PATH_MAX + 128];
-      int n = snprintf(line, sizeof line, "userland-proxy: %s is held by uid %u, not ours: serving this port alone\n",
-          path, (unsigned)cred.uid);
+      int n = snprintf(
+          line, sizeof line, "userland-proxy: %s is held by uid %ld, not ours: serving this port alone\n", path, uid);
       write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
       close(c);
       return -1;
@@ -296,7 +311,7 @@ static int connect_engine(long deadline, int *spawned, int sigfd) {
         c = ctl_connect(path);
         if (c >= 0) {
           close(c);
-        } else if (*spawned >= ENGINE_SPAWNS) {
+        } else if (*spawned >= ENGINE_SPAWNS || !nofile_enough()) {
           close(lock);
           return -1;
         } else {

@@ -65,6 +65,12 @@ export const UDP_MAX_FLOWS = 16_384;
  * every other client.
  */
 export const UDP_OTHERS_SHARE_DIVISOR = 4;
+/**
+ * Shared engine (audit N7): one mapping may take at most the fd budget less 1/N of it for its
+ * connections and flows (unless USERLAND_PROXY_MAX_CONNECTIONS says otherwise), so that one busy
+ * or attacked port never takes the last fds of every other container's port.
+ */
+export const FD_OTHERS_SHARE_DIVISOR = 4;
 /** Datagrams buffered per flow while its upstream socket is still connecting. */
 export const UDP_PENDING_PER_FLOW = 64;
 /** Datagrams that may sit in libuv's send queue of one socket before we drop instead of queueing. */

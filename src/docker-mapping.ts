@@ -8,7 +8,7 @@ import { joinHostPort } from './address.js';
 import { readDockerEnv, type DockerEnv } from './docker-env.js';
 import { toDockerMapping, type DockerMapping } from './docker-flags.js';
 import { ProxyError } from './errors.js';
-import type { FdBudget } from './fd-limit.js';
+import { mappingShare, TCP_CONNECTION_FDS, type FdBudget } from './fd-limit.js';
 import { openMapping, type OpenMapping } from './forward.js';
 import type { GoFlagResult } from './go-flags.js';
 import { createLogger, type Log } from './logger.js';
@@ -44,6 +44,18 @@ export interface DockerOpenOptions {
   onLog: (log: Log) => void;
   /** An exception in the mapping's own code (forward.ts ForwardSpec.onFault); absent: thrown on. */
   onFault?: (err: unknown) => void;
+  /**
+   * The budget is shared with other mappings (the shared engine): unless its settings say
+   * otherwise, the mapping's connections and flows stay within its share (fd-limit.ts mappingShare).
+   */
+  sharedBudget?: boolean;
+}
+
+/** A mapping's settings within its share of a budget other mappings use too (audit N7). */
+function shareOf<T extends { maxConnections: number | null; udpMaxFlows: number }>(budget: FdBudget | null, s: T): T {
+  if (!budget) return s;
+  const fds = mappingShare(budget);
+  return { ...s, maxConnections: s.maxConnections ?? Math.floor(fds / TCP_CONNECTION_FDS), udpMaxFlows: Math.min(s.udpMaxFlows, fds) };
 }
 
 /** Validates and opens; throws a ProxyError with docker-proxy's wording and our exit code. */
@@ -66,7 +78,7 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
     listenFd: opts.listenFd(m),
     proxyProtocol: m.proto === 'tcp' ? env.proxyProtocol : 'off',
     access: compileAccess(env.access),
-    settings: { ...env, engine },
+    settings: shareOf(opts.sharedBudget ? opts.budget : null, { ...env, engine }),
     log,
     budget: opts.budget,
     onFault: opts.onFault,

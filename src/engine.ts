@@ -274,6 +274,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
           mlog = l;
         },
         onFault: (err) => fault(conn, entry, err),
+        sharedBudget: true,
       });
       if (fd >= 0 && !fdUsed) closeSync(fd);
       if (entry.closed) {

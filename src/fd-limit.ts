@@ -14,10 +14,18 @@
  * FD_RESERVE stays free for Node itself, logs and the native engine's epoll.
  */
 import { readFileSync } from 'node:fs';
-import { FD_RESERVE } from './constants.js';
+import { FD_OTHERS_SHARE_DIVISOR, FD_RESERVE } from './constants.js';
 
 /** fds one TCP connection takes from the budget: its two sockets (either engine). */
 export const TCP_CONNECTION_FDS = 2;
+
+/**
+ * The fds one mapping of the shared engine may hold (audit N7): the budget less the share kept
+ * for the others (FD_OTHERS_SHARE_DIVISOR).
+ */
+export function mappingShare(budget: FdBudget): number {
+  return Math.max(TCP_CONNECTION_FDS, budget.limit - Math.ceil(budget.limit / FD_OTHERS_SHARE_DIVISOR));
+}
 
 /** The soft RLIMIT_NOFILE of this process (Node raises it to the hard limit at start), or null. */
 export function openFileLimit(): number | null {

@@ -6,7 +6,20 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -422,6 +435,49 @@ l.close(); sys.stdin.read()
         standin.kill();
         rmSync(path, { force: true });
       }
+    }
+  });
+
+  it('one fd budget, fairly shared (audit N7): a shim below the nofile floor starts no engine; one busy mapping leaves the others a quarter', async () => {
+    const { name, env } = engineEnv();
+    const [low, a, b] = [await freePort(), await freePort(), await freePort()];
+    // A wrapper's low hard limit no longer sizes the namespace's engine: that shim serves alone.
+    const alone = spawnProxy(['--nofile=256:256', BIN, ...tcpArgs(low)], { bin: 'prlimit', env });
+    expect(await alone.status).toBe('0\n');
+    expect(alone.stderr()).toContain('RLIMIT_NOFILE hard limit 256 is below 1024, too low to start the shared engine: serving this port alone');
+    expect(exeOf(alone.pid)).not.toBe(SHIM);
+    expect(enginePids(name)).toEqual([]);
+    // The engine a 1024-fd shim starts: a budget of 1024 - 32 reserved = 992 fds; one mapping may
+    // hold 744 of them (372 connections), the other mappings keep the rest.
+    await startProxy(['--nofile=1024:1024', BIN, ...tcpArgs(a)], { bin: 'prlimit', env });
+    await startProxy(tcpArgs(b), { env });
+    const [engine] = enginePids(name);
+    expect(readFileSync(`/proc/${engine}/limits`, 'utf8')).toMatch(/Max open files\s+1024\s+1024/);
+    const held: Socket[] = [];
+    try {
+      for (let i = 0; i < 420; i++) {
+        const c = await tcpConnect('127.0.0.1', a).catch(() => null);
+        if (c) held.push(c.on('error', () => {}));
+      }
+      // A refused one was accepted and closed (FIN); an admitted one echoes.
+      const answers = await Promise.all(
+        held.map(
+          (c) =>
+            new Promise<boolean>((res) => {
+              const t = setTimeout(() => res(false), 3000);
+              c.once('data', () => {
+                clearTimeout(t);
+                res(true);
+              });
+              c.write('p');
+            }),
+        ),
+      );
+      const working = answers.filter(Boolean).length;
+      expect(working).toBe(372);
+      for (let i = 0; i < 5; i++) expect(await echoes(b), 'the other mapping still serves').toBe(true);
+    } finally {
+      for (const c of held) c.destroy();
     }
   });
 
