@@ -69,14 +69,26 @@ int budget_take(group_t *g, int n) {
   return 1;
 }
 
-/* Whether n fds could be taken now (a hint: another thread may take them first). */
-int budget_room(group_t *g, int n) {
-  return !g->budget || __atomic_load_n(&g->budget[0], __ATOMIC_RELAXED) + n <= g->budget_limit;
-}
-
 /* n fds back to the process budget. */
 void budget_give(group_t *g, int n) {
   if (!g->budget) return;
   __atomic_sub_fetch(&g->budget[0], n, __ATOMIC_RELAXED);
   if (g->budget_own > 0) __atomic_sub_fetch(&g->budget[g->budget_own], n, __ATOMIC_RELAXED);
 }
+
+/* A pipe's 2 fds come from an allowance of their own (audit N8): a stalled connection's pipes never
+ * take the fds of a connection the budget admits, so a connection costs its 2 sockets alone. The
+ * last two cells: the allowance (written once by fd-limit.ts), then the pipe fds in use. */
+int pipe_budget_take(group_t *g) {
+  int32_t *used = &g->budget[g->budget_len - 1];
+  if (__atomic_add_fetch(used, 2, __ATOMIC_RELAXED) > g->budget[g->budget_len - 2]) {
+    __atomic_sub_fetch(used, 2, __ATOMIC_RELAXED);
+    return 0;
+  }
+  return 1;
+}
+/* Whether a pipe could be had now (a hint: another thread may take it first). */
+int pipe_budget_room(group_t *g) {
+  return __atomic_load_n(&g->budget[g->budget_len - 1], __ATOMIC_RELAXED) + 2 <= g->budget[g->budget_len - 2];
+}
+void pipe_budget_give(group_t *g) { __atomic_sub_fetch(&g->budget[g->budget_len - 1], 2, __ATOMIC_RELAXED); }

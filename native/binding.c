@@ -307,6 +307,13 @@ static int read_acl(napi_env env, napi_value v, acl_entry_t **out, int *n) {
   return 0;
 }
 
+/* The length of a budget Int32Array (already checked by new_group). */
+static size_t blen_of(napi_env env, napi_value v) {
+  size_t n = 0;
+  napi_get_typedarray_info(env, v, NULL, &n, NULL, NULL, NULL);
+  return n;
+}
+
 #define COMMON_ARGS 11
 /* A group from the arguments both kinds share (binding contract: COMMON), with our own dup of
  * the listener; NULL with an exception pending when an argument is wrong or the dup fails. */
@@ -330,7 +337,7 @@ static group_t *new_group(napi_env env, napi_value *argv, int kind, size_t slots
     size_t blen;
     void *bdata;
     if (napi_get_typedarray_info(env, argv[8], &type, &blen, &bdata, NULL, NULL) != napi_ok ||
-        type != napi_int32_array || budget_own < 0 || (size_t)budget_own >= blen) {
+        type != napi_int32_array || budget_own < 0 || (size_t)budget_own + 2 >= blen) {
       throw_errno(env, EINVAL, "group budget");
       return NULL;
     }
@@ -372,6 +379,7 @@ static group_t *new_group(napi_env env, napi_value *argv, int kind, size_t slots
     g->tlen = sizeof *t;
   }
   g->budget = budget;
+  g->budget_len = budget ? blen_of(env, argv[8]) : 0;
   g->budget_limit = budget_limit;
   g->budget_own = (int)budget_own;
   napi_create_reference(env, argv[1], 1, &g->ctr_ref); /* keeps the counters' memory alive */

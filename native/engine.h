@@ -216,7 +216,9 @@ struct group {
   /* UDP */
   int lfamily, wildcard, max_flows, per_source, nflows, no_gso;
   quota_t *quota;
-  int32_t *budget; /* the process fd budget (shared memory): [0] fds in use */
+  int32_t *budget; /* the process fd budget (shared memory): [0] fds in use; the last two cells: the
+                    * pipes' own allowance and the pipe fds in use (fd-limit.ts) */
+  size_t budget_len;
   napi_ref budget_ref; /* keeps that memory alive */
   int budget_own; /* > 0: this worker's own cell, counted too (fd-limit.ts) */
   int64_t budget_limit;
@@ -298,8 +300,10 @@ int addr_bytes(const struct sockaddr_storage *ss, uint8_t out[16], int *family);
 int addr_plain(const struct sockaddr_storage *ss, uint8_t out[16], int *family);
 int acl_allowed(group_t *g, const struct sockaddr_storage *ss);
 int budget_take(group_t *g, int n);
-int budget_room(group_t *g, int n);
 void budget_give(group_t *g, int n);
+int pipe_budget_take(group_t *g);
+int pipe_budget_room(group_t *g);
+void pipe_budget_give(group_t *g);
 
 /* accept.c */
 void tcp_listener_event(engine_t *e, group_t *g, int64_t now);

@@ -10,7 +10,8 @@
 /* ---------- pipes ---------- */
 
 /* A pipe from the pool, or a new one raised to the group's size. A new pipe takes its 2 fds from
- * the process budget (pooled pipes stay counted): -EDQUOT when the budget is spent, and the
+ * the pipes' allowance of the process budget (pooled pipes stay counted; access.c says why it is
+ * their own): -EDQUOT when the allowance is spent, and the
  * caller relays without a pipe (small_copy's peek mode). F_SETPIPE_SZ fails with EPERM once an
  * unprivileged user holds pipe-user-pages-soft (64 MiB) of pipes; the pipe then keeps its
  * default 64 KiB, which still works. */
@@ -20,11 +21,11 @@ static int pipe_get(engine_t *e, dir_t *d, size_t want) {
     if (e->npool < e->pool_low) e->pool_low = e->npool;
     return 0;
   }
-  if (e->budget && !budget_take(e->budget, 2)) return -EDQUOT;
+  if (e->budget && !pipe_budget_take(e->budget)) return -EDQUOT;
   int fds[2];
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
     int err = errno;
-    if (e->budget) budget_give(e->budget, 2);
+    if (e->budget) pipe_budget_give(e->budget);
     return -err;
   }
   int cap = fcntl(fds[1], F_SETPIPE_SZ, (int)want);
@@ -36,14 +37,14 @@ static int pipe_get(engine_t *e, dir_t *d, size_t want) {
 }
 
 /* Whether a burst could have a pipe now: a pooled one, or budget for a new one. */
-static int pipe_available(engine_t *e) { return e->npool > 0 || !e->budget || budget_room(e->budget, 2); }
+static int pipe_available(engine_t *e) { return e->npool > 0 || !e->budget || pipe_budget_room(e->budget); }
 
 /* Closes both ends of a pipe and gives its fds back to the budget. */
 void pipe_close(engine_t *e, pipe_pair_t *p) {
   close(p->r);
   close(p->w);
   p->r = p->w = -1;
-  if (e->budget) budget_give(e->budget, 2);
+  if (e->budget) pipe_budget_give(e->budget);
 }
 
 /* Only an empty pipe goes back to the pool; a pipe still holding bytes is closed. */

@@ -71,6 +71,8 @@ export const UDP_OTHERS_SHARE_DIVISOR = 4;
  * or attacked port never takes the last fds of every other container's port.
  */
 export const FD_OTHERS_SHARE_DIVISOR = 4;
+/** The native engine's pipes have 1/N of the process's fds to themselves (fd-limit.ts, audit N8). */
+export const PIPE_SHARE_DIVISOR = 8;
 /** Datagrams buffered per flow while its upstream socket is still connecting. */
 export const UDP_PENDING_PER_FLOW = 64;
 /** Datagrams that may sit in libuv's send queue of one socket before we drop instead of queueing. */

@@ -35,7 +35,8 @@ import { parseDockerArgs } from './docker-flags.js';
 import { releaseSignals } from './early-signals.js';
 import { control, engineSocketName, parseRegistration } from './engine-protocol.js';
 import { ProxyError, toProxyError } from './errors.js';
-import { FdBudget } from './fd-limit.js';
+import { FdBudget, openFileLimit } from './fd-limit.js';
+import { nativeLoadable } from './native-engine.js';
 import { createLogger, silentLog, type Log } from './logger.js';
 import type { MappingState } from './supervisor.js';
 import { packageVersion } from './version.js';
@@ -101,7 +102,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   }
   const ctl = control();
   if (typeof ctl === 'string') die(ctl, log);
-  const budget = FdBudget.forProcess(env.metrics ? METRICS_MAX_CONNECTIONS + 1 : 0);
+  const budget = FdBudget.forProcess(env.metrics ? METRICS_MAX_CONNECTIONS + 1 : 0, openFileLimit(), nativeLoadable());
   const entries = new Map<number, Entry>();
   /** Mappings whose dockerd died: no shim, no listener, connections finishing. */
   const draining = new Set<Entry>();

@@ -8,13 +8,15 @@
  * budget before it opens anything, and is refused at once (counted as a limit refusal, logged)
  * when the budget is spent. A TCP connection takes its two sockets, on either engine. The native
  * engine's pipes (one per direction while a burst is in flight, pooled after) take 2 fds each
- * when made and give them back when closed; with the budget spent, a burst goes on without a
- * pipe (peek and copy, native/tcp.c), so pipes never refuse or break a connection. A UDP flow
- * takes one socket. Listening sockets take one each, the HTTP endpoint its connection cap.
- * FD_RESERVE stays free for Node itself, logs and the native engine's epoll.
+ * when made and give them back when closed, from an allowance of their own (1/PIPE_SHARE_DIVISOR
+ * of the fds, set apart when the native engine can run): with it spent, a burst goes on without
+ * a pipe (peek and copy, native/tcp.c), so pipes never refuse or break a connection, and never
+ * take the fds of one the budget admits (audit N8). A UDP flow takes one socket. Listening
+ * sockets take one each, the HTTP endpoint its connection cap. FD_RESERVE stays free for Node
+ * itself, logs and the native engine's epoll.
  */
 import { readFileSync } from 'node:fs';
-import { FD_OTHERS_SHARE_DIVISOR, FD_RESERVE } from './constants.js';
+import { FD_OTHERS_SHARE_DIVISOR, FD_RESERVE, PIPE_SHARE_DIVISOR } from './constants.js';
 
 /** fds one TCP connection takes from the budget: its two sockets (either engine). */
 export const TCP_CONNECTION_FDS = 2;
@@ -48,6 +50,8 @@ export interface SharedBudget {
 
 /** Workers whose takes are also counted in a cell of their own (see release()). */
 const OWN_CELLS = 4096;
+/** After the own cells: the pipes' allowance, then the pipe fds in use (native/access.c). */
+const PIPE_LIMIT_CELL = OWN_CELLS + 1;
 
 /**
  * The process fd budget: cells[0] counts the fds taken, out of `limit`. A worker's takes also
@@ -68,10 +72,16 @@ export class FdBudget {
     this.own = shared.own;
   }
 
-  /** A new budget for this process: the fd limit less the reserve and `reserved` fds. */
-  static forProcess(reserved = 0, limit = openFileLimit()): FdBudget {
-    const cells = new Int32Array(new SharedArrayBuffer(4 * (1 + OWN_CELLS)));
-    const b = new FdBudget({ cells, limit: limit === null ? 2 ** 31 - 1 : Math.max(0, limit - FD_RESERVE - reserved), own: 0 });
+  /**
+   * A new budget for this process: the fd limit less the reserve and `reserved` fds, less the
+   * native engine's pipe allowance when `pipes` (the native engine can run here).
+   */
+  static forProcess(reserved = 0, limit = openFileLimit(), pipes = false): FdBudget {
+    const cells = new Int32Array(new SharedArrayBuffer(4 * (PIPE_LIMIT_CELL + 2)));
+    const total = limit === null ? 2 ** 31 - 1 : Math.max(0, limit - FD_RESERVE - reserved);
+    const pipeFds = pipes ? Math.floor(total / PIPE_SHARE_DIVISOR) : 0;
+    cells[PIPE_LIMIT_CELL] = pipeFds;
+    const b = new FdBudget({ cells, limit: total - pipeFds, own: 0 });
     for (let i = OWN_CELLS; i >= 1; i--) b.#free.push(i);
     return b;
   }

@@ -180,6 +180,11 @@ export function resetOnClose(fd: number, on: boolean): void {
   if (fd >= 0 && a?.resetOnClose) a.resetOnClose(fd, on);
 }
 
+/** Whether the native engine can run in this process (its pipes then get an fd allowance). */
+export function nativeLoadable(): boolean {
+  return process.platform === 'linux' && load() !== null;
+}
+
 /** The addon for the shared engine's control socket (engine-protocol.ts), or why it cannot load. */
 export function controlAddon(): object | string {
   return load() ?? `native addon unavailable: ${loadError}`;

@@ -14,14 +14,14 @@ import { Worker } from 'node:worker_threads';
 import type { StandaloneConfig } from './config.js';
 import { RESTART_BACKOFF_MAX_MS, RESTART_BACKOFF_MIN_MS, RESTART_RESET_AFTER_MS, STATS_TIMEOUT_MS } from './constants.js';
 import { MAX_DURATION_MS } from './duration.js';
-import { FdBudget } from './fd-limit.js';
+import { FdBudget, openFileLimit } from './fd-limit.js';
 import { ProxyError } from './errors.js';
 import type { Log } from './logger.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
 
 /** A worker's start-up data but its fd budget cell, which each launch gets afresh. */
 type SlotInit = Omit<WorkerInit, 'budget'>;
-import { selectEngine, type EngineName } from './native-engine.js';
+import { nativeLoadable, selectEngine, type EngineName } from './native-engine.js';
 import type { Mapping } from './publish-spec.js';
 import type { TcpStats } from './tcp-forwarder.js';
 import type { UdpStats } from './udp-forwarder.js';
@@ -111,7 +111,7 @@ export class Supervisor {
   constructor(log: Log, opts: { crashMappingId?: string | undefined; reservedFds?: number } = {}) {
     this.#log = log;
     this.#crashId = opts.crashMappingId;
-    this.#budget = FdBudget.forProcess(opts.reservedFds ?? 0);
+    this.#budget = FdBudget.forProcess(opts.reservedFds ?? 0, openFileLimit(), nativeLoadable());
   }
 
   /** Every mapping's state (latest stats from the last refresh). */
