@@ -17,6 +17,10 @@ const ONCE = ['test/integration/relay.test.ts', 'test/integration/bench-smoke.te
  * to them, and global-setup.ts kills whatever engine of this name is left at the end.
  */
 const ENGINE_SOCKET = `upt-test-${process.pid}`; // = RUN_ENGINE_SOCKET of test/helpers/engines.ts
+// global-setup.ts runs in this process: its teardown kills this run's engines, never those of a
+// run that started this one (node-versions.test.ts runs suites under other Node majors in a
+// nested vitest, whose environment would otherwise name the outer run's engines).
+process.env.USERLAND_PROXY_ENGINE_SOCKET = ENGINE_SOCKET;
 
 export default defineConfig({
   test: {

@@ -1,7 +1,7 @@
 /**
  * End to end with a real Docker engine, dockerd 20.10 (Debian 12's docker.io) and dockerd 28.5
  * (Debian unstable's, unpacked by .ci/setup; it binds every port itself and passes it on fd 4): a
- * private dockerd (own data-root, exec-root, socket, pidfile, bridge subnet; iptables off, so
+ * private dockerd (own data-root, exec-root, socket, pidfile, bridge; iptables off, so
  * every published port is served by our proxy alone) runs with
  * --userland-proxy-path=<abs path to bin/userland-proxy>. A busybox image is imported from a
  * rootfs tar (no registry). Every command is bounded by a timeout; everything started is removed
@@ -9,7 +9,7 @@
  * shim, one engine per network namespace; the default) and per-port (USERLAND_PROXY_SHARED=false),
  * one dockerd each.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -121,10 +121,17 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
   'real dockerd $version with userland-proxy installed by deploy/docker/install.sh ($mode)',
   ({ version, shared }) => {
     const log = join(dir, `proxy-${version}-${shared}.log`);
+    // A bridge of this test's own, not docker0: a dockerd started with --bridge none (another suite's)
+    // deletes the docker0 interface, under a running dockerd's containers.
+    const bridge = `uptbr${process.pid % 100000}`;
     beforeAll(async () => {
       const subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
+      spawnSync('ip', ['link', 'del', bridge], { stdio: 'ignore' }); // left by a killed run, if any
+      execFileSync('ip', ['link', 'add', 'name', bridge, 'type', 'bridge']);
+      execFileSync('ip', ['addr', 'add', `${subnet}.1/24`, 'dev', bridge]);
+      execFileSync('ip', ['link', 'set', bridge, 'up']);
       dockerd = await startDockerd(
-        ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bip', `${subnet}.1/24`, '--live-restore'],
+        ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bridge', bridge, '--live-restore'],
         // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
         // dockerd passes its environment to the proxies: the engine under test and a log to check it.
         {
@@ -149,7 +156,7 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       containers = [];
       killEngines(`${RUN_ENGINE_SOCKET}-dockerd`);
       try {
-        execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' });
+        execFileSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
       } catch {
         /* gone */
       }
