@@ -305,6 +305,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
             const flows = d.proxy.open.udp?.flowsActive ?? 0;
             proxy.open.adopt(d.proxy.open);
             if (flows > 0) log.info({ mapping: proxy.id, flows }, 'UDP flows taken over from the released mapping');
+            drainCheck(); // the released mapping has nothing left: it goes now
           }
     } catch (err) {
       if (fd >= 0 && !fdUsed) closeSync(fd);

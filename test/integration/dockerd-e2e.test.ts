@@ -248,7 +248,8 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       const before = proxiesFor(port);
       const again = await docker('restart', '-t', '1', 'upt-restart');
       expect(again.code, again.stderr).toBe(0);
-      expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true);
+      // (The container's httpd starts again after docker restart returns.)
+      await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 100 });
       expect(proxiesFor(port)).toHaveLength(1);
       expect(proxiesFor(port)).not.toEqual(before);
     });
