@@ -266,6 +266,22 @@ static void spawn_engine(int l) {
 /* Connects to this namespace's engine, starting one when none answers. Returns the connection
  * (blocking again), or -1 when no engine of ours can be reached before `deadline`. A stop signal
  * meanwhile ends the shim (exit 0), however long the engine takes. */
+/* Reads pending signals: returns SIGINT/SIGTERM when asked to stop, after sending H for SIGHUP. */
+static pid_t stop_sender; /* who sent the last stop signal (ssi_pid) */
+static int take_signals(int sigfd, int c) {
+  struct signalfd_siginfo si;
+  int stop = 0;
+  while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+    if (si.ssi_signo == SIGHUP) {
+      if (c >= 0) send(c, "H", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } else {
+      stop = (int)si.ssi_signo;
+      stop_sender = (pid_t)si.ssi_pid;
+    }
+  }
+  return stop;
+}
+
 /* Whether our RLIMIT_NOFILE hard limit may size the engine's one fd budget for every mapping of
  * the namespace (audit N7: a wrapper's `ulimit -Hn 256` capped every later port); below the floor
  * we start no engine and serve our port alone (joining a running engine is fine). */
@@ -283,9 +299,7 @@ static int nofile_enough(void) {
 
 static int connect_engine(long deadline, int *spawned, int sigfd) {
   for (;;) {
-    struct signalfd_siginfo si;
-    while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si)
-      if (si.ssi_signo != SIGHUP) exit(0);
+    if (take_signals(sigfd, -1)) exit(0); /* a stop while we look for an engine */
     int c = ctl_connect(path);
     if (c >= 0) {
       /* Only an engine of our own uid gets our sockets (the directory is ours: say so loudly if
@@ -377,23 +391,7 @@ static ssize_t recv_msg(int c, char *msg, size_t cap, int *fd) {
   return n;
 }
 
-/* Reads pending signals: returns SIGINT/SIGTERM when asked to stop, after sending H for SIGHUP. */
-static pid_t stop_sender; /* who sent the last stop signal (ssi_pid) */
-static int take_signals(int sigfd, int c) {
-  struct signalfd_siginfo si;
-  int stop = 0;
-  while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
-    if (si.ssi_signo == SIGHUP) {
-      if (c >= 0) send(c, "H", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    } else {
-      stop = (int)si.ssi_signo;
-      stop_sender = (pid_t)si.ssi_pid;
-    }
-  }
-  return stop;
-}
-
-/* Waits for the engine's verdict on a registration. Returns its type ('0', '1', '2'), 0 when the
+/* Waits for the engine's verdict on a registration. Returns its type ('0', '1', '2', 'V'), 0 when the
  * engine went away, -1 at the deadline. A stop signal meanwhile: exit 0 (docker mode's rule: a
  * SIGINT at any moment ends us cleanly; our closing connection closes the mapping). */
 static int await_verdict(int c, int sigfd, long deadline, char *msg, size_t cap, int *fd) {

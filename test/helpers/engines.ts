@@ -4,7 +4,8 @@
  */
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import { killTracked } from './processes.js';
 import { ROOT } from './proxy.js';
 
 /**
@@ -89,4 +90,24 @@ export function useDockerMode(shared: 'true' | 'false'): void {
     if (saved === undefined) delete process.env.USERLAND_PROXY_SHARED;
     else process.env.USERLAND_PROXY_SHARED = saved;
   });
+}
+
+/**
+ * Engines of a test file's own: each call of the returned function gives a new name (`tag` tells
+ * the files apart) and the environment that selects it, shared mode on. After each test the
+ * processes the test tracked are killed first (so that no shim registers again), then its engines.
+ */
+export function useOwnEngines(tag: string): (extra?: Record<string, string>) => { name: string; env: Record<string, string> } {
+  let n = 0;
+  let names: string[] = [];
+  afterEach(async () => {
+    await killTracked();
+    for (const name of names) killEngines(name);
+    names = [];
+  });
+  return (extra = {}) => {
+    const name = `${RUN_ENGINE_SOCKET}-${tag}${process.pid}x${n++}`;
+    names.push(name);
+    return { name, env: { USERLAND_PROXY_ENGINE_SOCKET: name, USERLAND_PROXY_SHARED: 'true', ...extra } };
+  };
 }

@@ -12,10 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { serverFd } from '../../src/node-internals.js';
-import { enginePids, killEngines, RUN_ENGINE_SOCKET, servingPid } from '../helpers/engines.js';
+import { enginePids, servingPid, useOwnEngines } from '../helpers/engines.js';
 import { freePort, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
 import { useBackend } from '../helpers/netns.js';
-import { killTracked } from '../helpers/processes.js';
 import { dockerArgv, ROOT, spawnProxy, startProxy } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
 
@@ -23,18 +22,9 @@ const HAVE_SHIM = existsSync(join(ROOT, 'build/Release/userland-proxy-shim'));
 const ECHO = 7000;
 const backend = useBackend(['--echo', String(ECHO)]);
 
-let n = 0;
-let names: string[] = [];
-function engineEnv(extra: Record<string, string> = {}): { name: string; env: Record<string, string> } {
-  const name = `${RUN_ENGINE_SOCKET}-ft${process.pid}x${n++}`;
-  names.push(name);
-  return { name, env: { USERLAND_PROXY_ENGINE_SOCKET: name, USERLAND_PROXY_SHARED: 'true', ...extra } };
-}
+const engineEnv = useOwnEngines('ft');
 const dirs: string[] = [];
-afterEach(async () => {
-  await killTracked();
-  for (const name of names) killEngines(name);
-  names = [];
+afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 

@@ -23,13 +23,12 @@ import {
 import { tmpdir } from 'node:os';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { serverFd, udpHandle } from '../../src/node-internals.js';
 import { control, type Control } from '../../src/engine-protocol.js';
-import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
+import { enginePids, RUN_ENGINE_SOCKET, useOwnEngines } from '../helpers/engines.js';
 import { freePort, randomBytes, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';
-import { killTracked } from '../helpers/processes.js';
 import { BIN, dockerArgv, ROOT, spawnProxy, startProxy, type ProxyProc } from '../helpers/proxy.js';
 
 const SHIM = join(ROOT, 'build/Release/userland-proxy-shim');
@@ -38,20 +37,8 @@ const ECHO = 7000;
 const WHOAMI = 7001;
 const backend = useBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI)]);
 
-let n = 0;
-let names: string[] = [];
 /** An engine name of this test's own, with the environment that selects it. */
-function engineEnv(extra: Record<string, string> = {}): { name: string; env: Record<string, string> } {
-  const name = `${RUN_ENGINE_SOCKET}-lc${process.pid}x${n++}`;
-  names.push(name);
-  return { name, env: { USERLAND_PROXY_ENGINE_SOCKET: name, USERLAND_PROXY_SHARED: 'true', ...extra } };
-}
-
-afterEach(async () => {
-  await killTracked();
-  for (const name of names) killEngines(name);
-  names = [];
-});
+const engineEnv = useOwnEngines('lc');
 
 const tcpArgs = (port: number, host = '127.0.0.1', target = backend.ipv4) => dockerArgv('tcp', host, port, target, ECHO);
 const echoes = async (port: number, host = '127.0.0.1'): Promise<boolean> => {
