@@ -31,6 +31,12 @@ export interface DockerProxy {
   log: Log;
   /** Closes the listener, every connection and flow, and removes the textfile. */
   close(): void;
+  /**
+   * Shared engine: the mapping drains beside a successor that serves (or will serve) its port and
+   * writes the same textfile: it stops writing the file, and removes it when `removeFile` (its
+   * dockerd died: no one serves the port until a successor registers).
+   */
+  retire(removeFile: boolean): void;
 }
 
 /** How to open it. */
@@ -89,6 +95,11 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
     open.close();
     textfile?.remove();
   };
+  const retire = (removeFile: boolean): void => {
+    if (removeFile) textfile?.remove();
+    else textfile?.stop();
+    textfile = null;
+  };
   if (env.textfileDir !== undefined) {
     try {
       const { startTextfileWriter } = await import('./textfile-metrics.js');
@@ -100,7 +111,7 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
     }
   }
   const target = `${m.proto}/${joinHostPort(m.target.address, m.targetPort)}`;
-  return { id, target, mapping: m, env, engine, open, state, log, close };
+  return { id, target, mapping: m, env, engine, open, state, log, close, retire };
 }
 
 /** A docker mapping as the metrics see it: one port, always up, labelled with its id. */

@@ -222,8 +222,10 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     }
     entries.delete(conn);
     budget.give(1);
+    // Its textfile is its successor's: the new engine's mapping, or the restarted dockerd's.
     if (handedOver) p.open.handOver();
     else p.open.release();
+    p.retire(!handedOver);
     e.drainingSince = Date.now();
     e.drainSeq = ++drains;
     draining.add(e);

@@ -16,6 +16,8 @@ export interface TextfileWriter {
   write(): Promise<void>;
   /** Stops updating and removes the file (synchronously: called on the way out). */
   remove(): void;
+  /** Stops updating; the file stays (a successor writes it). */
+  stop(): void;
 }
 
 /** Starts writing the mapping's metrics file every TEXTFILE_INTERVAL_MS (docker-mapping.ts builds the state). */
@@ -35,6 +37,10 @@ export function startTextfileWriter(dir: string, state: MappingState): TextfileW
   timer.unref();
   return {
     write,
+    stop() {
+      stopped = true;
+      clearInterval(timer);
+    },
     remove() {
       stopped = true;
       clearInterval(timer);

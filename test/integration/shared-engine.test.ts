@@ -237,6 +237,35 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     }
   });
 
+  it("the textfile follows the mapping that serves the port: gone when dockerd dies, the restarted dockerd's mapping writes it, the drained one leaves it alone", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'upt-textfile-'));
+    try {
+      const { env } = engineEnv({ USERLAND_PROXY_TEXTFILE_DIR: dir });
+      const port = await freePort();
+      const file = join(dir, `tcp_127.0.0.1_${port}.prom`);
+      const dockerd = spawnProxy(['-c', 'setpriv --pdeathsig TERM "$@" & exec 3>&-; wait', 'sh', BIN, ...tcpArgs(port)], { bin: 'sh', env });
+      expect(await dockerd.status).toBe('0\n');
+      expect(existsSync(file)).toBe(true);
+      const old = await tcpConnect('127.0.0.1', port); // it keeps the mapping draining
+      await new Promise((res) => {
+        old.once('data', res);
+        old.write('x');
+      });
+      await dockerd.stop('SIGKILL');
+      // No one serves the port: no file says it is up (the draining mapping stops writing it).
+      await vi.waitFor(() => expect(existsSync(file)).toBe(false), { timeout: 5000, interval: 50 });
+      const again = await startProxy(tcpArgs(port), { env });
+      expect(readFileSync(file, 'utf8')).toMatch(new RegExp(`userland_proxy_mapping_up\\{mapping="tcp/127.0.0.1:${port}",proto="tcp"\\} 1`));
+      old.destroy(); // the drained mapping goes within a drain check (1 s)
+      await sleep(1500);
+      expect(existsSync(file)).toBe(true);
+      await again.stop();
+      expect(existsSync(file)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a draining mapping closes what is left at USERLAND_PROXY_SHARED_DRAIN_TIMEOUT', async () => {
     const { env } = engineEnv({ USERLAND_PROXY_SHARED_DRAIN_TIMEOUT: '1s' });
     const port = await freePort();
@@ -259,7 +288,8 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
 
   it('userland-proxy upgrade moves every mapping to a new engine under load: no port unbound, no connection reset, no byte lost, no connect failed', async () => {
     // (UDP flows drain on the old engine until idle: 1 s here.)
-    const { name, env } = engineEnv({ USERLAND_PROXY_UDP_IDLE_TIMEOUT: '1s' });
+    const textfiles = mkdtempSync(join(tmpdir(), 'upt-textfile-'));
+    const { name, env } = engineEnv({ USERLAND_PROXY_UDP_IDLE_TIMEOUT: '1s', USERLAND_PROXY_TEXTFILE_DIR: textfiles });
     const ports = await Promise.all(Array.from({ length: 5 }, () => freePort()));
     await Promise.all(ports.map((port) => startProxy(tcpArgs(port), { env })));
     const udpPort = await freePort();
@@ -337,6 +367,9 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
       .map((l) => JSON.parse(l) as { pid: number; state: string });
     expect(rows).toHaveLength(6);
     expect(rows.every((x) => x.pid !== old && x.state === 'serving')).toBe(true);
+    // The old engine left the new one's textfiles alone.
+    expect(readdirSync(textfiles).filter((f) => f.endsWith('.prom'))).toHaveLength(6);
+    rmSync(textfiles, { recursive: true, force: true });
   }, 60_000);
 
   it('shim protocol (audit N9): a shim of protocol 1 (the previous release, built from git) registers with this engine, serves, re-registers after an engine death and stops', async (ctx) => {
