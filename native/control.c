@@ -12,8 +12,11 @@
  *       onMessage(conn, Buffer, fd)  one message, fd = the descriptor it carried or -1 (ours now)
  *       onClose(conn)                the peer is gone (EOF, reset); conn is closed
  * - ctlSend(conn, Buffer, fd)  one message, with fd when >= 0 (the peer gets its own copy);
- *       returns false if the peer is gone
- * - ctlClose(conn)             closes conn (no onClose)
+ *       returns false if the peer is gone. Never blocks (audit N12): a message without fd that
+ *       does not fit the socket now is queued and sent as the peer reads (at most CTL_QUEUE_MAX
+ *       bytes, else the peer is dropped); a message with fd is only sent at once.
+ * - ctlClose(conn)             closes conn (no onClose), once what is queued went out (within
+ *       CTL_SEND_TIMEOUT_MS of the peer reading nothing)
  * - ctlStopListening()         closes the listening socket (the engine is exiting)
  * - ctlRequest(name, Buffer, timeoutMs)  a client (userland-proxy ls): sends one message and
  *       returns the replies up to one starting with 'E', as an array of Buffers; only an engine of
@@ -33,11 +36,23 @@
 #include "ctl-msg.h"
 
 #define CTL_MSG_MAX 65536
-#define CTL_SEND_TIMEOUT_MS 1000 /* a peer that does not read its replies is not waited for */
+#define CTL_SEND_TIMEOUT_MS 1000 /* a closed peer that reads nothing of its queue for this long is dropped */
+#define CTL_QUEUE_MAX (16 << 20) /* bytes queued for one peer (a listing of ~50 000 mappings) */
+
+/* A message waiting for the peer to read (ctlSend, when the socket is full). */
+typedef struct out_msg {
+  struct out_msg *next;
+  size_t len;
+  char data[];
+} out_msg_t;
 
 typedef struct ctl_conn {
   uv_poll_t poll;
   int fd;
+  out_msg_t *out, **out_tail;
+  size_t queued;
+  int closing; /* JavaScript closed it: it goes once the queue is out, or at the deadline */
+  uint64_t deadline;
 } ctl_conn_t;
 
 static napi_env ctl_env;
@@ -86,6 +101,11 @@ static void close_gently(int fd) {
 static void free_conn(uv_handle_t *h) {
   ctl_conn_t *c = h->data;
   close_gently(c->fd);
+  while (c->out) {
+    out_msg_t *m = c->out;
+    c->out = m->next;
+    free(m);
+  }
   free(c);
 }
 
@@ -96,9 +116,54 @@ static void drop_conn(int fd) {
   uv_close((uv_handle_t *)&c->poll, free_conn); /* stops polling; the fd closes after */
 }
 
+static void on_conn(uv_poll_t *p, int status, int events);
+
+/* Sends what is queued, as far as the socket takes it; then reads only again, or, when
+ * JavaScript closed the connection, closes it. */
+static void flush(ctl_conn_t *c) {
+  while (c->out) {
+    out_msg_t *m = c->out;
+    if (ctl_send(c->fd, m->data, m->len, -1, MSG_DONTWAIT) < 0) {
+      if (errno == EAGAIN) return;
+      break; /* the peer is gone: the read side reports it */
+    }
+    c->out = m->next;
+    c->queued -= m->len;
+    free(m);
+    if (c->closing) c->deadline = uv_now(c->poll.loop) + CTL_SEND_TIMEOUT_MS; /* it reads: wait on */
+  }
+  if (c->out) return;
+  c->out_tail = &c->out;
+  if (c->closing)
+    drop_conn(c->fd);
+  else
+    uv_poll_start(&c->poll, UV_READABLE | UV_DISCONNECT, on_conn);
+}
+
+/* Closed connections whose peer does not read what is queued go at their deadline. */
+static uv_timer_t sweeper;
+static int sweeping;
+static void sweep(uv_timer_t *t) {
+  int left = 0;
+  for (int fd = 0; fd < nconns; fd++) {
+    ctl_conn_t *c = conns[fd];
+    if (!c || !c->closing) continue;
+    if (uv_now(t->loop) >= c->deadline)
+      drop_conn(fd);
+    else
+      left = 1;
+  }
+  if (!left) {
+    uv_timer_stop(t);
+    sweeping = 0;
+  }
+}
+
 static void on_conn(uv_poll_t *p, int status, int events) {
   ctl_conn_t *c = p->data;
   int fd = c->fd;
+  if (events & UV_WRITABLE) flush(c);
+  if (conns[fd] != c || c->closing) return; /* JavaScript is done with it: nothing more is read */
   for (int round = 0; round < 16 && conns[fd] == c; round++) {
     int got;
     ssize_t n = ctl_recv(fd, rbuf, CTL_MSG_MAX, &got, MSG_DONTWAIT);
@@ -248,16 +313,25 @@ static napi_value js_ctl_send(napi_env env, napi_callback_info info) {
   napi_get_buffer_info(env, argv[1], &data, &len);
   napi_get_value_int32(env, argv[2], &fd);
   int ok = 0;
-  if (conn >= 0 && conn < nconns && conns[conn]) {
-    /* Replies are small and rare; a full socket buffer (a listing) waits a little, never forever. */
-    for (int waited = 0;; waited += 10) {
-      if (ctl_send(conn, data, len, fd, MSG_DONTWAIT) >= 0) {
+  ctl_conn_t *c = conn >= 0 && conn < nconns ? conns[conn] : NULL;
+  if (c && !c->closing) {
+    /* Never wait on the JS thread (every mapping's events and registrations run on it): a full
+     * socket (a listing to a peer that reads slowly, or not at all) gets the rest as it reads. */
+    if (!c->out && ctl_send(conn, data, len, fd, MSG_DONTWAIT) >= 0) {
+      ok = 1;
+    } else if ((c->out || errno == EAGAIN) && fd < 0 && c->queued + len <= CTL_QUEUE_MAX) {
+      out_msg_t *m = malloc(sizeof *m + len);
+      if (m) {
+        m->next = NULL;
+        m->len = len;
+        memcpy(m->data, data, len);
+        if (!c->out) c->out_tail = &c->out;
+        *c->out_tail = m;
+        c->out_tail = &m->next;
+        c->queued += len;
+        uv_poll_start(&c->poll, UV_READABLE | UV_WRITABLE | UV_DISCONNECT, on_conn);
         ok = 1;
-        break;
       }
-      if (errno != EAGAIN || waited >= CTL_SEND_TIMEOUT_MS) break;
-      struct pollfd p = { conn, POLLOUT, 0 };
-      poll(&p, 1, 10);
     }
   }
   napi_get_boolean(env, ok, &result);
@@ -269,6 +343,25 @@ static napi_value js_ctl_close(napi_env env, napi_callback_info info) {
   if (get_args(env, info, 1, argv) < 0) return NULL;
   int conn;
   napi_get_value_int32(env, argv[0], &conn);
+  ctl_conn_t *c = conn >= 0 && conn < nconns ? conns[conn] : NULL;
+  if (c && c->out && !c->closing) {
+    /* What is queued goes out first (the end of a listing), within the deadline. */
+    uv_loop_t *loop;
+    napi_get_uv_event_loop(env, &loop);
+    c->closing = 1;
+    c->deadline = uv_now(loop) + CTL_SEND_TIMEOUT_MS;
+    if (!sweeping) {
+      static int made;
+      if (!made) {
+        uv_timer_init(loop, &sweeper);
+        uv_unref((uv_handle_t *)&sweeper);
+        made = 1;
+      }
+      uv_timer_start(&sweeper, sweep, CTL_SEND_TIMEOUT_MS / 4, CTL_SEND_TIMEOUT_MS / 4);
+      sweeping = 1;
+    }
+    return NULL;
+  }
   drop_conn(conn);
   return NULL;
 }

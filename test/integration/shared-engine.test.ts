@@ -4,10 +4,12 @@
  * the processes dies. Each test names an engine of its own (USERLAND_PROXY_ENGINE_SOCKET) and
  * kills it afterwards; the data path is the project's engine (USERLAND_PROXY_ENGINE).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { createSocket } from 'node:dgram';
 import {
   chmodSync,
+  closeSync,
   chownSync,
   existsSync,
   mkdirSync,
@@ -39,6 +41,7 @@ const backend = useBackend(['--echo', String(ECHO), '--whoami', String(WHOAMI)])
 
 /** An engine name of this test's own, with the environment that selects it. */
 const engineEnv = useOwnEngines('lc');
+const runAsync = promisify(execFile);
 
 const tcpArgs = (port: number, host = '127.0.0.1', target = backend.ipv4) => dockerArgv('tcp', host, port, target, ECHO);
 const echoes = async (port: number, host = '127.0.0.1'): Promise<boolean> => {
@@ -498,6 +501,56 @@ l.close(); sys.stdin.read()
       for (let i = 0; i < 5; i++) expect(await echoes(b), 'the other mapping still serves').toBe(true);
     } finally {
       for (const c of held) c.destroy();
+    }
+  });
+
+  it('the control socket never waits for a peer that does not read (audit N12): what does not fit is queued, sent as it reads, then the connection closes', async () => {
+    // This process serves a control socket of its own name: its message handler answers each
+    // request with 16 parts of 60 kB (about 1 MB, several times what the socket holds) and E.
+    const ctl = control() as Control;
+    const name = `${RUN_ENGINE_SOCKET}-ctl${process.pid}`;
+    let accepted = 0;
+    let answered = 0;
+    ctl.ctlListen(
+      name,
+      (conn, _msg, fd) => {
+        if (fd >= 0) closeSync(fd);
+        for (let i = 0; i < 16; i++) accepted += ctl.ctlSend(conn, Buffer.concat([Buffer.from(`J${i}:`), Buffer.alloc(60_000, 97)]), -1) ? 1 : 0;
+        accepted += ctl.ctlSend(conn, Buffer.from('E'), -1) ? 1 : 0;
+        ctl.ctlClose(conn);
+        answered = Date.now();
+      },
+      () => {},
+    );
+    try {
+      // A peer that asks, reads nothing for 1.5 s, then everything.
+      const peer = await runAsync(
+        'python3',
+        [
+          '-c',
+          `import socket,sys,time
+s=socket.socket(socket.AF_UNIX,socket.SOCK_SEQPACKET); s.connect(sys.argv[1]); s.send(b"L"); time.sleep(0.5)
+reading=int(time.time()*1000); got=[]
+while True:
+  m=s.recv(70000)
+  if not m: break
+  got.append(m)
+print(len(got), sum(map(len,got)), b"".join(m[:3] for m in got).decode(), reading)`,
+          enginePath(name),
+        ],
+        { encoding: 'utf8', timeout: 20_000 },
+      );
+      // The handler was done before the peer read anything (before, it waited on the peer for up
+      // to 1 s per part), and every part arrived, in order.
+      const [count, bytes, heads, reading] = peer.stdout.trim().split(' ');
+      expect(answered).toBeGreaterThan(0);
+      expect(answered).toBeLessThan(Number(reading));
+      expect(accepted).toBe(17);
+      const parts = Array.from({ length: 16 }, (_, i) => `J${i}:`);
+      expect([count, bytes, heads]).toEqual(['17', String(parts.reduce((n, p) => n + p.length + 60_000, 1)), `${parts.map((p) => p.slice(0, 3)).join('')}E`]);
+    } finally {
+      ctl.ctlStopListening();
+      rmSync(enginePath(name), { force: true });
     }
   });
 
