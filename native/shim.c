@@ -61,6 +61,7 @@
 #define LISTEN_FD 4
 #define ENGINE_CONTROL_FD 3 /* the engine's inherited listening control socket */
 #define ENGINE_NOFILE_FLOOR 1024 /* the least RLIMIT_NOFILE hard limit that starts an engine */
+#define NODE_NOFILE_MIN 40 /* below it Node cannot start, and a proxy could not hold its listener */
 #define MSG_MAX 65536
 #define READY_DEADLINE_MS 5000 /* then the per-port proxy has 11 s left of dockerd's 16 s */
 #define READOPT_DEADLINE_MS 1000 /* a lost engine: reach a new one within 1 s, or run per-port */
@@ -129,6 +130,15 @@ static int shared_on(void) {
  * been answered). Signals are unblocked first: the mask survives execve. */
 static void exec_node(int held) {
   const char *path = launcher;
+  /* Node itself dies below a few dozen fds (a SIGSEGV at 16, an EMFILE stack trace at 24: audit
+   * N12), before it could answer on fd 3: say why here, in docker mode's words. */
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_max != RLIM_INFINITY && r.rlim_max < NODE_NOFILE_MIN) {
+    char msg[120];
+    snprintf(msg, sizeof msg, "RLIMIT_NOFILE is %lu: userland-proxy needs at least %d file descriptors",
+        (unsigned long)r.rlim_max, NODE_NOFILE_MIN);
+    fail(1, msg, "");
+  }
   char **argv = calloc((size_t)nargs + 2, sizeof *argv);
   if (!argv) fail(1, "out of memory", "");
   int n = 0;

@@ -375,6 +375,15 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     rmSync(textfiles, { recursive: true, force: true });
   }, 60_000);
 
+  it('under RLIMIT_NOFILE 16, where Node cannot start, the proxy answers 1 and why on fd 3 (audit N12: it died of SIGSEGV, saying nothing)', async () => {
+    const { env } = engineEnv();
+    for (const shared of ['true', 'false']) {
+      const p = spawnProxy(['--nofile=16:16', BIN, ...tcpArgs(await freePort())], { bin: 'prlimit', env: { ...env, USERLAND_PROXY_SHARED: shared } });
+      expect(await p.status, p.stderr()).toBe('1\nRLIMIT_NOFILE is 16: userland-proxy needs at least 40 file descriptors');
+      expect((await p.exited).code).toBe(1);
+    }
+  });
+
   it('shim protocol (audit N9): a shim of protocol 1 (the previous release, built from git) registers with this engine, serves, re-registers after an engine death and stops', async (ctx) => {
     const OLD = 'bc39786'; // the last release before protocol versions
     if (spawnSync('git', ['-C', ROOT, 'cat-file', '-e', `${OLD}^{commit}`]).status !== 0) {
