@@ -205,6 +205,14 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       expect(proxiesFor(p2)).toHaveLength(2);
       expect(proxiesFor(p2).some((l) => l.includes('-host-ip ::'))).toBe(true);
       expectMode([...proxiesFor(p1), ...proxiesFor(p2), ...proxiesFor(p3)]);
+      // One listening socket per address and port: under dockerd 28 the one it bound and handed
+      // over (no second bind of ours beside it).
+      const listeners = (port: number): number =>
+        execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' })
+          .trim()
+          .split('\n')
+          .filter(Boolean).length;
+      expect([listeners(p1), listeners(p2)]).toEqual([1, 2]);
       expect(await httpGet(`http://127.0.0.1:${p1}/`)).toBe('hello from the container\n');
       expect(await httpGet(`http://127.0.0.1:${p2}/`)).toBe('hello from the container\n');
       expect(await httpGet(`http://[::1]:${p2}/`)).toBe('hello from the container\n');
