@@ -156,14 +156,14 @@ export class Pump {
     const pinned = dst.writableLength !== 0;
     this.#pinned.push(pinned ? buf : null);
     this.#queued.push(pinned ? n : 0);
-    let overBudget = false;
-    if (pinned) {
-      queuedBytes += n;
-      overBudget = queuedBytes > RELAY_QUEUE_BUDGET;
-      if (overBudget && more) {
-        more = false;
-        this.#budgetPaused = true;
-      }
+    if (pinned) queuedBytes += n;
+    // Over the process's queue budget no direction grows to a big buffer, pinned or not (audit M6:
+    // a reader's first writes complete at once, its buffer grew, and its first stalled read then
+    // pinned 256 KiB whatever the budget said): its queue then grows by small reads at most.
+    const overBudget = queuedBytes > RELAY_QUEUE_BUDGET;
+    if (pinned && overBudget && more) {
+      more = false;
+      this.#budgetPaused = true;
     }
     let size = buf.length;
     if (overBudget) {

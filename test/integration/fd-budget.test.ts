@@ -87,6 +87,27 @@ describe('the memory of stalled readers (audit M6)', () => {
     // direction (without the budget: about 1.1 MiB each, 160 MiB here); native: its pipes.
     expect(grown).toBeLessThan(RELAY_QUEUE_BUDGET + 150 * (RELAY_BIG_BUFFER + 64 * 1024));
   }, 60_000);
+
+  it('600 stalled downloads cost at most the queue budget and a small read each (the M6 remainder: past the budget the JavaScript relay grew by 256 KiB reads)', async () => {
+    // Each stalled reader used to pin a 256 KiB read past the budget (its buffer grew while its
+    // first writes still completed at once): 600 of them took +212 MiB, against 98 MiB now.
+    const port = await freePort();
+    const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD), { env: { USERLAND_PROXY_SHARED: 'false' } });
+    const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1]) * 1024;
+    const before = rss();
+    const crowd = spawn('python3', [join(ROOT, 'test/helpers/stall-crowd.py'), String(port), '600', '4'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let out = '';
+    crowd.stdout.on('data', (d) => {
+      out += d;
+    });
+    try {
+      await vi.waitFor(() => expect(out).toContain('stalled'), { timeout: 40_000, interval: 200 });
+      // The budget, then at most 96 KiB per reader (a small read, its socket's write queue).
+      expect(rss() - before).toBeLessThan(RELAY_QUEUE_BUDGET + 600 * 96 * 1024);
+    } finally {
+      crowd.kill('SIGKILL');
+    }
+  }, 60_000);
 });
 
 describe('the process fd budget', () => {
