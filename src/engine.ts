@@ -217,6 +217,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     const p = e?.proxy;
     const left = (p?.open.tcp?.active ?? 0) + (p?.open.udp?.flowsActive ?? 0);
     if (!e || !p || left === 0) {
+      p?.retire(!handedOver); // (a moved mapping's textfile is the new engine's now)
       drop(conn, handedOver ? 'moved to the new engine' : 'dockerd gone');
       return;
     }
@@ -291,16 +292,9 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       }
       proxy.state.restarts = faults.get(proxy.id)?.total ?? 0;
       entry.proxy = proxy;
-      const lfd = proxy.open.listenerFd();
-      if (lfd < 0 || !ctl.ctlSend(conn, Buffer.from(`0protocol=${CTL_PROTOCOL}`), lfd)) {
-        drop(conn, 'shim gone before ready');
-        ctl.ctlClose(conn);
-        return;
-      }
-      mlog.info({ target: proxy.target, listenFd: proxy.mapping.useListenFd || reg.adopt, engine: proxy.engine, shared: true }, 'proxy ready');
-      log.info({ mapping: proxy.id, target: proxy.target, readopted: reg.adopt, shimProtocol: reg.protocol }, 'mapping ready');
       // The same mapping again after its dockerd restarted: it takes over the UDP flows the
-      // released one kept, so the container's peers carry on with the same source ports.
+      // released one kept, so the container's peers carry on with the same source ports. Before
+      // the verdict: a client that hears of the port from dockerd must find its flow there.
       if (!handedOver && proxy.open.udp)
         for (const d of draining)
           if (d.proxy?.id === proxy.id && d.proxy.target === proxy.target && d.proxy.engine === proxy.engine) {
@@ -309,6 +303,14 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
             if (flows > 0) log.info({ mapping: proxy.id, flows }, 'UDP flows taken over from the released mapping');
             drainCheck(); // the released mapping has nothing left: it goes now
           }
+      const lfd = proxy.open.listenerFd();
+      if (lfd < 0 || !ctl.ctlSend(conn, Buffer.from(`0protocol=${CTL_PROTOCOL}`), lfd)) {
+        drop(conn, 'shim gone before ready');
+        ctl.ctlClose(conn);
+        return;
+      }
+      mlog.info({ target: proxy.target, listenFd: proxy.mapping.useListenFd || reg.adopt, engine: proxy.engine, shared: true }, 'proxy ready');
+      log.info({ mapping: proxy.id, target: proxy.target, readopted: reg.adopt, shimProtocol: reg.protocol }, 'mapping ready');
     } catch (err) {
       if (fd >= 0 && !fdUsed) closeSync(fd);
       const e = toProxyError(err);
