@@ -285,9 +285,14 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
         expect(r.code, r.stderr).toBe(0);
         // (httpd in the container may still be starting when docker run returns.)
         await vi.waitFor(async () => expect(await serves(`http://127.0.0.1:${port}/`)).toBe(true), { timeout: 10_000, interval: 200 });
-        // A UDP flow, live across the restart: the same client socket before and after.
+        // A UDP flow, live across the restart: the same client socket before and after. (The
+        // container's udpecho starts right after httpd: until it binds, the target refuses, and
+        // a refused datagram leaves the flow as it is.)
         const flow = udpClient(4);
-        expect((await udpRequest(flow, '127.0.0.1', uport, 'before')).toString()).toBe('before');
+        await vi.waitFor(async () => expect((await udpRequest(flow, '127.0.0.1', uport, 'before', 500)).toString()).toBe('before'), {
+          timeout: 10_000,
+          interval: 100,
+        });
         const ls = () =>
           execFileSync(join(ROOT, 'bin/userland-proxy'), ['ls', '--json'], {
             env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: `${RUN_ENGINE_SOCKET}-dockerd` },
