@@ -25,7 +25,7 @@ import { LISTEN_FD } from './constants.js';
 import { openDockerMapping } from './docker-mapping.js';
 import { DOCKER_FLAGS, parseDockerArgs } from './docker-flags.js';
 import { ProxyError, toProxyError } from './errors.js';
-import { FdBudget, openFileLimit } from './fd-limit.js';
+import { FdBudget } from './fd-limit.js';
 import { nativeLoadable } from './native-engine.js';
 import { releaseSignals } from './early-signals.js';
 import { formatUsage, type GoFlagResult } from './go-flags.js';
@@ -103,7 +103,7 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     const proxy = await openDockerMapping(flags, {
       env: process.env,
       listenFd: (m) => (m.useListenFd ? LISTEN_FD : null),
-      budget: FdBudget.forProcess(0, openFileLimit(), nativeLoadable()),
+      budget: FdBudget.forProcess(0, nativeLoadable()),
       onLog: (l) => {
         log = l;
       },

@@ -35,7 +35,7 @@ import { parseDockerArgs } from './docker-flags.js';
 import { releaseSignals } from './early-signals.js';
 import { control, engineSocketName, parseRegistration } from './engine-protocol.js';
 import { ProxyError, toProxyError } from './errors.js';
-import { FdBudget, openFileLimit } from './fd-limit.js';
+import { FdBudget } from './fd-limit.js';
 import { nativeLoadable } from './native-engine.js';
 import { createLogger, silentLog, type Log } from './logger.js';
 import type { MappingState } from './supervisor.js';
@@ -102,7 +102,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   }
   const ctl = control();
   if (typeof ctl === 'string') die(ctl, log);
-  const budget = FdBudget.forProcess(env.metrics ? METRICS_MAX_CONNECTIONS + 1 : 0, openFileLimit(), nativeLoadable());
+  const budget = FdBudget.forProcess(env.metrics ? METRICS_MAX_CONNECTIONS + 1 : 0, nativeLoadable());
   const entries = new Map<number, Entry>();
   /** Mappings whose dockerd died: no shim, no listener, connections finishing. */
   const draining = new Set<Entry>();
@@ -216,17 +216,16 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     const e = entries.get(conn);
     const p = e?.proxy;
     const left = (p?.open.tcp?.active ?? 0) + (p?.open.udp?.flowsActive ?? 0);
+    // Its textfile is its successor's: the new engine's mapping, or the restarted dockerd's.
+    p?.retire(!handedOver);
     if (!e || !p || left === 0) {
-      p?.retire(!handedOver); // (a moved mapping's textfile is the new engine's now)
       drop(conn, handedOver ? 'moved to the new engine' : 'dockerd gone');
       return;
     }
     entries.delete(conn);
     budget.give(1);
-    // Its textfile is its successor's: the new engine's mapping, or the restarted dockerd's.
     if (handedOver) p.open.handOver();
     else p.open.release();
-    p.retire(!handedOver);
     e.drainingSince = Date.now();
     e.drainSeq = ++drains;
     draining.add(e);

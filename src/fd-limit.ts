@@ -76,7 +76,7 @@ export class FdBudget {
    * A new budget for this process: the fd limit less the reserve and `reserved` fds, less the
    * native engine's pipe allowance when `pipes` (the native engine can run here).
    */
-  static forProcess(reserved = 0, limit = openFileLimit(), pipes = false): FdBudget {
+  static forProcess(reserved = 0, pipes = false, limit = openFileLimit()): FdBudget {
     const cells = new Int32Array(new SharedArrayBuffer(4 * (PIPE_LIMIT_CELL + 2)));
     const total = limit === null ? 2 ** 31 - 1 : Math.max(0, limit - FD_RESERVE - reserved);
     const pipeFds = pipes ? Math.floor(total / PIPE_SHARE_DIVISOR) : 0;

@@ -132,6 +132,13 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
     close();
     throw failure;
   }
+  /** TCP listeners stop accepting (their connections go on); each UDP port does `udp`. */
+  const stopListening = (udp: (f: UdpForwarder) => void): void => {
+    for (const f of forwarders) {
+      if (f instanceof TcpForwarder) f.stopAccepting();
+      else udp(f);
+    }
+  };
   const open: OpenMapping = {
     tcp,
     udp,
@@ -141,18 +148,8 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
       // which frees its ports for a mapping that takes them over.
       if (udp) close();
     },
-    handOver: () => {
-      for (const f of forwarders) {
-        if (f instanceof TcpForwarder) f.stopAccepting();
-        else f.handOver();
-      }
-    },
-    release: () => {
-      for (const f of forwarders) {
-        if (f instanceof TcpForwarder) f.stopAccepting();
-        else f.release();
-      }
-    },
+    handOver: () => stopListening((f) => f.handOver()),
+    release: () => stopListening((f) => f.release()),
     adopt: (from) => {
       const theirs = forwardersOf.get(from) ?? [];
       forwarders.forEach((f, i) => {

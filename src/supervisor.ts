@@ -14,7 +14,7 @@ import { Worker } from 'node:worker_threads';
 import type { StandaloneConfig } from './config.js';
 import { RESTART_BACKOFF_MAX_MS, RESTART_BACKOFF_MIN_MS, RESTART_RESET_AFTER_MS, STATS_TIMEOUT_MS } from './constants.js';
 import { MAX_DURATION_MS } from './duration.js';
-import { FdBudget, openFileLimit } from './fd-limit.js';
+import { FdBudget } from './fd-limit.js';
 import { ProxyError } from './errors.js';
 import type { Log } from './logger.js';
 import type { FromWorker, ToWorker, WorkerInit } from './messages.js';
@@ -111,7 +111,7 @@ export class Supervisor {
   constructor(log: Log, opts: { crashMappingId?: string | undefined; reservedFds?: number } = {}) {
     this.#log = log;
     this.#crashId = opts.crashMappingId;
-    this.#budget = FdBudget.forProcess(opts.reservedFds ?? 0, openFileLimit(), nativeLoadable());
+    this.#budget = FdBudget.forProcess(opts.reservedFds ?? 0, nativeLoadable());
   }
 
   /** Every mapping's state (latest stats from the last refresh). */

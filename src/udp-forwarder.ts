@@ -272,9 +272,7 @@ export class UdpForwarder {
     for (const [key, flow] of from.#flows) {
       from.#flows.delete(key);
       from.stats.flowsActive--;
-      const own = (from.#sources.get(flow.address) ?? 1) - 1;
-      if (own > 0) from.#sources.set(flow.address, own);
-      else from.#sources.delete(flow.address);
+      from.#countSource(flow.address, -1);
       if (this.#flows.has(key)) {
         // The client opened a new flow here first: that one serves it.
         this.#opts.budget?.give(1);
@@ -284,7 +282,7 @@ export class UdpForwarder {
       flow.owner = this;
       this.#flows.set(key, flow);
       this.stats.flowsActive++;
-      this.#sources.set(flow.address, (this.#sources.get(flow.address) ?? 0) + 1);
+      this.#countSource(flow.address, 1);
       this.#startSweep();
     }
   }
@@ -423,10 +421,15 @@ export class UdpForwarder {
   #closeFlow(flow: Flow): void {
     this.stats.flowsActive--;
     this.#opts.budget?.give(1);
-    const own = (this.#sources.get(flow.address) ?? 1) - 1;
-    if (own > 0) this.#sources.set(flow.address, own);
-    else this.#sources.delete(flow.address);
+    this.#countSource(flow.address, -1);
     this.#dropFlow(flow);
+  }
+
+  /** One flow more or fewer for a client address (a count of zero is forgotten). */
+  #countSource(address: string, delta: 1 | -1): void {
+    const n = (this.#sources.get(address) ?? 0) + delta;
+    if (n > 0) this.#sources.set(address, n);
+    else this.#sources.delete(address);
   }
 
   /** Closes a flow's socket (its counts are the caller's). */

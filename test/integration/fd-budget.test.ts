@@ -5,7 +5,7 @@
  * once, counted and logged: never an EMFILE in the middle of a connection, never a stream cut.
  * And the memory a crowd of stalled readers can pin (audit M6).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -17,7 +17,7 @@ import { BIN, ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { ownEngineEnv, servingPid } from '../helpers/engines.js';
 import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/constants.js';
 import { get, sample, startStandalone } from '../helpers/standalone.js';
-import { killTracked } from '../helpers/processes.js';
+import { killTracked, track } from '../helpers/processes.js';
 
 const ECHO = 7000;
 const FLOOD = 7200;
@@ -65,24 +65,40 @@ function drain(s: Socket): Promise<{ n: number; clean: boolean }> {
   });
 }
 
+/**
+ * `n` stalled readers of `port` (test/helpers/stall-crowd.py, tracked: killed after the test), and
+ * how much the RSS of `pid` grew once they all stalled. Writing "go" to the crowd's stdin makes it
+ * read every stream; output() is what it printed.
+ */
+async function stalledCrowd(
+  pid: number,
+  port: number,
+  n: number,
+  pauseS: number,
+  timeoutMs: number,
+): Promise<{ grown: number; crowd: ChildProcess; output: () => string }> {
+  const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) * 1024;
+  const before = rss();
+  const crowd = spawn('python3', [join(ROOT, 'test/helpers/stall-crowd.py'), String(port), String(n), String(pauseS)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  void track(crowd);
+  let out = '';
+  crowd.stdout.on('data', (d) => {
+    out += d;
+  });
+  await vi.waitFor(() => expect(out).toContain('stalled'), { timeout: timeoutMs, interval: 200 });
+  return { grown: rss() - before, crowd, output: () => out };
+}
+
 describe('the memory of stalled readers (audit M6)', () => {
   it('150 stalled downloads cost a bounded amount of proxy memory, and every one completes once read', async () => {
     const port = await freePort();
     // The serving process is measured: the per-port proxy, or the shared engine (of this test's own).
     const env = ownEngineEnv();
-    const p = { pid: servingPid((await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD), { env })).pid, env) };
-    const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1]) * 1024;
-    const before = rss();
-    const crowd = spawn('python3', [join(ROOT, 'test/helpers/stall-crowd.py'), String(port), '150', '3'], { stdio: ['pipe', 'pipe', 'inherit'] });
-    let out = '';
-    crowd.stdout.on('data', (d) => {
-      out += d;
-    });
-    await vi.waitFor(() => expect(out).toContain('stalled'), { timeout: 20_000 });
-    const grown = rss() - before;
-    crowd.stdin.end('go\n');
-    await vi.waitFor(() => expect(out).toContain('complete'), { timeout: 30_000 });
-    expect(out.trim().split('\n').pop()).toBe('complete 150');
+    const pid = servingPid((await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD), { env })).pid, env);
+    const { grown, crowd, output } = await stalledCrowd(pid, port, 150, 3, 20_000);
+    crowd.stdin?.end('go\n');
+    await vi.waitFor(() => expect(output()).toContain('complete'), { timeout: 30_000 });
+    expect(output().trim().split('\n').pop()).toBe('complete 150');
     // JavaScript: at most the 64 MiB queue budget plus about one read buffer per stalled
     // direction (without the budget: about 1.1 MiB each, 160 MiB here); native: its pipes.
     expect(grown).toBeLessThan(RELAY_QUEUE_BUDGET + 150 * (RELAY_BIG_BUFFER + 64 * 1024));
@@ -93,20 +109,9 @@ describe('the memory of stalled readers (audit M6)', () => {
     // first writes still completed at once): 600 of them took +212 MiB, against 98 MiB now.
     const port = await freePort();
     const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, FLOOD), { env: { USERLAND_PROXY_SHARED: 'false' } });
-    const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1]) * 1024;
-    const before = rss();
-    const crowd = spawn('python3', [join(ROOT, 'test/helpers/stall-crowd.py'), String(port), '600', '4'], { stdio: ['pipe', 'pipe', 'inherit'] });
-    let out = '';
-    crowd.stdout.on('data', (d) => {
-      out += d;
-    });
-    try {
-      await vi.waitFor(() => expect(out).toContain('stalled'), { timeout: 40_000, interval: 200 });
-      // The budget, then at most 96 KiB per reader (a small read, its socket's write queue).
-      expect(rss() - before).toBeLessThan(RELAY_QUEUE_BUDGET + 600 * 96 * 1024);
-    } finally {
-      crowd.kill('SIGKILL');
-    }
+    const { grown } = await stalledCrowd(p.pid, port, 600, 4, 40_000);
+    // The budget, then at most 96 KiB per reader (a small read, its socket's write queue).
+    expect(grown).toBeLessThan(RELAY_QUEUE_BUDGET + 600 * 96 * 1024);
   }, 60_000);
 });
 
