@@ -149,6 +149,12 @@ export const SHARED_IDLE_TIMEOUT_MS = 30_000;
 export const SHARED_DRAIN_TIMEOUT_MS = 600_000;
 /** A new engine waits this long for the running one to answer its take-over (U). */
 export const TAKE_OVER_TIMEOUT_MS = 5_000;
+/**
+ * An engine that found another version installed (audit N9) waits this long for that version's
+ * engine to take over before it serves the waiting registrations itself: well inside the shim's
+ * 5 s ready deadline.
+ */
+export const SUCCESSOR_WAIT_MS = 3_000;
 /** userland-proxy upgrade waits this long for every mapping to reach the new engine. */
 export const UPGRADE_WAIT_MS = 20_000;
 /** How often the shared engine looks whether a draining mapping's last connection ended. */

@@ -10,13 +10,28 @@
  * The new engine runs with the old one's environment (its log file, /metrics address, idle
  * timeout: what dockerd's environment gave it), read from /proc.
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { UPGRADE_WAIT_MS } from './constants.js';
 import { queryEngine } from './engine-list.js';
 import { engineSocketName } from './engine-protocol.js';
 import { ProxyError } from './errors.js';
+
+/**
+ * Starts an engine of the code installed now that takes this namespace's engine name over
+ * (engine.ts `--take-over`); `env` is the environment dockerd gave the running engine.
+ */
+export function spawnTakeOver(env: NodeJS.ProcessEnv): ChildProcess {
+  const child = spawn(process.execPath, [fileURLToPath(new URL('./cli.js', import.meta.url)), 'engine', '--take-over'], {
+    detached: true, // not in our process group: a Ctrl-C of `upgrade` must not stop the engine
+    stdio: 'ignore',
+    env,
+    cwd: '/',
+  });
+  child.unref();
+  return child;
+}
 
 /** What moved, for a person. */
 export interface UpgradeReport {
@@ -47,13 +62,7 @@ export async function upgradeEngine(name = engineSocketName()): Promise<UpgradeR
   } catch (err) {
     throw new ProxyError('UPROXY_ERR_NATIVE', `cannot read the running engine's environment: ${(err as Error).message}`);
   }
-  const child = spawn(process.execPath, [fileURLToPath(new URL('./cli.js', import.meta.url)), 'engine', '--take-over'], {
-    detached: true, // not in our process group: a Ctrl-C of `upgrade` must not stop the engine
-    stdio: 'ignore',
-    env,
-    cwd: '/',
-  });
-  child.unref();
+  const child = spawnTakeOver(env);
   const serving = before.filter((r) => r.state === 'serving').length;
   const deadline = Date.now() + UPGRADE_WAIT_MS;
   let rows = before;

@@ -27,6 +27,7 @@ import {
   MAPPING_FAULT_WINDOW_MS,
   METRICS_MAX_CONNECTIONS,
   SHARED_DRAIN_CHECK_MS,
+  SUCCESSOR_WAIT_MS,
   TAKE_OVER_TIMEOUT_MS,
 } from './constants.js';
 import { readDockerEnv } from './docker-env.js';
@@ -34,12 +35,13 @@ import { openDockerMapping, type DockerProxy } from './docker-mapping.js';
 import { parseDockerArgs } from './docker-flags.js';
 import { releaseSignals } from './early-signals.js';
 import { control, engineSocketName, parseRegistration } from './engine-protocol.js';
+import { spawnTakeOver } from './engine-upgrade.js';
 import { ProxyError, toProxyError } from './errors.js';
 import { FdBudget } from './fd-limit.js';
 import { nativeLoadable } from './native-engine.js';
 import { createLogger, silentLog, type Log } from './logger.js';
 import type { MappingState } from './supervisor.js';
-import { packageVersion } from './version.js';
+import { installedVersion, packageVersion } from './version.js';
 
 /** One shim's mapping: null proxy while its registration is being opened. */
 interface Entry {
@@ -236,7 +238,48 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     drainTimer ??= setInterval(drainCheck, SHARED_DRAIN_CHECK_MS);
   };
 
+  /**
+   * Audit N9: install.sh replaces the tree in place and then runs `upgrade`. Should that not
+   * happen (it failed, or the tree was replaced by other means), the first registration that
+   * finds another version installed makes this engine start its successor, as `upgrade` would,
+   * and every registration waits (parked, unanswered) until it takes over: on U each is closed
+   * unanswered, and its shim, as after any engine's exit, registers with the name's new holder.
+   * A successor that fails to take over in time leaves us serving them, once (no retry loop).
+   */
+  const parked = new Map<number, { msg: Buffer; fd: number }>();
+  let successor: 'none' | 'starting' | 'failed' = 'none';
+  const staleInstall = (): boolean => {
+    if (successor !== 'none' || handedOver) return successor === 'starting' && !handedOver;
+    const installed = installedVersion();
+    if (installed === version || installed === 'unknown') return false;
+    successor = 'starting';
+    log.warn({ running: version, installed }, 'another version is installed: its engine takes over from this one');
+    const giveUp = (why: string): void => {
+      clearTimeout(timer);
+      if (successor !== 'starting' || handedOver) return;
+      successor = 'failed';
+      log.error({ installed, parked: parked.size }, `the installed version's engine did not take over (${why}): serving on`);
+      for (const [c, p] of parked) {
+        parked.delete(c);
+        onMessage(c, p.msg, p.fd);
+      }
+    };
+    const timer = setTimeout(() => giveUp(`not within ${SUCCESSOR_WAIT_MS} ms`), SUCCESSOR_WAIT_MS);
+    try {
+      const child = spawnTakeOver(process.env);
+      child.once('error', (err) => giveUp(err.message));
+      child.once('exit', (code, signal) => giveUp(`it exited with ${signal ?? code}`));
+    } catch (err) {
+      setImmediate(() => giveUp((err as Error).message));
+    }
+    return true;
+  };
+
   const register = async (conn: number, msg: Buffer, fd: number): Promise<void> => {
+    if (staleInstall()) {
+      parked.set(conn, { msg, fd });
+      return;
+    }
     const reg = parseRegistration(msg);
     let fdUsed = false;
     const reply = (text: string): void => {
@@ -308,6 +351,9 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         ctl.ctlClose(conn);
         return;
       }
+      // Registered while a new engine took over: move there too (after the verdict, which the
+      // shim waits for before it reads anything else).
+      if (handedOver) ctl.ctlSend(conn, Buffer.from('M'), -1);
       mlog.info({ target: proxy.target, listenFd: proxy.mapping.useListenFd || reg.adopt, engine: proxy.engine, shared: true }, 'proxy ready');
       log.info({ mapping: proxy.id, target: proxy.target, readopted: reg.adopt, shimProtocol: reg.protocol }, 'mapping ready');
     } catch (err) {
@@ -372,6 +418,12 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         metricsServer?.close();
         let moving = 0;
         for (const [c, e] of entries) if (e.proxy && ctl.ctlSend(c, Buffer.from('M'), -1)) moving++;
+        // Parked for this very engine (staleInstall): unanswered, each shim registers anew there.
+        for (const [c, p] of parked) {
+          parked.delete(c);
+          if (p.fd >= 0) closeSync(p.fd);
+          ctl.ctlClose(c);
+        }
         log.info({ mappings: moving }, 'a new engine takes over: mappings move');
         ctl.ctlSend(conn, Buffer.from(`U${JSON.stringify({ pid: process.pid, version, mappings: moving })}`), -1);
         ctl.ctlClose(conn);
@@ -456,7 +508,11 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     }
   }
   try {
-    ctl.ctlListen(source, onMessage, (conn) => drop(conn, 'shim gone'));
+    ctl.ctlListen(source, onMessage, (conn) => {
+      const p = parked.get(conn);
+      if (p && parked.delete(conn) && p.fd >= 0) closeSync(p.fd);
+      drop(conn, 'shim gone');
+    });
   } catch (err) {
     const m = (err as Error).message;
     die(/Address already in use/.test(m) ? `an engine already serves ${ctl.ctlPath(String(source))} in this network namespace` : m, log);

@@ -1,5 +1,7 @@
 /** The package version, read from package.json next to dist/ (only when asked for). */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+
+const PACKAGE_JSON = new URL('../package.json', import.meta.url);
 
 /** Version string of this build. */
 export function packageVersion(): string {
@@ -7,9 +9,26 @@ export function packageVersion(): string {
   const embedded = (globalThis as { __USERLAND_PROXY_VERSION__?: string }).__USERLAND_PROXY_VERSION__;
   if (embedded !== undefined) return embedded;
   try {
-    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string };
+    const pkg = JSON.parse(readFileSync(PACKAGE_JSON, 'utf8')) as { version?: string };
     return pkg.version ?? 'unknown';
   } catch {
     return 'unknown';
+  }
+}
+
+let installed: { key: string; version: string } | undefined;
+
+/**
+ * The version installed now: an in-place install may have replaced package.json since this
+ * process read packageVersion(). Read again only when the file changed (a stat per call).
+ */
+export function installedVersion(): string {
+  try {
+    const st = statSync(PACKAGE_JSON);
+    const key = `${st.ino}:${st.mtimeMs}:${st.size}`;
+    if (installed?.key !== key) installed = { key, version: packageVersion() };
+    return installed.version;
+  } catch {
+    return packageVersion();
   }
 }

@@ -375,6 +375,67 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     rmSync(textfiles, { recursive: true, force: true });
   }, 60_000);
 
+  it('an in-place install without `upgrade` (audit N9): the first shim of the new version makes the old engine hand over to one of that version, which serves it; an established connection lives on', async () => {
+    // A scratch install (its package.json is edited, as install.sh replaces the tree).
+    const dir = mkdtempSync(join(tmpdir(), 'upt-n9-'));
+    try {
+      for (const d of ['bin', 'dist']) spawnSync('cp', ['-R', join(ROOT, d), dir]);
+      mkdirSync(join(dir, 'build/Release'), { recursive: true });
+      for (const f of ['engine.node', 'userland-proxy-shim'])
+        if (existsSync(join(ROOT, 'build/Release', f))) spawnSync('cp', [join(ROOT, 'build/Release', f), join(dir, 'build/Release')]);
+      writeFileSync(join(dir, 'package.json'), readFileSync(join(ROOT, 'package.json')));
+      symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
+      const bin = join(dir, 'bin/userland-proxy');
+      const { name, env } = engineEnv();
+      const [portA, portB] = [await freePort(), await freePort()];
+      await startProxy(tcpArgs(portA), { bin, env });
+      const [old] = enginePids(name);
+      const held = await tcpConnect('127.0.0.1', portA);
+      let reset = '';
+      held.on('error', (e) => {
+        reset = String(e);
+      });
+      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version: string };
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ ...pkg, version: '9.9.9-n9' }));
+      const logFile = join(dir, 'new.log');
+      const b = await startProxy(tcpArgs(portB), { bin, env: { ...env, USERLAND_PROXY_LOG_FILE: logFile } });
+      expect(await b.status).toBe('0\n');
+      // The new proxy was served by an engine of the installed version, not the old engine...
+      const logged = (): number[] =>
+        readFileSync(logFile, 'utf8')
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => (JSON.parse(l) as { pid: number }).pid);
+      await vi.waitFor(() => expect(logged().length).toBeGreaterThan(0), { timeout: 5000, interval: 50 }); // pino writes asynchronously
+      const pids = logged();
+      expect(pids.every((p) => p !== old)).toBe(true);
+      // ...which took the old one's mapping too; the old engine exits once its connection ends.
+      const rows = (): { pid: number; version: string; state: string }[] =>
+        spawnSync(bin, ['ls', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10_000 })
+          .stdout.trim()
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l));
+      await vi.waitFor(() => expect(rows().map((r) => `${r.version} ${r.state}`)).toEqual(['9.9.9-n9 serving', '9.9.9-n9 serving']), {
+        timeout: 10_000,
+        interval: 100,
+      });
+      expect(await echoes(portA)).toBe(true);
+      expect(await echoes(portB)).toBe(true);
+      const back = await new Promise<Buffer>((res) => {
+        held.once('data', res);
+        held.write('still here');
+      });
+      expect(back.toString()).toBe('still here');
+      expect(enginePids(name)).toContain(old);
+      held.end();
+      await vi.waitFor(() => expect(enginePids(name)).not.toContain(old), { timeout: 10_000, interval: 100 });
+      expect(reset).toBe('');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 40_000);
+
   it('under RLIMIT_NOFILE 16, where Node cannot start, the proxy answers 1 and why on fd 3 (audit N12: it died of SIGSEGV, saying nothing)', async () => {
     const { env } = engineEnv();
     for (const shared of ['true', 'false']) {
