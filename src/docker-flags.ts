@@ -3,8 +3,9 @@
  *
  * dockerd runs: `<path> -proto tcp|udp|sctp -host-ip IP -host-port N -container-ip IP
  * -container-port N [-use-listen-fd]`. `-v`/`-version` (23+) print a version; `-h` prints usage.
- * Syntax errors exit 2 (Go's flag package); values that parse but cannot be served are startup
- * failures, reported on the status pipe and exit 1.
+ * Syntax errors exit 2 (Go's flag package), an address that is not an IP among them (as in 28);
+ * values that parse but cannot be served are startup failures, reported on the status pipe and
+ * exit 1.
  */
 import { isUnspecified, parseIp, type IpAddress } from './address.js';
 import { ProxyError } from './errors.js';
@@ -45,6 +46,15 @@ function badValue(message: string): never {
   throw new ProxyError('UPROXY_ERR_BAD_VALUE', message);
 }
 
+/**
+ * docker-proxy 28 parses -host-ip and -container-ip as flag values (net.ParseIP): an address that
+ * does not parse is a flag syntax error, exit 2, in Go's flag wording. (20.10 took them as strings
+ * and listened on [::] for any it could not parse.)
+ */
+function badIp(flag: string, text: string): never {
+  throw new ProxyError('UPROXY_ERR_BAD_FLAG', `invalid value "${text}" for flag -${flag}: invalid IP address: ${text}`);
+}
+
 function port(flags: GoFlagResult, name: string, allowZero: boolean): number {
   const value = flags.values.get(name) as number;
   if (!flags.given.has(name)) badValue(`missing -${name}: dockerd always passes it`);
@@ -71,12 +81,12 @@ export function toDockerMapping(flags: GoFlagResult): DockerMapping {
   }
   const hostText = flags.values.get('host-ip') as string;
   const host = hostText === '' ? { address: '::', family: 6 as const } : parseIp(hostText);
-  if (!host) badValue(`invalid -host-ip "${hostText}": not an IPv4 or IPv6 address`);
+  if (!host) badIp('host-ip', hostText);
   const hostPort = port(flags, 'host-port', true);
   const targetText = flags.values.get('container-ip') as string;
   if (!flags.given.has('container-ip')) badValue('missing -container-ip: dockerd always passes it');
   const target = parseIp(targetText);
-  if (!target) badValue(`invalid -container-ip "${targetText}": not an IPv4 or IPv6 address`);
+  if (!target) badIp('container-ip', targetText);
   if (isUnspecified(target)) badValue(`invalid -container-ip "${targetText}": cannot forward to a wildcard address`);
   const targetPort = port(flags, 'container-port', false);
   return { proto, host, hostPort, target, targetPort, useListenFd: flags.values.get('use-listen-fd') === true };

@@ -78,16 +78,22 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
     (msg) => log.warn({}, msg),
     fromFlag ? 'UPROXY_ERR_BAD_VALUE' : 'UPROXY_ERR_BAD_ENV',
   );
+  const listenFd = opts.listenFd(m);
   const open = await openMapping({
     ...m,
     hostPortEnd: m.hostPort,
-    listenFd: opts.listenFd(m),
+    listenFd,
     proxyProtocol: m.proto === 'tcp' ? env.proxyProtocol : 'off',
     access: compileAccess(env.access),
     settings: shareOf(opts.sharedBudget ? opts.budget : null, { ...env, engine }),
     log,
     budget: opts.budget,
     onFault: opts.onFault,
+  }).catch((err: unknown) => {
+    // docker-proxy 28's wording for its own bind's failure (20.10-27 said only what follows it).
+    if (listenFd === null && err instanceof ProxyError && err.code === 'UPROXY_ERR_LISTEN')
+      throw new ProxyError(err.code, `failed to listen on ${joinHostPort(m.host.address, m.hostPort)}: ${err.message}`);
+    throw err;
   });
   const state = dockerMappingState(id, m, open);
   let textfile: TextfileWriter | null = null;

@@ -43,7 +43,8 @@ function fail(err: unknown, log: Log): never {
     log.error({ code: e.code }, e.message);
     log.flush();
   }
-  process.stderr.write(`${PROGRAM}: ${e.message}\n`);
+  // A flag syntax error (exit 2) points at the usage, as Go's flag package prints it.
+  process.stderr.write(`${PROGRAM}: ${e.message}${e.exitCode === 2 ? ' (run with -h for usage)' : ''}\n`);
   reportFailure(e.message);
   process.exit(e.exitCode);
 }

@@ -13,6 +13,11 @@ import { join, resolve } from 'node:path';
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const BIN = join(ROOT, 'bin/userland-proxy');
 export const REF_PROXY = process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy');
+/** The reference docker-proxy of each Docker version the tests compare with (.ci/setup fetches both). */
+export const REF_PROXIES = {
+  '20.10': REF_PROXY,
+  '28.5': join(ROOT, '.cache/docker-28.5/usr/sbin/docker-proxy'),
+} as const;
 /** dockerd's readiness limit. */
 export const READY_TIMEOUT_MS = 16_000;
 
@@ -137,10 +142,10 @@ export function memoryOf(pid: number): { rssKiB: number; privateDirtyKiB: number
   return { rssKiB: field('Rss'), privateDirtyKiB: field('Private_Dirty') };
 }
 
-/** True when the reference docker-proxy has been fetched (.ci/setup does it). */
-export function haveReference(): boolean {
+/** True when the reference docker-proxy (of `version`) has been fetched (.ci/setup does it). */
+export function haveReference(version: keyof typeof REF_PROXIES = '20.10'): boolean {
   try {
-    execFileSync('test', ['-x', REF_PROXY]);
+    execFileSync('test', ['-x', REF_PROXIES[version]]);
     return true;
   } catch {
     return false;

@@ -7,7 +7,8 @@
  * rootfs tar (no registry). Every command is bounded by a timeout; everything started is removed
  * in afterAll, also on failure. Both docker modes run under each version: shared (each proxy a
  * shim, one engine per network namespace; the default) and per-port (USERLAND_PROXY_SHARED=false),
- * one dockerd each.
+ * one dockerd each; and so does the reference, the docker-proxy of the same version, first (in
+ * the js project only: it has no engine), so that every case proves itself on it.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
@@ -16,7 +17,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
-import { ROOT } from '../helpers/proxy.js';
+import { REF_PROXIES, ROOT, haveReference } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';
 import { killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
 
@@ -73,10 +74,12 @@ function heldGet(port: number, path: string): { resume: () => Promise<{ body: Bu
   };
 }
 
-/** Our proxy processes serving a host port (a shim, or a per-port Node process), from /proc. */
+/** The proxy processes serving a host port (a shim, a per-port Node process, or the reference), from ps. */
 function proxiesFor(port: number): string[] {
   const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
-  return out.split('\n').filter((l) => (l.includes('dist/cli.js') || l.includes('/bin/userland-proxy ')) && l.includes(`-host-port ${port} `));
+  return out
+    .split('\n')
+    .filter((l) => (l.includes('dist/cli.js') || l.includes('/bin/userland-proxy ') || l.includes('/docker-proxy ')) && l.includes(`-host-port ${port} `));
 }
 
 async function httpGet(url: string): Promise<string> {
@@ -111,7 +114,17 @@ afterAll(() => {
   if (CAN_RUN) rmSync(dir, { recursive: true, force: true });
 });
 
-const RUNS = (['20.10', '28.5'] as DockerdVersion[]).flatMap((version) => [
+const RUNS = (['28.5', '20.10'] as DockerdVersion[]).flatMap((version) => [
+  ...(testEngine() === 'js'
+    ? [
+        {
+          version,
+          mode: `the reference docker-proxy ${version}`,
+          shared: 'reference',
+          missing: dockerdMissing(version) ?? (haveReference(version) ? null : 'needs the reference docker-proxy (.ci/setup)'),
+        },
+      ]
+    : []),
   { version, mode: 'shared engine', shared: 'true', missing: dockerdMissing(version) },
   { version, mode: 'per-port processes', shared: 'false', missing: dockerdMissing(version) },
 ]);
@@ -121,6 +134,7 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
   'real dockerd $version with userland-proxy installed by deploy/docker/install.sh ($mode)',
   ({ version, shared }) => {
     const log = join(dir, `proxy-${version}-${shared}.log`);
+    const REF = shared === 'reference';
     // A bridge of this test's own, not docker0: a dockerd started with --bridge none (another suite's)
     // deletes the docker0 interface, under a running dockerd's containers.
     const bridge = `uptbr${process.pid % 100000}`;
@@ -131,7 +145,7 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       execFileSync('ip', ['addr', 'add', `${subnet}.1/24`, 'dev', bridge]);
       execFileSync('ip', ['link', 'set', bridge, 'up']);
       dockerd = await startDockerd(
-        ['--userland-proxy-path', join(dir, 'opt/bin/userland-proxy'), '--bridge', bridge, '--live-restore'],
+        ['--userland-proxy-path', REF ? REF_PROXIES[version] : join(dir, 'opt/bin/userland-proxy'), '--bridge', bridge, '--live-restore'],
         // dockerd's PATH under systemd is minimal; prove the launcher does not need node on it.
         // dockerd passes its environment to the proxies: the engine under test and a log to check it.
         {
@@ -168,7 +182,7 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       // dockerd 28 binds the port itself and hands it over: the socket that serves is its own.
       for (const l of lines) expect(l.includes(' -use-listen-fd'), l).toBe(version !== '20.10');
     };
-    it('the install is root-owned, not writable by others, and finds node without PATH', () => {
+    it.skipIf(REF)('the install is root-owned, not writable by others, and finds node without PATH', () => {
       const st = statSync(join(dir, 'opt/bin/userland-proxy'));
       expect(st.uid).toBe(0);
       expect(st.mode & 0o022).toBe(0);
@@ -239,7 +253,9 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
         containers.push('upt-clash');
         expect(r.code).not.toBe(0);
         // dockerd 28 binds the port before it starts a proxy: the clash is its own error.
-        if (version === '20.10') expect(r.stderr).toContain(`Error starting userland proxy: listen tcp4 127.0.0.1:${port}: bind: address already in use`);
+        // (Ours words it as docker-proxy 28 does, under either dockerd.)
+        const bind = `listen tcp4 127.0.0.1:${port}: bind: address already in use`;
+        if (version === '20.10') expect(r.stderr).toContain(`Error starting userland proxy: ${REF ? '' : `failed to listen on 127.0.0.1:${port}: `}${bind}`);
         else expect(r.stderr).toMatch(new RegExp(`127\\.0\\.0\\.1:${port}\\b.*address already in use`));
         expect(proxiesFor(port)).toEqual([]);
       } finally {
@@ -349,7 +365,39 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       90_000,
     );
 
-    it('the proxies dockerd started ran the engine under test', () => {
+    it('publishes a port range, 127.0.0.2 and [::1]; docker stop removes every proxy', async () => {
+      const range = await freePort('127.0.0.1', 3);
+      const [p2, p6] = [await freePort('127.0.0.2'), await freePort('::1')];
+      const r = await docker(
+        'run',
+        '-d',
+        '--name',
+        'upt-range',
+        '-p',
+        `127.0.0.1:${range}-${range + 2}:80-82`,
+        '-p',
+        `127.0.0.2:${p2}:80`,
+        '-p',
+        `[::1]:${p6}:80`,
+        IMAGE,
+        '/bin/sh',
+        '-c',
+        'httpd -p 80 -h /www; httpd -p 81 -h /www; exec httpd -f -p 82 -h /www',
+      );
+      containers.push('upt-range');
+      expect(r.code, r.stderr).toBe(0);
+      const ports = [range, range + 1, range + 2, p2, p6];
+      for (const port of ports) expect(proxiesFor(port), `port ${port}`).toHaveLength(1);
+      expectMode(ports.flatMap(proxiesFor));
+      const urls = [0, 1, 2].map((i) => `http://127.0.0.1:${range + i}/`).concat(`http://127.0.0.2:${p2}/`, `http://[::1]:${p6}/`);
+      for (const url of urls) await vi.waitFor(async () => expect(await serves(url), url).toBe(true), { timeout: 10_000, interval: 100 });
+      const stop = await docker('stop', '-t', '1', 'upt-range');
+      expect(stop.code, stop.stderr).toBe(0);
+      await vi.waitFor(() => expect(ports.flatMap(proxiesFor)).toEqual([]), { timeout: 5000, interval: 100 });
+      for (const url of urls) expect(await serves(url), url).toBe(false);
+    });
+
+    it.skipIf(REF)('the proxies dockerd started ran the engine under test', () => {
       expect(readFileSync(log, 'utf8')).toContain(`"engine":"${testEngine()}"`);
     });
   },

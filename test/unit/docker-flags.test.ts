@@ -54,8 +54,8 @@ describe('toDockerMapping()', () => {
 
   it('toDockerMapping() rejects unknown protocols, bad IPs, ports out of range and missing flags', () => {
     expect(fails(['-proto', 'TCP', ...base]).message).toBe('unsupported protocol TCP');
-    expect(fails(['-host-ip', '300.1.1.1', ...base.slice(2)]).message).toBe('invalid -host-ip "300.1.1.1": not an IPv4 or IPv6 address');
-    expect(fails([...base.slice(0, 4), '-container-ip', 'example.com', '-container-port', '80']).code).toBe('UPROXY_ERR_BAD_VALUE');
+    expect(fails(['-host-ip', '300.1.1.1', ...base.slice(2)]).message).toBe('invalid value "300.1.1.1" for flag -host-ip: invalid IP address: 300.1.1.1');
+    expect(fails([...base.slice(0, 4), '-container-ip', 'example.com', '-container-port', '80']).code).toBe('UPROXY_ERR_BAD_FLAG');
     expect(fails([...base.slice(0, 4), '-container-ip', '0.0.0.0', '-container-port', '80']).message).toContain('wildcard');
     expect(fails(['-host-ip', '127.0.0.1', '-host-port', '70000', ...base.slice(4)]).message).toBe('invalid -host-port 70000: must be 0-65535');
     expect(fails(['-host-ip', '127.0.0.1', '-host-port', '-1', ...base.slice(4)]).message).toBe('invalid -host-port -1: must be 0-65535');
