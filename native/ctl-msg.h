@@ -8,7 +8,8 @@
  * which any local user could bind first and so decide whether root's proxies start:
  *   <dir>/<name>.<netns inode>.sock
  *   dir   /run/userland-proxy for root; $XDG_RUNTIME_DIR/userland-proxy, else
- *         /tmp/userland-proxy-<uid>, for anyone else (rootless Docker sets XDG_RUNTIME_DIR).
+ *         /tmp/userland-proxy-<uid>, for anyone else, the root of a user namespace included
+ *         (rootless Docker: RootlessKit's uid 0, whose XDG_RUNTIME_DIR dockerd-rootless sets).
  *         Made 0700 if missing; refused unless it is a real directory of ours, mode 0700.
  *   name  engine-<fnv1a32 of the install root> (src/engine-protocol.ts), or
  *         $USERLAND_PROXY_ENGINE_SOCKET; the network namespace's inode keeps one engine per
@@ -52,6 +53,24 @@ static inline long ctl_peer_uid(int fd) {
   return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 ? (long)cred.uid : -1;
 }
 
+/* 1 when we are root of the initial user namespace. Inside another one (rootless Docker:
+ * RootlessKit maps the user to uid 0 there) /run is the host's seen through RootlessKit's copy-up,
+ * and /run/userland-proxy, if any, the host root's: such a root is a user like any other, and
+ * keeps its engine under its XDG_RUNTIME_DIR. The initial namespace maps all of 0..2^32-2. */
+static inline int ctl_host_root(void) {
+  if (geteuid() != 0) return 0;
+  char map[128];
+  int fd = open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 1; /* no /proc: nothing says otherwise */
+  ssize_t n = read(fd, map, sizeof map - 1);
+  close(fd);
+  if (n <= 0) return 1;
+  map[n] = '\0';
+  unsigned long inside, outside, count;
+  return sscanf(map, "%lu %lu %lu", &inside, &outside, &count) == 3 && inside == 0 && outside == 0 &&
+         count == 4294967295UL;
+}
+
 /* Fills path (CTL_PATH_MAX bytes) with the socket of engine `name` in this network namespace,
  * making the directory if missing. 0, or an errno: EPERM when the directory is not a private one
  * of ours (another user made it), ENAMETOOLONG, or what mkdir/stat said. */
@@ -59,7 +78,7 @@ static inline int ctl_path(char *path, const char *name) {
   char dir[CTL_PATH_MAX];
   const char *xdg = getenv("XDG_RUNTIME_DIR");
   int n;
-  if (geteuid() == 0)
+  if (ctl_host_root())
     n = snprintf(dir, sizeof dir, "/run/userland-proxy");
   else if (xdg && xdg[0] == '/')
     n = snprintf(dir, sizeof dir, "%s/userland-proxy", xdg);

@@ -4,8 +4,8 @@
  * data-root, exec-root, socket and pidfile under a temp dir, iptables off, vfs storage. Every
  * CLI call is bounded; stop() removes the daemon, its containerd, mounts and the directory.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { IS_ROOT } from './netns.js';
@@ -147,4 +147,143 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
   if (await up()) return { dir, docker, log: () => daemonLog, kill, restart, stop };
   await stop();
   throw new Error(`dockerd did not come up:\n${daemonLog.slice(-2000)}`);
+}
+
+/** Why rootless Docker 28.5 cannot run here, or null when it can. */
+export function rootlessMissing(): string | null {
+  const base = dockerdMissing('28.5');
+  if (base) return base;
+  for (const tool of ['/usr/bin/newuidmap', '/usr/bin/slirp4netns', '/usr/bin/setfacl', '/usr/sbin/useradd'])
+    if (!existsSync(tool)) return `needs ${tool} (.ci/setup installs uidmap, slirp4netns and acl)`;
+  if (!existsSync(join(D28, 'usr/share/docker.io/contrib/dockerd-rootless.sh'))) return 'needs dockerd-rootless.sh (.ci/setup)';
+  return null;
+}
+
+/** A user of a test's own for rootless Docker, with what it needs; remove() undoes all of it. */
+export interface RootlessUser {
+  name: string;
+  uid: number;
+  gid: number;
+  remove(): void;
+}
+
+/**
+ * Creates a user with subordinate ids (useradd gives them) and lets it, alone, open /dev/net/tun
+ * (slirp4netns makes RootlessKit's tap device with it; the node is root's 0600): an ACL entry
+ * for that user, removed with it.
+ */
+export function createRootlessUser(name: string): RootlessUser {
+  spawnSync('userdel', ['-r', name], { stdio: 'ignore' }); // left by a killed run, if any
+  execFileSync('useradd', ['-m', '-s', '/bin/sh', name]);
+  const uid = Number(execFileSync('id', ['-u', name], { encoding: 'utf8' }).trim());
+  const gid = Number(execFileSync('id', ['-g', name], { encoding: 'utf8' }).trim());
+  const acl = execFileSync('getfacl', ['-p', '/dev/net/tun'], { encoding: 'utf8' }); // restored exactly
+  execFileSync('setfacl', ['-m', `u:${name}:rw`, '/dev/net/tun']);
+  return {
+    name,
+    uid,
+    gid,
+    remove: () => {
+      spawnSync('setfacl', ['--restore=-'], { input: acl, stdio: ['pipe', 'ignore', 'ignore'] });
+      spawnSync('pkill', ['-KILL', '-u', name], { stdio: 'ignore' });
+      spawnSync('userdel', ['-r', name], { stdio: 'ignore' });
+    },
+  };
+}
+
+/** A rootless dockerd: as PrivateDockerd, and the pid of dockerd (inside RootlessKit's namespaces). */
+export type RootlessDockerd = Pick<PrivateDockerd, 'dir' | 'docker' | 'log' | 'stop'> & { pid(): number };
+
+/**
+ * Rootless Docker 28.5 as dockerd-rootless.sh starts it: RootlessKit (slirp4netns, the builtin
+ * port driver) runs dockerd in a user and network namespace of its own, as `user`. Its binaries
+ * are copied into the daemon's directory first (the checkout's path need not be open to others).
+ * iptables off, vfs storage. stop() ends RootlessKit and everything of the user's.
+ */
+export async function startRootlessDockerd(user: RootlessUser, extraArgs: string[], env: Record<string, string>): Promise<RootlessDockerd> {
+  const dir = mkdtempSync('/tmp/upt-rootless-');
+  const bin = join(dir, 'bin');
+  try {
+    mkdirSync(bin);
+    for (const f of [
+      'usr/sbin/dockerd',
+      'usr/bin/containerd',
+      'usr/bin/containerd-shim-runc-v2',
+      'usr/bin/rootlesskit',
+      'usr/share/docker.io/contrib/dockerd-rootless.sh',
+    ])
+      copyFileSync(join(D28, f), join(bin, f.slice(f.lastIndexOf('/') + 1)));
+    for (const d of ['run', 'home']) mkdirSync(join(dir, d), { mode: 0o700 });
+    execFileSync('chmod', ['-R', 'a+rx', bin]);
+    execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, dir]);
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const sock = join(dir, 'docker.sock');
+  let daemonLog = '';
+  const child = spawn(
+    'setpriv',
+    [
+      `--reuid=${user.uid}`,
+      `--regid=${user.gid}`,
+      '--init-groups',
+      'timeout',
+      '900',
+      'sh',
+      join(bin, 'dockerd-rootless.sh'),
+      '--data-root',
+      join(dir, 'data'),
+      '--exec-root',
+      join(dir, 'exec'),
+      '-H',
+      `unix://${sock}`,
+      '--pidfile',
+      join(dir, 'docker.pid'),
+      '--iptables=false',
+      '--ip6tables=false',
+      '--storage-driver',
+      'vfs',
+      ...extraArgs,
+    ],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: join(dir, 'home'),
+      env: { ...env, HOME: join(dir, 'home'), XDG_RUNTIME_DIR: join(dir, 'run'), PATH: `${bin}:/usr/sbin:/usr/bin:/sbin:/bin` },
+    },
+  );
+  child.stderr?.on('data', (d) => {
+    daemonLog += d;
+  });
+  child.stdout?.on('data', (d) => {
+    daemonLog += d;
+  });
+  const docker = async (args: string[], seconds = 30): Promise<{ stdout: string; stderr: string; code: number }> => {
+    try {
+      const { stdout, stderr } = await run('timeout', [String(seconds), DOCKER, '-H', `unix://${sock}`, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
+      return { stdout, stderr, code: 0 };
+    } catch (err) {
+      const e = err as { stdout?: string; stderr?: string; code?: number };
+      return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: e.code ?? 1 };
+    }
+  };
+  const pid = (): number => Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim());
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null) {
+      const exited = new Promise((res) => child.once('exit', res));
+      // RootlessKit's parent (setpriv execs timeout, which runs it): its child ends with it.
+      spawnSync('pkill', ['-TERM', '-u', String(user.uid), '-x', 'rootlesskit'], { stdio: 'ignore' });
+      await Promise.race([exited, sleep(15_000)]);
+    }
+    spawnSync('pkill', ['-KILL', '-u', String(user.uid)], { stdio: 'ignore' });
+    for (let i = 0; i < 50 && spawnSync('pgrep', ['-u', String(user.uid)]).status === 0; i++) await sleep(100);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  for (let i = 0; i < 60; i++) {
+    await sleep(500);
+    if ((await docker(['info'])).code === 0) return { dir, docker, log: () => daemonLog, pid, stop };
+    if (child.exitCode !== null) break;
+  }
+  await stop();
+  throw new Error(`rootless dockerd did not come up:\n${daemonLog.slice(-2000)}`);
 }
