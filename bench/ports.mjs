@@ -6,17 +6,21 @@
 //             it that each proxy adds beyond the engine
 //   single    spawn -> "0\n" of one proxy while the engine runs (median of --runs), and of a first
 //             proxy that has to start the engine (median of --firsts cold starts)
-//   dockerd   a real dockerd (Debian's docker.io) publishing port ranges (`docker run -d -p
-//             N-M:N-M`: two proxies per port, IPv4 and IPv6) and `docker stop`, per contender
+//   dockerd   a real dockerd publishing port ranges (`docker run -d -p N-M:N-M`: two proxies per
+//             port, IPv4 and IPv6) and `docker stop`, per contender: times, the proxies' processes
+//             and their Pss (ours: with the engine). Under dockerd 28.5 (Debian unstable's, which
+//             binds each port itself and passes it on fd 4; .ci/setup unpacks it) and 20.10
+//             (Debian 12's), each with the docker-proxy of its own version as the reference
 // Contenders: the reference docker-proxy, userland-proxy shared (the default: shims + one engine)
 // and userland-proxy per-port (USERLAND_PROXY_SHARED=false: a Node process per port). The per-port
 // contender skips ranges above --per-port-max ports (a Node process per port: 2000 of them would
 // need ~16 GiB and ~5 minutes).
 // Usage: node bench/ports.mjs [--count 200] [--runs 20] [--firsts 5] [--ranges 100,1000]
-//        [--per-port-max 100] [--no-dockerd]       (root; .ci/setup installs docker.io and busybox)
+//        [--per-port-max 100] [--no-dockerd] [--dockerds 28.5,20.10] [--reps 3]
+//        (root; .ci/setup installs them). dockerd rows: medians of --reps run/stop cycles.
 // Writes bench/results/ports.json and ports.md and prints the table.
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { enginePids, machine as machineText, median, pssMiB, REF, ROOT, sleep, stopEngines } from './lib.mjs';
@@ -28,7 +32,14 @@ const RUNS = Number(opt('--runs', '20'));
 const FIRSTS = Number(opt('--firsts', '5'));
 const RANGES = opt('--ranges', '100,1000').split(',').map(Number);
 const PER_PORT_MAX = Number(opt('--per-port-max', '100'));
-const DOCKERD = !args.includes('--no-dockerd') && existsSync('/usr/sbin/dockerd') && existsSync('/bin/busybox');
+const REPS = Number(opt('--reps', '3'));
+const D28 = join(ROOT, '.cache/docker-28.5/usr');
+/** The dockerd versions, each with its own docker-proxy (the reference in its rows). */
+const DOCKERDS = [
+  { version: '28.5', dockerd: join(D28, 'sbin/dockerd'), path: `${join(D28, 'bin')}:`, ref: join(D28, 'sbin/docker-proxy'), args: ['--ip6tables=false'] },
+  { version: '20.10', dockerd: '/usr/sbin/dockerd', path: '', ref: REF, args: [] },
+].filter((d) => opt('--dockerds', '28.5,20.10').split(',').includes(d.version) && existsSync(d.dockerd) && existsSync(d.ref));
+const DOCKERD = !args.includes('--no-dockerd') && DOCKERDS.length > 0 && existsSync('/bin/busybox');
 const log = (m) => process.stdout.write(`${m}\n`);
 
 // Ours as an operator installs it for dockerd (deploy/docker/install.sh): bin/userland-proxy is
@@ -182,16 +193,17 @@ async function single(c, port) {
 }
 
 // ---- a real dockerd ----
-async function withDockerd(c, fn) {
+async function withDockerd(c, v, fn) {
   const dir = mkdtempSync('/tmp/upb-dockerd-');
   const sock = join(dir, 'docker.sock');
   const name = engineName();
-  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...c.env, USERLAND_PROXY_ENGINE_SOCKET: name };
+  const env = { PATH: `${v.path}/usr/sbin:/usr/bin:/sbin:/bin`, ...c.env, USERLAND_PROXY_ENGINE_SOCKET: name };
   const d = spawn(
     'timeout',
     [
       '1800',
-      '/usr/sbin/dockerd',
+      v.dockerd,
+      ...v.args,
       '--data-root',
       join(dir, 'data'),
       '--exec-root',
@@ -206,7 +218,7 @@ async function withDockerd(c, fn) {
       '--bip',
       '10.247.77.1/24',
       '--userland-proxy-path',
-      c.bin,
+      c.name === 'docker-proxy' ? v.ref : c.bin,
     ],
     { stdio: 'ignore', env },
   );
@@ -252,7 +264,22 @@ async function withDockerd(c, fn) {
     }
     if (!up) throw new Error('dockerd did not come up');
     docker('import', join(IMAGE_DIR, 'rootfs.tar'), 'upb-busybox');
-    return await fn(docker);
+    // The proxies are dockerd's children; ours add the engine of this dockerd's name.
+    const dockerdPid = Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim());
+    const proxies = () => {
+      const pids = [];
+      for (const p of readdirSync('/proc')) {
+        try {
+          if (/^\d+$/.test(p) && Number(readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ')[1]) === dockerdPid)
+            if (readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('host-port')) pids.push(Number(p));
+        } catch {
+          // exited meanwhile
+        }
+      }
+      const engines = enginePids(name);
+      return { processes: pids.length + engines.length, pssMiB: [...pids, ...engines].reduce((a, p) => a + pssMiB(p), 0) };
+    };
+    return await fn(docker, proxies);
   } finally {
     cleanups.splice(cleanups.indexOf(stop), 1);
     await stop();
@@ -282,22 +309,30 @@ async function main() {
     results.single[c.name] = await single(c, singlePort);
   }
   if (DOCKERD) {
-    for (const n of RANGES) {
-      // A contiguous range is what `-p N-M:N-M` publishes.
-      const first = await freeRange(n, 45000);
-      for (const c of CONTENDERS) {
-        if (c.env.USERLAND_PROXY_SHARED === 'false' && n > PER_PORT_MAX) continue;
-        log(`dockerd: ${n} ports (${2 * n} proxies) with ${c.name}`);
-        results.dockerd[`${n}`] ??= {};
-        results.dockerd[`${n}`][c.name] = await withDockerd(c, async (docker) => {
-          const range = `${first}-${first + n - 1}`;
-          const runMs = docker('run', '-d', '--name', 'upb-range', '-p', `${range}:${range}`, 'upb-busybox', 'httpd', '-f', '-p', '80');
-          const stopMs = docker('stop', '-t', '1', 'upb-range');
-          docker('rm', 'upb-range');
-          return { runMs, stopMs };
-        });
+    for (const v of DOCKERDS)
+      for (const n of RANGES) {
+        // A contiguous range is what `-p N-M:N-M` publishes.
+        const first = await freeRange(n, 45000);
+        for (const c of CONTENDERS) {
+          if (c.env.USERLAND_PROXY_SHARED === 'false' && n > PER_PORT_MAX) continue;
+          log(`dockerd ${v.version}: ${n} ports (${2 * n} proxies) with ${c.name}`);
+          results.dockerd[`${v.version} ${n}`] ??= {};
+          results.dockerd[`${v.version} ${n}`][c.name] = await withDockerd(c, v, async (docker, proxies) => {
+            const range = `${first}-${first + n - 1}`;
+            const reps = [];
+            for (let i = 0; i < REPS; i++) {
+              const runMs = docker('run', '-d', '--name', 'upb-range', '-p', `${range}:${range}`, 'upb-busybox', 'httpd', '-f', '-p', '80');
+              await sleep(1000);
+              const { processes, pssMiB } = proxies();
+              const stopMs = docker('stop', '-t', '1', 'upb-range');
+              docker('rm', 'upb-range');
+              reps.push({ runMs, stopMs, processes, pssMiB });
+            }
+            const med = (k) => median(reps.map((r) => r[k]));
+            return { runMs: med('runMs'), stopMs: med('stopMs'), processes: med('processes'), pssMiB: med('pssMiB'), reps };
+          });
+        }
       }
-    }
   }
   return results;
 }
@@ -326,9 +361,13 @@ function render(results) {
     (n) => results.single[n]?.firstMs ?? (n === 'docker-proxy' ? results.single[n]?.warmMs : null),
     1,
   );
-  for (const [n, by] of Object.entries(results.dockerd)) {
-    row(`dockerd: docker run -d -p with ${n} ports (${2 * n} proxies), ms`, (c) => by[c]?.runMs, 0);
-    row(`dockerd: docker stop with ${n} ports, ms`, (c) => by[c]?.stopMs, 0);
+  for (const [key, by] of Object.entries(results.dockerd)) {
+    const [version, n] = key.split(' ');
+    const d = `dockerd ${version} (docker-proxy ${version}), median of ${REPS}`;
+    row(`${d}: docker run -d -p with ${n} ports (${2 * n} proxies), ms`, (c) => by[c]?.runMs, 0);
+    row(`${d}: docker stop with ${n} ports, ms`, (c) => by[c]?.stopMs, 0);
+    row(`${d}: ${n} ports, processes serving them`, (c) => by[c]?.processes, 0);
+    row(`${d}: ${n} ports, Pss of those processes, MiB`, (c) => by[c]?.pssMiB, 1);
   }
   return rows.join('\n');
 }
