@@ -97,7 +97,7 @@ export function machine() {
   );
 }
 
-/** Pids of shared engines (src/engine.ts) whose USERLAND_PROXY_ENGINE_SOCKET is `name`. */
+/** Pids of shared engines (src/shared-engine/engine.ts) whose USERLAND_PROXY_ENGINE_SOCKET is `name`. */
 export function enginePids(name) {
   const pids = [];
   for (const d of readdirSync('/proc')) {

@@ -2,7 +2,7 @@
  * The N-API face of the native engine: splice(2) relay for TCP, batched UDP, on one epoll thread
  * per Node environment (the main thread in docker mode, each worker in standalone mode).
  *
- * Contract with JavaScript (src/native-engine.ts is the only caller; the tables it shares with
+ * Contract with JavaScript (src/data-path/native-engine.ts is the only caller; the tables it shares with
  * us are the `contract` export, compared at load):
  * - init(onEvents)                     once per environment; onEvents(batch) receives a
  *                                      Float64Array of eventSlots doubles per event (engine.h EVENTS).
@@ -27,7 +27,7 @@
  *                                      pending, else FIN; no drain); returns once done.
  * - contract                           { events, eventSlots, tcpCounters, connectBuckets,
  *                                      lifetimeBuckets, udpCounters, aclRecordBytes, udpFlowBuffer }
- * Errors are thrown with the code UPROXY_ERR_NATIVE (src/errors.ts).
+ * Errors are thrown with the code UPROXY_ERR_NATIVE (src/core/errors.ts).
  * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
  * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
  * - resetOnClose(fd, on)             arms or disarms SO_LINGER {1, 0} on a socket JavaScript owns
@@ -45,7 +45,7 @@
 
 #include <sys/ioctl.h>
 
-/* The error catalog's code for a failed native call (src/errors.ts). */
+/* The error catalog's code for a failed native call (src/core/errors.ts). */
 #define NATIVE_ERROR "UPROXY_ERR_NATIVE"
 
 /* ---------- N-API ---------- */

@@ -2,9 +2,9 @@
  * The shared engine's control socket (issue 13): the engine side of native/shim.c's protocol,
  * on the JS thread's own libuv loop (uv_poll), since Node has no API to pass file descriptors
  * over an arbitrary unix socket. This file only moves messages and descriptors; what they mean is
- * src/engine.ts's business.
+ * src/shared-engine/engine.ts's business.
  *
- * Contract with JavaScript (src/engine-protocol.ts is the only caller):
+ * Contract with JavaScript (src/shared-engine/engine-protocol.ts is the only caller):
  * - ctlListen(fdOrName, onMessage, onClose)  serve the listening AF_UNIX SOCK_SEQPACKET socket
  *       inherited as fd, or bind the socket of that engine name (ctl-msg.h: under the start-up
  *       lock); throws with the errno text (EADDRINUSE: an engine already serves this namespace). Peers that are neither root nor our uid are

@@ -11,7 +11,7 @@
  *         /tmp/userland-proxy-<uid>, for anyone else, the root of a user namespace included
  *         (rootless Docker: RootlessKit's uid 0, whose XDG_RUNTIME_DIR dockerd-rootless sets).
  *         Made 0700 if missing; refused unless it is a real directory of ours, mode 0700.
- *   name  engine-<fnv1a32 of the install root> (src/engine-protocol.ts), or
+ *   name  engine-<fnv1a32 of the install root> (src/shared-engine/engine-protocol.ts), or
  *         $USERLAND_PROXY_ENGINE_SOCKET; the network namespace's inode keeps one engine per
  *         namespace, as the kernel's scoping of abstract names did.
  * Start-up: whoever finds no engine (ECONNREFUSED, ENOENT) takes an flock on <path>.lock, looks
@@ -35,7 +35,7 @@
 
 #define CTL_PATH_MAX 108 /* sizeof sun_path */
 
-/* The shim protocol's version (audit N9), src/constants.ts CTL_PROTOCOL too. A shim's registration
+/* The shim protocol's version (audit N9), src/core/constants.ts CTL_PROTOCOL too. A shim's registration
  * ends with a field "protocol=<n>" (an engine of protocol 1 ignores it: it reads USERLAND_PROXY_*
  * entries only); the engine's "0" verdict carries "protocol=<n>" after the type byte (a shim of
  * protocol 1 reads the type byte only). An engine that cannot serve a shim's protocol answers

@@ -2,7 +2,7 @@
  * The native engine's shared types (native/): one epoll thread per Node environment relays TCP
  * with splice(2) and UDP with recvmmsg/sendmmsg. Split by role, as passt splits its C:
  *   engine.h   this file: tunables, the JS<->C contract tables, types, cross-file functions
- *   binding.c  the N-API face (the contract with src/native-engine.ts is stated at its top)
+ *   binding.c  the N-API face (the contract with src/data-path/native-engine.ts is stated at its top)
  *   accept.c   TCP listeners: accept4 batches, access lists, caps, the dial, the PROXY header
  *   access.c   access lists and the process fd budget, for both protocols
  *   tcp.c      pipes and the splice relay of a TCP connection
@@ -31,7 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Tunables (mirrors of src/constants.ts where both exist). */
+/* Tunables (mirrors of src/core/constants.ts where both exist). */
 #define EVENTS_PER_WAIT 128
 #define PIPE_POOL_MAX 8 /* idle pipes kept per thread: 16 fds, inside JS's FD_RESERVE */
 #define POOL_TRIM_MS 5000 /* pooled pipes unused for this long are closed */

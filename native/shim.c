@@ -2,7 +2,7 @@
  * userland-proxy-shim: docker mode's per-port process when the shared engine is built (issue 13).
  * bin/userland-proxy execs it for docker-proxy's flags; it costs about a millisecond and 0.1 MiB,
  * where a Node process per port costs 30+ ms and 6+ MiB. The mapping itself is served by one
- * engine per network namespace (src/engine.ts), which this shim starts on demand.
+ * engine per network namespace (src/shared-engine/engine.ts), which this shim starts on demand.
  *
  * Process contract: docker-proxy's, every byte as docker-mode.ts states it:
  *   argv   -proto -host-ip -host-port -container-ip -container-port [-use-listen-fd], one or two
@@ -18,7 +18,7 @@
  *          TCP connections drain.
  *   SIGHUP the engine reopens the mapping's log file.
  *
- * Engine protocol (src/engine-protocol.ts is the other side): one AF_UNIX SOCK_SEQPACKET connection
+ * Engine protocol (src/shared-engine/engine-protocol.ts is the other side): one AF_UNIX SOCK_SEQPACKET connection
  * per mapping to the engine's socket, a path in a directory only our uid can write, one per
  * network namespace (ctl-msg.h says where). Messages, first byte a type:
  *   shim -> engine  R<argc>\0<argv...>\0<USERLAND_PROXY_* env...>\0  [+ fd 4]  register
@@ -56,7 +56,7 @@
 
 #include "ctl-msg.h"
 
-/* Tunables (src/constants.ts documents the same values). */
+/* Tunables (src/core/constants.ts documents the same values). */
 #define STATUS_FD 3
 #define LISTEN_FD 4
 #define ENGINE_CONTROL_FD 3 /* the engine's inherited listening control socket */
@@ -216,7 +216,7 @@ static void find_root(void) {
   snprintf(launcher, sizeof launcher, "%s/bin/userland-proxy%s", root, checkout ? "" : "-node");
 }
 
-/* The engine's socket (ctl-msg.h; src/engine-protocol.ts names it the same way). 0, or an errno
+/* The engine's socket (ctl-msg.h; src/shared-engine/engine-protocol.ts names it the same way). 0, or an errno
  * when there is no private directory for it (the per-port proxy then serves). */
 static int engine_path(void) {
   const char *given = getenv("USERLAND_PROXY_ENGINE_SOCKET");

@@ -2,15 +2,23 @@
 // Runs the suites again on every other supported Node.js major (22, 24 and 26, unpacked into
 // .cache/nodes by .ci/setup): vitest itself and every proxy it spawns (through the launcher's
 // USERLAND_PROXY_NODE) run on that major. The main `vitest run` covers Node 20 and both engines.
-// Left out here: node-versions (it crosses the majors itself, from the main run) and the
-// container image (it builds and runs an image with its own Node 22, whatever runs the test).
+// Left out here: node-versions (it crosses the majors itself, from the main run), the container
+// image (it builds and runs an image with its own Node 22, whatever runs the test), and the deploy
+// validators (systemd, Prometheus, Kubernetes, Grafana files: none runs on Node). Cases of the
+// reference docker-proxy alone are made in the main run only (UPT_MAJOR_RERUN, helpers/engine.ts).
 // A missing major is reported as skipped, loudly. Exit status: non-zero if any run failed.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 const root = join(import.meta.dirname, '..');
-const LEFT_OUT = ['test/integration/node-versions.test.ts', 'test/deploy/container-image.test.ts'];
+const LEFT_OUT = [
+  'test/integration/node-versions.test.ts',
+  'test/deploy/container-image.test.ts',
+  'test/deploy/deploy-files.test.ts',
+  'test/deploy/deploy-tools.test.ts',
+  'test/deploy/kubernetes.test.ts',
+];
 // The files themselves, not --exclude: the project's own exclude list replaces a command-line one.
 const files = ['test/unit', 'test/integration', 'test/deploy']
   .flatMap((dir) => readdirSync(join(root, dir)).map((f) => `${dir}/${f}`))
@@ -26,7 +34,7 @@ for (const major of ['22', '24', '26']) {
   const r = spawnSync(node, [join(root, 'node_modules/vitest/vitest.mjs'), 'run', '--project', 'js', ...files], {
     cwd: root,
     stdio: 'inherit',
-    env: { ...process.env, USERLAND_PROXY_NODE: node },
+    env: { ...process.env, USERLAND_PROXY_NODE: node, UPT_MAJOR_RERUN: major },
   });
   if (r.status !== 0) failed++;
 }

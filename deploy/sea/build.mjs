@@ -43,7 +43,7 @@ const common = {
 const worker = await build({
   ...common,
   format: 'esm',
-  entryPoints: [join(root, 'dist/worker.js')],
+  entryPoints: [join(root, 'dist/standalone/worker.js')],
   write: false,
   banner: { js: `import { createRequire as __seaCreateRequire } from 'node:module'; const require = __seaCreateRequire(process.execPath); ${prelude}` },
 });

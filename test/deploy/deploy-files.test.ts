@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { FAMILIES, PREFIX } from '../../src/metrics.js';
+import { FAMILIES, PREFIX } from '../../src/metrics/metrics.js';
 
 const exported = new Set(
   FAMILIES.flatMap((f) =>

@@ -11,7 +11,7 @@ import { parseAllDocuments } from 'yaml';
 import { ConfigMap, Namespace } from 'kubernetes-models/v1';
 import { DaemonSet } from 'kubernetes-models/apps/v1';
 import { describe, expect, it } from 'vitest';
-import { buildConfig } from '../../src/config.js';
+import { buildConfig } from '../../src/standalone/config.js';
 
 const ROOT = join(import.meta.dirname, '../..');
 const docs = parseAllDocuments(readFileSync(join(ROOT, 'deploy/kubernetes/userland-proxy.yaml'), 'utf8')).map((d) => {

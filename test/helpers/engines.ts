@@ -1,5 +1,5 @@
 /**
- * The shared engines (src/engine.ts) of this checkout, found in /proc: by the control socket name
+ * The shared engines (src/shared-engine/engine.ts) of this checkout, found in /proc: by the control socket name
  * in their environment (each test run, and each lifecycle test, names its own).
  */
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';

@@ -1,5 +1,5 @@
 /** A log that keeps its warnings, to read what a forwarder or logger said. */
-import { type Log, silentLog } from '../../src/logger.js';
+import { type Log, silentLog } from '../../src/core/logger.js';
 
 /** One warning as the forwarder gave it to the log. */
 export interface Warning {

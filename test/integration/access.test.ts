@@ -6,12 +6,12 @@
 import { createSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AccessRules, compileAccess } from '../../src/access-list.js';
-import { bindUdp, listenTcp } from '../../src/listen.js';
-import type { Log } from '../../src/logger.js';
+import { type AccessRules, compileAccess } from '../../src/core/access-list.js';
+import { bindUdp, listenTcp } from '../../src/data-path/listen.js';
+import type { Log } from '../../src/core/logger.js';
 import { recorder, warned } from '../helpers/log.js';
-import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
-import { createUdpSocket, UdpForwarder } from '../../src/udp-forwarder.js';
+import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
+import { createUdpSocket, UdpForwarder } from '../../src/data-path/udp-forwarder.js';
 import { freePort, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/engine.js';

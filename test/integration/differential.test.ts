@@ -10,8 +10,8 @@ import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, readToEnd, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { serverFd, udpHandle } from '../../src/node-internals.js';
-import { testEngine } from '../helpers/engine.js';
+import { serverFd, udpHandle } from '../../src/core/node-internals.js';
+import { MAJOR_RERUN, testEngine } from '../helpers/engine.js';
 import { BIN, REF_PROXIES, haveReference, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { killTracked } from '../helpers/processes.js';
 import { DOCKER_MODES, useDockerMode } from '../helpers/engines.js';
@@ -303,7 +303,8 @@ describe.each(DOCKER_MODES)('$mode', ({ shared }) => {
       expect(ours).toEqual(['second', 'third']);
     });
 
-    it.skipIf(!V28)('-use-listen-fd: fd 4 of each kind, and missing', async () => {
+    // (20.10 has no -use-listen-fd: the case is not made for it.)
+    (V28 ? it : () => {})('-use-listen-fd: fd 4 of each kind, and missing', async () => {
       const [ref, ours] = await both(async (bin) => {
         const out: Record<string, unknown> = {};
         // A listening TCP socket: adopted, serves.
@@ -365,7 +366,8 @@ describe('UDP one-sided flows (docker-proxy 28.0.2+)', () => {
     return ports.size;
   };
   const ref28 = REFS.find((r) => r.version === '28.5');
-  it.skipIf(!ref28?.have || testEngine() !== 'js')(
+  // (Once per CI run: the reference does not depend on the engine or the Node line.)
+  (ref28?.have && testEngine() === 'js' && !MAJOR_RERUN ? it : () => {})(
     'docker-proxy 28.5: the container sees one source port across its 90 s timeout',
     async () => {
       expect(await oneSided(ref28?.ref as string, 90_000, {})).toBe(1);

@@ -5,7 +5,7 @@
 import { spawnSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { readFileSync, readlinkSync } from 'node:fs';
-import { LISTEN_BACKLOG } from '../../src/constants.js';
+import { LISTEN_BACKLOG } from '../../src/core/constants.js';
 import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';

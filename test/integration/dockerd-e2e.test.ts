@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { REF_PROXIES, ROOT, haveReference } from '../helpers/proxy.js';
-import { testEngine } from '../helpers/engine.js';
+import { MAJOR_RERUN, testEngine } from '../helpers/engine.js';
 import { killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
 
 const CAN_RUN = CAN_RUN_DOCKERD && existsSync('/bin/busybox');
@@ -115,7 +115,7 @@ afterAll(() => {
 });
 
 const RUNS = (['28.5', '20.10'] as DockerdVersion[]).flatMap((version) => [
-  ...(testEngine() === 'js'
+  ...(testEngine() === 'js' && !MAJOR_RERUN
     ? [
         {
           version,
@@ -182,7 +182,9 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       // dockerd 28 binds the port itself and hands it over: the socket that serves is its own.
       for (const l of lines) expect(l.includes(' -use-listen-fd'), l).toBe(version !== '20.10');
     };
-    it.skipIf(REF)('the install is root-owned, not writable by others, and finds node without PATH', () => {
+    // (Cases of our install alone are not made for the reference, rather than skipped.)
+    const ours = REF ? () => {} : it;
+    ours('the install is root-owned, not writable by others, and finds node without PATH', () => {
       const st = statSync(join(dir, 'opt/bin/userland-proxy'));
       expect(st.uid).toBe(0);
       expect(st.mode & 0o022).toBe(0);
@@ -397,7 +399,7 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       for (const url of urls) expect(await serves(url), url).toBe(false);
     });
 
-    it.skipIf(REF)('the proxies dockerd started ran the engine under test', () => {
+    ours('the proxies dockerd started ran the engine under test', () => {
       expect(readFileSync(log, 'utf8')).toContain(`"engine":"${testEngine()}"`);
     });
   },

@@ -15,7 +15,7 @@ import { useBackend } from '../helpers/netns.js';
 import { freePort, sleep, tcpConnect } from '../helpers/net.js';
 import { BIN, ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { ownEngineEnv, servingPid } from '../helpers/engines.js';
-import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/constants.js';
+import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/core/constants.js';
 import { get, sample, startStandalone } from '../helpers/standalone.js';
 import { killTracked, track } from '../helpers/processes.js';
 

@@ -54,7 +54,7 @@ for (const [major, node] of nodes) {
       expect((await done).data.toString()).toBe('ab');
     });
 
-    it(`the in-process relay and private-API suites (src/node-internals.ts) pass on Node ${major}`, async () => {
+    it(`the in-process relay and private-API suites (src/core/node-internals.ts) pass on Node ${major}`, async () => {
       if (major === '20') return; // they run in this very process as part of the main suite
       const { stdout } = await run(
         node,

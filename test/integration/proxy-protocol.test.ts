@@ -17,10 +17,10 @@ import { startProxy, dockerArgv } from '../helpers/proxy.js';
 import { startStandalone } from '../helpers/standalone.js';
 import { testEngine } from '../helpers/engine.js';
 import { killTracked } from '../helpers/processes.js';
-import { listenTcp } from '../../src/listen.js';
-import { silentLog } from '../../src/logger.js';
-import { proxyHeader } from '../../src/proxy-protocol.js';
-import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
+import { listenTcp } from '../../src/data-path/listen.js';
+import { silentLog } from '../../src/core/logger.js';
+import { proxyHeader } from '../../src/core/proxy-protocol.js';
+import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
 
 const CAN = IS_ROOT && existsSync('/usr/sbin/nginx');
 const dir = mkdtempSync(join(tmpdir(), 'upt-nginx-'));

@@ -6,11 +6,11 @@
  */
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listenTcp } from '../../src/listen.js';
-import { silentLog } from '../../src/logger.js';
-import { relayPoolStats, relayQueuedBytes } from '../../src/relay.js';
-import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/constants.js';
-import { createTcpServer, TcpForwarder } from '../../src/tcp-forwarder.js';
+import { listenTcp } from '../../src/data-path/listen.js';
+import { silentLog } from '../../src/core/logger.js';
+import { relayPoolStats, relayQueuedBytes } from '../../src/data-path/relay.js';
+import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/core/constants.js';
+import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
 import { randomBytes, sha256, sleep, tcpConnect } from '../helpers/net.js';
 
 let echo: Server;

@@ -11,7 +11,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { serverFd } from '../../src/node-internals.js';
+import { serverFd } from '../../src/core/node-internals.js';
 import { enginePids, servingPid, useOwnEngines } from '../helpers/engines.js';
 import { freePort, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
 import { useBackend } from '../helpers/netns.js';

@@ -1,6 +1,6 @@
 /**
  * The shared engine's lifecycle (issue 13): shims (native/shim.c) started the way dockerd starts
- * docker-proxy, one engine per network namespace (src/engine.ts), and what happens when any of
+ * docker-proxy, one engine per network namespace (src/shared-engine/engine.ts), and what happens when any of
  * the processes dies. Each test names an engine of its own (USERLAND_PROXY_ENGINE_SOCKET) and
  * kills it afterwards; the data path is the project's engine (USERLAND_PROXY_ENGINE).
  */
@@ -26,8 +26,8 @@ import { tmpdir } from 'node:os';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
-import { serverFd, udpHandle } from '../../src/node-internals.js';
-import { control, type Control } from '../../src/engine-protocol.js';
+import { serverFd, udpHandle } from '../../src/core/node-internals.js';
+import { control, type Control } from '../../src/shared-engine/engine-protocol.js';
 import { enginePids, RUN_ENGINE_SOCKET, useOwnEngines } from '../helpers/engines.js';
 import { freePort, randomBytes, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { compileAccess, isAllowed, parseCidrs } from '../../src/access-list.js';
+import { compileAccess, isAllowed, parseCidrs } from '../../src/core/access-list.js';
 
 describe('parseCidrs()', () => {
   it('parseCidrs() reads lists and arrays of CIDRs and single addresses', () => {

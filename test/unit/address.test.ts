@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ipFromBytes, ipv6ToBytes, isUnspecified, joinHostPort, parseIp } from '../../src/address.js';
+import { ipFromBytes, ipv6ToBytes, isUnspecified, joinHostPort, parseIp } from '../../src/core/address.js';
 
 describe('parseIp()', () => {
   it('parseIp() classifies IPv4 and IPv6 literals', () => {

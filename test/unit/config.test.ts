@@ -3,8 +3,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildConfig, parseListenAddress, readConfigFile } from '../../src/config.js';
-import { ProxyError } from '../../src/errors.js';
+import { buildConfig, parseListenAddress, readConfigFile } from '../../src/standalone/config.js';
+import { ProxyError } from '../../src/core/errors.js';
 
 describe('buildConfig()', () => {
   it('buildConfig() combines publish specs from all sources and applies defaults', () => {

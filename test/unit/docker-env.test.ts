@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { readDockerEnv } from '../../src/docker-env.js';
+import { readDockerEnv } from '../../src/docker/docker-env.js';
 
 /** docker-proxy's behaviour where nothing is set. */
 const DEFAULTS = {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { parseDockerArgs, toDockerMapping } from '../../src/docker-flags.js';
-import { ProxyError } from '../../src/errors.js';
+import { parseDockerArgs, toDockerMapping } from '../../src/docker/docker-flags.js';
+import { ProxyError } from '../../src/core/errors.js';
 
 const base = ['-host-ip', '127.0.0.1', '-host-port', '8080', '-container-ip', '172.17.0.2', '-container-port', '80'];
 const map = (args: string[]) => toDockerMapping(parseDockerArgs(args));

@@ -5,9 +5,9 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { readDockerEnv } from '../../src/docker-env.js';
-import { parseDockerArgs, toDockerMapping } from '../../src/docker-flags.js';
-import { ProxyError } from '../../src/errors.js';
+import { readDockerEnv } from '../../src/docker/docker-env.js';
+import { parseDockerArgs, toDockerMapping } from '../../src/docker/docker-flags.js';
+import { ProxyError } from '../../src/core/errors.js';
 
 const token = fc.oneof(
   fc.constantFrom(

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseDuration } from '../../src/duration.js';
+import { parseDuration } from '../../src/core/duration.js';
 
 describe('parseDuration()', () => {
   it('parseDuration() reads units and bare seconds', () => {

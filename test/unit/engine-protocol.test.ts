@@ -1,6 +1,6 @@
-/** The registration message of the shim protocol (src/engine-protocol.ts; native/shim.c sends it). */
+/** The registration message of the shim protocol (src/shared-engine/engine-protocol.ts; native/shim.c sends it). */
 import { describe, expect, it } from 'vitest';
-import { parseRegistration } from '../../src/engine-protocol.js';
+import { parseRegistration } from '../../src/shared-engine/engine-protocol.js';
 
 const msg = (type: string, ...parts: string[]): Buffer => Buffer.from(`${type}${parts.join('\0')}\0`);
 

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { ERROR_CODES, ProxyError, toProxyError } from '../../src/errors.js';
+import { ERROR_CODES, ProxyError, toProxyError } from '../../src/core/errors.js';
 
 describe('errors catalog', () => {
   it('ProxyError carries its code, exit status and a one-line message', () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { formatUsage, parseGoBool, parseGoFlags, parseGoInt, type FlagSpec } from '../../src/go-flags.js';
-import { DOCKER_FLAGS } from '../../src/docker-flags.js';
+import { formatUsage, parseGoBool, parseGoFlags, parseGoInt, type FlagSpec } from '../../src/core/go-flags.js';
+import { DOCKER_FLAGS } from '../../src/docker/docker-flags.js';
 
 const specs: FlagSpec[] = [...DOCKER_FLAGS];
 const parse = (argv: string[]) => parseGoFlags(argv, specs);

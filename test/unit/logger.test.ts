@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { recorder } from '../helpers/log.js';
-import { RateLimitedLog, parseLogLevel, humanLine } from '../../src/logger.js';
+import { RateLimitedLog, parseLogLevel, humanLine } from '../../src/core/logger.js';
 
 describe('RateLimitedLog', () => {
   it('RateLimitedLog.warn() logs the first of a burst, then once per window with a count', async () => {

@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { newHistogram, observe } from '../../src/histogram.js';
-import { createRegistry, FAMILIES, PREFIX } from '../../src/metrics.js';
-import { parsePublishSpec } from '../../src/publish-spec.js';
-import { newTcpStats } from '../../src/tcp-forwarder.js';
-import { newUdpStats } from '../../src/udp-forwarder.js';
+import { newHistogram, observe } from '../../src/core/histogram.js';
+import { createRegistry, FAMILIES, PREFIX } from '../../src/metrics/metrics.js';
+import { parsePublishSpec } from '../../src/standalone/publish-spec.js';
+import { newTcpStats } from '../../src/data-path/tcp-types.js';
+import { newUdpStats } from '../../src/data-path/udp-forwarder.js';
 
 describe('metrics', () => {
   it('every exported metric family is documented in docs/reference.md', () => {

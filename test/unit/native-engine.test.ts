@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { contractMismatch, type NativeContract } from '../../src/native-engine.js';
+import { contractMismatch, type NativeContract } from '../../src/data-path/native-engine.js';
 import { ROOT } from '../helpers/proxy.js';
 
 const ADDON = join(ROOT, 'build/Release/engine.node');

@@ -1,5 +1,5 @@
 /**
- * Each private Node.js API we lean on (src/node-internals.ts), against real sockets. node-versions
+ * Each private Node.js API we lean on (src/core/node-internals.ts), against real sockets. node-versions
  * runs this file on Node 22, 24 and 26 as well: a Node that changes one fails here, by name.
  */
 import { createSocket } from 'node:dgram';
@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adoptAccepted, isUnixServer, serverFd, socketFd, swapReadBuffer, udpHandle } from '../../src/node-internals.js';
+import { adoptAccepted, isUnixServer, serverFd, socketFd, swapReadBuffer, udpHandle } from '../../src/core/node-internals.js';
 import { sleep } from '../helpers/net.js';
 
 let server: Server;

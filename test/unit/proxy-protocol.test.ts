@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseProxyProtocol, proxyHeader } from '../../src/proxy-protocol.js';
+import { parseProxyProtocol, proxyHeader } from '../../src/core/proxy-protocol.js';
 
 const v4 = { srcAddress: '192.0.2.10', srcPort: 51234, dstAddress: '127.0.0.1', dstPort: 8080 };
 const v6 = { srcAddress: '::1', srcPort: 40000, dstAddress: 'fd00::2', dstPort: 443 };

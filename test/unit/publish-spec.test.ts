@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ProxyError } from '../../src/errors.js';
-import { checkOverlaps, parsePublishSpec } from '../../src/publish-spec.js';
+import { ProxyError } from '../../src/core/errors.js';
+import { checkOverlaps, parsePublishSpec } from '../../src/standalone/publish-spec.js';
 
 const err = (spec: string) => {
   try {

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { flagOf, parseValue, setting, SETTINGS, settingsOf } from '../../src/settings.js';
+import { flagOf, parseValue, setting, SETTINGS, settingsOf } from '../../src/core/settings.js';
 
 const readme = readFileSync(new URL('../../docs/reference.md', import.meta.url), 'utf8');
 
