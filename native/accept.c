@@ -20,18 +20,6 @@
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
 
-const double connect_bounds[N_CONNECT_BOUNDS] = { CONNECT_BOUNDS };
-const double lifetime_bounds[N_LIFETIME_BOUNDS] = { LIFETIME_BOUNDS };
-
-/* Records v in a histogram laid out as histogram.ts's PlainHistogram: counts, sum, count. */
-void observe(double *h, const double *bounds, int n, double v) {
-  int i = 0;
-  while (i < n && v > bounds[i]) i++;
-  h[i] += 1;
-  h[n + 1] += v;
-  h[n + 2] += 1;
-}
-
 static void set_int(int fd, int level, int name, int v) { setsockopt(fd, level, name, &v, sizeof v); }
 
 /* The dial queue holds a group's dialing connections in accept order, which is deadline order:
@@ -45,21 +33,6 @@ static void dial_push(group_t *g, conn_t *c) {
   else
     g->dial_head = c;
   g->dial_tail = c;
-}
-
-/* Takes a connection off its group's dial queue. */
-void dial_unlink(conn_t *c) {
-  if (!c->dialing) return;
-  group_t *g = c->g;
-  c->dialing = 0;
-  if (c->dprev)
-    c->dprev->dnext = c->dnext;
-  else
-    g->dial_head = c->dnext;
-  if (c->dnext)
-    c->dnext->dprev = c->dprev;
-  else
-    g->dial_tail = c->dprev;
 }
 
 /* A failed dial (errno err, or ETIMEDOUT from our own timeout): counted by reason, reported,

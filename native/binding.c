@@ -45,26 +45,9 @@
 
 #include <sys/ioctl.h>
 
-/* The error catalog's code for a failed native call (src/core/errors.ts). */
-#define NATIVE_ERROR "UPROXY_ERR_NATIVE"
+#include "napi-util.h"
 
 /* ---------- N-API ---------- */
-
-#define CHECK(call)                                         \
-  do {                                                      \
-    if ((call) != napi_ok) {                                \
-      napi_throw_error(env, NATIVE_ERROR, #call " failed"); \
-      return NULL;                                          \
-    }                                                       \
-  } while (0)
-
-/* Throws a JS error "<what>: <strerror>" with the catalog code; returns NULL for the caller. */
-static napi_value throw_errno(napi_env env, int err, const char *what) {
-  char msg[160];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, NATIVE_ERROR, msg);
-  return NULL;
-}
 
 /* This environment's engine (made by init()), or a thrown error. */
 static engine_t *engine_of(napi_env env) {

@@ -34,6 +34,7 @@
 #include <uv.h>
 
 #include "ctl-msg.h"
+#include "napi-util.h"
 
 #define CTL_MSG_MAX 65536
 #define CTL_SEND_TIMEOUT_MS 1000 /* a closed peer that reads nothing of its queue for this long is dropped */
@@ -64,13 +65,6 @@ static ctl_conn_t **conns; /* by fd */
 static int nconns;
 static char *rbuf;
 
-static napi_value throw_ctl(napi_env env, int err, const char *what) {
-  char msg[200];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  napi_throw_error(env, "UPROXY_ERR_NATIVE", msg);
-  return NULL;
-}
-
 /* Calls a JS callback from a libuv callback: its own scope, microtasks run after, and a throw
  * becomes an uncaughtException as it would for any Node callback. */
 static void call(napi_ref ref, size_t argc, napi_value *argv) {
@@ -98,6 +92,7 @@ static void close_gently(int fd) {
   close(fd);
 }
 
+/* libuv's close callback of a connection's poll handle: now its fd closes, with what was queued. */
 static void free_conn(uv_handle_t *h) {
   ctl_conn_t *c = h->data;
   close_gently(c->fd);
@@ -109,6 +104,7 @@ static void free_conn(uv_handle_t *h) {
   free(c);
 }
 
+/* Forgets connection fd: polling stops now, the fd closes in free_conn once libuv lets go. */
 static void drop_conn(int fd) {
   if (fd < 0 || fd >= nconns || !conns[fd]) return;
   ctl_conn_t *c = conns[fd];
@@ -143,6 +139,7 @@ static void flush(ctl_conn_t *c) {
 /* Closed connections whose peer does not read what is queued go at their deadline. */
 static uv_timer_t sweeper;
 static int sweeping;
+/* Periodically while any connection is closing: drops those past their deadline. */
 static void sweep(uv_timer_t *t) {
   int left = 0;
   for (int fd = 0; fd < nconns; fd++) {
@@ -159,6 +156,8 @@ static void sweep(uv_timer_t *t) {
   }
 }
 
+/* A connection's poll event: flushes its queue when writable; reads up to 16 messages (each with
+ * at most one fd) for JavaScript's onMessage, and reports EOF or an error as onClose. */
 static void on_conn(uv_poll_t *p, int status, int events) {
   ctl_conn_t *c = p->data;
   int fd = c->fd;
@@ -186,11 +185,14 @@ static void on_conn(uv_poll_t *p, int status, int events) {
   }
 }
 
+/* Tells a peer why it is refused (one message, never blocking) and closes it. */
 static void refuse(int fd, const char *why) {
   send(fd, why, strlen(why), MSG_NOSIGNAL | MSG_DONTWAIT);
   close_gently(fd);
 }
 
+/* The control socket is readable: accepts every waiting peer of root or our own uid (SO_PEERCRED)
+ * and polls it; refuses anyone else with a reason. */
 static void on_accept(uv_poll_t *p, int status, int events) {
   for (;;) {
     int fd = accept4(listener_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
@@ -232,26 +234,19 @@ static void on_accept(uv_poll_t *p, int status, int events) {
   }
 }
 
-static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
-  size_t argc = want;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
-    napi_throw_error(env, "UPROXY_ERR_NATIVE", "missing arguments");
-    return -1;
-  }
-  return 0;
-}
-
+/* ctlListen(fdOrName, onMessage, onClose): serves the control socket given (an inherited fd) or
+ * bound under `name` (ctl_path, under the start-up lock) on the JS thread's loop. */
 static napi_value js_ctl_listen(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   if (get_args(env, info, 3, argv) < 0) return NULL;
-  if (listener_fd >= 0) return throw_ctl(env, EBUSY, "ctlListen");
+  if (listener_fd >= 0) return throw_errno(env, EBUSY, "ctlListen");
   napi_valuetype t;
   napi_typeof(env, argv[0], &t);
   int fd;
   if (t == napi_number) {
     napi_get_value_int32(env, argv[0], &fd);
     int fl = fcntl(fd, F_GETFL);
-    if (fl < 0) return throw_ctl(env, errno, "control socket");
+    if (fl < 0) return throw_errno(env, errno, "control socket");
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     fcntl(fd, F_SETFD, FD_CLOEXEC);
   } else {
@@ -259,21 +254,21 @@ static napi_value js_ctl_listen(napi_env env, napi_callback_info info) {
     size_t len;
     napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
     int err = ctl_path(path, name);
-    if (err) return throw_ctl(env, err, "engine socket directory");
+    if (err) return throw_errno(env, err, "engine socket directory");
     int lock = ctl_lock(path);
-    if (lock < 0) return throw_ctl(env, errno == EWOULDBLOCK ? EADDRINUSE : errno, "lock");
+    if (lock < 0) return throw_errno(env, errno == EWOULDBLOCK ? EADDRINUSE : errno, "lock");
     int c = ctl_connect(path);
     if (c >= 0 || errno == EAGAIN) { /* an engine answers: this namespace has one */
       if (c >= 0) close(c);
       close(lock);
-      return throw_ctl(env, EADDRINUSE, "bind");
+      return throw_errno(env, EADDRINUSE, "bind");
     }
     fd = ctl_bind(path, SOCK_NONBLOCK);
     err = errno;
     close(lock);
-    if (fd < 0) return throw_ctl(env, err, "bind");
+    if (fd < 0) return throw_errno(env, err, "bind");
   }
-  if (!rbuf && !(rbuf = malloc(CTL_MSG_MAX))) return throw_ctl(env, ENOMEM, "ctlListen");
+  if (!rbuf && !(rbuf = malloc(CTL_MSG_MAX))) return throw_errno(env, ENOMEM, "ctlListen");
   ctl_env = env;
   napi_create_reference(env, argv[1], 1, &on_message);
   napi_create_reference(env, argv[2], 1, &on_close);
@@ -285,15 +280,17 @@ static napi_value js_ctl_listen(napi_env env, napi_callback_info info) {
   napi_get_uv_event_loop(env, &loop);
   if (uv_poll_init(loop, &listener, fd) != 0) {
     close(fd);
-    return throw_ctl(env, EINVAL, "uv_poll_init");
+    return throw_errno(env, EINVAL, "uv_poll_init");
   }
   listener_fd = fd;
   uv_poll_start(&listener, UV_READABLE, on_accept);
   return NULL;
 }
 
+/* libuv's close callback of the listening socket's poll handle: the socket itself closes now. */
 static void close_listener(uv_handle_t *h) { close(listener_fd = (int)(intptr_t)h->data); }
 
+/* ctlStopListening(): closes the control socket (a new engine took the name); connections stay. */
 static napi_value js_ctl_stop_listening(napi_env env, napi_callback_info info) {
   if (listener_fd >= 0) {
     listener.data = (void *)(intptr_t)listener_fd;
@@ -303,6 +300,8 @@ static napi_value js_ctl_stop_listening(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ctlSend(conn, msg, fd): sends one message with fd (-1: none); never blocks: what the peer does
+ * not take now waits in the connection's queue (bounded). False when the connection is gone. */
 static napi_value js_ctl_send(napi_env env, napi_callback_info info) {
   napi_value argv[3], result;
   if (get_args(env, info, 3, argv) < 0) return NULL;
@@ -338,6 +337,8 @@ static napi_value js_ctl_send(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ctlClose(conn): closes a connection once its queue is flushed (at most a second of no progress),
+ * reading nothing more from it. */
 static napi_value js_ctl_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (get_args(env, info, 1, argv) < 0) return NULL;
@@ -380,7 +381,7 @@ static napi_value read_answer(napi_env env, int fd, int timeout, struct timespec
     if (left <= 0 || poll(&p, 1, left) <= 0) {
       free(buf);
       close(fd);
-      return throw_ctl(env, ETIMEDOUT, "no complete answer from the engine");
+      return throw_errno(env, ETIMEDOUT, "no complete answer from the engine");
     }
     ssize_t n = recv(fd, buf, CTL_MSG_MAX, MSG_DONTWAIT);
     if (n <= 0) break;
@@ -388,7 +389,7 @@ static napi_value read_answer(napi_env env, int fd, int timeout, struct timespec
     void *copy;
     napi_create_buffer_copy(env, (size_t)n, buf, &copy, &b);
     napi_set_element(env, out, i++, b);
-    if (buf[0] != 'J') break; /* J: a part of a listing; anything else ends the answer */
+    if (buf[0] != CTL_LISTING) break; /* J: a part of a listing; anything else ends the answer */
   }
   free(buf);
   close(fd);
@@ -415,6 +416,8 @@ static int connect_ours(const char *path, int timeout, struct timespec t0) {
   return fd;
 }
 
+/* ctlRequest(name, msg, timeoutMs): one request to the engine at `name` (ls); see its contract at
+ * the top of this file. */
 static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   if (get_args(env, info, 3, argv) < 0) return NULL;
@@ -427,15 +430,15 @@ static napi_value js_ctl_request(napi_env env, napi_callback_info info) {
   napi_get_value_int32(env, argv[2], &timeout);
   char path[CTL_PATH_MAX];
   int err = ctl_path(path, name);
-  if (err) return throw_ctl(env, err, "engine socket directory");
+  if (err) return throw_errno(env, err, "engine socket directory");
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   int fd = connect_ours(path, timeout, t0);
-  if (fd < 0) return throw_ctl(env, errno, errno == EPERM ? "the engine socket is not held by our uid" : "connect");
+  if (fd < 0) return throw_errno(env, errno, errno == EPERM ? "the engine socket is not held by our uid" : "connect");
   if (send(fd, data, len, MSG_NOSIGNAL) < 0) {
     err = errno;
     close(fd);
-    return throw_ctl(env, err, "send");
+    return throw_errno(env, err, "send");
   }
   return read_answer(env, fd, timeout, t0);
 }
@@ -455,12 +458,12 @@ static napi_value js_ctl_take_over(napi_env env, napi_callback_info info) {
   napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
   napi_get_value_int32(env, argv[1], &timeout);
   int err = ctl_path(path, name);
-  if (err) return throw_ctl(env, err, "engine socket directory");
+  if (err) return throw_errno(env, err, "engine socket directory");
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   int lock;
   while ((lock = ctl_lock(path)) < 0 && errno == EWOULDBLOCK) usleep(1000); /* a shim is starting one */
-  if (lock < 0) return throw_ctl(env, errno, "lock");
+  if (lock < 0) return throw_errno(env, errno, "lock");
   int old = connect_ours(path, timeout, t0);
   snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid());
   int l = ctl_bind(tmp, SOCK_NONBLOCK);
@@ -470,14 +473,14 @@ static napi_value js_ctl_take_over(napi_env env, napi_callback_info info) {
     unlink(tmp);
     if (old >= 0) close(old);
     close(lock);
-    return throw_ctl(env, err, "bind");
+    return throw_errno(env, err, "bind");
   }
   close(lock);
   napi_value result, lfd, answer;
   napi_create_array_with_length(env, 2, &result);
   napi_create_int32(env, l, &lfd);
   napi_set_element(env, result, 0, lfd);
-  if (old >= 0 && send(old, "U", 1, MSG_NOSIGNAL) == 1) {
+  if (old >= 0 && send(old, (char[]){ CTL_UPGRADE }, 1, MSG_NOSIGNAL) == 1) {
     answer = read_answer(env, old, timeout, t0);
     if (!answer) { /* an old engine that does not hand over: no answer (thrown) */
       napi_value ex;
@@ -492,6 +495,7 @@ static napi_value js_ctl_take_over(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* ctlPath(name): the socket path of engine `name` in this network namespace (ctl-msg.h). */
 static napi_value js_ctl_path(napi_env env, napi_callback_info info) {
   napi_value argv[1], result;
   if (get_args(env, info, 1, argv) < 0) return NULL;
@@ -499,13 +503,56 @@ static napi_value js_ctl_path(napi_env env, napi_callback_info info) {
   size_t len;
   napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
   int err = ctl_path(path, name);
-  if (err) return throw_ctl(env, err, "engine socket directory");
+  if (err) return throw_errno(env, err, "engine socket directory");
   napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &result);
   return result;
 }
 
-/* Adds the control functions to the addon's exports. */
+/* The shim wire as ctl-msg.h declares it, for engine-protocol.ts to compare with its own table at
+ * load: { protocol, messages: { register: "R", ... }, socketEnv, sharedEnv, namePrefix }. */
+static napi_value make_ctl_contract(napi_env env) {
+  static const struct {
+    const char *name;
+    char letter;
+  } words[] = {
+    { "register", CTL_REGISTER },
+    { "adopt", CTL_ADOPT },
+    { "stop", CTL_STOP },
+    { "detach", CTL_DETACH },
+    { "reopen", CTL_REOPEN },
+    { "list", CTL_LIST },
+    { "upgrade", CTL_UPGRADE },
+    { "ready", CTL_READY },
+    { "failed", CTL_FAILED },
+    { "usage", CTL_USAGE },
+    { "stopped", CTL_STOPPED },
+    { "otherProtocol", CTL_OTHER_PROTOCOL },
+    { "move", CTL_MOVE },
+    { "listing", CTL_LISTING },
+    { "listingEnd", CTL_LISTING_END },
+  };
+  napi_value c, messages, v;
+  napi_create_object(env, &c);
+  napi_create_object(env, &messages);
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+    napi_create_string_utf8(env, &words[i].letter, 1, &v);
+    napi_set_named_property(env, messages, words[i].name, v);
+  }
+  napi_set_named_property(env, c, "messages", messages);
+  napi_create_int32(env, CTL_PROTOCOL, &v);
+  napi_set_named_property(env, c, "protocol", v);
+  napi_create_string_utf8(env, CTL_ENV_SOCKET, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, c, "socketEnv", v);
+  napi_create_string_utf8(env, CTL_ENV_SHARED, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, c, "sharedEnv", v);
+  napi_create_string_utf8(env, CTL_NAME_PREFIX, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, c, "namePrefix", v);
+  return c;
+}
+
+/* Adds the control functions and the wire's contract (ctlContract) to the addon's exports. */
 void control_define(napi_env env, napi_value exports) {
+  napi_set_named_property(env, exports, "ctlContract", make_ctl_contract(env));
   napi_property_descriptor props[] = {
     { "ctlListen", NULL, js_ctl_listen, NULL, NULL, NULL, napi_default, NULL },
     { "ctlSend", NULL, js_ctl_send, NULL, NULL, NULL, napi_default, NULL },

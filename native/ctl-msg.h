@@ -45,6 +45,31 @@
  *   2  versioned; M/D moves (userland-proxy upgrade), D detach on dockerd death */
 #define CTL_PROTOCOL 2
 
+/* The wire's words, declared here once for both C ends; control.c exports them (ctlContract) and
+ * src/shared-engine/engine-protocol.ts compares them with its own table when the addon loads, as
+ * binding.c's contract is compared: a letter changed on one side fails loudly, never silently.
+ * shim -> engine: */
+#define CTL_REGISTER 'R' /* <argc>\0<argv...>\0<USERLAND_PROXY_*=...>\0protocol=<n>\0 [+ fd 4] */
+#define CTL_ADOPT 'A' /* the same, on the socket the shim holds (its engine died, or it moves) */
+#define CTL_STOP 'S' /* dockerd stopped the proxy: close the mapping */
+#define CTL_DETACH 'D' /* dockerd died, or the mapping moved: free the port, let connections drain */
+#define CTL_REOPEN 'H' /* SIGHUP: reopen the mapping's log file */
+#define CTL_LIST 'L' /* userland-proxy ls */
+#define CTL_UPGRADE 'U' /* from a new engine: hand every mapping over (and its answer, U<json>) */
+/* engine -> shim: */
+#define CTL_READY '0' /* 0protocol=<n> [+ the listening socket] */
+#define CTL_FAILED '1' /* 1<message>: exit 1 */
+#define CTL_USAGE '2' /* 2<message>: a flag error, exit 2 */
+#define CTL_STOPPED 'B' /* the answer to S and D */
+#define CTL_OTHER_PROTOCOL 'V' /* V<reason>: serve the port alone */
+#define CTL_MOVE 'M' /* a new engine took the name: register there, then D here */
+#define CTL_LISTING 'J' /* J<part of the JSON listing>, then: */
+#define CTL_LISTING_END 'E'
+/* The environment both ends read, and the default engine name's prefix (engine-<fnv1a32>). */
+#define CTL_ENV_SOCKET "USERLAND_PROXY_ENGINE_SOCKET"
+#define CTL_ENV_SHARED "USERLAND_PROXY_SHARED"
+#define CTL_NAME_PREFIX "engine-"
+
 /* The uid of the process at the other end of a connected socket (SO_PEERCRED), or -1 when it
  * cannot be read. A client hands its sockets only to an engine of its own uid. */
 static inline long ctl_peer_uid(int fd) {

@@ -309,12 +309,12 @@ void pipe_budget_give(group_t *g);
 void tcp_listener_event(engine_t *e, group_t *g, int64_t now);
 void listener_options(int fd);
 void dial_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now);
-void dial_unlink(conn_t *c);
 int64_t tcp_timers(engine_t *e, group_t *g, int64_t now);
+
+/* tcp.c (below accept.c: it never calls up into it) */
 void observe(double *h, const double *bounds, int n, double v);
 extern const double connect_bounds[N_CONNECT_BOUNDS], lifetime_bounds[N_LIFETIME_BOUNDS];
-
-/* tcp.c */
+void dial_unlink(conn_t *c);
 void pipe_close(engine_t *e, pipe_pair_t *p);
 void pool_trim(engine_t *e, int64_t now);
 void conn_close(engine_t *e, conn_t *c, int reason, int rst);

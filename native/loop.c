@@ -183,9 +183,14 @@ void *thread_main(void *arg) {
       watch_t *w = evs[i].data.ptr;
       if (w->kind == W_EVENT)
         commands = 1;
-      else if (w->kind == W_TCP)
-        tcp_event(e, w->owner, w->side, evs[i].events, now);
-      else if (w->kind == W_TCP_LISTENER)
+      else if (w->kind == W_TCP) {
+        /* A connection still dialling belongs to accept.c; once connected, to the relay. */
+        conn_t *c = w->owner;
+        if (c->dialing && !c->dead)
+          dial_event(e, c, w->side, evs[i].events, now);
+        else
+          tcp_event(e, c, w->side, evs[i].events, now);
+      } else if (w->kind == W_TCP_LISTENER)
         tcp_listener_event(e, w->owner, now);
       else if (w->kind == W_UDP_LISTENER) {
         if (!((group_t *)w->owner)->closed) udp_listener_event(e, w->owner, now);

@@ -122,7 +122,7 @@ static void fail(int code, const char *msg, const char *hint) {
 
 /* USERLAND_PROXY_SHARED unset, empty or true (the values settings.ts reads as true). */
 static int shared_on(void) {
-  const char *v = getenv("USERLAND_PROXY_SHARED");
+  const char *v = getenv(CTL_ENV_SHARED);
   return !v || !*v || !strcmp(v, "true") || !strcmp(v, "on") || !strcmp(v, "1");
 }
 
@@ -153,7 +153,7 @@ static void exec_node(int held) {
   }
   argv[n] = NULL;
   /* Keep the launcher from sending us back here; an invalid value stays for Node to report. */
-  if (shared_on()) setenv("USERLAND_PROXY_SHARED", "false", 1);
+  if (shared_on()) setenv(CTL_ENV_SHARED, "false", 1);
   /* Signals that arrived while blocked would act at the unmask, before Node can handle them: a
    * stop means exit 0 now (docker mode's rule), a SIGHUP (reopen the log) has nothing to do yet. */
   sigset_t set, none;
@@ -219,14 +219,14 @@ static void find_root(void) {
 /* The engine's socket (ctl-msg.h; src/shared-engine/engine-protocol.ts names it the same way). 0, or an errno
  * when there is no private directory for it (the per-port proxy then serves). */
 static int engine_path(void) {
-  const char *given = getenv("USERLAND_PROXY_ENGINE_SOCKET");
+  const char *given = getenv(CTL_ENV_SOCKET);
   char name[64];
   if (given && *given) {
     snprintf(name, sizeof name, "%s", given);
   } else {
     uint32_t h = 2166136261u; /* FNV-1a: installs in different directories get different engines */
     for (const char *p = root; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-    snprintf(name, sizeof name, "engine-%08x", h);
+    snprintf(name, sizeof name, CTL_NAME_PREFIX "%08x", h);
   }
   return ctl_path(path, name);
 }
@@ -283,7 +283,7 @@ static int take_signals(int sigfd, int c) {
   int stop = 0;
   while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
     if (si.ssi_signo == SIGHUP) {
-      if (c >= 0) send(c, "H", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (c >= 0) send(c, (char[]){ CTL_REOPEN }, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
     } else {
       stop = (int)si.ssi_signo;
       stop_sender = (pid_t)si.ssi_pid;
@@ -414,7 +414,8 @@ static int await_verdict(int c, int sigfd, long deadline, char *msg, size_t cap,
     if (!p[0].revents) continue;
     *fd = -1;
     if (recv_msg(c, msg, cap, fd) == 0) return 0;
-    if (msg[0] == '0' || msg[0] == '1' || msg[0] == '2' || msg[0] == 'V') return msg[0];
+    if (msg[0] == CTL_READY || msg[0] == CTL_FAILED || msg[0] == CTL_USAGE || msg[0] == CTL_OTHER_PROTOCOL)
+      return msg[0];
     if (*fd >= 0) close(*fd);
   }
 }
@@ -474,8 +475,8 @@ int main(int argc, char **argv) {
   int in_fd = listen_flag && fcntl(LISTEN_FD, F_GETFD) >= 0 ? LISTEN_FD : -1;
   int type = 0;
   int held = -1;
-  int c = register_mapping('R', in_fd, sigfd, now_ms() + READY_DEADLINE_MS, 0, msg, sizeof msg, &type, &held);
-  if (c >= 0 && type == 'V') { /* an engine of another protocol (CTL_PROTOCOL): serve alone */
+  int c = register_mapping(CTL_REGISTER, in_fd, sigfd, now_ms() + READY_DEADLINE_MS, 0, msg, sizeof msg, &type, &held);
+  if (c >= 0 && type == CTL_OTHER_PROTOCOL) { /* an engine of another protocol (CTL_PROTOCOL): serve alone */
     char line[256];
     int n = snprintf(line, sizeof line,
         "userland-proxy: the shared engine cannot serve this shim (%s): serving this port alone\n", msg + 1);
@@ -488,7 +489,7 @@ int main(int argc, char **argv) {
     close(sigfd);
     exec_node(-1); /* no engine (not built right, refused, or not starting): the per-port proxy */
   }
-  if (type != '0') fail(type - '0', msg + 1, type == '2' ? " (run with -h for usage)" : "");
+  if (type != CTL_READY) fail(type - CTL_READY, msg + 1, type == CTL_USAGE ? " (run with -h for usage)" : "");
   if (held < 0) fail(1, "the shared engine returned no listening socket", "");
   if (in_fd >= 0) close(in_fd);
   report("0\n", 2);
@@ -510,13 +511,13 @@ int main(int argc, char **argv) {
           usleep(10000);
           died = getppid() != parent;
         }
-        send(c, died ? "D" : "S", 1, MSG_NOSIGNAL);
+        send(c, (char[]){ died ? CTL_DETACH : CTL_STOP }, 1, MSG_NOSIGNAL);
         long deadline = now_ms() + SHIM_STOP_WAIT_MS;
         for (long left; (left = deadline - now_ms()) > 0;) {
           struct pollfd q = { c, POLLIN, 0 };
           if (poll(&q, 1, (int)left) <= 0) continue;
           int fd = -1;
-          if (recv_msg(c, msg, sizeof msg, &fd) == 0 || msg[0] == 'B') break;
+          if (recv_msg(c, msg, sizeof msg, &fd) == 0 || msg[0] == CTL_STOPPED) break;
           if (fd >= 0) close(fd);
         }
         return 0;
@@ -526,16 +527,16 @@ int main(int argc, char **argv) {
     int fd = -1;
     if (recv_msg(c, msg, sizeof msg, &fd) > 0) {
       if (fd >= 0) close(fd);
-      if (msg[0] != 'M') continue;
+      if (msg[0] != CTL_MOVE) continue;
       /* Move (userland-proxy upgrade): register with the engine now at the name, on the socket we
        * hold; once it accepts there, detach from the old one, which drains its connections. If
        * the new engine refuses, we stay where we are. */
       int got = -1, moved = 0;
       int n = register_mapping(
-          'A', held, sigfd, now_ms() + READOPT_DEADLINE_MS, READOPT_VERDICT_MS, msg, sizeof msg, &moved, &got);
+          CTL_ADOPT, held, sigfd, now_ms() + READOPT_DEADLINE_MS, READOPT_VERDICT_MS, msg, sizeof msg, &moved, &got);
       if (got >= 0) close(got);
-      if (n >= 0 && moved == '0') {
-        send(c, "D", 1, MSG_NOSIGNAL);
+      if (n >= 0 && moved == CTL_READY) {
+        send(c, (char[]){ CTL_DETACH }, 1, MSG_NOSIGNAL);
         close(c);
         c = n;
       } else if (n >= 0) {
@@ -548,9 +549,9 @@ int main(int argc, char **argv) {
     close(c);
     int again = -1;
     c = register_mapping(
-        'A', held, sigfd, now_ms() + READOPT_DEADLINE_MS, READOPT_VERDICT_MS, msg, sizeof msg, &type, &again);
+        CTL_ADOPT, held, sigfd, now_ms() + READOPT_DEADLINE_MS, READOPT_VERDICT_MS, msg, sizeof msg, &type, &again);
     if (again >= 0) close(again);
-    if (c < 0 || type != '0') {
+    if (c < 0 || type != CTL_READY) {
       char line[256];
       int n =
           snprintf(line, sizeof line, "userland-proxy: no shared engine took the port back (%s): serving it alone\n",

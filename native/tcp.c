@@ -2,10 +2,56 @@
  * TCP: a connection accepted and dialled by accept.c is relayed with splice(2) through a pipe
  * per direction, held only while bytes are in flight and pooled otherwise; half-close, reset
  * propagation, forced closes that reset when bytes are pending, and the accounting of every close.
+ *
+ * Theory of operation. A connection (conn_t) lives in one group's list and moves through:
+ *   dialing    accept.c owns it: on the group's dial queue (deadline order), the client's epoll
+ *              events only remembered (early); loop.c hands its events to dial_event
+ *   connected  the relay's: two directions d[0] client->target and d[1] target->client, each
+ *              reading from its src only while its dst takes bytes:
+ *                flowing   bytes move by small_copy (a burst up to 16 KiB through the thread's
+ *                          buffer) or through a pipe (inpipe bytes held in it);
+ *                blocked   its dst is full: it waits for EPOLLOUT on dst, reading nothing;
+ *                eof       its src said FIN; once its pipe is empty it shuts dst's write side
+ *                          (shut): half-close passed on.
+ *              Both directions shut: a clean close. An error or hang-up on either side closes
+ *              both, with a reset where bytes would be stranded (conn_pending).
+ *   dead       closed (conn_close: counted by reason, reported to JavaScript when asked), on the
+ *              engine's dead list until the end of the epoll batch, whose events may name it.
+ * Forced closes (idle, linger, drain, stop) come from loop.c's sweep and commands, through
+ * conn_close with rst set when bytes are pending. This file never calls up into accept.c.
  */
 #include "engine.h"
 
 #include <sys/ioctl.h>
+
+/* ---------- accounting and the dial queue (accept.c fills them; a close empties them) ---------- */
+
+const double connect_bounds[N_CONNECT_BOUNDS] = { CONNECT_BOUNDS };
+const double lifetime_bounds[N_LIFETIME_BOUNDS] = { LIFETIME_BOUNDS };
+
+/* Records v in a histogram laid out as histogram.ts's PlainHistogram: counts, sum, count. */
+void observe(double *h, const double *bounds, int n, double v) {
+  int i = 0;
+  while (i < n && v > bounds[i]) i++;
+  h[i] += 1;
+  h[n + 1] += v;
+  h[n + 2] += 1;
+}
+
+/* Takes a connection off its group's dial queue. */
+void dial_unlink(conn_t *c) {
+  if (!c->dialing) return;
+  group_t *g = c->g;
+  c->dialing = 0;
+  if (c->dprev)
+    c->dprev->dnext = c->dnext;
+  else
+    g->dial_head = c->dnext;
+  if (c->dnext)
+    c->dnext->dprev = c->dprev;
+  else
+    g->dial_tail = c->dprev;
+}
 
 /* ---------- pipes ---------- */
 
@@ -278,10 +324,6 @@ void tcp_relay(engine_t *e, conn_t *c, const int want[2], const int hint[2], int
  * error or hang-up concerns both. */
 void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now) {
   if (c->dead) return;
-  if (c->dialing) {
-    dial_event(e, c, s, ev, now);
-    return;
-  }
   int bad = (ev & (EPOLLERR | EPOLLHUP)) != 0;
   int want[2], hint[2];
   want[s] = bad || (ev & (EPOLLIN | EPOLLRDHUP));

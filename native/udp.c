@@ -2,6 +2,20 @@
  * UDP: a flow per client address with its own connected socket, access lists, the per-mapping
  * flow cap and per-source share, the process fd budget, IP_PKTINFO replies, and batched
  * recvmmsg/sendmmsg with GSO.
+ *
+ * Theory of operation. The listening socket (the group's) reads batches; each datagram's client
+ * address and port find its flow in the group's hash table, or open one:
+ *   refused    blocked by the access lists, over the mapping's flow cap or its source's share,
+ *              or no fd left in the budget: the datagram is dropped and counted; no flow exists
+ *   open       a socket connected to the target (fd taken from the budget), with the address the
+ *              client sent to (IP_PKTINFO, dst) kept for the replies; client datagrams go out on
+ *              it in batches, the target's replies come back on it and leave from the listening
+ *              socket with that source address; each datagram either way renews `last`
+ *   expired    no datagram either way for the idle timeout (loop.c's sweep): closed, its fd and
+ *              its source's count given back. An ICMP refusal never closes a flow.
+ * A flow belongs to its group's table, or, when its mapping was released (dockerd died) and the
+ * same mapping registers again, moves to the new group whole (flows_adopt): same socket, same
+ * source port towards the container.
  */
 #include "engine.h"
 

@@ -2,7 +2,7 @@
  * `userland-proxy ls`: the docker mappings the shared engine of this network namespace serves,
  * with their counters, asked over the engine's control socket (an `L` message; engine.ts answers).
  */
-import { control, engineSocketName, type EngineListing } from './engine-protocol.js';
+import { control, engineSocketName, MSG, type EngineListing } from './engine-protocol.js';
 import { ProxyError } from '../core/errors.js';
 
 /** How long `ls` waits for the engine's whole answer. */
@@ -14,14 +14,14 @@ export function queryEngine(name = engineSocketName()): EngineListing[] | null {
   if (typeof ctl === 'string') throw new ProxyError('UPROXY_ERR_NATIVE', `cannot ask the shared engine: ${ctl}`);
   let parts: Buffer[];
   try {
-    parts = ctl.ctlRequest(name, Buffer.from('L'), LIST_TIMEOUT_MS);
+    parts = ctl.ctlRequest(name, Buffer.from(MSG.list), LIST_TIMEOUT_MS);
   } catch (err) {
     if (/refused|No such file/.test((err as Error).message)) return null;
     throw new ProxyError('UPROXY_ERR_NATIVE', `cannot ask the shared engine ${name}: ${(err as Error).message}`);
   }
   const last = parts.at(-1);
-  if (last?.[0] !== 0x45) {
-    const why = last?.[0] === 0x31 ? last.subarray(1).toString() : 'incomplete answer';
+  if (last?.[0] !== MSG.listingEnd.charCodeAt(0)) {
+    const why = last?.[0] === MSG.failed.charCodeAt(0) ? last.subarray(1).toString() : 'incomplete answer';
     throw new ProxyError('UPROXY_ERR_NATIVE', `the shared engine ${name} did not list its mappings: ${why}`);
   }
   return JSON.parse(

@@ -15,7 +15,7 @@
  */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { ENV_PREFIX } from '../core/constants.js';
+import { CTL_PROTOCOL, ENV_PREFIX } from '../core/constants.js';
 import { INSTALL_ROOT } from '../paths.js';
 import { controlAddon } from '../data-path/native-engine.js';
 
@@ -32,9 +32,53 @@ export interface Control {
   ctlTakeOver(name: string, timeoutMs: number): [number, Buffer[]];
 }
 
-/** The control functions, or null (with the reason) when the addon is not built or not loadable. */
+/**
+ * The shim wire: its protocol version, each message type's letter, the variables both ends read
+ * and the default name's prefix. native/ctl-msg.h declares the same for the C ends (the shim,
+ * control.c), which exports it as ctlContract: control() compares the two and refuses an addon
+ * that differs, as the data path's contract is checked (native-engine.ts contractMismatch).
+ */
+export const WIRE = {
+  protocol: CTL_PROTOCOL,
+  messages: {
+    register: 'R',
+    adopt: 'A',
+    stop: 'S',
+    detach: 'D',
+    reopen: 'H',
+    list: 'L',
+    upgrade: 'U',
+    ready: '0',
+    failed: '1',
+    usage: '2',
+    stopped: 'B',
+    otherProtocol: 'V',
+    move: 'M',
+    listing: 'J',
+    listingEnd: 'E',
+  },
+  socketEnv: `${ENV_PREFIX}ENGINE_SOCKET`,
+  sharedEnv: `${ENV_PREFIX}SHARED`,
+  namePrefix: 'engine-',
+} as const;
+/** The message types' letters. */
+export const MSG = WIRE.messages;
+
+/** What differs between the addon's ctlContract and WIRE (null: they agree). */
+export function wireMismatch(c: unknown): string | null {
+  const theirs = (c ?? {}) as Record<string, unknown>;
+  for (const [key, mine] of Object.entries(WIRE)) {
+    if (JSON.stringify(theirs[key]) !== JSON.stringify(mine)) return `${key} ${JSON.stringify(theirs[key])}, expected ${JSON.stringify(mine)}`;
+  }
+  return null;
+}
+
+/** The control functions, or the reason there are none (the addon is not built, not loadable, or of another wire). */
 export function control(): Control | string {
-  return controlAddon() as Control | string;
+  const addon = controlAddon();
+  if (typeof addon === 'string') return addon;
+  const mismatch = wireMismatch((addon as { ctlContract?: unknown }).ctlContract);
+  return mismatch === null ? (addon as Control) : `the addon's shim protocol does not match this build (${mismatch}); rebuild it with npm ci`;
 }
 
 /** FNV-1a, 32 bits, of the UTF-8 bytes (as native/shim.c computes it over the install root). */
@@ -49,10 +93,10 @@ export function fnv1a32(text: string): number {
  * directory; the socket's directory makes it one per user, its path one per network namespace.
  */
 export function engineSocketName(env: NodeJS.ProcessEnv = process.env): string {
-  const given = env[`${ENV_PREFIX}ENGINE_SOCKET`];
+  const given = env[WIRE.socketEnv];
   if (given) return given;
   const root = realpathSync(fileURLToPath(INSTALL_ROOT));
-  return `engine-${fnv1a32(root).toString(16).padStart(8, '0')}`;
+  return `${WIRE.namePrefix}${fnv1a32(root).toString(16).padStart(8, '0')}`;
 }
 
 /** A shim's registration. */
@@ -78,7 +122,7 @@ export function parseRegistration(msg: Buffer): Registration | null {
     if (eq > 0 && kv.startsWith(ENV_PREFIX)) env[kv.slice(0, eq)] = kv.slice(eq + 1);
     else if (/^protocol=[1-9][0-9]{0,5}$/.test(kv)) protocol = Number(kv.slice('protocol='.length));
   }
-  return { adopt: msg[0] === 0x41, argv: parts.slice(1, argc + 1), env, protocol };
+  return { adopt: msg[0] === MSG.adopt.charCodeAt(0), argv: parts.slice(1, argc + 1), env, protocol };
 }
 
 /** What `userland-proxy ls` prints, one per mapping. */

@@ -34,7 +34,7 @@ import { readDockerEnv } from '../docker/docker-env.js';
 import { openDockerMapping, type DockerProxy } from '../docker/docker-mapping.js';
 import { parseDockerArgs } from '../docker/docker-flags.js';
 import { releaseSignals } from '../core/early-signals.js';
-import { control, engineSocketName, parseRegistration, type EngineListing } from './engine-protocol.js';
+import { control, engineSocketName, MSG, parseRegistration, type EngineListing } from './engine-protocol.js';
 import { spawnTakeOver } from './engine-upgrade.js';
 import { ProxyError, toProxyError } from '../core/errors.js';
 import { FdBudget } from '../core/fd-limit.js';
@@ -271,14 +271,14 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       if (fd >= 0) closeSync(fd);
       // ctlClose reports no close: a mapping this connection already holds goes with it here.
       drop(conn, 'malformed registration');
-      reply('1malformed registration');
+      reply(`${MSG.failed}malformed registration`);
       ctl.ctlClose(conn);
       return;
     }
     // The control connection is an fd of this process too.
     if (!budget.take(1)) {
       if (fd >= 0) closeSync(fd);
-      reply(`1file descriptor budget spent: ${budget.used} of ${budget.limit} taken (raise RLIMIT_NOFILE)`);
+      reply(`${MSG.failed}file descriptor budget spent: ${budget.used} of ${budget.limit} taken (raise RLIMIT_NOFILE)`);
       ctl.ctlClose(conn);
       return;
     }
@@ -328,14 +328,14 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
             drainCheck(); // the released mapping has nothing left: it goes now
           }
       const lfd = proxy.open.listenerFd();
-      if (lfd < 0 || !ctl.ctlSend(conn, Buffer.from(`0protocol=${CTL_PROTOCOL}`), lfd)) {
+      if (lfd < 0 || !ctl.ctlSend(conn, Buffer.from(`${MSG.ready}protocol=${CTL_PROTOCOL}`), lfd)) {
         drop(conn, 'shim gone before ready');
         ctl.ctlClose(conn);
         return;
       }
       // Registered while a new engine took over: move there too (after the verdict, which the
       // shim waits for before it reads anything else).
-      if (handedOver) ctl.ctlSend(conn, Buffer.from('M'), -1);
+      if (handedOver) ctl.ctlSend(conn, Buffer.from(MSG.move), -1);
       mlog.info({ target: proxy.target, listenFd: proxy.mapping.useListenFd || reg.adopt, engine: proxy.engine, shared: true }, 'proxy ready');
       log.info({ mapping: proxy.id, target: proxy.target, readopted: reg.adopt, shimProtocol: reg.protocol }, 'mapping ready');
     } catch (err) {
@@ -346,7 +346,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       // (audit N11): answer and close only a connection that is still this registration's.
       if (entry.closed || entries.get(conn) !== entry) return;
       drop(conn, 'registration failed');
-      reply(`${e.exitCode === 2 ? 2 : 1}${e.message}`);
+      reply(`${e.exitCode === 2 ? MSG.usage : MSG.failed}${e.message}`);
       ctl.ctlClose(conn);
     }
   };
@@ -375,9 +375,9 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     });
 
   const onMessage = (conn: number, msg: Buffer, fd: number): void => {
-    switch (msg[0]) {
-      case 0x52: // R
-      case 0x41: // A
+    switch (String.fromCharCode(msg[0] ?? 0)) {
+      case MSG.register:
+      case MSG.adopt:
         // Whatever a registration throws ends that registration, never the engine (audit N3).
         register(conn, msg, fd).catch((err: unknown) => {
           log.error({ err: toProxyError(err).message }, 'registration failed');
@@ -385,13 +385,13 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
           ctl.ctlClose(conn);
         });
         return;
-      case 0x53: // S: stop; the shim exits once it has B (or after its bound wait)
+      case MSG.stop: // the shim exits once it has B (or after its bound wait)
         drop(conn, 'stopped');
-        ctl.ctlSend(conn, Buffer.from('B'), -1);
+        ctl.ctlSend(conn, Buffer.from(MSG.stopped), -1);
         ctl.ctlClose(conn);
         break;
-      case 0x55: {
-        // U: a new engine took our name (userland-proxy upgrade). Each shim re-registers there
+      case MSG.upgrade: {
+        // A new engine took our name (userland-proxy upgrade). Each shim re-registers there
         // and then detaches from us (D): our listeners close only after the new engine accepts
         // on the same sockets, and established connections drain here. Shims too old to move
         // stay with us, served as before.
@@ -399,7 +399,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         ctl.ctlStopListening();
         metricsServer?.close();
         let moving = 0;
-        for (const [c, e] of entries) if (e.proxy && ctl.ctlSend(c, Buffer.from('M'), -1)) moving++;
+        for (const [c, e] of entries) if (e.proxy && ctl.ctlSend(c, Buffer.from(MSG.move), -1)) moving++;
         // Parked for this very engine (staleInstall): unanswered, each shim registers anew there.
         for (const [c, p] of parked) {
           parked.delete(c);
@@ -407,18 +407,18 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
           ctl.ctlClose(c);
         }
         log.info({ mappings: moving }, 'a new engine takes over: mappings move');
-        ctl.ctlSend(conn, Buffer.from(`U${JSON.stringify({ pid: process.pid, version, mappings: moving })}`), -1);
+        ctl.ctlSend(conn, Buffer.from(`${MSG.upgrade}${JSON.stringify({ pid: process.pid, version, mappings: moving })}`), -1);
         ctl.ctlClose(conn);
         idleCheck();
         break;
       }
-      case 0x44: // D: the shim's dockerd died, or it moved to a new engine; then as S
+      case MSG.detach: // the shim's dockerd died, or it moved to a new engine; then as S
         detach(conn);
-        ctl.ctlSend(conn, Buffer.from('B'), -1);
+        ctl.ctlSend(conn, Buffer.from(MSG.stopped), -1);
         ctl.ctlClose(conn);
         break;
-      case 0x48: {
-        // H: logrotate moved the mapping's log file. A reopen that fails (its directory gone)
+      case MSG.reopen: {
+        // logrotate moved the mapping's log file. A reopen that fails (its directory gone)
         // leaves the mapping logging to the old file and serving (audit N3).
         const p = entries.get(conn)?.proxy;
         try {
@@ -428,14 +428,20 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
         }
         break;
       }
-      case 0x4c: {
-        // L: the listing, in parts that fit one message
+      case MSG.list: {
+        // The listing, in parts that fit one message
         const text = JSON.stringify(listing());
-        for (let i = 0; i < text.length; i += ENGINE_LIST_CHUNK) ctl.ctlSend(conn, Buffer.from(`J${text.slice(i, i + ENGINE_LIST_CHUNK)}`), -1);
-        ctl.ctlSend(conn, Buffer.from('E'), -1);
+        for (let i = 0; i < text.length; i += ENGINE_LIST_CHUNK) ctl.ctlSend(conn, Buffer.from(`${MSG.listing}${text.slice(i, i + ENGINE_LIST_CHUNK)}`), -1);
+        ctl.ctlSend(conn, Buffer.from(MSG.listingEnd), -1);
         ctl.ctlClose(conn);
         break;
       }
+      default:
+        // A message this engine does not know: a shim of another build. Said, and that
+        // connection ends (its mapping with it); never ignored.
+        log.error({ type: msg.subarray(0, 1).toString('latin1') }, 'unknown shim message: connection closed');
+        drop(conn, 'unknown message');
+        ctl.ctlClose(conn);
     }
     if (fd >= 0) closeSync(fd);
   };
@@ -457,7 +463,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
     try {
       const [fd, answer] = ctl.ctlTakeOver(engineSocketName(), TAKE_OVER_TIMEOUT_MS);
       source = fd;
-      const from = answer[0]?.[0] === 0x55 ? answer[0].subarray(1).toString() : null;
+      const from = answer[0]?.[0] === MSG.upgrade.charCodeAt(0) ? answer[0].subarray(1).toString() : null;
       log.info({ from: from && JSON.parse(from) }, from ? 'took over from the running engine' : 'no engine handed over');
     } catch (err) {
       die(`cannot take over: ${(err as Error).message}`, log);

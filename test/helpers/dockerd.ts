@@ -5,7 +5,7 @@
  * CLI call is bounded; stop() removes the daemon, its containerd, mounts and the directory.
  */
 import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { IS_ROOT } from './netns.js';
@@ -36,6 +36,53 @@ export function dockerdMissing(version: DockerdVersion): string | null {
 /** True when a private dockerd 20.10 can run here (root and docker.io installed). */
 export const CAN_RUN_DOCKERD = dockerdMissing('20.10') === null;
 
+/** The image the dockerd suites run: busybox (sh, httpd, sleep), a static UDP echo server and an
+ * index page (plus `files` under /www), as a rootfs tar in `dir` (rootfs.tar, readable by all). */
+export function buildTestImage(dir: string, files: Record<string, string | Buffer> = {}): string {
+  const rootfs = join(dir, 'rootfs');
+  mkdirSync(join(rootfs, 'bin'), { recursive: true });
+  mkdirSync(join(rootfs, 'www'));
+  copyFileSync('/bin/busybox', join(rootfs, 'bin/busybox'));
+  for (const a of ['sh', 'httpd', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', a));
+  execFileSync('gcc', ['-static', '-O2', '-o', join(rootfs, 'bin/udpecho'), join(ROOT, 'test/helpers/udp-echo.c')]);
+  writeFileSync(join(rootfs, 'www/index.html'), 'hello from the container\n');
+  for (const [name, body] of Object.entries(files)) writeFileSync(join(rootfs, 'www', name), body);
+  const tar = join(dir, 'rootfs.tar');
+  execFileSync('tar', ['-C', rootfs, '-cf', tar, '.']);
+  chmodSync(tar, 0o644);
+  return tar;
+}
+
+/** A private daemon's own places: data, exec root, socket, pid file; iptables off, vfs storage. */
+function daemonArgs(dir: string, sock: string): string[] {
+  return [
+    '--data-root',
+    join(dir, 'data'),
+    '--exec-root',
+    join(dir, 'exec'),
+    '-H',
+    `unix://${sock}`,
+    '--pidfile',
+    join(dir, 'docker.pid'),
+    '--iptables=false',
+    '--storage-driver',
+    'vfs',
+  ];
+}
+
+/** The docker CLI against the daemon at `sock`, bounded by `seconds`. */
+function dockerCli(sock: string): PrivateDockerd['docker'] {
+  return async (args, seconds = 30) => {
+    try {
+      const { stdout, stderr } = await run('timeout', [String(seconds), DOCKER, '-H', `unix://${sock}`, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
+      return { stdout, stderr, code: 0 };
+    } catch (err) {
+      const e = err as { stdout?: string; stderr?: string; code?: number };
+      return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: e.code ?? 1 };
+    }
+  };
+}
+
 export interface PrivateDockerd {
   /** The temp dir holding everything of this daemon (free for the test's own files too). */
   dir: string;
@@ -59,27 +106,7 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
   let daemonLog = '';
   let child: ChildProcess;
   const launch = (): void => {
-    child = spawn(
-      'timeout',
-      [
-        '900',
-        dockerd,
-        '--data-root',
-        join(dir, 'data'),
-        '--exec-root',
-        join(dir, 'exec'),
-        '-H',
-        `unix://${sock}`,
-        '--pidfile',
-        join(dir, 'docker.pid'),
-        '--iptables=false',
-        '--storage-driver',
-        'vfs',
-        ...args,
-        ...extraArgs,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'], env },
-    );
+    child = spawn('timeout', ['900', dockerd, ...daemonArgs(dir, sock), ...args, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'], env });
     child.stderr?.on('data', (d) => {
       daemonLog += d;
     });
@@ -88,15 +115,7 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
     });
   };
   launch();
-  const docker = async (args: string[], seconds = 30): Promise<{ stdout: string; stderr: string; code: number }> => {
-    try {
-      const { stdout, stderr } = await run('timeout', [String(seconds), DOCKER, '-H', `unix://${sock}`, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
-      return { stdout, stderr, code: 0 };
-    } catch (err) {
-      const e = err as { stdout?: string; stderr?: string; code?: number };
-      return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: e.code ?? 1 };
-    }
-  };
+  const docker = dockerCli(sock);
   const stop = async (): Promise<void> => {
     if (child.exitCode === null) {
       const exited = new Promise((res) => child.once('exit', res));
@@ -232,18 +251,8 @@ export async function startRootlessDockerd(user: RootlessUser, extraArgs: string
       '900',
       'sh',
       join(bin, 'dockerd-rootless.sh'),
-      '--data-root',
-      join(dir, 'data'),
-      '--exec-root',
-      join(dir, 'exec'),
-      '-H',
-      `unix://${sock}`,
-      '--pidfile',
-      join(dir, 'docker.pid'),
-      '--iptables=false',
+      ...daemonArgs(dir, sock),
       '--ip6tables=false',
-      '--storage-driver',
-      'vfs',
       ...extraArgs,
     ],
     {
@@ -258,15 +267,7 @@ export async function startRootlessDockerd(user: RootlessUser, extraArgs: string
   child.stdout?.on('data', (d) => {
     daemonLog += d;
   });
-  const docker = async (args: string[], seconds = 30): Promise<{ stdout: string; stderr: string; code: number }> => {
-    try {
-      const { stdout, stderr } = await run('timeout', [String(seconds), DOCKER, '-H', `unix://${sock}`, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
-      return { stdout, stderr, code: 0 };
-    } catch (err) {
-      const e = err as { stdout?: string; stderr?: string; code?: number };
-      return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: e.code ?? 1 };
-    }
-  };
+  const docker = dockerCli(sock);
   const pid = (): number => Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim());
   const stop = async (): Promise<void> => {
     if (child.exitCode === null) {

@@ -11,11 +11,11 @@
  * the js project only: it has no engine), so that every case proves itself on it.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
+import { buildTestImage, CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { REF_PROXIES, ROOT, haveReference } from '../helpers/proxy.js';
 import { MAJOR_RERUN, testEngine } from '../helpers/engine.js';
@@ -92,16 +92,8 @@ beforeAll(() => {
     console.warn('SKIPPED: the dockerd end-to-end test needs root and docker.io + busybox-static (.ci/setup)');
     return;
   }
-  // The image: busybox-static, httpd content, and a static UDP echo server built here.
-  const rootfs = join(dir, 'rootfs');
-  mkdirSync(join(rootfs, 'bin'), { recursive: true });
-  mkdirSync(join(rootfs, 'www'));
-  copyFileSync('/bin/busybox', join(rootfs, 'bin/busybox'));
-  for (const a of ['sh', 'httpd', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', a));
-  execFileSync('gcc', ['-static', '-O2', '-o', join(rootfs, 'bin/udpecho'), join(ROOT, 'test/helpers/udp-echo.c')]);
-  writeFileSync(join(rootfs, 'www/index.html'), 'hello from the container\n');
-  writeFileSync(join(rootfs, 'www/big'), BIG); // a download that outlives a dockerd restart
-  execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
+  // The image: busybox-static, httpd content (and a big download), a static UDP echo server.
+  buildTestImage(dir, { big: BIG }); // (big: a download that outlives a dockerd restart)
   // Install the way an operator does, with deploy/docker/install.sh, into a private prefix.
   // (install.sh upgrades a running engine of its name: none of this run's may be it.)
   execFileSync('sh', [join(ROOT, 'deploy/docker/install.sh'), join(dir, 'opt')], {

@@ -8,22 +8,10 @@
  * daemon, its processes and files) is removed in afterAll, also on failure.
  */
 import { execFileSync } from 'node:child_process';
-import {
-  copyFileSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  readlinkSync,
-  readdirSync,
-  rmSync,
-  statSync,
-  symlinkSync,
-  writeFileSync,
-  chmodSync,
-} from 'node:fs';
+import { mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, statSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { createRootlessUser, rootlessMissing, startRootlessDockerd, type RootlessDockerd, type RootlessUser } from '../helpers/dockerd.js';
+import { buildTestImage, createRootlessUser, rootlessMissing, startRootlessDockerd, type RootlessDockerd, type RootlessUser } from '../helpers/dockerd.js';
 import { MAJOR_RERUN, testEngine } from '../helpers/engine.js';
 import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { REF_PROXIES, ROOT } from '../helpers/proxy.js';
@@ -38,15 +26,7 @@ let user: RootlessUser | null = null;
 beforeAll(() => {
   if (MISSING) return;
   chmodSync(dir, 0o755);
-  const rootfs = join(dir, 'rootfs');
-  mkdirSync(join(rootfs, 'bin'), { recursive: true });
-  mkdirSync(join(rootfs, 'www'));
-  copyFileSync('/bin/busybox', join(rootfs, 'bin/busybox'));
-  for (const a of ['sh', 'httpd', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', a));
-  execFileSync('gcc', ['-static', '-O2', '-o', join(rootfs, 'bin/udpecho'), join(ROOT, 'test/helpers/udp-echo.c')]);
-  writeFileSync(join(rootfs, 'www/index.html'), 'hello from the container\n');
-  execFileSync('tar', ['-C', rootfs, '-cf', join(dir, 'rootfs.tar'), '.']);
-  chmodSync(join(dir, 'rootfs.tar'), 0o644);
+  buildTestImage(dir);
   execFileSync('sh', [join(ROOT, 'deploy/docker/install.sh'), join(dir, 'opt')], {
     stdio: 'ignore',
     env: { ...process.env, USERLAND_PROXY_ENGINE_SOCKET: 'upt-rl-install' },

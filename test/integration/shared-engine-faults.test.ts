@@ -111,7 +111,7 @@ describe.skipIf(!HAVE_SHIM)('one mapping fails alone (audit N3)', () => {
  */
 const INJECT = `
 const { pathToFileURL } = require('node:url');
-import(pathToFileURL(${JSON.stringify(join(ROOT, 'dist/logger.js'))}).href).then((m) => {
+import(pathToFileURL(${JSON.stringify(join(ROOT, 'dist/core/logger.js'))}).href).then((m) => {
   const warn = m.RateLimitedLog.prototype.warn;
   m.RateLimitedLog.prototype.warn = function (key, ...rest) {
     if (key === 'connect:ECONNREFUSED') throw new Error('injected fault: refused dial');

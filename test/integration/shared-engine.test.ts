@@ -17,6 +17,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  realpathSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -27,7 +28,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import { serverFd, udpHandle } from '../../src/core/node-internals.js';
-import { control, type Control } from '../../src/shared-engine/engine-protocol.js';
+import { control, fnv1a32, type Control } from '../../src/shared-engine/engine-protocol.js';
 import { enginePids, RUN_ENGINE_SOCKET, useOwnEngines } from '../helpers/engines.js';
 import { freePort, randomBytes, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';
@@ -66,6 +67,18 @@ const exeOf = (pid: number): string => {
   } catch {
     return '';
   }
+};
+
+/** A copy of this checkout's built install in a temp dir (node_modules linked): an install root of its own. */
+const scratchInstall = (): string => {
+  const dir = mkdtempSync(join(tmpdir(), 'upt-install-'));
+  for (const d of ['bin', 'dist']) spawnSync('cp', ['-R', join(ROOT, d), dir]);
+  mkdirSync(join(dir, 'build/Release'), { recursive: true });
+  for (const f of ['engine.node', 'userland-proxy-shim'])
+    if (existsSync(join(ROOT, 'build/Release', f))) spawnSync('cp', [join(ROOT, 'build/Release', f), join(dir, 'build/Release')]);
+  writeFileSync(join(dir, 'package.json'), readFileSync(join(ROOT, 'package.json')));
+  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
+  return dir;
 };
 
 describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
@@ -375,16 +388,50 @@ describe.skipIf(!HAVE_SHIM)('shared engine behind per-port shims', () => {
     rmSync(textfiles, { recursive: true, force: true });
   }, 60_000);
 
+  it("the default engine name (no USERLAND_PROXY_ENGINE_SOCKET, as under dockerd): the shim starts its install's engine, `ls` finds it, stop frees the port", async () => {
+    const dir = scratchInstall();
+    const enginesOf = (): number[] =>
+      readdirSync('/proc')
+        .filter((d) => /^\d+$/.test(d))
+        .filter((d) => {
+          try {
+            const args = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+            return args.some((a) => a.startsWith(dir) && a.endsWith('/dist/cli.js')) && args.includes('engine');
+          } catch {
+            return false;
+          }
+        })
+        .map(Number);
+    try {
+      const { USERLAND_PROXY_ENGINE_SOCKET: _named, ...env } = process.env as Record<string, string>;
+      const port = await freePort();
+      const p = await startProxy(tcpArgs(port), { bin: join(dir, 'bin/userland-proxy'), env, cleanEnv: true });
+      expect(await echoes(port)).toBe(true);
+      const engines = enginesOf();
+      expect(engines).toHaveLength(1);
+      expect(readFileSync(`/proc/${engines[0]}/environ`, 'utf8')).not.toContain('USERLAND_PROXY_ENGINE_SOCKET=');
+      // Its socket has the default name: engine-<fnv1a32 of the install root>.
+      const name = `engine-${fnv1a32(realpathSync(dir)).toString(16).padStart(8, '0')}`;
+      expect(existsSync(enginePath(name))).toBe(true);
+      const ls = spawnSync(join(dir, 'bin/userland-proxy'), ['ls', '--json'], { env, encoding: 'utf8', timeout: 10_000 });
+      expect(
+        ls.stdout
+          .trim()
+          .split('\n')
+          .map((l) => (JSON.parse(l) as { mapping: string }).mapping),
+      ).toEqual([`tcp/127.0.0.1:${port}`]);
+      expect(await p.stop()).toEqual({ code: 0, signal: null });
+      expect(listening(port)).toBe(false);
+    } finally {
+      for (const pid of enginesOf()) process.kill(pid, 'SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('an in-place install without `upgrade` (audit N9): the first shim of the new version makes the old engine hand over to one of that version, which serves it; an established connection lives on', async () => {
     // A scratch install (its package.json is edited, as install.sh replaces the tree).
-    const dir = mkdtempSync(join(tmpdir(), 'upt-n9-'));
+    const dir = scratchInstall();
     try {
-      for (const d of ['bin', 'dist']) spawnSync('cp', ['-R', join(ROOT, d), dir]);
-      mkdirSync(join(dir, 'build/Release'), { recursive: true });
-      for (const f of ['engine.node', 'userland-proxy-shim'])
-        if (existsSync(join(ROOT, 'build/Release', f))) spawnSync('cp', [join(ROOT, 'build/Release', f), join(dir, 'build/Release')]);
-      writeFileSync(join(dir, 'package.json'), readFileSync(join(ROOT, 'package.json')));
-      symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
       const bin = join(dir, 'bin/userland-proxy');
       const { name, env } = engineEnv();
       const [portA, portB] = [await freePort(), await freePort()];
