@@ -24,27 +24,18 @@
 import { LISTEN_FD, PROGRAM } from '../core/constants.js';
 import { openDockerMapping } from './docker-mapping.js';
 import { DOCKER_FLAGS, parseDockerArgs } from './docker-flags.js';
-import { ProxyError, toProxyError } from '../core/errors.js';
 import { FdBudget } from '../core/fd-limit.js';
 import { nativeLoadable } from '../data-path/native-engine.js';
 import { releaseSignals } from '../core/early-signals.js';
 import { formatUsage, type GoFlagResult } from '../core/go-flags.js';
 import { silentLog, type Log } from '../core/logger.js';
 import { reportFailure, reportReady } from './status-pipe.js';
+import { exitOnInternalError, exitWith } from '../core/lifecycle.js';
 import { packageVersion } from '../core/version.js';
 
 /** Writes one line to stderr and the status pipe, then exits with the error's status. */
 function fail(err: unknown, log: Log): never {
-  const e = toProxyError(err);
-  // stderr gets the one line below; the log repeats it only when it is a separate file.
-  if (log.toFile) {
-    log.error({ code: e.code }, e.message);
-    log.flush();
-  }
-  // A flag syntax error (exit 2) points at the usage, as Go's flag package prints it.
-  process.stderr.write(`${PROGRAM}: ${e.message}${e.exitCode === 2 ? ' (run with -h for usage)' : ''}\n`);
-  reportFailure(e.message);
-  process.exit(e.exitCode);
+  exitWith(err, { log, usageHint: true, report: reportFailure });
 }
 
 /** Runs docker mode with argv (without the program name). Resolves once serving. */
@@ -70,23 +61,18 @@ export async function runDockerMode(argv: readonly string[]): Promise<void> {
     }
   });
   releaseSignals('SIGINT', 'SIGTERM', 'SIGHUP');
-  process.on('uncaughtException', (err) => {
-    if (!ready) fail(err, log);
-    if (log.toFile) {
-      log.fatal({ err: err.message, stack: err.stack }, 'internal error; exiting');
-      log.flush();
-    }
-    process.stderr.write(`${PROGRAM}: internal error: ${err.message}\n`);
-    process.exit(1);
-  });
+  exitOnInternalError(
+    () => ({ log }),
+    (err) => {
+      if (!ready) fail(err, log);
+    },
+  );
 
   let flags: GoFlagResult;
   try {
     flags = parseDockerArgs(argv);
   } catch (err) {
-    if (err instanceof ProxyError) process.stderr.write(`${PROGRAM}: ${err.message} (run with -h for usage)\n`);
-    reportFailure(toProxyError(err).message);
-    process.exit(toProxyError(err).exitCode);
+    fail(err, log);
   }
   if (flags.help) {
     process.stderr.write(formatUsage(PROGRAM, DOCKER_FLAGS));

@@ -22,7 +22,8 @@ import {
   METRICS_REQUEST_TIMEOUT_MS,
 } from '../core/constants.js';
 import { ProxyError } from '../core/errors.js';
-import type { MetricsSource } from './mapping-state.js';
+import type { MappingState, MetricsSource } from './mapping-state.js';
+import { createRegistry } from './metrics.js';
 
 /** Options of startMetricsServer. */
 export interface MetricsServerOptions {
@@ -95,5 +96,25 @@ export function startMetricsServer(opts: MetricsServerOptions): Promise<Server> 
       );
     });
     server.listen({ host: opts.host.address, port: opts.port, ipv6Only: opts.host.family === 6 }, () => resolve(server));
+  });
+}
+
+/**
+ * The HTTP endpoint of a process, as both the standalone daemon and the shared engine start it:
+ * a registry over `states` (with Node's default metrics) served on host:port.
+ */
+export function startEndpoint(opts: {
+  host: IpAddress;
+  port: number;
+  states: () => MappingState[];
+  source: MetricsSource;
+  onReload: MetricsServerOptions['onReload'];
+}): Promise<Server> {
+  return startMetricsServer({
+    host: opts.host,
+    port: opts.port,
+    registry: createRegistry(opts.states, { defaultMetrics: true }),
+    supervisor: opts.source,
+    onReload: opts.onReload,
   });
 }

@@ -4,16 +4,12 @@
  * code). cli.ts sends these words here; `userland-proxy help` lists them with the others.
  * Errors: one line on stderr, exit 2 for a wrong argument, 1 for a failure.
  */
-import { PROGRAM } from '../core/constants.js';
-import { ProxyError, toProxyError } from '../core/errors.js';
+import { exitWith } from '../core/lifecycle.js';
+import { ProxyError } from '../core/errors.js';
 import { formatListing, queryEngine } from './engine-list.js';
 import { upgradeEngine } from './engine-upgrade.js';
 
-function die(err: unknown): never {
-  const e = toProxyError(err);
-  process.stderr.write(`${PROGRAM}: ${e.message}\n`);
-  process.exit(e.exitCode);
-}
+const die = (err: unknown): never => exitWith(err);
 
 /** Runs `ls` or `upgrade` (argv: the command word first) and exits. */
 export async function runEngineCommand(argv: readonly string[]): Promise<void> {

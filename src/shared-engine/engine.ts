@@ -34,6 +34,7 @@ import { readDockerEnv } from '../docker/docker-env.js';
 import { openDockerMapping, type DockerProxy } from '../docker/docker-mapping.js';
 import { parseDockerArgs } from '../docker/docker-flags.js';
 import { releaseSignals } from '../core/early-signals.js';
+import { exitOnInternalError, exitWith } from '../core/lifecycle.js';
 import { control, engineSocketName, MSG, parseRegistration, type EngineListing } from './engine-protocol.js';
 import { spawnTakeOver } from './engine-upgrade.js';
 import { ProxyError, toProxyError } from '../core/errors.js';
@@ -58,12 +59,11 @@ interface Entry {
   protocol: number;
 }
 
+/** Ends the engine at start-up: its log and stderr say why, exit 1. */
 function die(message: string, log: Log): never {
-  log.fatal({}, message);
-  log.flush();
-  process.stderr.write(`userland-proxy engine: ${message}\n`);
-  process.exit(1);
+  exitWith(new ProxyError('UPROXY_ERR_INTERNAL', message), { log, prefix: ENGINE_PREFIX });
 }
+const ENGINE_PREFIX = 'userland-proxy engine';
 
 /** Runs the engine until idle or a signal. */
 export async function runEngine(argv: readonly string[]): Promise<void> {
@@ -450,11 +450,7 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   releaseSignals('SIGINT', 'SIGTERM');
-  process.on('uncaughtException', (err) => {
-    log.fatal({ err: err.message, stack: err.stack }, 'internal error; exiting');
-    log.flush();
-    process.exit(1);
-  });
+  exitOnInternalError(() => ({ log, prefix: ENGINE_PREFIX }));
 
   // --take-over (userland-proxy upgrade): our listening socket replaces the running engine's name
   // first; shims queue in its backlog while the old engine frees the metrics port.
@@ -482,14 +478,8 @@ export async function runEngine(argv: readonly string[]): Promise<void> {
       }),
     ];
     try {
-      const { createRegistry } = await import('../metrics/metrics.js');
-      const { startMetricsServer } = await import('../metrics/metrics-server.js');
-      metricsServer = await startMetricsServer({
-        ...env.metrics,
-        registry: createRegistry(states, { defaultMetrics: true }),
-        supervisor: { refreshStats: async () => {}, down: [] },
-        onReload: null,
-      });
+      const { startEndpoint } = await import('../metrics/metrics-server.js');
+      metricsServer = await startEndpoint({ ...env.metrics, states, source: { refreshStats: async () => {}, down: [] }, onReload: null });
     } catch (err) {
       // The data path matters more than its metrics: serve on, and say why there are none.
       log.error({ metrics: env.metrics }, `no metrics endpoint: ${toProxyError(err).message}`);

@@ -17,11 +17,10 @@ import { ProxyError, toProxyError } from '../core/errors.js';
 import { releaseSignals } from '../core/early-signals.js';
 import { createLogger, type Log } from '../core/logger.js';
 import { Supervisor } from './supervisor.js';
+import { exitOnInternalError, exitWith } from '../core/lifecycle.js';
 
 function die(err: unknown): never {
-  const e = toProxyError(err);
-  process.stderr.write(`${PROGRAM}: ${e.message}\n`);
-  process.exit(e.exitCode);
+  exitWith(err);
 }
 
 /** Loads the configuration from the three sources; the file path comes from --config or the env. */
@@ -118,12 +117,7 @@ async function run(load: () => StandaloneConfig, config: StandaloneConfig, after
   }
   // A closed stdout (EPIPE) must not take the daemon down; a bug ends it with one line, not a dump.
   process.stdout.on('error', () => {});
-  process.on('uncaughtException', (err) => {
-    log.fatal({ err: err.message, stack: err.stack }, 'internal error; exiting');
-    log.flush();
-    process.stderr.write(`${PROGRAM}: internal error: ${err.message}\n`);
-    process.exit(1);
-  });
+  exitOnInternalError(() => ({ log }));
   const supervisor = new Supervisor(log, {
     crashMappingId: process.env[`${ENV_PREFIX}TEST_CRASH`],
     reservedFds: config.metrics ? METRICS_MAX_CONNECTIONS + 1 : 0,
@@ -181,10 +175,13 @@ async function run(load: () => StandaloneConfig, config: StandaloneConfig, after
   releaseSignals('SIGTERM', 'SIGINT');
   try {
     if (config.metrics) {
-      const { createRegistry } = await import('../metrics/metrics.js');
-      const { startMetricsServer } = await import('../metrics/metrics-server.js');
-      const registry = createRegistry(() => supervisor.states, { defaultMetrics: true });
-      await startMetricsServer({ ...config.metrics, registry, supervisor, onReload: config.httpReload ? () => reload('http') : null });
+      const { startEndpoint } = await import('../metrics/metrics-server.js');
+      await startEndpoint({
+        ...config.metrics,
+        states: () => supervisor.states,
+        source: supervisor,
+        onReload: config.httpReload ? () => reload('http') : null,
+      });
       log.info({ metrics: config.metrics }, 'metrics listening');
     }
     await supervisor.start(config);

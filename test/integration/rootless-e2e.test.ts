@@ -13,8 +13,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildTestImage, createRootlessUser, rootlessMissing, startRootlessDockerd, type RootlessDockerd, type RootlessUser } from '../helpers/dockerd.js';
 import { MAJOR_RERUN, testEngine } from '../helpers/engine.js';
-import { freePort, sleep, udpClient, udpRequest } from '../helpers/net.js';
-import { REF_PROXIES, ROOT } from '../helpers/proxy.js';
+import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
+import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
+import { createServer, type AddressInfo } from 'node:net';
+import { dockerArgv, REF_PROXIES, ROOT, startProxy } from '../helpers/proxy.js';
 
 const MISSING = rootlessMissing();
 if (MISSING) console.warn(`SKIPPED: rootless Docker 28.5 e2e: ${MISSING}`);
@@ -65,6 +67,14 @@ const serves = async (url: string): Promise<boolean> => {
   }
 };
 
+/** Root's engine of this test's own name, beside the rootless daemon. */
+const ROOTFUL_ENGINE = `${RUN_ENGINE_SOCKET}-rootful`;
+interface RootfulEngine {
+  pids: number[];
+  port: number;
+  stop(): Promise<void>;
+}
+
 const RUNS = [
   ...(testEngine() === 'js' && !MAJOR_RERUN ? [{ mode: 'the reference docker-proxy 28.5', ours: false }] : []),
   { mode: 'userland-proxy (shared engine)', ours: true },
@@ -73,10 +83,28 @@ const RUNS = [
 describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', ({ ours }) => {
   let dockerd: RootlessDockerd | null = null;
   const docker = (...args: string[]) => (dockerd as RootlessDockerd).docker(args, 60);
-  let rootful: { pid: number; uid: number; netns: string }[] = [];
+  let rootful: RootfulEngine | null = null;
 
   beforeAll(async () => {
-    rootful = engines().filter((e) => e.uid === 0);
+    // Root's own shared engine (a name of this test's), serving a port: the rootless one must
+    // leave it alone.
+    if (ours) {
+      const echo = createServer((c) => c.pipe(c)).listen(0, '127.0.0.1');
+      await new Promise((res) => echo.once('listening', res));
+      const port = await freePort();
+      const proxy = await startProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', (echo.address() as AddressInfo).port), {
+        env: { USERLAND_PROXY_ENGINE_SOCKET: ROOTFUL_ENGINE },
+      });
+      rootful = {
+        pids: enginePids(ROOTFUL_ENGINE),
+        port,
+        stop: async () => {
+          await proxy.stop();
+          killEngines(ROOTFUL_ENGINE);
+          echo.close();
+        },
+      };
+    }
     dockerd = await startRootlessDockerd(user as RootlessUser, ['--userland-proxy-path', ours ? join(dir, 'opt/bin/userland-proxy') : REF_PROXIES['28.5']], {
       USERLAND_PROXY_ENGINE: testEngine(),
     });
@@ -85,6 +113,7 @@ describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', (
   }, 120_000);
   afterAll(async () => {
     await dockerd?.stop();
+    await rootful?.stop();
   }, 60_000);
 
   it('serves TCP on 127.0.0.1 and UDP on every address, in RootlessKit namespace, as the rootless user; docker stop frees the ports', async () => {
@@ -120,13 +149,16 @@ describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', (
       if (ours) expect(l, l).toContain(join(dir, 'opt/bin/userland-proxy'));
     }
     if (ours) {
-      // One engine, the rootless user's, in dockerd's network namespace (not the host's); a
-      // rootful engine, if any ran, is untouched.
+      // One engine, the rootless user's, in dockerd's network namespace (not the host's), and
+      // none of root's there; root's own engine (started before) serves on, the same process.
       const nsOfDockerd = readlinkSync(`/proc/${(dockerd as RootlessDockerd).pid()}/ns/net`);
       const mine = engines().filter((e) => e.uid === (user as RootlessUser).uid);
       expect(mine.map((e) => e.netns)).toEqual([nsOfDockerd]);
       expect(nsOfDockerd).not.toBe(readlinkSync('/proc/self/ns/net'));
-      expect(engines().filter((e) => e.uid === 0)).toEqual(rootful);
+      expect(engines().filter((e) => e.uid === 0 && e.netns === nsOfDockerd)).toEqual([]);
+      const { pids, port } = rootful as RootfulEngine;
+      expect(enginePids(ROOTFUL_ENGINE)).toEqual(pids);
+      expect((await tcpRoundTrip('127.0.0.1', port, Buffer.from('rootful'))).toString()).toBe('rootful');
     }
     const stop = await docker('stop', '-t', '1', 'upt-rl-web');
     expect(stop.code, stop.stderr).toBe(0);
