@@ -3,7 +3,8 @@
  * Entry point. docker-proxy's command line always starts with a flag (`-proto ...`: what dockerd
  * passes), so flags select docker mode; `engine` is the shared engine of docker mode (started by
  * native/shim.c), `ls` and `upgrade` its commands for a person; any other command word (`run`,
- * `check`, `demo`, `help`) or no argument at all selects standalone mode. Each is loaded lazily, so that docker mode stays cheap.
+ * `check`, `demo`, `help`) or no argument at all selects standalone mode. Each is loaded lazily,
+ * so that docker mode stays cheap.
  * No top-level await: the single-file executable (deploy/sea) bundles this as CommonJS.
  */
 import { holdSignals } from './core/early-signals.js';

@@ -9,14 +9,14 @@ import { ProxyError } from '../core/errors.js';
 import { formatListing, queryEngine } from './engine-list.js';
 import { upgradeEngine } from './engine-upgrade.js';
 
-const die = (err: unknown): never => exitWith(err);
-
 /** Runs `ls` or `upgrade` (argv: the command word first) and exits. */
 export async function runEngineCommand(argv: readonly string[]): Promise<void> {
   const [command, ...rest] = argv;
   const json = command === 'ls' && rest.length === 1 && rest[0] === '--json';
   if (rest.length > (json ? 1 : 0))
-    die(new ProxyError('UPROXY_ERR_BAD_FLAG', `${command}: unexpected argument "${rest[json ? 1 : 0]}"${command === 'ls' ? ' (ls takes only --json)' : ''}`));
+    exitWith(
+      new ProxyError('UPROXY_ERR_BAD_FLAG', `${command}: unexpected argument "${rest[json ? 1 : 0]}"${command === 'ls' ? ' (ls takes only --json)' : ''}`),
+    );
   try {
     if (command === 'ls') {
       const rows = queryEngine();
@@ -34,6 +34,6 @@ export async function runEngineCommand(argv: readonly string[]): Promise<void> {
     );
     process.exit(r.moved === r.mappings ? 0 : 1);
   } catch (err) {
-    die(err);
+    exitWith(err);
   }
 }

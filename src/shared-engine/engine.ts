@@ -76,7 +76,7 @@ class SharedEngine {
   readonly env: DockerEnv;
   readonly ctl: Control;
   readonly budget: FdBudget;
-  /** Read once: an upgrade replaces package.json under a running engine, which must not then report the new version as its own. */
+  /** The version this process runs (read once at start: see runEngine). */
   readonly version: string;
 
   constructor(log: Log, env: DockerEnv, ctl: Control, budget: FdBudget, version: string) {
@@ -281,7 +281,7 @@ class SharedEngine {
     // The control connection is an fd of this process too.
     if (!this.budget.take(1)) {
       if (fd >= 0) closeSync(fd);
-      reply(`${MSG.failed}file descriptor this.budget spent: ${this.budget.used} of ${this.budget.limit} taken (raise RLIMIT_NOFILE)`);
+      reply(`${MSG.failed}file descriptor budget spent: ${this.budget.used} of ${this.budget.limit} taken (raise RLIMIT_NOFILE)`);
       this.ctl.ctlClose(conn);
       return;
     }
