@@ -16,7 +16,7 @@ const ONCE = ['test/integration/relay.test.ts', 'test/integration/bench-smoke.te
  * when built): this run's engines get a name of their own, so that nothing outside the run talks
  * to them, and global-setup.ts kills whatever engine of this name is left at the end.
  */
-const ENGINE_SOCKET = `upt-test-${process.pid}`; // = RUN_ENGINE_SOCKET of test/helpers/engines.ts
+const ENGINE_SOCKET = `upt-test-${process.pid}`; // = RUN_ENGINE_SOCKET of test/helpers/shared-engines.ts
 // global-setup.ts runs in this process: its teardown kills this run's engines, never those of a
 // run that started this one (node-versions.test.ts runs suites under other Node majors in a
 // nested vitest, whose environment would otherwise name the outer run's engines).

@@ -1,14 +1,16 @@
 // Shared helpers of the bench scripts: dockerd-like spawning with a status pipe on fd 3, memory
 // and CPU readings from /proc, free ports, statistics.
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, constants, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
+import { DOCKERDS, ROOT } from '../test/helpers/testbed.mjs';
 
-export const ROOT = resolve(import.meta.dirname, '..');
+export { ROOT };
 export const OURS = join(ROOT, 'bin/userland-proxy');
-export const REF = process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy');
+/** docker-proxy 20.10 (Debian 12's docker.io), the reference of the side-by-side benches. */
+export const REF = DOCKERDS['20.10'].ref;
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -97,34 +99,7 @@ export function machine() {
   );
 }
 
-/** Pids of shared engines (src/shared-engine/engine.ts) whose USERLAND_PROXY_ENGINE_SOCKET is `name`. */
-export function enginePids(name) {
-  const pids = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const args = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
-      if (!args.some((a) => a.endsWith('/dist/cli.js')) || !args.includes('engine')) continue;
-      if (readFileSync(`/proc/${d}/environ`, 'utf8').split('\0').includes(`USERLAND_PROXY_ENGINE_SOCKET=${name}`)) pids.push(Number(d));
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return pids;
-}
-
-/** SIGTERMs the engines named `name` and waits (at most 5 s) until they are gone. */
-export async function stopEngines(name) {
-  const pids = enginePids(name);
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGTERM');
-    } catch {
-      // gone
-    }
-  }
-  for (let i = 0; i < 100 && pids.some((p) => existsSync(`/proc/${p}`)); i++) await sleep(50);
-}
+export { enginePids, stopEngines } from '../test/helpers/testbed.mjs';
 
 /** Pss of a process in MiB (/proc/PID/smaps_rollup): its fair share of shared pages. */
 export function pssMiB(pid) {

@@ -20,9 +20,10 @@
 //        (root; .ci/setup installs them). dockerd rows: medians of --reps run/stop cycles.
 // Writes bench/results/ports.json and ports.md and prints the table.
 import { execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { childrenOf, daemonArgs, DOCKERDS as TESTBED_DOCKERDS, removeDaemonLeftovers } from '../test/helpers/testbed.mjs';
 import { enginePids, machine as machineText, median, pssMiB, REF, ROOT, sleep, stopEngines } from './lib.mjs';
 
 const args = process.argv.slice(2);
@@ -33,11 +34,10 @@ const FIRSTS = Number(opt('--firsts', '5'));
 const RANGES = opt('--ranges', '100,1000').split(',').map(Number);
 const PER_PORT_MAX = Number(opt('--per-port-max', '100'));
 const REPS = Number(opt('--reps', '3'));
-const D28 = join(ROOT, '.cache/docker-28.5/usr');
 /** The dockerd versions, each with its own docker-proxy (the reference in its rows). */
 const DOCKERDS = [
-  { version: '28.5', dockerd: join(D28, 'sbin/dockerd'), path: `${join(D28, 'bin')}:`, ref: join(D28, 'sbin/docker-proxy'), args: ['--ip6tables=false'] },
-  { version: '20.10', dockerd: '/usr/sbin/dockerd', path: '', ref: REF, args: [] },
+  { version: '28.5', ...TESTBED_DOCKERDS['28.5'] },
+  { version: '20.10', ...TESTBED_DOCKERDS['20.10'] },
 ].filter((d) => opt('--dockerds', '28.5,20.10').split(',').includes(d.version) && existsSync(d.dockerd) && existsSync(d.ref));
 const DOCKERD = !args.includes('--no-dockerd') && DOCKERDS.length > 0 && existsSync('/bin/busybox');
 const log = (m) => process.stdout.write(`${m}\n`);
@@ -197,29 +197,10 @@ async function withDockerd(c, v, fn) {
   const dir = mkdtempSync('/tmp/upb-dockerd-');
   const sock = join(dir, 'docker.sock');
   const name = engineName();
-  const env = { PATH: `${v.path}/usr/sbin:/usr/bin:/sbin:/bin`, ...c.env, USERLAND_PROXY_ENGINE_SOCKET: name };
+  const env = { PATH: `${v.bin ? `${v.bin}:` : ''}/usr/sbin:/usr/bin:/sbin:/bin`, ...c.env, USERLAND_PROXY_ENGINE_SOCKET: name };
   const d = spawn(
     'timeout',
-    [
-      '1800',
-      v.dockerd,
-      ...v.args,
-      '--data-root',
-      join(dir, 'data'),
-      '--exec-root',
-      join(dir, 'exec'),
-      '-H',
-      `unix://${sock}`,
-      '--pidfile',
-      join(dir, 'docker.pid'),
-      '--iptables=false',
-      '--storage-driver',
-      'vfs',
-      '--bip',
-      '10.247.77.1/24',
-      '--userland-proxy-path',
-      c.name === 'docker-proxy' ? v.ref : c.bin,
-    ],
+    ['1800', v.dockerd, ...v.args, ...daemonArgs(dir, sock), '--bip', '10.247.77.1/24', '--userland-proxy-path', c.name === 'docker-proxy' ? v.ref : c.bin],
     { stdio: 'ignore', env },
   );
   const docker = (...a) => {
@@ -231,18 +212,7 @@ async function withDockerd(c, v, fn) {
     const exited = new Promise((res) => d.once('exit', res));
     d.kill('SIGTERM');
     await Promise.race([exited, sleep(30_000)]);
-    try {
-      execFileSync('pkill', ['-f', `containerd.*${dir}`]);
-    } catch {
-      // none left
-    }
-    const mounts = readFileSync('/proc/self/mounts', 'utf8')
-      .split('\n')
-      .map((l) => l.split(' ')[1] ?? '')
-      .filter((m) => m.startsWith(`${dir}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const m of mounts) execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-    rmSync(dir, { recursive: true, force: true });
+    removeDaemonLeftovers(dir);
     try {
       execFileSync('ip', ['link', 'del', 'docker0'], { stdio: 'ignore' });
     } catch {
@@ -267,15 +237,13 @@ async function withDockerd(c, v, fn) {
     // The proxies are dockerd's children; ours add the engine of this dockerd's name.
     const dockerdPid = Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim());
     const proxies = () => {
-      const pids = [];
-      for (const p of readdirSync('/proc')) {
+      const pids = childrenOf(dockerdPid).filter((p) => {
         try {
-          if (/^\d+$/.test(p) && Number(readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ')[1]) === dockerdPid)
-            if (readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('host-port')) pids.push(Number(p));
+          return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('host-port');
         } catch {
-          // exited meanwhile
+          return false; // exited meanwhile
         }
-      }
+      });
       const engines = enginePids(name);
       return { processes: pids.length + engines.length, pssMiB: [...pids, ...engines].reduce((a, p) => a + pssMiB(p), 0) };
     };

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { OURS, REF, ROOT, cpuSeconds, enginePids, machine, mem, sleep, spawnDockerMode, stopChild, stopEngines } from './lib.mjs';
 import { renderMarkdown, renderSvg } from './report.mjs';
+import { createNamespace, deleteNamespace } from '../test/helpers/testbed.mjs';
 
 const args = process.argv.slice(2);
 const flag = (n) => args.includes(n);
@@ -53,7 +54,6 @@ const PORTS = { iperf: 5201, http: 8000, echo: 7000 };
 // datagram for a new client's UDP handshake and the real client then waits forever).
 const targets = (idx) => ({ ...PORTS, iperf: PORTS.iperf + idx, echo: PORTS.echo + idx });
 const cleanups = [];
-const ip = (...a) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'] });
 const sh = (cmd) => execFileSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'] });
 // Raise the soft fd limit to the hard one (this sandbox's hard limit is 20000, and raising it
 // needs CAP_SYS_RESOURCE): the idle-connection scenario needs two fds per connection.
@@ -74,23 +74,8 @@ for (const sig of ['SIGINT', 'SIGTERM'])
   });
 
 function setupNamespace() {
-  ip('netns', 'add', NS);
-  cleanups.push(() => ip('netns', 'del', NS));
-  ip('link', 'add', HIF, 'type', 'veth', 'peer', 'name', NIF);
-  cleanups.push(() => {
-    try {
-      ip('link', 'del', HIF);
-    } catch {
-      /* gone with the namespace */
-    }
-  });
-  ip('link', 'set', NIF, 'netns', NS);
-  ip('addr', 'add', `${NET}.1/24`, 'dev', HIF);
-  ip('link', 'set', HIF, 'up');
-  ip('-n', NS, 'addr', 'add', `${BACKEND}/24`, 'dev', NIF);
-  ip('-n', NS, 'link', 'set', NIF, 'up');
-  ip('-n', NS, 'link', 'set', 'lo', 'up');
-  ip('-n', NS, 'route', 'add', 'default', 'via', `${NET}.1`);
+  createNamespace({ name: NS, hostIf: HIF, nsIf: NIF, v4: NET });
+  cleanups.push(() => deleteNamespace(NS, HIF));
   const procs = [
     ...Object.keys(CONTENDERS).map((_, i) => spawn('ip', ['netns', 'exec', NS, 'iperf3', '-s', '-p', String(PORTS.iperf + i)], { stdio: 'ignore' })),
     spawn(

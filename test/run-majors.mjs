@@ -5,7 +5,7 @@
 // Left out here: node-versions (it crosses the majors itself, from the main run), the container
 // image (it builds and runs an image with its own Node 22, whatever runs the test), and the deploy
 // validators (systemd, Prometheus, Kubernetes, Grafana files: none runs on Node). Cases of the
-// reference docker-proxy alone are made in the main run only (UPT_MAJOR_RERUN, helpers/engine.ts).
+// reference docker-proxy alone are made in the main run only (UPT_MAJOR_RERUN, helpers/proxy.ts).
 // A missing major is reported as skipped, loudly. Exit status: non-zero if any run failed.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';

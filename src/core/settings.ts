@@ -7,7 +7,7 @@
  */
 import { accessSync, constants, statSync } from 'node:fs';
 import { parseCidrs } from './access-list.js';
-import { parseIp } from './address.js';
+import { parseIp, type IpAddress } from './address.js';
 import {
   DRAIN_TIMEOUT_MS,
   SHARED_DRAIN_TIMEOUT_MS,
@@ -21,12 +21,36 @@ import {
 } from './constants.js';
 import { checkDuration, MAX_DURATION_MS, parseDuration } from './duration.js';
 import { ProxyError, type ErrorCode } from './errors.js';
-import { LOG_LEVELS } from './logger.js';
-import { parseEngine } from './data-path-choice.js';
-import { parseProxyProtocol } from './proxy-protocol.js';
+import { LOG_LEVELS, type LogLevel } from './logger.js';
+import { type EngineChoice, parseEngine } from './data-path-choice.js';
+import { parseProxyProtocol, type ProxyProtocol } from './proxy-protocol.js';
 
 /** How a value is written and checked. */
 export type SettingKind = 'publish' | 'listen' | 'duration' | 'integer' | 'boolean' | 'cidrs' | 'proxyProtocol' | 'logLevel' | 'path' | 'engine' | 'dir';
+
+/** The mode that reads a setting. */
+export type Mode = 'docker' | 'standalone';
+
+/** A metrics listener's address. */
+export interface ListenAddress {
+  host: IpAddress;
+  port: number;
+}
+
+/** The parsed value of each kind (what parseValue returns for it). */
+interface KindValue {
+  publish: string[];
+  listen: ListenAddress | null;
+  duration: number;
+  integer: number;
+  boolean: boolean;
+  cidrs: string[];
+  proxyProtocol: ProxyProtocol;
+  logLevel: LogLevel;
+  path: string | undefined;
+  engine: EngineChoice;
+  dir: string | undefined;
+}
 
 /** One setting. */
 export interface Setting {
@@ -36,7 +60,7 @@ export interface Setting {
   env: string;
   kind: SettingKind;
   /** The modes that read it. */
-  modes: readonly ('docker' | 'standalone')[];
+  modes: readonly Mode[];
   /** The parsed default (durations in ms). */
   default: unknown;
   /** The default as the help and the README show it. */
@@ -51,7 +75,7 @@ const BOTH = ['docker', 'standalone'] as const;
 const STANDALONE = ['standalone'] as const;
 
 /** The table. Order: as the help and the README list them. */
-export const SETTINGS: readonly Setting[] = [
+export const SETTINGS = [
   {
     key: 'publish',
     env: 'PUBLISH',
@@ -243,19 +267,50 @@ export const SETTINGS: readonly Setting[] = [
     shown: 'off',
     description: "keep <proto>_<host-ip>_<port>.prom there for node_exporter's textfile collector",
   },
-];
+] as const satisfies readonly Setting[];
+
+type Row = (typeof SETTINGS)[number];
+/** A setting's property in a settings object: its key, with `Ms` after a duration's (the unit). */
+type PropOf<R extends Row> = R extends { kind: 'duration' } ? `${R['key']}Ms` : R['key'];
+/** A row's value: its kind's, or null where null is its default ("none"). */
+type ValueOf<R extends Row> = KindValue[R['kind']] | (R['default'] extends null ? null : never);
+
+/** The parsed settings of a mode, one property per row of the table (the only place they are typed). */
+export type SettingsOf<M extends Mode> = { [R in Row as M extends R['modes'][number] ? PropOf<R> : never]: ValueOf<R> };
+
+/** Every setting's value, whichever mode reads it (the types the data path's options pick from). */
+export type SettingValues = SettingsOf<'docker'> & SettingsOf<'standalone'>;
+
+/** A setting's property in a settings object (see PropOf). */
+export function propOf(s: Setting): string {
+  return s.kind === 'duration' ? `${s.key}Ms` : s.key;
+}
+
+/**
+ * The settings of a mode: each row's value from `read` (already parsed), or its default where
+ * `read` gives undefined.
+ */
+export function readSettings<M extends Mode>(mode: M, read: (s: Setting) => unknown): SettingsOf<M> {
+  const out: Record<string, unknown> = {};
+  for (const s of settingsOf(mode)) {
+    const v = read(s) ?? s.default;
+    out[propOf(s)] = Array.isArray(v) ? [...v] : v; // a list default is the table's own array
+  }
+  // The one cast: the loop above builds exactly the mapped type's properties.
+  return out as SettingsOf<M>;
+}
 
 /** Variables read elsewhere (the launcher), naming the config file, or a test hook. */
 export const OTHER_ENV = ['CONFIG', 'NODE', 'NODE_OPTIONS', 'TEST_CRASH', 'ENGINE_SOCKET'] as const;
 
 /** The settings a mode reads. */
-export function settingsOf(mode: 'docker' | 'standalone'): Setting[] {
-  return SETTINGS.filter((s) => s.modes.includes(mode));
+export function settingsOf(mode: Mode): Setting[] {
+  return (SETTINGS as readonly Setting[]).filter((s) => s.modes.includes(mode));
 }
 
 /** A setting by its key. */
 export function setting(key: string): Setting {
-  const s = SETTINGS.find((x) => x.key === key);
+  const s = (SETTINGS as readonly Setting[]).find((x) => x.key === key);
   if (s === undefined) throw new Error(`no setting ${key}`);
   return s;
 }

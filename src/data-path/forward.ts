@@ -14,21 +14,16 @@ import type { EngineName } from '../core/data-path-choice.js';
 import { udpHandle } from '../core/node-internals.js';
 import type { IpAddress, Proto } from '../core/address.js';
 import type { ProxyProtocol } from '../core/proxy-protocol.js';
+import type { SettingValues } from '../core/settings.js';
 import { createTcpServer, TcpForwarder } from './tcp-forwarder.js';
 import { newTcpStats, type TcpStats } from './tcp-types.js';
 import { createUdpSocket, newUdpStats, UdpForwarder, type UdpStats } from './udp-forwarder.js';
 
-/** The settings a mapping's forwarders take (docker mode: the environment; standalone: the config). */
-export interface ForwardSettings {
-  engine: EngineName;
-  connectTimeoutMs: number;
-  idleTimeoutMs: number;
-  lingerTimeoutMs: number;
-  maxConnections: number | null;
-  maxBufferBytes: number;
-  udpIdleTimeoutMs: number;
-  udpMaxFlows: number;
-}
+/** The settings a mapping's forwarders take (docker mode: the environment; standalone: the config), and its engine. */
+export type ForwardSettings = Pick<
+  SettingValues,
+  'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs' | 'maxConnections' | 'maxBuffer' | 'udpIdleTimeoutMs' | 'udpMaxFlows'
+> & { engine: EngineName };
 
 /** Where a mapping listens and where it forwards: a host port range onto a target port range. */
 export interface Binding {
@@ -112,7 +107,7 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
           stats: tcp,
           maxConnections: s.maxConnections,
           proxyProtocol: spec.proxyProtocol,
-          maxBufferBytes: s.maxBufferBytes,
+          maxBuffer: s.maxBuffer,
           connectTimeoutMs: s.connectTimeoutMs,
           idleTimeoutMs: s.idleTimeoutMs,
           lingerTimeoutMs: s.lingerTimeoutMs,
@@ -126,8 +121,8 @@ export async function openMapping(spec: ForwardSpec): Promise<OpenMapping> {
         new UdpForwarder(socket, {
           ...target,
           stats: udp as UdpStats,
-          idleTimeoutMs: s.udpIdleTimeoutMs,
-          maxFlows: s.udpMaxFlows,
+          udpIdleTimeoutMs: s.udpIdleTimeoutMs,
+          udpMaxFlows: s.udpMaxFlows,
           sources,
         }),
       );

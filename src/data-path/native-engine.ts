@@ -21,7 +21,7 @@ import { ipFromBytes, ipToBytes, type IpAddress } from '../core/address.js';
 import { ruleOf, type AccessSpec } from '../core/access-list.js';
 import { ProxyError } from '../core/errors.js';
 import { CONNECT_BUCKETS, LIFETIME_BUCKETS, type PlainHistogram } from '../core/histogram.js';
-import type { ProxyProtocol } from '../core/proxy-protocol.js';
+import type { SettingValues } from '../core/settings.js';
 import type { TcpStats } from './tcp-types.js';
 import type { EngineChoice, EngineName } from '../core/data-path-choice.js';
 
@@ -382,13 +382,8 @@ function groupHandle(a: Addon, id: number, group: object): NativeGroup {
 }
 
 /** Options of a native TCP listener beyond NativeListen. */
-export interface NativeTcpOptions {
-  connectTimeoutMs: number;
-  idleTimeoutMs: number;
-  lingerTimeoutMs: number;
+export interface NativeTcpOptions extends Pick<SettingValues, 'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs' | 'maxConnections' | 'proxyProtocol'> {
   pipeBytes: number;
-  maxConnections: number | null;
-  proxyProtocol: ProxyProtocol;
   /** fds one connection takes from the budget. */
   connectionFds: number;
 }

@@ -35,8 +35,8 @@ export class JsPath implements TcpPath {
 
   constructor(ctx: TcpPathContext) {
     this.#ctx = ctx;
-    const { idleTimeoutMs = 0, lingerTimeoutMs = 0, idleSweepMs, maxBufferBytes } = ctx.opts;
-    this.#highWaterMark = maxBufferBytes ?? RELAY_HIGH_WATER_MARK;
+    const { idleTimeoutMs = 0, lingerTimeoutMs = 0, idleSweepMs, maxBuffer } = ctx.opts;
+    this.#highWaterMark = maxBuffer ?? RELAY_HIGH_WATER_MARK;
     const timeouts = [idleTimeoutMs, lingerTimeoutMs].filter((t) => t > 0).map((t) => Math.max(25, Math.floor(t / 4)));
     this.#sweepMs = idleSweepMs ?? Math.min(RELAY_IDLE_SWEEP_MS, ...timeouts);
   }

@@ -26,7 +26,7 @@ export class NativeListener {
         connectTimeoutMs: o.connectTimeoutMs ?? 0,
         idleTimeoutMs: o.idleTimeoutMs ?? 0,
         lingerTimeoutMs: o.lingerTimeoutMs ?? 0,
-        pipeBytes: Math.min(NATIVE_PIPE_MAX, Math.max(NATIVE_PIPE_MIN, o.maxBufferBytes ?? RELAY_HIGH_WATER_MARK)),
+        pipeBytes: Math.min(NATIVE_PIPE_MAX, Math.max(NATIVE_PIPE_MIN, o.maxBuffer ?? RELAY_HIGH_WATER_MARK)),
         maxConnections: o.maxConnections ?? null,
         proxyProtocol: o.proxyProtocol ?? 'off',
         connectionFds: TCP_CONNECTION_FDS,

@@ -10,7 +10,7 @@ import { CONNECT_BUCKETS, LIFETIME_BUCKETS, newHistogram, type PlainHistogram } 
 import type { AccessRules } from '../core/access-list.js';
 import type { Log } from '../core/logger.js';
 import type { EngineName } from '../core/data-path-choice.js';
-import type { ProxyProtocol } from '../core/proxy-protocol.js';
+import type { SettingValues } from '../core/settings.js';
 
 /** Plain-number counters, read by metrics at scrape time (never prom-client on the hot path). */
 export interface TcpStats {
@@ -63,28 +63,17 @@ export function newTcpStats(): TcpStats {
   };
 }
 
-/** Options of TcpForwarder. */
-export interface TcpForwarderOptions {
+/** Options of TcpForwarder: the TCP settings of the table (settings.ts; absent: off or the default), and its context. */
+export interface TcpForwarderOptions
+  extends Partial<Pick<SettingValues, 'maxConnections' | 'maxBuffer' | 'proxyProtocol' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs'>> {
   target: IpAddress;
   targetPort: number;
   log: Log;
   stats?: TcpStats;
-  /** Refuse (accept and close at once) connections beyond this many; null: no cap. */
-  maxConnections?: number | null;
   /** The process fd budget every connection takes its fds from; null: unbounded. */
   budget?: FdBudget | null;
-  /** Unsent bytes one socket may hold before its source stops reading (default 1 MiB). */
-  maxBufferBytes?: number;
-  /** PROXY protocol header sent to the target first (default off). */
-  proxyProtocol?: ProxyProtocol;
   /** Allow/deny lists checked before dialling; null: everyone. */
   access?: AccessRules | null;
-  /** Give up a dial after this long (0: wait for the kernel, as docker-proxy does). */
-  connectTimeoutMs?: number;
-  /** Close a connection with no byte either way for this long (0: never, docker-proxy's way). */
-  idleTimeoutMs?: number;
-  /** Close a half-closed connection with no byte either way for this long (0: never). */
-  lingerTimeoutMs?: number;
   /** Period of the sweep (idle buffers and timeouts); derived from the timeouts when absent. */
   idleSweepMs?: number;
   /** Data path after the dial: 'js' (relay.ts) or 'native' (splice, native/). */

@@ -37,6 +37,7 @@ import { parseIp, isUnspecified } from '../core/address.js';
 import { errnoName, nativeUdp, type NativeEvent, type NativeGroup } from './native-engine.js';
 import type { EngineName } from '../core/data-path-choice.js';
 import type { FdBudget } from '../core/fd-limit.js';
+import type { SettingValues } from '../core/settings.js';
 import { udpHandle } from '../core/node-internals.js';
 
 /** Plain-number counters, read by metrics at scrape time. */
@@ -77,11 +78,9 @@ export function newUdpStats(): UdpStats {
 }
 
 /** Options of UdpForwarder. */
-export interface UdpForwarderOptions {
+export interface UdpForwarderOptions extends Pick<SettingValues, 'udpIdleTimeoutMs' | 'udpMaxFlows'> {
   target: IpAddress;
   targetPort: number;
-  idleTimeoutMs: number;
-  maxFlows: number;
   log: Log;
   stats?: UdpStats;
   /** Allow/deny lists checked before a flow opens; null: everyone. */
@@ -158,10 +157,10 @@ export class UdpForwarder {
     this.#listener = listener;
     this.#opts = opts;
     this.#sources = opts.sources ?? new Map();
-    this.#perSource = flowsPerSource(opts.maxFlows);
+    this.#perSource = flowsPerSource(opts.udpMaxFlows);
     this.stats = opts.stats ?? newUdpStats();
     this.#limited = new RateLimitedLog(opts.log);
-    this.#sweepMs = Math.min(UDP_SWEEP_MAX_MS, Math.max(UDP_SWEEP_MIN_MS, Math.floor(opts.idleTimeoutMs / 10)));
+    this.#sweepMs = Math.min(UDP_SWEEP_MAX_MS, Math.max(UDP_SWEEP_MIN_MS, Math.floor(opts.udpIdleTimeoutMs / 10)));
     if (opts.engine === 'native') listener.once('listening', () => this.#handoff());
     else
       listener.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
@@ -185,13 +184,13 @@ export class UdpForwarder {
   #handoff(): void {
     const handle = udpHandle(this.#listener);
     handle.recvStop();
-    const { target, targetPort, idleTimeoutMs, maxFlows, access } = this.#opts;
+    const { target, targetPort, udpIdleTimeoutMs, udpMaxFlows, access } = this.#opts;
     const local = parseIp(this.#listener.address().address);
     this.#native = nativeUdp(
       this.stats,
       { listenerFd: handle.fd, target, targetPort, access: access?.spec ?? null, budget: this.#opts.budget ?? null },
-      idleTimeoutMs,
-      maxFlows,
+      udpIdleTimeoutMs,
+      udpMaxFlows,
       local !== null && isUnspecified(local),
       this.#perSource,
       (event, detail, client) => {
@@ -218,7 +217,7 @@ export class UdpForwarder {
   #limitWarning(): void {
     this.#limited.warn(
       'flow-limit',
-      { maxFlows: this.#opts.maxFlows, perSource: this.#perSource },
+      { maxFlows: this.#opts.udpMaxFlows, perSource: this.#perSource },
       'UDP flow limit reached; dropping datagrams from new clients',
     );
   }
@@ -315,7 +314,7 @@ export class UdpForwarder {
         return;
       }
       const own = this.#sources.get(rinfo.address) ?? 0;
-      if (stats.flowsActive >= this.#opts.maxFlows || own >= this.#perSource || !(this.#opts.budget?.take(1) ?? true)) {
+      if (stats.flowsActive >= this.#opts.udpMaxFlows || own >= this.#perSource || !(this.#opts.budget?.take(1) ?? true)) {
         stats.droppedFlowLimit++;
         this.#limitWarning();
         return;
@@ -446,7 +445,7 @@ export class UdpForwarder {
   #sweep(): void {
     const now = Date.now();
     this.#now = now;
-    const idle = this.#opts.idleTimeoutMs;
+    const idle = this.#opts.udpIdleTimeoutMs;
     const log = this.#opts.log;
     for (const [key, flow] of this.#flows) {
       if (now - flow.lastActive >= idle) {

@@ -85,7 +85,7 @@ export async function openDockerMapping(flags: GoFlagResult, opts: DockerOpenOpt
     hostPortEnd: m.hostPort,
     listenFd,
     proxyProtocol: m.proto === 'tcp' ? env.proxyProtocol : 'off',
-    access: compileAccess(env.access),
+    access: compileAccess({ allow: env.allow, deny: env.deny }),
     settings: shareOf(opts.sharedBudget ? opts.budget : null, { ...env, engine }),
     log,
     budget: opts.budget,

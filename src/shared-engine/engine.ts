@@ -71,7 +71,7 @@ const ENGINE_PREFIX = 'userland-proxy engine';
  * closes: shimGone), detach (D), list (L) and the hand-over (U); exit ends the process. The
  * handlers are arrow properties: the addon calls them as plain functions.
  */
-class SharedEngine {
+export class SharedEngine {
   readonly log: Log;
   readonly env: DockerEnv;
   readonly ctl: Control;

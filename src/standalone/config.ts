@@ -11,37 +11,18 @@
  *     "lingerTimeout": "10m", "maxConnections": 10000, "logLevel": "info", "logFile": "/var/log/up.log" }
  */
 import { readFileSync } from 'node:fs';
-import type { IpAddress } from '../core/address.js';
 import { ENV_PREFIX } from '../core/constants.js';
 import { ProxyError } from '../core/errors.js';
 import { parseCidrs } from '../core/access-list.js';
 import type { ProxyProtocol } from '../core/proxy-protocol.js';
-import type { LogLevel } from '../core/logger.js';
-import type { EngineChoice } from '../core/data-path-choice.js';
-import { flagOf, OTHER_ENV, parseSetting, setting, SETTINGS, settingsOf } from '../core/settings.js';
+import { flagOf, OTHER_ENV, parseSetting, readSettings, type SettingsOf, setting, SETTINGS, settingsOf } from '../core/settings.js';
 import { checkOverlaps, parsePublishSpec, type Mapping } from './publish-spec.js';
 
-/** A validated standalone configuration. */
-export interface StandaloneConfig {
-  mappings: Mapping[];
-  metrics: { host: IpAddress; port: number } | null;
-  drainTimeoutMs: number;
-  udpIdleTimeoutMs: number;
-  udpMaxFlows: number;
-  connectTimeoutMs: number;
-  idleTimeoutMs: number;
-  lingerTimeoutMs: number;
-  /** Most TCP connections per mapping; null: derived from RLIMIT_NOFILE. */
-  maxConnections: number | null;
-  /** Unsent bytes per TCP direction before reading pauses. */
-  maxBufferBytes: number;
-  logLevel: LogLevel;
-  logFile: string | undefined;
-  /** Data path: auto (native when built), native or js. */
-  engine: EngineChoice;
-  /** POST /-/reload on the metrics listener is served (else 403; SIGHUP still reloads). */
-  httpReload: boolean;
-}
+/**
+ * A validated standalone configuration: the table's standalone settings (settings.ts), with the
+ * publish specs and the global allow/deny lists resolved into mappings.
+ */
+export type StandaloneConfig = Omit<SettingsOf<'standalone'>, 'publish' | 'allow' | 'deny'> & { mappings: Mapping[] };
 
 /** Values as given on the command line (strings as typed; lists for publish, allow, deny), by setting key. */
 export type CliValues = Partial<Record<string, string | string[] | undefined>> & { config?: string | undefined };
@@ -68,11 +49,6 @@ export function readConfigFile(path: string): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-/** `HOST:PORT`, `[V6]:PORT` or `PORT` (loopback) for the metrics listener. */
-export function parseListenAddress(where: string, v: unknown): { host: IpAddress; port: number } {
-  return parseSetting(setting('metrics'), v, 'UPROXY_ERR_CONFIG', where) as { host: IpAddress; port: number };
-}
-
 /** Splits a list of publish specs given in one environment variable (commas or white space). */
 function splitSpecs(text: string): string[] {
   return text.split(/[\s,]+/).filter((s) => s !== '');
@@ -83,7 +59,7 @@ function splitSpecs(text: string): string[] {
  * Throws ProxyError UPROXY_ERR_CONFIG (exit 2) with one line naming the offending value.
  */
 export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Record<string, unknown>): StandaloneConfig {
-  const knownEnv = [...SETTINGS.map((x) => x.env), ...OTHER_ENV];
+  const knownEnv: string[] = [...SETTINGS.map((x) => x.env), ...OTHER_ENV];
   for (const name of Object.keys(env)) {
     if (!name.startsWith(ENV_PREFIX)) continue;
     if (!knownEnv.includes(name.slice(ENV_PREFIX.length))) {
@@ -108,11 +84,10 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
     if (file && file[k] !== undefined) return [file[k], `config key "${k}"`];
     return undefined;
   };
-  /** A scalar setting's value: parsed from its winning source, else its default. */
-  const value = <T>(k: string): T => {
+  /** A scalar setting's value parsed from its winning source; undefined: none gave it. */
+  const value = (k: string): unknown => {
     const p = pick(k);
-    if (p === undefined) return setting(k).default as T;
-    return parseSetting(setting(k), p[0], 'UPROXY_ERR_CONFIG', p[1]) as T;
+    return p === undefined ? undefined : parseSetting(setting(k), p[0], 'UPROXY_ERR_CONFIG', p[1]);
   };
 
   const list = (k: 'allow' | 'deny', cliValue: string[] | undefined): string[] => {
@@ -125,7 +100,7 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   };
   const allow = list('allow', cli.allow as string[] | undefined);
   const deny = list('deny', cli.deny as string[] | undefined);
-  const globalPp = value<ProxyProtocol>('proxyProtocol');
+  const globalPp = (value('proxyProtocol') ?? setting('proxyProtocol').default) as ProxyProtocol;
   /** The global setting applies to TCP mappings; UDP has no PROXY protocol here. */
   const withPp = (m: Mapping): Mapping => ({ ...m, proxyProtocol: m.proto === 'tcp' ? globalPp : 'off' });
   /** A publish entry: a spec, or (config file) { "spec", "allow", "deny" } with its own lists. */
@@ -156,21 +131,12 @@ export function buildConfig(cli: CliValues, env: NodeJS.ProcessEnv, file?: Recor
   if (mappings.length === 0) fail('no mappings: give at least one --publish SPEC, USERLAND_PROXY_PUBLISH or "publish" in the config file');
   checkOverlaps(mappings);
 
-  const metricsV = pick('metrics');
-  return {
-    mappings,
-    metrics: metricsV ? parseListenAddress(metricsV[1], metricsV[0]) : null,
-    drainTimeoutMs: value('drainTimeout'),
-    udpIdleTimeoutMs: value('udpIdleTimeout'),
-    udpMaxFlows: value('udpMaxFlows'),
-    connectTimeoutMs: value('connectTimeout'),
-    idleTimeoutMs: value('idleTimeout'),
-    lingerTimeoutMs: value('lingerTimeout'),
-    maxConnections: value('maxConnections'),
-    maxBufferBytes: value('maxBuffer'),
-    logLevel: value('logLevel'),
-    logFile: value('logFile'),
-    engine: value('engine'),
-    httpReload: value('httpReload'),
-  };
+  // Lists (publish, allow, deny) were merged above; every other setting is its winning source's value.
+  const {
+    publish: _p,
+    allow: _a,
+    deny: _d,
+    ...rest
+  } = readSettings('standalone', (s) => (s.kind === 'publish' || s.kind === 'cidrs' ? undefined : value(s.key)));
+  return { ...rest, mappings };
 }

@@ -11,7 +11,7 @@ import type { SharedBudget } from '../core/fd-limit.js';
 /** What a worker is started with (workerData): its mapping and the settings that apply to it. */
 export type WorkerInit = Pick<
   StandaloneConfig,
-  'udpIdleTimeoutMs' | 'udpMaxFlows' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs' | 'maxConnections' | 'maxBufferBytes' | 'logLevel' | 'logFile'
+  'udpIdleTimeoutMs' | 'udpMaxFlows' | 'connectTimeoutMs' | 'idleTimeoutMs' | 'lingerTimeoutMs' | 'maxConnections' | 'maxBuffer' | 'logLevel' | 'logFile'
 > & {
   mapping: Mapping;
   /** The engine the supervisor resolved (never 'auto'). */

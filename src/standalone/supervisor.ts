@@ -56,20 +56,9 @@ function slotKey(init: SlotInit): string {
 }
 
 function initsOf(config: StandaloneConfig, crashId: string | undefined, engine: EngineName): SlotInit[] {
-  return config.mappings.map((mapping) => ({
-    mapping,
-    engine,
-    udpIdleTimeoutMs: config.udpIdleTimeoutMs,
-    udpMaxFlows: config.udpMaxFlows,
-    connectTimeoutMs: config.connectTimeoutMs,
-    idleTimeoutMs: config.idleTimeoutMs,
-    lingerTimeoutMs: config.lingerTimeoutMs,
-    maxConnections: config.maxConnections,
-    maxBufferBytes: config.maxBufferBytes,
-    logLevel: config.logLevel,
-    logFile: config.logFile,
-    crashAfterMs: crashId === mapping.id ? 200 : undefined,
-  }));
+  // The supervisor's own settings stay here; every other one goes to each worker as parsed.
+  const { mappings, metrics: _m, drainTimeoutMs: _d, engine: _e, httpReload: _h, ...settings } = config;
+  return mappings.map((mapping) => ({ ...settings, mapping, engine, crashAfterMs: crashId === mapping.id ? 200 : undefined }));
 }
 
 /** True when two mappings could want the same socket: same protocol, overlapping ports. */

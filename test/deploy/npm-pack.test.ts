@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freePort, tcpRoundTrip } from '../helpers/net.js';
 import { ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
-import { RUN_ENGINE_SOCKET } from '../helpers/engines.js';
+import { RUN_ENGINE_SOCKET } from '../helpers/shared-engines.js';
 import { createServer } from 'node:net';
 
 const run = promisify(execFile);

@@ -10,20 +10,11 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { IS_ROOT } from './netns.js';
 import { sleep } from './net.js';
-import { ROOT } from './proxy.js';
+import { DOCKER_28, DOCKERDS, daemonArgs, removeDaemonLeftovers, ROOT } from './testbed.mjs';
 
 const run = promisify(execFile);
 const DOCKER = '/usr/bin/docker';
-const D28 = join(ROOT, '.cache/docker-28.5');
-
-/**
- * The dockerd versions the tests run: where each one's binaries are, and the PATH prefix that
- * gives it its own containerd (28.5 runs Debian 12's runc; the 20.10 CLI talks to both).
- */
-export const DOCKERDS = {
-  '20.10': { dockerd: '/usr/sbin/dockerd', bin: '', args: [] as string[] },
-  '28.5': { dockerd: join(D28, 'usr/sbin/dockerd'), bin: join(D28, 'usr/bin'), args: ['--ip6tables=false'] },
-} as const;
+export { DOCKERDS };
 export type DockerdVersion = keyof typeof DOCKERDS;
 
 /** Why a private dockerd of this version cannot run here, or null when it can. */
@@ -51,23 +42,6 @@ export function buildTestImage(dir: string, files: Record<string, string | Buffe
   execFileSync('tar', ['-C', rootfs, '-cf', tar, '.']);
   chmodSync(tar, 0o644);
   return tar;
-}
-
-/** A private daemon's own places: data, exec root, socket, pid file; iptables off, vfs storage. */
-function daemonArgs(dir: string, sock: string): string[] {
-  return [
-    '--data-root',
-    join(dir, 'data'),
-    '--exec-root',
-    join(dir, 'exec'),
-    '-H',
-    `unix://${sock}`,
-    '--pidfile',
-    join(dir, 'docker.pid'),
-    '--iptables=false',
-    '--storage-driver',
-    'vfs',
-  ];
 }
 
 /** The docker CLI against the daemon at `sock`, bounded by `seconds`. */
@@ -123,25 +97,7 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
       await Promise.race([exited, sleep(15_000)]);
       if (child.exitCode === null) child.kill('SIGKILL');
     }
-    try {
-      execFileSync('pkill', ['-f', `containerd.*${dir}`]);
-    } catch {
-      /* none left */
-    }
-    // dockerd leaves bind mounts (netns, overlay/vfs) under its roots when it dies early.
-    const mounts = readFileSync('/proc/self/mounts', 'utf8')
-      .split('\n')
-      .map((l) => l.split(' ')[1] ?? '')
-      .filter((m) => m.startsWith(`${dir}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const m of mounts) {
-      try {
-        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-      } catch {
-        /* already gone */
-      }
-    }
-    rmSync(dir, { recursive: true, force: true });
+    removeDaemonLeftovers(dir);
   };
   const up = async (): Promise<boolean> => {
     for (let i = 0; i < 60; i++) {
@@ -174,7 +130,7 @@ export function rootlessMissing(): string | null {
   if (base) return base;
   for (const tool of ['/usr/bin/newuidmap', '/usr/bin/slirp4netns', '/usr/bin/setfacl', '/usr/sbin/useradd'])
     if (!existsSync(tool)) return `needs ${tool} (.ci/setup installs uidmap, slirp4netns and acl)`;
-  if (!existsSync(join(D28, 'usr/share/docker.io/contrib/dockerd-rootless.sh'))) return 'needs dockerd-rootless.sh (.ci/setup)';
+  if (!existsSync(join(DOCKER_28, 'usr/share/docker.io/contrib/dockerd-rootless.sh'))) return 'needs dockerd-rootless.sh (.ci/setup)';
   return null;
 }
 
@@ -231,7 +187,7 @@ export async function startRootlessDockerd(user: RootlessUser, extraArgs: string
       'usr/bin/rootlesskit',
       'usr/share/docker.io/contrib/dockerd-rootless.sh',
     ])
-      copyFileSync(join(D28, f), join(bin, f.slice(f.lastIndexOf('/') + 1)));
+      copyFileSync(join(DOCKER_28, f), join(bin, f.slice(f.lastIndexOf('/') + 1)));
     for (const d of ['run', 'home']) mkdirSync(join(dir, d), { mode: 0o700 });
     execFileSync('chmod', ['-R', 'a+rx', bin]);
     execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, dir]);

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ROOT, withTimeout } from './proxy.js';
 import { afterAll, beforeAll } from 'vitest';
+import { createNamespace, deleteNamespace } from './testbed.mjs';
 
 export const IS_ROOT = process.getuid?.() === 0;
 export const NS_PREFIX = 'upt';
@@ -45,10 +46,6 @@ export async function linkLocalOf(backend: Backend): Promise<string> {
   throw new Error('no link-local address on the backend veth');
 }
 
-function ip(args: string[]): void {
-  execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-}
-
 /** Namespaces left by runs whose process is gone. */
 export function removeStaleNamespaces(): void {
   if (!IS_ROOT) return;
@@ -64,11 +61,7 @@ export function removeStaleNamespaces(): void {
     try {
       process.kill(Number(m[2]), 0);
     } catch {
-      try {
-        ip(['netns', 'del', m[1] as string]);
-      } catch {
-        /* gone */
-      }
+      deleteNamespace(m[1] as string);
     }
   }
 }
@@ -87,31 +80,7 @@ export async function startBackend(args: string[]): Promise<Backend> {
   const nsIf = `u${process.pid % 100000}c${n}`;
   const v4 = `10.${a}.${b}`;
   const v6 = `fd00:${a.toString(16)}:${b.toString(16)}`;
-  try {
-    ip(['netns', 'add', name]);
-    ip(['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf]);
-    ip(['link', 'set', nsIf, 'netns', name]);
-    ip(['addr', 'add', `${v4}.1/24`, 'dev', hostIf]);
-    ip(['-6', 'addr', 'add', `${v6}::1/64`, 'dev', hostIf, 'nodad']);
-    ip(['link', 'set', hostIf, 'up']);
-    ip(['-n', name, 'addr', 'add', `${v4}.2/24`, 'dev', nsIf]);
-    ip(['-n', name, '-6', 'addr', 'add', `${v6}::2/64`, 'dev', nsIf, 'nodad']);
-    ip(['-n', name, 'link', 'set', nsIf, 'up']);
-    ip(['-n', name, 'link', 'set', 'lo', 'up']);
-    ip(['-n', name, 'route', 'add', 'default', 'via', `${v4}.1`]);
-  } catch (err) {
-    try {
-      ip(['netns', 'del', name]);
-    } catch {
-      /* not created */
-    }
-    try {
-      ip(['link', 'del', hostIf]);
-    } catch {
-      /* not created */
-    }
-    throw new Error(`cannot create namespace ${name}: ${(err as { stderr?: Buffer }).stderr?.toString() ?? err}`);
-  }
+  createNamespace({ name, hostIf, nsIf, v4, v6 });
   return { ...(await launch(args, name, `${v4}.2`, `${v6}::2`, [])), hostInterface: hostIf, nsInterface: nsIf };
 }
 
@@ -139,13 +108,7 @@ async function launch(args: string[], ns: string | null, ipv4: string, ipv6: str
     child.stdin?.end();
     child.kill('SIGKILL');
     await withTimeout(exited, 5000, 'backend did not exit').catch(() => {});
-    if (ns) {
-      try {
-        ip(['netns', 'del', ns]);
-      } catch {
-        /* already gone */
-      }
-    }
+    if (ns) deleteNamespace(ns);
   };
   try {
     await withTimeout(

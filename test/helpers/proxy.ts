@@ -8,16 +8,19 @@ import { track } from './processes.js';
 import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
+import { DOCKERDS, ROOT } from './testbed.mjs';
 
-export const ROOT = resolve(import.meta.dirname, '../..');
+export { ROOT };
 export const BIN = join(ROOT, 'bin/userland-proxy');
-export const REF_PROXY = process.env.REF_DOCKER_PROXY ?? join(ROOT, '.cache/ref/usr/sbin/docker-proxy');
 /** The reference docker-proxy of each Docker version the tests compare with (.ci/setup fetches both). */
-export const REF_PROXIES = {
-  '20.10': REF_PROXY,
-  '28.5': join(ROOT, '.cache/docker-28.5/usr/sbin/docker-proxy'),
-} as const;
+export const REF_PROXIES = { '20.10': DOCKERDS['20.10'].ref, '28.5': DOCKERDS['28.5'].ref } as const;
+export const REF_PROXY = REF_PROXIES['20.10'];
+/**
+ * True in test/run-majors.mjs's runs on Node 22, 24 and 26: cases that do not depend on the Node
+ * line (the reference docker-proxy's own runs) are made in the main run only.
+ */
+export const MAJOR_RERUN = process.env.UPT_MAJOR_RERUN !== undefined;
 /** dockerd's readiness limit. */
 export const READY_TIMEOUT_MS = 16_000;
 

@@ -7,20 +7,17 @@ import { createSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AccessRules, compileAccess } from '../../src/core/access-list.js';
-import { bindUdp, listenTcp } from '../../src/data-path/listen.js';
 import type { Log } from '../../src/core/logger.js';
 import { recorder, warned } from '../helpers/log.js';
-import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
-import { createUdpSocket, UdpForwarder } from '../../src/data-path/udp-forwarder.js';
+import type { UdpForwarder } from '../../src/data-path/udp-forwarder.js';
 import { freePort, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
-import { testEngine } from '../helpers/engine.js';
+import { startTcpForwarder, startUdpForwarder } from '../helpers/data-path.js';
 import { killTracked } from '../helpers/processes.js';
 
 let echo: Server;
 let dialled = 0;
 const udpEcho = createSocket('udp4');
-const closers: (() => void)[] = [];
 
 beforeAll(async () => {
   echo = createServer({ allowHalfOpen: true }, (c) => {
@@ -33,7 +30,6 @@ beforeAll(async () => {
   await new Promise<void>((r) => udpEcho.bind(0, '127.0.0.1', r));
 });
 afterAll(async () => {
-  for (const c of closers) c();
   echo.close();
   udpEcho.close();
   await killTracked();
@@ -43,21 +39,9 @@ const echoPort = (): number => (echo.address() as { port: number }).port;
 
 /** A UDP forwarder on host to the UDP echo under `access`, sent one datagram that gets no reply. */
 async function refusedUdp(host: string, log: Log, access: AccessRules | null): Promise<UdpForwarder> {
-  const family = host.includes(':') ? 6 : 4;
-  const listener = createUdpSocket(family);
-  const f = new UdpForwarder(listener, {
-    target: { address: '127.0.0.1', family: 4 },
-    targetPort: udpEcho.address().port,
-    log,
-    idleTimeoutMs: 90_000,
-    maxFlows: 10,
-    engine: testEngine(),
-    access,
-  });
-  closers.push(() => f.close());
-  await bindUdp(listener, { host: { address: host, family }, port: 0, listenFd: null });
-  const c = udpClient(family);
-  await expect(udpRequest(c, host, listener.address().port, 'x', 300)).rejects.toThrow('no UDP reply');
+  const { f, port } = await startUdpForwarder({ targetPort: udpEcho.address().port, log, access }, host);
+  const c = udpClient(host.includes(':') ? 6 : 4);
+  await expect(udpRequest(c, host, port, 'x', 300)).rejects.toThrow('no UDP reply');
   c.close();
   return f;
 }
@@ -69,17 +53,8 @@ describe('access lists', () => {
       [{ allow: ['127.0.0.1/32'], deny: [] }, true],
       [{ allow: ['10.0.0.0/8'], deny: [] }, false],
     ] as const) {
-      const server = createTcpServer();
       const { log, lines: seen } = recorder();
-      const f = new TcpForwarder(server, {
-        target: { address: '127.0.0.1', family: 4 },
-        targetPort: echoPort(),
-        log,
-        engine: testEngine(),
-        access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }),
-      });
-      closers.push(() => f.close());
-      await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+      const f = await startTcpForwarder({ targetPort: echoPort(), log, access: compileAccess({ allow: [...spec.allow], deny: [...spec.deny] }) });
       const port = f.port;
       const before = dialled;
       // The reset can beat the client's own 'connect' event: then connect() itself fails.
@@ -117,10 +92,7 @@ describe('access lists', () => {
   it('a refused client is named in the log over IPv6 too, on both protocols', async () => {
     const { log, lines: seen } = recorder();
     const access = compileAccess({ allow: ['10.0.0.0/8'], deny: [] });
-    const server = createTcpServer();
-    const tcp = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort(), log, engine: testEngine(), access });
-    closers.push(() => tcp.close());
-    await listenTcp(server, { host: { address: '::1', family: 6 }, port: 0, listenFd: null });
+    const tcp = await startTcpForwarder({ targetPort: echoPort(), log, access }, '::1');
     await tcpConnect('::1', tcp.port).then(readToClose, () => null);
     await refusedUdp('::1', log, access);
     await warned(seen, 'connection refused by the access lists');

@@ -11,10 +11,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, readToEnd, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { serverFd, udpHandle } from '../../src/core/node-internals.js';
-import { MAJOR_RERUN, testEngine } from '../helpers/engine.js';
+import { testEngine } from '../helpers/data-path.js';
+import { MAJOR_RERUN } from '../helpers/proxy.js';
 import { BIN, REF_PROXIES, haveReference, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { killTracked } from '../helpers/processes.js';
-import { DOCKER_MODES, useDockerMode } from '../helpers/engines.js';
+import { DOCKER_MODES, useDockerMode } from '../helpers/shared-engines.js';
 
 const ECHO = 7000;
 const GREET = 7002;

@@ -13,7 +13,7 @@ import { freePort, randomBytes, sha256, sleep, tcpRoundTrip, udpClient, udpReque
 import { BIN, ROOT, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { join } from 'node:path';
 import { killTracked } from '../helpers/processes.js';
-import { DOCKER_MODES, RUN_ENGINE_SOCKET, useDockerMode } from '../helpers/engines.js';
+import { DOCKER_MODES, RUN_ENGINE_SOCKET, useDockerMode } from '../helpers/shared-engines.js';
 
 const ECHO = 7000;
 const backend = useBackend(['--echo', String(ECHO)]);

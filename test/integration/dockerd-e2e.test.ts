@@ -18,8 +18,9 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildTestImage, CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { REF_PROXIES, ROOT, haveReference } from '../helpers/proxy.js';
-import { MAJOR_RERUN, testEngine } from '../helpers/engine.js';
-import { killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
+import { testEngine } from '../helpers/data-path.js';
+import { MAJOR_RERUN } from '../helpers/proxy.js';
+import { killEngines, RUN_ENGINE_SOCKET } from '../helpers/shared-engines.js';
 
 const CAN_RUN = CAN_RUN_DOCKERD && existsSync('/bin/busybox');
 /** The image rootfs, the install prefix and the proxies' log. */

@@ -7,19 +7,15 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listenTcp } from '../../src/data-path/listen.js';
-import { silentLog } from '../../src/core/logger.js';
-import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
+import type { TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
 import { freePort, randomBytes, readToClose, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { testEngine } from '../helpers/engine.js';
+import { startTcpForwarder } from '../helpers/data-path.js';
 import { killTracked } from '../helpers/processes.js';
 
 const servers: Server[] = [];
-const forwarders: TcpForwarder[] = [];
 afterAll(async () => {
-  for (const f of forwarders) f.close();
   for (const s of servers) s.close();
   await killTracked();
 });
@@ -31,10 +27,7 @@ async function target(onConn: (c: Socket) => void): Promise<number> {
   return (s.address() as { port: number }).port;
 }
 async function forwardTo(port: number): Promise<{ port: number; f: TcpForwarder }> {
-  const server = createTcpServer();
-  const f = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: port, log: silentLog, engine: testEngine() });
-  forwarders.push(f);
-  await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+  const f = await startTcpForwarder({ targetPort: port });
   return { port: f.port, f };
 }
 

@@ -14,7 +14,7 @@ import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { useBackend } from '../helpers/netns.js';
 import { freePort, sleep, tcpConnect } from '../helpers/net.js';
 import { BIN, ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
-import { ownEngineEnv, servingPid } from '../helpers/engines.js';
+import { ownEngineEnv, servingPid } from '../helpers/shared-engines.js';
 import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/core/constants.js';
 import { get, sample, startStandalone } from '../helpers/standalone.js';
 import { killTracked, track } from '../helpers/processes.js';

@@ -13,13 +13,10 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { BIN, ROOT, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
-import { bindUdp, listenTcp } from '../../src/data-path/listen.js';
-import { silentLog } from '../../src/core/logger.js';
-import { createUdpSocket, UdpForwarder } from '../../src/data-path/udp-forwarder.js';
-import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
+import { startTcpForwarder, startUdpForwarder } from '../helpers/data-path.js';
 import { nativeGroupsOpen } from '../../src/data-path/native-engine.js';
 import { killTracked } from '../helpers/processes.js';
-import { ownEngineEnv, servingPid } from '../helpers/engines.js';
+import { ownEngineEnv, servingPid } from '../helpers/shared-engines.js';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
 
 const HAVE_ADDON = existsSync(join(ROOT, 'build/Release/engine.node'));
@@ -161,19 +158,8 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
   it('a closed mapping leaves the native thread: 300 TCP and UDP mappings come and go, the thread walks none of them (audit N6)', async () => {
     const before = nativeGroupsOpen();
     for (let i = 0; i < 150; i++) {
-      const server = createTcpServer();
-      const t = new TcpForwarder(server, { target: { address: '127.0.0.1', family: 4 }, targetPort: echoPort, log: silentLog, engine: 'native' });
-      await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
-      const listener = createUdpSocket(4);
-      const u = new UdpForwarder(listener, {
-        target: { address: '127.0.0.1', family: 4 },
-        targetPort: echoPort,
-        log: silentLog,
-        idleTimeoutMs: 1000,
-        maxFlows: 10,
-        engine: 'native',
-      });
-      await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+      const t = await startTcpForwarder({ targetPort: echoPort, engine: 'native' });
+      const { f: u } = await startUdpForwarder({ targetPort: echoPort, udpIdleTimeoutMs: 1000, engine: 'native' });
       if (i === 0) expect(nativeGroupsOpen()).toBe(before + 2);
       t.close();
       u.close();
@@ -186,24 +172,15 @@ describe.skipIf(!HAVE_ADDON)('native engine', () => {
     await new Promise<void>((r) => target.bind(0, '127.0.0.1', r));
     const targetPort = target.address().port;
     target.close(); // nothing listens: the kernel answers with ICMP port unreachable
-    const listener = createUdpSocket(4);
-    const f = new UdpForwarder(listener, {
-      target: { address: '127.0.0.1', family: 4 },
-      targetPort,
-      log: silentLog,
-      idleTimeoutMs: 90_000,
-      maxFlows: 10,
-      engine: 'native',
-    });
-    await bindUdp(listener, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+    const { f, port } = await startUdpForwarder({ targetPort, engine: 'native' });
     const c = udpClient(4);
     for (let i = 0; i < 3; i++) {
-      await expect(udpRequest(c, '127.0.0.1', listener.address().port, `x${i}`, 150)).rejects.toThrow('no UDP reply');
+      await expect(udpRequest(c, '127.0.0.1', port, `x${i}`, 150)).rejects.toThrow('no UDP reply');
     }
     const back = createSocket('udp4');
     back.on('message', (m, r) => back.send(m, r.port, r.address));
     await new Promise<void>((r) => back.bind(targetPort, '127.0.0.1', r));
-    expect((await udpRequest(c, '127.0.0.1', listener.address().port, 'now open')).toString()).toBe('now open');
+    expect((await udpRequest(c, '127.0.0.1', port, 'now open')).toString()).toBe('now open');
     expect(f.stats.flowsCreated).toBe(1);
     expect(f.stats.refused).toBeGreaterThanOrEqual(1);
     expect(f.stats.datagramsIn).toBe(4);

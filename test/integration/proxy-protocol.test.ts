@@ -15,12 +15,9 @@ import { IS_ROOT, startBackend, type Backend } from '../helpers/netns.js';
 import { freePort, sleep, tcpConnect } from '../helpers/net.js';
 import { startProxy, dockerArgv } from '../helpers/proxy.js';
 import { startStandalone } from '../helpers/standalone.js';
-import { testEngine } from '../helpers/engine.js';
+import { startTcpForwarder } from '../helpers/data-path.js';
 import { killTracked } from '../helpers/processes.js';
-import { listenTcp } from '../../src/data-path/listen.js';
-import { silentLog } from '../../src/core/logger.js';
 import { proxyHeader } from '../../src/core/proxy-protocol.js';
-import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
 
 const CAN = IS_ROOT && existsSync('/usr/sbin/nginx');
 const dir = mkdtempSync(join(tmpdir(), 'upt-nginx-'));
@@ -159,16 +156,8 @@ describe('PROXY protocol headers, byte for byte', () => {
         c.on('error', () => {});
       });
       await new Promise<void>((r) => target.listen(0, '127.0.0.1', r));
-      const server = createTcpServer();
-      const f = new TcpForwarder(server, {
-        target: { address: '127.0.0.1', family: 4 },
-        targetPort: (target.address() as AddressInfo).port,
-        log: silentLog,
-        engine: testEngine(),
-        proxyProtocol: version,
-      });
+      const f = await startTcpForwarder({ targetPort: (target.address() as AddressInfo).port, proxyProtocol: version });
       try {
-        await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
         // Another process, as in the audit: in this one the accept would run before the reset.
         const clients = spawn('python3', [
           '-c',
@@ -200,16 +189,8 @@ for i in range(100):
     ] as const) {
       it(`${version} over IPv${family}: exactly proxyHeader()'s bytes first`, async () => {
         const target = await recorder(host);
-        const server = createTcpServer();
-        const f = new TcpForwarder(server, {
-          target: { address: host, family },
-          targetPort: target.port,
-          log: silentLog,
-          engine: testEngine(),
-          proxyProtocol: version,
-        });
+        const f = await startTcpForwarder({ target: host, targetPort: target.port, proxyProtocol: version }, host);
         try {
-          await listenTcp(server, { host: { address: host, family }, port: 0, listenFd: null });
           const c = await tcpConnect(host, f.port);
           c.write('hello');
           const header = proxyHeader(version, { srcAddress: host, srcPort: c.localPort ?? 0, dstAddress: host, dstPort: f.port }) as Buffer;

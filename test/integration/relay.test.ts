@@ -6,15 +6,13 @@
  */
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listenTcp } from '../../src/data-path/listen.js';
-import { silentLog } from '../../src/core/logger.js';
 import { relayPoolStats, relayQueuedBytes } from '../../src/data-path/relay.js';
 import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/core/constants.js';
-import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
+import type { TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
+import { startTcpForwarder } from '../helpers/data-path.js';
 import { randomBytes, sha256, sleep, tcpConnect } from '../helpers/net.js';
 
 let echo: Server;
-let proxy: Server;
 let forwarder: TcpForwarder;
 
 beforeAll(async () => {
@@ -23,17 +21,10 @@ beforeAll(async () => {
     c.pipe(c);
   });
   await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r));
-  proxy = createTcpServer();
-  forwarder = new TcpForwarder(proxy, {
-    target: { address: '127.0.0.1', family: 4 },
-    targetPort: (echo.address() as { port: number }).port,
-    log: silentLog,
-    idleSweepMs: 100,
-  });
-  await listenTcp(proxy, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+  // The JS relay is what this file tests, on either project.
+  forwarder = await startTcpForwarder({ targetPort: (echo.address() as { port: number }).port, idleSweepMs: 100, engine: 'js' });
 });
 afterAll(() => {
-  forwarder.close();
   echo.close();
 });
 
@@ -57,7 +48,7 @@ function roundTrip(s: Awaited<ReturnType<typeof tcpConnect>>, data: Buffer): Pro
 
 describe('relay buffers', () => {
   it('relay shrinks the big buffers of an idle connection and keeps every byte across swaps', async () => {
-    const port = (proxy.address() as { port: number }).port;
+    const port = forwarder.port;
     const s = await tcpConnect('127.0.0.1', port);
     for (let round = 0; round < 3; round++) {
       const data = randomBytes(4 << 20);
@@ -80,10 +71,8 @@ describe('relay memory budget', () => {
       c.end(big);
     });
     await new Promise<void>((r) => source.listen(0, '127.0.0.1', r));
-    const front = createTcpServer();
-    const f = new TcpForwarder(front, { target: { address: '127.0.0.1', family: 4 }, targetPort: (source.address() as { port: number }).port, log: silentLog });
-    await listenTcp(front, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
-    const port = (front.address() as { port: number }).port;
+    const f = await startTcpForwarder({ targetPort: (source.address() as { port: number }).port, engine: 'js' });
+    const port = f.port;
     const before = process.memoryUsage().arrayBuffers;
     const readers = [];
     for (let i = 0; i < 200; i++) {

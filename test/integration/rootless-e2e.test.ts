@@ -12,9 +12,10 @@ import { mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, statSync,
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildTestImage, createRootlessUser, rootlessMissing, startRootlessDockerd, type RootlessDockerd, type RootlessUser } from '../helpers/dockerd.js';
-import { MAJOR_RERUN, testEngine } from '../helpers/engine.js';
+import { testEngine } from '../helpers/data-path.js';
+import { MAJOR_RERUN } from '../helpers/proxy.js';
 import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
-import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/engines.js';
+import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/shared-engines.js';
 import { createServer, type AddressInfo } from 'node:net';
 import { dockerArgv, REF_PROXIES, ROOT, startProxy } from '../helpers/proxy.js';
 

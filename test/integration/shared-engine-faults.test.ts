@@ -12,11 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { serverFd } from '../../src/core/node-internals.js';
-import { enginePids, servingPid, useOwnEngines } from '../helpers/engines.js';
+import { enginePids, servingPid, useOwnEngines } from '../helpers/shared-engines.js';
 import { freePort, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
 import { useBackend } from '../helpers/netns.js';
 import { dockerArgv, ROOT, spawnProxy, startProxy } from '../helpers/proxy.js';
-import { testEngine } from '../helpers/engine.js';
+import { testEngine } from '../helpers/data-path.js';
 
 const HAVE_SHIM = existsSync(join(ROOT, 'build/Release/userland-proxy-shim'));
 const ECHO = 7000;

@@ -29,7 +29,7 @@ import { dirname, join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import { serverFd, udpHandle } from '../../src/core/node-internals.js';
 import { control, fnv1a32, type Control } from '../../src/shared-engine/engine-protocol.js';
-import { enginePids, RUN_ENGINE_SOCKET, useOwnEngines } from '../helpers/engines.js';
+import { enginePids, RUN_ENGINE_SOCKET, useOwnEngines } from '../helpers/shared-engines.js';
 import { freePort, randomBytes, sleep, tcpConnect, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { IS_ROOT, startBackend, useBackend, type Backend } from '../helpers/netns.js';
 import { BIN, dockerArgv, ROOT, spawnProxy, startProxy, type ProxyProc } from '../helpers/proxy.js';

@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, readToEnd, randomBytes, readToClose, sha256, sleep, tcpConnect, tcpRoundTrip } from '../helpers/net.js';
 import { BIN, memoryOf, startProxy, type ProxyProc, dockerArgv } from '../helpers/proxy.js';
-import { ownEngineEnv, servingPid } from '../helpers/engines.js';
+import { ownEngineEnv, servingPid } from '../helpers/shared-engines.js';
 import { killTracked } from '../helpers/processes.js';
 
 const ECHO = 7000;

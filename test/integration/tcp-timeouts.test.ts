@@ -11,19 +11,16 @@ import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterEach, beforeAll, afterAll, describe, expect, it, vi } from 'vitest';
-import { listenTcp } from '../../src/data-path/listen.js';
-import { silentLog } from '../../src/core/logger.js';
-import { createTcpServer, TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
+import type { TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
 import type { TcpForwarderOptions } from '../../src/data-path/tcp-types.js';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, readToClose, sleep, tcpConnect } from '../helpers/net.js';
 import { ROOT, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { startStandalone } from '../helpers/standalone.js';
-import { testEngine } from '../helpers/engine.js';
+import { closeForwarders, startTcpForwarder } from '../helpers/data-path.js';
 import { killTracked } from '../helpers/processes.js';
 import { recorder, warned } from '../helpers/log.js';
 
-const forwarders: TcpForwarder[] = [];
 let echo: Server;
 let silent: Server;
 const held: Socket[] = [];
@@ -46,19 +43,14 @@ afterAll(() => {
   silent.close();
   for (const c of held) c.destroy();
 });
-afterEach(() => {
-  for (const f of forwarders.splice(0)) f.close();
-});
+afterEach(closeForwarders);
 
 async function forward(
   target: Server | { address: string; port: number; family: 4 | 6 },
   opts: Partial<TcpForwarderOptions>,
 ): Promise<{ port: number; f: TcpForwarder }> {
   const t = 'listen' in target ? { address: '127.0.0.1', port: (target.address() as { port: number }).port, family: 4 as const } : target;
-  const server = createTcpServer();
-  const f = new TcpForwarder(server, { target: { address: t.address, family: t.family }, targetPort: t.port, log: silentLog, engine: testEngine(), ...opts });
-  forwarders.push(f);
-  await listenTcp(server, { host: { address: '127.0.0.1', family: 4 }, port: 0, listenFd: null });
+  const f = await startTcpForwarder({ ...opts, target: { address: t.address, family: t.family }, targetPort: t.port });
   return { port: f.port, f };
 }
 

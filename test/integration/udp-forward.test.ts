@@ -12,7 +12,7 @@ import { IS_ROOT, linkLocalOf, useBackend } from '../helpers/netns.js';
 import { get, sample, startStandalone } from '../helpers/standalone.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { startProxy, type ProxyProc, dockerArgv } from '../helpers/proxy.js';
-import { testEngine } from '../helpers/engine.js';
+import { testEngine } from '../helpers/data-path.js';
 import { killTracked } from '../helpers/processes.js';
 
 const ECHO = 7000;

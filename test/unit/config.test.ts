@@ -3,7 +3,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildConfig, parseListenAddress, readConfigFile } from '../../src/standalone/config.js';
+import { buildConfig, readConfigFile } from '../../src/standalone/config.js';
+import { type ListenAddress, parseSetting, setting } from '../../src/core/settings.js';
+
+/** The metrics listener's address as the config parses it. */
+const parseListenAddress = (where: string, v: unknown) => parseSetting(setting('metrics'), v, 'UPROXY_ERR_CONFIG', where) as ListenAddress;
 import { ProxyError } from '../../src/core/errors.js';
 
 describe('buildConfig()', () => {
@@ -167,7 +171,7 @@ describe('buildConfig() property: environment variables', () => {
   });
 });
 
-describe('readConfigFile() and parseListenAddress()', () => {
+describe('readConfigFile() and the metrics address', () => {
   it('readConfigFile() reports missing files and bad JSON on one line', () => {
     const dir = mkdtempSync(join(tmpdir(), 'upt-cfg-'));
     try {

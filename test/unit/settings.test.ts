@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { flagOf, parseValue, setting, SETTINGS, settingsOf } from '../../src/core/settings.js';
+import { flagOf, parseValue, propOf, readSettings, setting, SETTINGS, settingsOf } from '../../src/core/settings.js';
 
 const readme = readFileSync(new URL('../../docs/reference.md', import.meta.url), 'utf8');
 
@@ -56,5 +56,17 @@ describe('the settings table', () => {
     expect(bad('httpReload', 'maybe')).toThrow('use true or false');
     expect(parseValue(setting('connectTimeout'), 2, 'UPROXY_ERR_CONFIG', 'X')).toBe(2000);
     for (const s of SETTINGS) expect(s.description.length, s.key).toBeGreaterThan(0);
+  });
+
+  it('readSettings() gives one property per row of the mode (durations in ms), defaults where nothing is read', () => {
+    const docker = readSettings('docker', () => undefined);
+    expect(Object.keys(docker).sort()).toEqual(settingsOf('docker').map(propOf).sort());
+    expect(docker).toMatchObject({ idleTimeoutMs: 0, udpIdleTimeoutMs: 90_000, maxBuffer: 1_048_576, maxConnections: null, metrics: null });
+    const standalone = readSettings('standalone', (s) => (s.key === 'drainTimeout' ? 5 : undefined));
+    expect(Object.keys(standalone).sort()).toEqual(settingsOf('standalone').map(propOf).sort());
+    expect(standalone.drainTimeoutMs).toBe(5);
+    // A list default is copied: one caller's edit never reaches the table or another caller.
+    standalone.allow.push('10.0.0.0/8');
+    expect(readSettings('standalone', () => undefined).allow).toEqual([]);
   });
 });
