@@ -3,8 +3,10 @@
 // .cache/nodes by .ci/setup): vitest itself and every proxy it spawns (through the launcher's
 // USERLAND_PROXY_NODE) run on that major. The main `vitest run` covers Node 20 and both engines.
 // Left out here: node-versions (it crosses the majors itself, from the main run), the container
-// image (it builds and runs an image with its own Node 22, whatever runs the test), and the deploy
-// validators (systemd, Prometheus, Kubernetes, Grafana files: none runs on Node). Cases of the
+// image (it builds and runs an image with its own Node 22, whatever runs the test), the deploy
+// validators (systemd, Prometheus, Kubernetes, Grafana files: none runs on Node), and the private
+// dockerds (dockerd-e2e, rootless-e2e: what they add to docker-contract and shared-engine, which
+// run here, is dockerd's side of the contract, the same whatever Node runs the proxy). Cases of the
 // reference docker-proxy alone are made in the main run only (UPT_MAJOR_RERUN, helpers/proxy.ts).
 // A missing major is reported as skipped, loudly. Exit status: non-zero if any run failed.
 import { spawnSync } from 'node:child_process';
@@ -18,6 +20,8 @@ const LEFT_OUT = [
   'test/deploy/deploy-files.test.ts',
   'test/deploy/deploy-tools.test.ts',
   'test/deploy/kubernetes.test.ts',
+  'test/integration/dockerd-e2e.test.ts',
+  'test/integration/rootless-e2e.test.ts',
 ];
 // The files themselves, not --exclude: the project's own exclude list replaces a command-line one.
 const files = ['test/unit', 'test/integration', 'test/deploy']

@@ -34,7 +34,11 @@ describe('SharedEngine.register', () => {
     const { ctl, sent, closed } = recordingControl();
     // RLIMIT_NOFILE at the reserve: a budget of 0 fds, so not even the control connection fits.
     const engine = new SharedEngine(silentLog, readDockerEnv({}), ctl, FdBudget.forProcess(0, false, FD_RESERVE), installedVersion());
-    await engine.register(7, registration('-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', '1', '-container-ip', '127.0.0.1', '-container-port', '1'), -1);
+    await engine.register(
+      7,
+      registration('-proto', 'tcp', '-host-ip', '127.0.0.1', '-host-port', '1', '-container-ip', '127.0.0.1', '-container-port', '1'),
+      -1,
+    );
     expect(sent).toEqual(['1file descriptor budget spent: 0 of 0 taken (raise RLIMIT_NOFILE)']);
     expect(closed).toEqual([7]);
     expect(engine.entries.size).toBe(0);
