@@ -39,9 +39,11 @@ static void dial_push(group_t *g, conn_t *c) {
  * both sockets closed (the client's close resets it if its bytes are unread). */
 static void dial_failed(engine_t *e, conn_t *c, int err, int ours) {
   group_t *g = c->g;
+  /* EADDRNOTAVAIL: no local port left toward this target (TIME_WAIT entries hold them all). */
   int slot = err == ECONNREFUSED                         ? T_CONNECT_REFUSED
              : err == ETIMEDOUT                          ? T_CONNECT_TIMEOUT
              : err == EHOSTUNREACH || err == ENETUNREACH ? T_CONNECT_UNREACHABLE
+             : err == EADDRNOTAVAIL                      ? T_CONNECT_NO_PORT
                                                          : T_CONNECT_OTHER;
   g->ctr[slot] += 1;
   group_event(e, g, ours ? EV_CONNECT_TIMEOUT : EV_CONNECT, err);

@@ -31,6 +31,9 @@
  * - shutdown()                       stops the thread (process 'exit'); everything it held closes.
  * - unread(fd)                       FIONREAD of a socket JavaScript owns (its forced closes), or -1
  * - resetOnClose(fd, on)             arms or disarms SO_LINGER {1, 0} on a socket JavaScript owns
+ * - timeWaitMark(fd)                 a Buffer naming fd's connection for timeWaitEnd (time-wait.c's
+ *                                    tw_mark), or an errno; the JavaScript engine's target sockets
+ * - timeWaitEnd(fd, mark)            tw_end: 0, or the errno it failed with (ENOENT: nothing to end)
  * - groupsOpen()                     groups on the thread's list (a closed one leaves it)
  * Counters and histograms live in the caller's Float64Array: only this thread writes them,
  * JavaScript reads them at scrape time (aligned 8-byte stores are atomic on the 64-bit targets
@@ -155,6 +158,7 @@ static void engine_teardown(void *arg) {
   }
   close(e->epfd);
   close(e->evfd);
+  if (e->nl >= 0) close(e->nl);
   free(e->io);
   while (e->quotas) {
     e->quotas->refs = 1;
@@ -177,6 +181,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   if (!e) return throw_errno(env, ENOMEM, "native engine");
   e->epfd = epoll_create1(EPOLL_CLOEXEC);
   e->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  e->nl = -1;
   if (e->epfd < 0 || e->evfd < 0) {
     int err = errno;
     if (e->epfd >= 0) close(e->epfd);
@@ -605,6 +610,42 @@ static napi_value js_reset_on_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* timeWaitMark(fd): tw_mark of a socket JavaScript owns, as a Buffer; an errno (a number) if it
+ * failed. The JavaScript engine calls it when its FIN to the target goes out first. */
+static napi_value js_time_wait_mark(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  int fd = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 1) napi_get_value_int32(env, argv[0], &fd);
+  tw_id_t t;
+  int r = fd >= 0 ? tw_mark(fd, &t) : -EBADF;
+  if (r < 0) {
+    napi_create_int32(env, -r, &result);
+    return result;
+  }
+  void *data;
+  napi_create_buffer_copy(env, sizeof t, &t, &data, &result);
+  return result;
+}
+
+/* timeWaitEnd(fd, mark): tw_end of that socket, on this thread's own sock_diag socket; 0 or an
+ * errno. */
+static napi_value js_time_wait_end(napi_env env, napi_callback_info info) {
+  static __thread int nl = -1; /* one per thread: workers call it too; closed with the process */
+  size_t argc = 2;
+  napi_value argv[2], result;
+  int fd = -1;
+  void *mark = NULL;
+  size_t len = 0;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 2) {
+    napi_get_value_int32(env, argv[0], &fd);
+    napi_get_buffer_info(env, argv[1], &mark, &len);
+  }
+  int r = fd >= 0 && mark && len == sizeof(tw_id_t) ? tw_end(&nl, fd, mark) : -EINVAL;
+  napi_create_int32(env, -r, &result);
+  return result;
+}
+
 /* A JS array of the given strings. */
 static napi_value names_array(napi_env env, const char *const *names, size_t n) {
   napi_value arr, v;
@@ -667,6 +708,8 @@ NAPI_MODULE_INIT() {
     { "shutdown", NULL, js_shutdown, NULL, NULL, NULL, napi_default, NULL },
     { "unread", NULL, js_unread, NULL, NULL, NULL, napi_default, NULL },
     { "resetOnClose", NULL, js_reset_on_close, NULL, NULL, NULL, napi_default, NULL },
+    { "timeWaitMark", NULL, js_time_wait_mark, NULL, NULL, NULL, napi_default, NULL },
+    { "timeWaitEnd", NULL, js_time_wait_end, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_set_named_property(env, exports, "contract", make_contract(env));

@@ -6,6 +6,7 @@
  *   accept.c   TCP listeners: accept4 batches, access lists, caps, the dial, the PROXY header
  *   access.c   access lists and the process fd budget, for both protocols
  *   tcp.c      pipes and the splice relay of a TCP connection
+ *   time-wait.c  ending the TIME_WAIT of a target connection closed first by us (SOCK_DESTROY)
  *   udp.c      flows, per-source quotas, batched receive and send
  *   loop.c     the thread: epoll loop, commands from JavaScript, sweeps, events to JavaScript
  */
@@ -28,6 +29,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <linux/inet_diag.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -69,7 +71,8 @@
   X(EV_IDLE, "idle") \
   X(EV_LINGER, "linger") \
   X(EV_FLOW_LIMIT, "flowLimit") \
-  X(EV_FLOW_ERROR, "flowError")
+  X(EV_FLOW_ERROR, "flowError") \
+  X(EV_TIME_WAIT, "timeWait")
 /* TCP counters: indices into the group's Float64Array, named as the TcpStats keys they feed
  * (dotted: a key of a nested object). The two histograms follow them (H_CONNECT, H_LIFETIME). */
 #define TCP_COUNTERS(X) \
@@ -88,7 +91,9 @@
   X(T_CONNECT_REFUSED, "connectErrors.refused") \
   X(T_CONNECT_TIMEOUT, "connectErrors.timeout") \
   X(T_CONNECT_UNREACHABLE, "connectErrors.unreachable") \
-  X(T_CONNECT_OTHER, "connectErrors.other")
+  X(T_CONNECT_OTHER, "connectErrors.other") \
+  X(T_CONNECT_NO_PORT, "connectErrors.noLocalPort") \
+  X(T_TIME_WAIT_ENDED, "timeWaitEnded")
 /* UDP counters, named as the UdpStats keys. */
 #define UDP_COUNTERS(X) \
   X(U_FLOWS_CREATED, "flowsCreated") \
@@ -145,6 +150,12 @@ typedef struct dir {
   int eof, shut, blocked;
 } dir_t;
 
+/* A target connection whose TIME_WAIT tw_end may remove (time-wait.c): its 4-tuple and cookie. */
+typedef struct tw_id {
+  struct inet_diag_sockid id;
+  uint8_t family; /* 0: not marked (the target closed first, or marking failed) */
+} tw_id_t;
+
 typedef struct conn {
   watch_t w[2];
   group_t *g;
@@ -160,6 +171,7 @@ typedef struct conn {
   int hlen;
   struct conn *prev, *next, *dead_next;
   struct conn *dprev, *dnext; /* the group's dial queue, in deadline order */
+  tw_id_t tw; /* marked when our FIN reached the target before its own */
 } conn_t;
 
 typedef struct flow {
@@ -265,6 +277,8 @@ struct engine {
   char small[SMALL_READ]; /* small_copy()'s buffer */
   group_t *budget; /* a group whose fd budget (the environment's one) new pipes are taken from */
   struct udp_io *io;
+  int nl; /* the sock_diag socket of tw_end (-1: none yet) */
+  int tw_off; /* tw_end failed for want of a privilege or kernel support: not tried again */
 };
 
 static inline int64_t now_ms(void) {
@@ -321,6 +335,10 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst);
 int conn_pending(const conn_t *c);
 void tcp_event(engine_t *e, conn_t *c, int s, uint32_t ev, int64_t now);
 void tcp_relay(engine_t *e, conn_t *c, const int want[2], const int hint[2], int64_t now);
+
+/* time-wait.c */
+int tw_mark(int fd, tw_id_t *t);
+int tw_end(int *nl, int fd, const tw_id_t *t);
 
 /* udp.c */
 void flow_close(engine_t *e, flow_t *f);

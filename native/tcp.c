@@ -118,6 +118,19 @@ void pool_trim(engine_t *e, int64_t now) {
 
 /* ---------- TCP ---------- */
 
+/* A clean close after our FIN reached the target first: its TIME_WAIT entry is removed
+ * (time-wait.c says why that is safe). Without the privilege or the kernel support, once: the
+ * group reports it and the thread stops trying. */
+static void time_wait_end(engine_t *e, conn_t *c) {
+  int r = tw_end(&e->nl, c->fd[1], &c->tw);
+  if (r == 0)
+    c->g->ctr[T_TIME_WAIT_ENDED] += 1;
+  else if (r != -ENOENT) {
+    e->tw_off = 1;
+    group_event(e, c->g, EV_TIME_WAIT, -r);
+  }
+}
+
 /* Closes both sockets. rst: SO_LINGER 0 makes close() send a reset, so that a peer never takes
  * a truncated stream for a complete one. Freeing waits for the end of the epoll batch, which
  * may still hold events pointing at this connection. */
@@ -127,6 +140,7 @@ void conn_close(engine_t *e, conn_t *c, int reason, int rst) {
   dial_unlink(c);
   free(c->hdr);
   c->hdr = NULL;
+  if (reason == R_CLEAN && c->tw.family && !e->tw_off) time_wait_end(e, c);
   for (int k = 0; k < 2; k++) {
     if (c->fd[k] < 0) continue;
     if (!rst) reset_on_close(c->fd[k], 0); /* armed since accept and dial (engine.h) */
@@ -292,7 +306,11 @@ done:
     /* Half-close: FIN to dst only after every byte before the EOF went out. When the other
      * direction is already done, the clean close that follows (tcp_event) sends this FIN: dst
      * has nothing unread (its own EOF came first), so close() cannot turn into a reset. */
-    if (!c->d[1 - k].shut) shutdown(dst, SHUT_WR);
+    if (!c->d[1 - k].shut) {
+      /* Our FIN to the target before its own: this side will hold the TIME_WAIT (time-wait.c). */
+      if (k == 0 && !c->d[1].eof && !e->tw_off && tw_mark(dst, &c->tw) < 0) c->tw.family = 0;
+      shutdown(dst, SHUT_WR);
+    }
     d->shut = 1;
   }
   return 0;

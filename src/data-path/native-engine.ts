@@ -37,6 +37,7 @@ export const NATIVE_EVENTS = [
   'linger',
   'flowLimit',
   'flowError',
+  'timeWait',
 ] as const;
 /** One of NATIVE_EVENTS. */
 export type NativeEvent = (typeof NATIVE_EVENTS)[number];
@@ -170,6 +171,30 @@ export function resetOnClose(fd: number, on: boolean): void {
   if (fd >= 0 && a?.resetOnClose) a.resetOnClose(fd, on);
 }
 
+/** The addon's TIME_WAIT functions (native/time-wait.c), for the JavaScript engine's sockets. */
+interface TimeWaitAddon {
+  timeWaitMark(fd: number): Buffer | number;
+  timeWaitEnd(fd: number, mark: Buffer): number;
+}
+
+/**
+ * Names a target socket's connection when our FIN goes out first, so that timeWaitEnd can remove
+ * its TIME_WAIT after the clean close (native/time-wait.c says why that is safe). null without
+ * the addon, or when the kernel could not say (the connection then keeps its TIME_WAIT).
+ */
+export function timeWaitMark(fd: number): Buffer | null {
+  const a = load() as (Addon & Partial<TimeWaitAddon>) | null;
+  if (fd < 0 || !a?.timeWaitMark) return null;
+  const m = a.timeWaitMark(fd);
+  return typeof m === 'number' ? null : m;
+}
+
+/** Removes the TIME_WAIT of a marked socket after its clean close, before it is closed: 0, or the errno (ENOENT: none to remove). */
+export function timeWaitEnd(fd: number, mark: Buffer): number {
+  const a = load() as (Addon & Partial<TimeWaitAddon>) | null;
+  return a?.timeWaitEnd ? a.timeWaitEnd(fd, mark) : constants.errno.ENOSYS;
+}
+
 /** Whether the native engine can run in this process (its pipes then get an fd allowance). */
 export function nativeLoadable(): boolean {
   return process.platform === 'linux' && load() !== null;
@@ -286,6 +311,8 @@ const TCP_NATIVE_KEYS = [
   'connectErrors.timeout',
   'connectErrors.unreachable',
   'connectErrors.other',
+  'connectErrors.noLocalPort',
+  'timeWaitEnded',
 ] as const;
 /** UDP counters the native thread keeps, in the order of native/engine.h (checked at load). */
 const UDP_NATIVE_KEYS = [

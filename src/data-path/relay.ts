@@ -108,8 +108,8 @@ export class Pump {
     return { buffer: this.#nextBuffer, callback: this.#onRead };
   }
 
-  /** Starts pumping into dst: half-close and drain handling. */
-  connect(src: Socket, dst: Socket): void {
+  /** Starts pumping into dst: half-close and drain handling; beforeEnd runs right before dst.end(). */
+  connect(src: Socket, dst: Socket, beforeEnd?: () => void): void {
     this.#dst = dst;
     this.#src = src;
     dst.on('drain', () => src.resume());
@@ -119,11 +119,14 @@ export class Pump {
     src.on('end', () => {
       try {
         if (!src.writable) {
+          beforeEnd?.();
           dst.end();
           return;
         }
         src.write(EMPTY, (err) => {
-          if (!err) dst.end();
+          if (err) return;
+          beforeEnd?.();
+          dst.end();
         });
       } catch (err) {
         this.#fault(err);

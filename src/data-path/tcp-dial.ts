@@ -100,6 +100,7 @@ function connectErrorReason(code: string | undefined): keyof TcpStats['connectEr
   if (code === 'ECONNREFUSED') return 'refused';
   if (code === 'ETIMEDOUT') return 'timeout';
   if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
+  if (code === 'EADDRNOTAVAIL') return 'noLocalPort'; // every local port toward the target is taken (TIME_WAIT)
   return 'other';
 }
 

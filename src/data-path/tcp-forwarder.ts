@@ -165,8 +165,14 @@ export class TcpForwarder implements TcpPathContext {
     }
   }
 
-  warnError(op: 'accept' | 'connect', code: string | undefined, err: string): void {
+  warnError(op: 'accept' | 'connect' | 'timeWait', code: string | undefined, err: string): void {
     if (op === 'accept') this.#limited.warn(`accept:${code}`, { err }, 'accept failed; still listening');
+    else if (op === 'timeWait')
+      this.#limited.warn(
+        `time-wait:${code}`,
+        { target: this.targetText, err },
+        'cannot end TIME_WAIT toward the target (needs CAP_NET_ADMIN and CONFIG_INET_DIAG_DESTROY); connections closed by clients first hold a local port for 60 s (docs/forwarding.md)',
+      );
     else this.#limited.warn(`connect:${code}`, { target: this.targetText, err }, 'cannot connect to target; closing client');
   }
 

@@ -5,14 +5,20 @@
  * less per connection), each direction relays with backpressure and half-close, and a reset or
  * error on one side resets the other. One periodic sweep (no timer per connection) gives idle
  * directions small buffers back and closes connections past the idle or linger timeout.
+ * When our FIN reaches the target before its own, the clean close removes the TIME_WAIT that
+ * connection leaves (native/time-wait.c, through the addon when it is built).
  */
 import type { Socket } from 'node:net';
 import { RELAY_HIGH_WATER_MARK, RELAY_IDLE_SWEEP_MS } from '../core/constants.js';
-import { resetOnClose, unreadBytes } from './native-engine.js';
+import { errnoName, resetOnClose, timeWaitEnd, timeWaitMark, unreadBytes } from './native-engine.js';
 import { adoptAccepted, socketFd } from '../core/node-internals.js';
 import { Pump } from './relay.js';
 import { cleanly, closeUndialled, dial } from './tcp-dial.js';
 import type { TcpPath, TcpPathContext } from './tcp-types.js';
+
+/** timeWaitEnd failed for want of a privilege or kernel support: not tried again on this thread. */
+let timeWaitOff = false;
+const ENOENT = 2;
 
 /** A live connection as the sweep sees it. */
 interface Conn {
@@ -124,11 +130,33 @@ export class JsPath implements TcpPath {
     };
     client.on('end', () => ended(client));
     client.on('finish', () => ended(client));
-    upstream.on('end', () => ended(upstream));
+    // Our FIN to the target went out before its own: this side will hold the TIME_WAIT.
+    let mark: Buffer | null = null;
+    const endTimeWait = (): void => {
+      if (mark === null || timeWaitOff || !upstream.readableEnded || !upstream.writableFinished) return;
+      const err = timeWaitEnd(socketFd(upstream), mark);
+      mark = null;
+      if (err === 0) ctx.stats.timeWaitEnded++;
+      else if (err !== ENOENT) {
+        timeWaitOff = true;
+        ctx.warnError('timeWait', errnoName(err), `end TIME_WAIT ${errnoName(err)}`);
+      }
+    };
+    upstream.on('end', () => {
+      try {
+        endTimeWait();
+      } catch (err) {
+        fault(err);
+      }
+      ended(upstream);
+    });
     upstream.on('finish', () => ended(upstream));
     client.on('close', () => onClose(client, upstream, up, down));
     upstream.on('close', () => onClose(upstream, client, down, up));
-    up.connect(client, upstream);
+    // Marked before our FIN is queued: the cookie must exist before the TIME_WAIT entry does.
+    up.connect(client, upstream, () => {
+      if (!upstream.readableEnded && !timeWaitOff) mark = timeWaitMark(socketFd(upstream));
+    });
     down.connect(upstream, client);
     client.resume();
   }

@@ -62,6 +62,7 @@ export class NativeListener {
     // Node's messages for the same failures: `accept EMFILE`, `connect ECONNREFUSED 10.0.0.2:80`.
     if (event === 'acceptError') ctx.warnError('accept', code, `accept ${code}`);
     else if (event === 'connectError') ctx.warnError('connect', code, `connect ${code} ${ctx.targetText}`);
+    else if (event === 'timeWait') ctx.warnError('timeWait', code, `end TIME_WAIT ${code}`);
     else if (event !== 'flowLimit' && event !== 'flowError') ctx.warn(event, client);
   }
 }

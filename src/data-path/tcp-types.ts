@@ -18,7 +18,7 @@ export interface TcpStats {
   active: number;
   acceptErrors: number;
   /** Failed dials to the target, by reason. */
-  connectErrors: { refused: number; timeout: number; unreachable: number; other: number };
+  connectErrors: { refused: number; timeout: number; unreachable: number; other: number; noLocalPort: number };
   /** Dial time of successful upstream connections, seconds. */
   connectDuration: PlainHistogram;
   /** Lifetime of forwarded connections, accept to close, seconds. */
@@ -40,6 +40,8 @@ export interface TcpStats {
   idleTimeouts: number;
   /** Half-closed connections closed after the linger timeout with no byte either way. */
   lingerTimeouts: number;
+  /** Clean closes whose TIME_WAIT toward the target the proxy removed (native/time-wait.c). */
+  timeWaitEnded: number;
 }
 
 /** Fresh zeroed counters. */
@@ -48,7 +50,7 @@ export function newTcpStats(): TcpStats {
     accepted: 0,
     active: 0,
     acceptErrors: 0,
-    connectErrors: { refused: 0, timeout: 0, unreachable: 0, other: 0 },
+    connectErrors: { refused: 0, timeout: 0, unreachable: 0, other: 0, noLocalPort: 0 },
     connectDuration: newHistogram(CONNECT_BUCKETS),
     connectionDuration: newHistogram(LIFETIME_BUCKETS),
     bytesIn: 0,
@@ -60,6 +62,7 @@ export function newTcpStats(): TcpStats {
     rejectedBlocked: 0,
     idleTimeouts: 0,
     lingerTimeouts: 0,
+    timeWaitEnded: 0,
   };
 }
 
@@ -98,7 +101,7 @@ export interface TcpPathContext {
   /** Logs (rate-limited) a warning with the same key, fields and message on either engine. */
   warn(kind: TcpWarning, client?: string): void;
   /** Logs (rate-limited) a failed accept or dial: `code` the errno name, `err` Node's message. */
-  warnError(op: 'accept' | 'connect', code: string | undefined, err: string): void;
+  warnError(op: 'accept' | 'connect' | 'timeWait', code: string | undefined, err: string): void;
   /** An exception caught in a handler of this mapping: to its fault sink (or thrown on). */
   fault(err: unknown): void;
 }

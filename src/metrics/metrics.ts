@@ -75,9 +75,17 @@ export const FAMILIES: readonly Family[] = [
     name: 'upstream_connect_errors_total',
     type: 'counter',
     help: 'Failed connections to the target, by reason.',
-    samples: tcp((s, m) =>
-      (['refused', 'timeout', 'unreachable', 'other'] as const).map((reason) => ({ labels: { ...m, reason }, value: s.connectErrors[reason] })),
-    ),
+    samples: tcp((s, m) => [
+      ...(['refused', 'timeout', 'unreachable', 'other'] as const).map((reason) => ({ labels: { ...m, reason }, value: s.connectErrors[reason] })),
+      // EADDRNOTAVAIL: every local port toward the target is held (TIME_WAIT; docs/forwarding.md).
+      { labels: { ...m, reason: 'no_local_port' }, value: s.connectErrors.noLocalPort },
+    ]),
+  },
+  {
+    name: 'upstream_time_wait_ended_total',
+    type: 'counter',
+    help: 'Clean closes whose TIME_WAIT toward the target the proxy removed (it sent its FIN first; docs/forwarding.md).',
+    samples: tcp((s, m) => [{ labels: m, value: s.timeWaitEnded }]),
   },
   {
     name: 'upstream_connect_duration_seconds',

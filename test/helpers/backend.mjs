@@ -11,12 +11,17 @@
 //   --tag PORT     TCP and UDP: answer "port <PORT>" (tells which target port a range mapped to)
 //   --rst PORT     TCP: reads a number N and a newline, sends N bytes and resets at once
 //   --flood PORT   TCP: on the first byte sends 4 000 000 bytes and FIN, then reads to EOF
+//   --digest-echo PORT  TCP: reads to EOF, then answers "<bytes> <sha256>\n", every byte it read,
+//                  and FIN (a half-close from the client, answered after it)
+//   --serve PORT   TCP: reads "N\n", sends N bytes of pattern(N) and FIN first, then reads to EOF
+//                  and prints "serve-done <bytes> <sha256>" on stdout (a half-close from the target)
 //   --host ADDR    address to bind (repeatable; default 0.0.0.0 and ::)
 // Prints "ready" on stdout once every socket is bound. Exits when stdin closes.
 import { createHash } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
+import { pattern } from './testbed.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name) => args.flatMap((a, i) => (a === name ? [args[i + 1]] : []));
@@ -48,6 +53,43 @@ function digestServer(c) {
 }
 
 for (const host of hosts) {
+  for (const p of opt('--digest-echo')) {
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      const parts = [];
+      c.on('data', (d) => parts.push(d));
+      c.on('end', () => {
+        const all = Buffer.concat(parts);
+        c.write(`${all.length} ${createHash('sha256').update(all).digest('hex')}\n`);
+        c.end(all);
+      });
+    });
+  }
+  for (const p of opt('--serve')) {
+    tcp(Number(p), host, (c) => {
+      c.on('error', () => {});
+      let line = '';
+      const h = createHash('sha256');
+      let n = 0;
+      let sent = false;
+      c.on('data', (d) => {
+        if (sent) {
+          n += d.length;
+          h.update(d);
+          return;
+        }
+        line += d.toString('latin1');
+        const nl = line.indexOf('\n');
+        if (nl < 0) return;
+        sent = true;
+        const rest = Buffer.from(line.slice(nl + 1), 'latin1');
+        n += rest.length;
+        h.update(rest);
+        c.end(pattern(Number(line.slice(0, nl))));
+      });
+      c.on('end', () => process.stdout.write(`serve-done ${n} ${h.digest('hex')}\n`));
+    });
+  }
   for (const p of opt('--echo')) {
     tcp(Number(p), host, (c) => {
       c.on('error', () => {});

@@ -29,6 +29,8 @@ export interface Backend {
   nsInterface?: string;
   /** Sends a control line (resume, listen) and optionally waits for an answer line. */
   command(line: string, waitFor?: string): Promise<void>;
+  /** The next line it printed that starts with `prefix` (each line is given once), within 5 s. */
+  output(prefix: string): Promise<string>;
   destroy(): Promise<void>;
 }
 
@@ -130,6 +132,14 @@ async function launch(args: string[], ns: string | null, ipv4: string, ipv6: str
     ipv6,
     inNamespace: ns !== null,
     namespace: ns,
+    async output(prefix: string) {
+      for (let i = 0; i < 250; i++) {
+        const at = lines.findIndex((l) => l.startsWith(prefix));
+        if (at >= 0) return lines.splice(at, 1)[0] as string;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      throw new Error(`backend printed no line starting with ${prefix}`);
+    },
     async command(line: string, waitFor?: string) {
       child.stdin?.write(`${line}\n`);
       if (waitFor) await withTimeout(waitLine(waitFor), 5000, `backend did not answer ${line}`);

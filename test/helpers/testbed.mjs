@@ -32,6 +32,16 @@ export const DOCKERDS = /** @type {{ '20.10': Dockerd, '28.5': Dockerd }} */ (
   ])
 );
 
+/**
+ * The bytes backend.mjs --serve sends for a request of n: a pattern the test can check.
+ * @param {number} n
+ */
+export function pattern(n) {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + 7) % 251;
+  return b;
+}
+
 /** @param {string[]} args */
 export function ip(...args) {
   execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
