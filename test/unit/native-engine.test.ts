@@ -15,7 +15,7 @@ describe('contractMismatch()', () => {
 
   it('a reordered counter or event, other buckets, a record size or a missing contract is refused, named', () => {
     const good: NativeContract = {
-      events: ['limit', 'blocked', 'fdBudget', 'acceptError', 'connectError', 'connectTimeout', 'idle', 'linger', 'flowLimit', 'flowError'],
+      events: ['limit', 'blocked', 'fdBudget', 'acceptError', 'connectError', 'connectTimeout', 'idle', 'linger', 'flowLimit', 'flowError', 'timeWait'],
       eventSlots: 5,
       tcpCounters: [
         'bytesIn',
@@ -34,6 +34,8 @@ describe('contractMismatch()', () => {
         'connectErrors.timeout',
         'connectErrors.unreachable',
         'connectErrors.other',
+        'connectErrors.noLocalPort',
+        'timeWaitEnded',
       ],
       connectBuckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       lifetimeBuckets: [0.01, 0.1, 0.5, 1, 5, 10, 60, 300, 900, 1800, 3600],
