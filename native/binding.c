@@ -616,7 +616,8 @@ static napi_value js_time_wait_mark(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], result;
   int fd = -1;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 1) napi_get_value_int32(env, argv[0], &fd);
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 1)
+    napi_get_value_int32(env, argv[0], &fd);
   tw_id_t t;
   int r = fd >= 0 ? tw_mark(fd, &t) : -EBADF;
   if (r < 0) {
