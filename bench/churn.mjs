@@ -174,7 +174,7 @@ async function churn(host, port, scenario) {
 
 /** TIME_WAIT entries on this host toward the target's port. */
 function timeWait(tport) {
-  return execFileSync('ss', ['-Htan', 'state', 'time-wait', 'dst', `${TARGET}:${tport}`])
+  return execFileSync('ss', ['-Htan', 'state', 'time-wait', 'dst', `${TARGET}:${tport}`], { maxBuffer: 256 << 20 })
     .toString()
     .split('\n')
     .filter(Boolean).length;

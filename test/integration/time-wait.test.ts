@@ -4,7 +4,9 @@
  * 1 MiB, both close orders, each with a half-close answered by the other side, on both engines;
  * then 300 connections through a docker-mode proxy leave no TIME_WAIT toward the target. The
  * target sits in a network namespace (a container
- * address: loopback's TIME_WAIT reuse does not apply there).
+ * address: loopback's TIME_WAIT reuse does not apply there). Last, a dial that finds no free local
+ * port (EADDRNOTAVAIL) is counted as such: a proxy inside the namespace, whose ephemeral range
+ * (the namespace's own sysctl, not the host's) is cut to two ports.
  */
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -12,8 +14,9 @@ import type { Socket } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startTcpForwarder } from '../helpers/data-path.js';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
-import { freePort, randomBytes, sha256, tcpConnect } from '../helpers/net.js';
-import { startProxy, dockerArgv } from '../helpers/proxy.js';
+import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect } from '../helpers/net.js';
+import { BIN, dockerArgv, startProxy } from '../helpers/proxy.js';
+import { useOwnEngines } from '../helpers/shared-engines.js';
 import { killTracked } from '../helpers/processes.js';
 import { pattern } from '../helpers/testbed.mjs';
 
@@ -21,6 +24,7 @@ const DIGEST_ECHO = 7411;
 const SERVE = 7412;
 const backend = useBackend(['--digest-echo', String(DIGEST_ECHO), '--serve', String(SERVE)]);
 afterAll(killTracked);
+const ownEngine = useOwnEngines('tw');
 
 const SIZES = [1, 1000, 65_537, 1 << 20];
 
@@ -91,5 +95,34 @@ describe.skipIf(!IS_ROOT)('TIME_WAIT toward the target', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(timeWaitToward(DIGEST_ECHO) - before).toBe(0);
     p.child.kill('SIGINT');
+  });
+
+  it('a dial that finds no free local port is refused at once and counted as no_local_port', async () => {
+    const ns = backend.namespace as string;
+    const sysctl = (...a: string[]): string => execFileSync('ip', ['netns', 'exec', ns, 'sysctl', ...a], { encoding: 'utf8' }).trim();
+    const range = sysctl('-n', 'net.ipv4.ip_local_port_range').replace(/\s+/, ' ');
+    sysctl('-w', 'net.ipv4.ip_local_port_range=40000 40001'); // two local ports toward any one target
+    try {
+      // The proxy and its shared engine run inside the namespace and forward to the backend there.
+      const { env } = ownEngine({ USERLAND_PROXY_METRICS: `${backend.ipv4}:7499` });
+      await startProxy(['netns', 'exec', ns, BIN, ...dockerArgv('tcp', backend.ipv4, 7500, '127.0.0.1', DIGEST_ECHO)], { bin: 'ip', env });
+      const held = [await tcpConnect(backend.ipv4, 7500), await tcpConnect(backend.ipv4, 7500)];
+      for (const c of held) c.write('x'); // each holds one of the two ports toward the target
+      await sleep(200);
+      const third = await tcpConnect(backend.ipv4, 7500);
+      const r = await readToClose(third);
+      expect(r.data.length).toBe(0);
+      const line = (text: string): string | undefined =>
+        text.split('\n').find((l) => l.startsWith('userland_proxy_upstream_connect_errors_total{') && l.includes('reason="no_local_port"'));
+      await expect.poll(async () => line(await (await fetch(`http://${backend.ipv4}:7499/metrics`)).text()), { timeout: 3000 }).toMatch(/ 1$/);
+      // The held connections were not disturbed: each still reaches the target.
+      for (const c of held) {
+        const back = readToClose(c);
+        c.end('y');
+        expect((await back).data.toString()).toBe(`2 ${sha256(Buffer.from('xy'))}\nxy`);
+      }
+    } finally {
+      sysctl('-w', `net.ipv4.ip_local_port_range=${range}`);
+    }
   });
 });
