@@ -17,6 +17,7 @@ import { IS_ROOT, useBackend } from '../helpers/netns.js';
 import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect } from '../helpers/net.js';
 import { BIN, dockerArgv, startProxy } from '../helpers/proxy.js';
 import { useOwnEngines } from '../helpers/shared-engines.js';
+import { get, sample } from '../helpers/standalone.js';
 import { killTracked } from '../helpers/processes.js';
 import { pattern } from '../helpers/testbed.mjs';
 
@@ -107,14 +108,17 @@ describe.skipIf(!IS_ROOT)('TIME_WAIT toward the target', () => {
       const { env } = ownEngine({ USERLAND_PROXY_METRICS: `${backend.ipv4}:7499` });
       await startProxy(['netns', 'exec', ns, BIN, ...dockerArgv('tcp', backend.ipv4, 7500, '127.0.0.1', DIGEST_ECHO)], { bin: 'ip', env });
       const held = [await tcpConnect(backend.ipv4, 7500), await tcpConnect(backend.ipv4, 7500)];
-      for (const c of held) c.write('x'); // each holds one of the two ports toward the target
-      await sleep(200);
+      for (const c of held) c.write('x'); // the first half of what each sends the target
+      await sleep(200); // both dials done: each holds one of the two ports toward the target
       const third = await tcpConnect(backend.ipv4, 7500);
       const r = await readToClose(third);
       expect(r.data.length).toBe(0);
-      const line = (text: string): string | undefined =>
-        text.split('\n').find((l) => l.startsWith('userland_proxy_upstream_connect_errors_total{') && l.includes('reason="no_local_port"'));
-      await expect.poll(async () => line(await (await fetch(`http://${backend.ipv4}:7499/metrics`)).text()), { timeout: 3000 }).toMatch(/ 1$/);
+      const labels = { mapping: `tcp/${backend.ipv4}:7500`, reason: 'no_local_port' };
+      await expect
+        .poll(async () => sample((await get(`http://${backend.ipv4}:7499/metrics`)).body, 'userland_proxy_upstream_connect_errors_total', labels), {
+          timeout: 3000,
+        })
+        .toBe(1);
       // The held connections were not disturbed: each still reaches the target.
       for (const c of held) {
         const back = readToClose(c);
