@@ -17,7 +17,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { createNamespace, deleteNamespace } from '../test/helpers/testbed.mjs';
+import { createNamespace, deleteNamespace, timeWaitToward } from '../test/helpers/testbed.mjs';
 import { cpuSeconds, enginePids, machine, OURS, REF, ROOT, sleep, spawnDockerMode, stopChild, stopEngines } from './lib.mjs';
 
 const args = process.argv.slice(2);
@@ -172,14 +172,6 @@ async function churn(host, port, scenario) {
   return { failed, windows, seconds: (performance.now() - t0) / 1000 };
 }
 
-/** TIME_WAIT entries on this host toward the target's port. */
-function timeWait(tport) {
-  return execFileSync('ss', ['-Htan', 'state', 'time-wait', 'dst', `${TARGET}:${tport}`], { maxBuffer: 256 << 20 })
-    .toString()
-    .split('\n')
-    .filter(Boolean).length;
-}
-
 /** CPU seconds of a contender's processes (and, with tree, their children: socat forks). */
 function cpuOf(c) {
   let total = 0;
@@ -237,7 +229,7 @@ async function main() {
     const r = await churn(c.host, c.port, p.scenario);
     const cpu = cpuOf(c) - cpu0;
     await sleep(500); // the last closes settle
-    const tw = timeWait(p.tport);
+    const tw = timeWaitToward(TARGET, p.tport);
     await c.stop();
     cleanups.splice(cleanups.indexOf(c.stop), 1);
     const first = r.windows[0] ?? 0;

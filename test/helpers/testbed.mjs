@@ -3,7 +3,8 @@
  * The testbed that test/ and bench/ both stand on: network-namespace "containers" (a namespace
  * and a veth pair, as dockerd's bridge gives a container), private dockerds (their binaries, the
  * docker-proxy of each version, their own places, and what a dead one leaves behind), and the
- * shared engines of a run, found in /proc by their control socket's name. Plain JavaScript (typed
+ * shared engines of a run, found in /proc by their control socket's name, and the TIME_WAIT entries
+ * toward a container's port. Plain JavaScript (typed
  * by JSDoc, checked by test/tsconfig.json) so that bench's .mjs scripts import it as it is.
  */
 import { execFileSync } from 'node:child_process';
@@ -45,6 +46,18 @@ export function pattern(n) {
 /** @param {string[]} args */
 export function ip(...args) {
   execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+/**
+ * TIME_WAIT entries on this host toward `address`:`port` (a container's port: bench/churn.mjs
+ * leaves some 28 000 of them, hence the large buffer).
+ * @param {string} address
+ * @param {number} port
+ */
+export function timeWaitToward(address, port) {
+  return execFileSync('ss', ['-Htan', 'state', 'time-wait', 'dst', `${address}:${port}`], { encoding: 'utf8', maxBuffer: 256 << 20 })
+    .split('\n')
+    .filter(Boolean).length;
 }
 
 /** @param {() => void} f */

@@ -19,7 +19,7 @@ import { BIN, dockerArgv, startProxy } from '../helpers/proxy.js';
 import { useOwnEngines } from '../helpers/shared-engines.js';
 import { get, sample } from '../helpers/standalone.js';
 import { killTracked } from '../helpers/processes.js';
-import { pattern } from '../helpers/testbed.mjs';
+import { pattern, timeWaitToward } from '../helpers/testbed.mjs';
 
 const DIGEST_ECHO = 7411;
 const SERVE = 7412;
@@ -39,13 +39,6 @@ function readAll(s: Socket): Promise<Buffer> {
   });
 }
 
-/** TIME_WAIT entries on this host toward the target's port. */
-function timeWaitToward(port: number): number {
-  return execFileSync('ss', ['-Htan', 'state', 'time-wait', 'dst', `${backend.ipv4}:${port}`], { encoding: 'utf8' })
-    .split('\n')
-    .filter(Boolean).length;
-}
-
 describe.skipIf(!IS_ROOT)('TIME_WAIT toward the target', () => {
   it('client closes first, the target answers after our FIN: every byte both ways, and no TIME_WAIT left', async () => {
     const f = await startTcpForwarder({ target: backend.ipv4, targetPort: DIGEST_ECHO });
@@ -61,7 +54,7 @@ describe.skipIf(!IS_ROOT)('TIME_WAIT toward the target', () => {
     }
     await expect.poll(() => f.stats.timeWaitEnded, { timeout: 3000 }).toBe(SIZES.length);
     expect(f.stats.aborted).toBe(0);
-    expect(timeWaitToward(DIGEST_ECHO)).toBe(0);
+    expect(timeWaitToward(backend.ipv4, DIGEST_ECHO)).toBe(0);
   });
 
   it('the target closes first, the client sends after its FIN: every byte both ways, nothing to end', async () => {
@@ -86,7 +79,7 @@ describe.skipIf(!IS_ROOT)('TIME_WAIT toward the target', () => {
   it('300 connections through a docker-mode proxy, the client closing first, leave no TIME_WAIT toward the target', async () => {
     const port = await freePort();
     const p = await startProxy(dockerArgv('tcp', '127.0.0.1', port, backend.ipv4, DIGEST_ECHO));
-    const before = timeWaitToward(DIGEST_ECHO);
+    const before = timeWaitToward(backend.ipv4, DIGEST_ECHO);
     for (let i = 0; i < 300; i++) {
       const c = await tcpConnect('127.0.0.1', port);
       const back = readAll(c);
@@ -94,7 +87,7 @@ describe.skipIf(!IS_ROOT)('TIME_WAIT toward the target', () => {
       expect((await back).toString()).toBe(`4 ${sha256(Buffer.from('ping'))}\nping`);
     }
     await new Promise((r) => setTimeout(r, 300));
-    expect(timeWaitToward(DIGEST_ECHO) - before).toBe(0);
+    expect(timeWaitToward(backend.ipv4, DIGEST_ECHO) - before).toBe(0);
     p.child.kill('SIGINT');
   });
 
