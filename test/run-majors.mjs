@@ -6,7 +6,9 @@
 // image (it builds and runs an image with its own Node 22, whatever runs the test), the deploy
 // validators (systemd, Prometheus, Kubernetes, Grafana files: none runs on Node), and the private
 // dockerds (dockerd-e2e, rootless-e2e: what they add to docker-contract and shared-engine, which
-// run here, is dockerd's side of the contract, the same whatever Node runs the proxy). Cases of the
+// run here, is dockerd's side of the contract, the same whatever Node runs the proxy), the npm
+// package (its file list and bin link; what it runs is the launcher and dist/ every suite here
+// runs) and the bench harness (a developer's tool, run on the Node that runs CI). Cases of the
 // reference docker-proxy alone are made in the main run only (UPT_MAJOR_RERUN, helpers/proxy.ts).
 // A missing major is reported as skipped, loudly. Exit status: non-zero if any run failed.
 import { spawnSync } from 'node:child_process';
@@ -22,6 +24,8 @@ const LEFT_OUT = [
   'test/deploy/kubernetes.test.ts',
   'test/integration/dockerd-e2e.test.ts',
   'test/integration/rootless-e2e.test.ts',
+  'test/deploy/npm-pack.test.ts',
+  'test/integration/bench-smoke.test.ts',
 ];
 // The files themselves, not --exclude: the project's own exclude list replaces a command-line one.
 const files = ['test/unit', 'test/integration', 'test/deploy']

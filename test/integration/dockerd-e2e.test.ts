@@ -7,8 +7,11 @@
  * rootfs tar (no registry). Every command is bounded by a timeout; everything started is removed
  * in afterAll, also on failure. Both docker modes run under each version: shared (each proxy a
  * shim, one engine per network namespace; the default) and per-port (USERLAND_PROXY_SHARED=false),
- * one dockerd each; and so does the reference, the docker-proxy of the same version, first (in
- * the js project only: it has no engine), so that every case proves itself on it.
+ * one dockerd each, on the default engine (the native project); and so does the reference, the
+ * docker-proxy of the same version (in the js project: it has no engine), so that every case
+ * proves itself on it. What these cases add to the contract suites is dockerd's side, the same
+ * whatever engine relays: the JavaScript engine meets dockerd's process contract in
+ * docker-contract and shared-engine, which run on both.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -19,7 +22,6 @@ import { buildTestImage, CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type Doc
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { REF_PROXIES, ROOT, haveReference } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/data-path.js';
-import { MAJOR_RERUN } from '../helpers/proxy.js';
 import { killEngines, RUN_ENGINE_SOCKET } from '../helpers/shared-engines.js';
 
 const CAN_RUN = CAN_RUN_DOCKERD && existsSync('/bin/busybox');
@@ -107,8 +109,8 @@ afterAll(() => {
   if (CAN_RUN) rmSync(dir, { recursive: true, force: true });
 });
 
-const RUNS = (['28.5', '20.10'] as DockerdVersion[]).flatMap((version) => [
-  ...(testEngine() === 'js' && !MAJOR_RERUN
+const RUNS = (['28.5', '20.10'] as DockerdVersion[]).flatMap((version) =>
+  testEngine() === 'js'
     ? [
         {
           version,
@@ -117,10 +119,11 @@ const RUNS = (['28.5', '20.10'] as DockerdVersion[]).flatMap((version) => [
           missing: dockerdMissing(version) ?? (haveReference(version) ? null : 'needs the reference docker-proxy (.ci/setup)'),
         },
       ]
-    : []),
-  { version, mode: 'shared engine', shared: 'true', missing: dockerdMissing(version) },
-  { version, mode: 'per-port processes', shared: 'false', missing: dockerdMissing(version) },
-]);
+    : [
+        { version, mode: 'shared engine', shared: 'true', missing: dockerdMissing(version) },
+        { version, mode: 'per-port processes', shared: 'false', missing: dockerdMissing(version) },
+      ],
+);
 for (const r of RUNS) if (CAN_RUN && r.missing) console.warn(`SKIPPED: dockerd ${r.version} e2e (${r.mode}): ${r.missing}`);
 
 describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(

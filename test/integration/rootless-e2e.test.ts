@@ -1,8 +1,8 @@
 /**
  * Rootless Docker 28.5 end to end (RootlessKit 2.0.2, slirp4netns, the builtin port driver), with
  * userland-proxy installed by deploy/docker/install.sh as the rootless dockerd's proxy, and with
- * the reference docker-proxy 28.5 under the same kind of daemon first (js project), so that every
- * case proves itself on it. A user of this test's own runs dockerd-rootless.sh; dockerd binds each
+ * the reference docker-proxy 28.5 under the same kind of daemon (js project; ours runs on the
+ * default engine, in the native project), so that every case proves itself on it. A user of this test's own runs dockerd-rootless.sh; dockerd binds each
  * port in RootlessKit's namespace, asks RootlessKit to forward the host's port to it, and runs the
  * proxy there with -use-listen-fd. Everything made (the user, its /dev/net/tun ACL entry, the
  * daemon, its processes and files) is removed in afterAll, also on failure.
@@ -13,7 +13,6 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildTestImage, createRootlessUser, rootlessMissing, startRootlessDockerd, type RootlessDockerd, type RootlessUser } from '../helpers/dockerd.js';
 import { testEngine } from '../helpers/data-path.js';
-import { MAJOR_RERUN } from '../helpers/proxy.js';
 import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/shared-engines.js';
 import { createServer, type AddressInfo } from 'node:net';
@@ -76,10 +75,9 @@ interface RootfulEngine {
   stop(): Promise<void>;
 }
 
-const RUNS = [
-  ...(testEngine() === 'js' && !MAJOR_RERUN ? [{ mode: 'the reference docker-proxy 28.5', ours: false }] : []),
-  { mode: 'userland-proxy (shared engine)', ours: true },
-];
+// Ours on the default engine (native project), the reference in the js project (as dockerd-e2e).
+const RUNS =
+  testEngine() === 'js' ? [{ mode: 'the reference docker-proxy 28.5', ours: false }] : [{ mode: 'userland-proxy (shared engine)', ours: true }];
 
 describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', ({ ours }) => {
   let dockerd: RootlessDockerd | null = null;
