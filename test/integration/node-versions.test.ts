@@ -57,15 +57,19 @@ for (const [major, node] of nodes) {
 
     // Not made for Node 20 (they run in this very process as part of the main suite), nor in the
     // native project: they test the JavaScript relay, whatever engine the proxies use.
-    (major !== '20' && testEngine() === 'js' ? it : () => {})(`the in-process relay and private-API suites (src/core/node-internals.ts) pass on Node ${major}`, async () => {
-      const { stdout } = await run(
-        node,
-        [join(ROOT, 'node_modules/vitest/vitest.mjs'), 'run', '--project', 'js', 'test/integration/relay.test.ts', 'test/unit/node-internals.test.ts'],
-        { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', UPT_PORT_NEST: process.env.VITEST_POOL_ID ?? '1' }, timeout: 60_000 },
-      );
-      expect(stdout).toMatch(/Tests\s+\d+ passed/);
-      expect(stdout).not.toMatch(/failed/);
-    }, 70_000);
+    (major !== '20' && testEngine() === 'js' ? it : () => {})(
+      `the in-process relay and private-API suites (src/core/node-internals.ts) pass on Node ${major}`,
+      async () => {
+        const { stdout } = await run(
+          node,
+          [join(ROOT, 'node_modules/vitest/vitest.mjs'), 'run', '--project', 'js', 'test/integration/relay.test.ts', 'test/unit/node-internals.test.ts'],
+          { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', UPT_PORT_NEST: process.env.VITEST_POOL_ID ?? '1' }, timeout: 60_000 },
+        );
+        expect(stdout).toMatch(/Tests\s+\d+ passed/);
+        expect(stdout).not.toMatch(/failed/);
+      },
+      70_000,
+    );
 
     it(`a target reset right after its data reaches the client as a reset on Node ${major}`, async () => {
       const port = await freePort();

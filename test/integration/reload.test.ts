@@ -236,7 +236,10 @@ describe('signals during startup (audit L2)', () => {
   /** Whether a TCP connect to 127.0.0.1:`port` succeeds. */
   const accepts = (port: number): Promise<boolean> =>
     tcpConnect('127.0.0.1', port).then(
-      (s) => (s.destroy(), true),
+      (s) => {
+        s.destroy();
+        return true;
+      },
       () => false,
     );
   /**

@@ -76,8 +76,7 @@ interface RootfulEngine {
 }
 
 // Ours on the default engine (native project), the reference in the js project (as dockerd-e2e).
-const RUNS =
-  testEngine() === 'js' ? [{ mode: 'the reference docker-proxy 28.5', ours: false }] : [{ mode: 'userland-proxy (shared engine)', ours: true }];
+const RUNS = testEngine() === 'js' ? [{ mode: 'the reference docker-proxy 28.5', ours: false }] : [{ mode: 'userland-proxy (shared engine)', ours: true }];
 
 describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', ({ ours }) => {
   let dockerd: RootlessDockerd | null = null;
