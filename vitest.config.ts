@@ -1,12 +1,13 @@
 import { defineConfig } from 'vitest/config';
 
 /**
- * Two projects, one per engine: every suite runs on the JavaScript engine, and every integration
+ * One project per engine: every suite runs on the JavaScript engine, and every integration
  * suite (test/integration: the data path) runs again on the native one, except those about the
  * JavaScript relay's own internals (`native` is forced, so a missing addon fails CI instead of
- * silently testing JavaScript twice). Unit suites (test/unit) and deploy suites (test/deploy)
- * run once. groupOrder runs the projects one after the other: the same suite in both at once
- * would fight over dockerd and fixed resources. Integration suites spawn real processes and
+ * silently testing JavaScript twice). Unit suites (test/unit, a project of their own without
+ * per-file isolation) and deploy suites (test/deploy) run once. groupOrder runs the native
+ * project after the others: the same suite in both at once would fight over dockerd and fixed
+ * resources. Integration suites spawn real processes and
  * namespaces, and mostly wait on them: with two files at a time the 2 cores were 48 % busy (the
  * Node 22 run); three keep them 77 % busy and end the Node 20 run in 424 s instead of 505 s.
  */
@@ -33,11 +34,23 @@ export default defineConfig({
     teardownTimeout: 30_000,
     projects: [
       {
+        // Pure functions of src/: one worker process runs many files (a fresh process per file
+        // cost about 0.7 s of CPU each, for no isolation they need).
+        extends: true,
+        test: {
+          name: 'unit',
+          include: ['test/unit/**/*.test.ts'],
+          isolate: false,
+          env: { USERLAND_PROXY_ENGINE: 'js', USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
+          sequence: { groupOrder: 0 },
+        },
+      },
+      {
         extends: true,
         test: {
           name: 'js',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/integration/native-engine.test.ts'],
+          exclude: ['test/unit/**', 'test/integration/native-engine.test.ts'],
           env: { USERLAND_PROXY_ENGINE: 'js', USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
           sequence: { groupOrder: 0 },
         },

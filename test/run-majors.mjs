@@ -39,7 +39,7 @@ for (const major of ['22', '24', '26']) {
     continue;
   }
   console.log(`\n=== the suites on Node.js ${major} ===`);
-  const r = spawnSync(node, [join(root, 'node_modules/vitest/vitest.mjs'), 'run', '--project', 'js', ...files], {
+  const r = spawnSync(node, [join(root, 'node_modules/vitest/vitest.mjs'), 'run', '--project', 'unit', '--project', 'js', ...files], {
     cwd: root,
     stdio: 'inherit',
     env: { ...process.env, USERLAND_PROXY_NODE: node, UPT_MAJOR_RERUN: major },

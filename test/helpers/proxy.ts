@@ -47,6 +47,8 @@ export interface SpawnOptions {
   gid?: number;
   /** Use exactly `env` as the environment instead of adding it to ours. */
   cleanEnv?: boolean;
+  /** Not killed by killTracked (a run that outlives the test that starts it): the caller stops it. */
+  keep?: boolean;
 }
 
 /** docker-proxy's argv as dockerd writes it (without -use-listen-fd). */
@@ -85,7 +87,9 @@ export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): Pr
   child.stdout?.on('data', (d) => {
     out += d;
   });
-  const exited = track(child);
+  const exited = opts.keep
+    ? new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.once('exit', (code, signal) => res({ code, signal })))
+    : track(child);
   const status = new Promise<string>((res) => {
     if (readFd < 0) {
       res('');
