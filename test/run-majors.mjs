@@ -20,6 +20,7 @@
 // models (docker-contract, differential, the shared engine, fd budget, standalone, reload,
 // Prometheus) stand on public, stable APIs (child_process, worker_threads, signals, fds) that
 // 20 and 26 both pass; on 22 and 24 they would cost about two minutes of each CI run.
+// `node test/run-majors.mjs --all` gives 22 and 24 Node 26's suites too (before a release).
 //
 // A missing major is reported as skipped, loudly. Exit status: non-zero if any run failed.
 import { spawnSync } from 'node:child_process';
@@ -57,7 +58,8 @@ const files = ['test/unit', 'test/integration', 'test/deploy']
   .filter((f) => f.endsWith('.test.ts') && !LEFT_OUT.includes(f));
 for (const f of BETWEEN) if (!files.includes(f)) throw new Error(`run-majors.mjs: ${f} is not a suite`);
 /** The suites of `major`. */
-const suitesOf = (major) => (major === '26' ? files : files.filter((f) => f.startsWith('test/unit/') || BETWEEN.includes(f)));
+const ALL = process.argv.includes('--all');
+const suitesOf = (major) => (major === '26' || ALL ? files : files.filter((f) => f.startsWith('test/unit/') || BETWEEN.includes(f)));
 let failed = 0;
 for (const major of ['22', '24', '26']) {
   const node = join(root, '.cache/nodes', major, 'bin/node');
