@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
 
 /**
  * One project per engine: every suite runs on the JavaScript engine, and every integration
@@ -24,11 +25,30 @@ const ENGINE_SOCKET = `upt-test-${process.pid}`; // = RUN_ENGINE_SOCKET of test/
 // nested vitest, whose environment would otherwise name the outer run's engines).
 process.env.USERLAND_PROXY_ENGINE_SOCKET = ENGINE_SOCKET;
 
+/**
+ * The longest files (an image build and private dockerds, the reference's 90 s UDP timeout) start
+ * first in their project, so that none is left running alone at its end: without the results of
+ * an earlier run (a fresh clone), vitest would order by file size and start them late.
+ */
+const LONGEST = ['test/deploy/container-image.test.ts', 'test/integration/dockerd-e2e.test.ts', 'test/integration/differential.test.ts'];
+class LongestFirst extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const sorted = await super.sort(files); // each project's files together, in run order
+    const first = (s: TestSpecification): boolean => LONGEST.some((f) => s.moduleId.endsWith(f));
+    const projects = [...new Set(sorted.map((s) => s.project.name))];
+    return projects.flatMap((name) => {
+      const own = sorted.filter((s) => s.project.name === name);
+      return [...own.filter(first), ...own.filter((s) => !first(s))];
+    });
+  }
+}
+
 export default defineConfig({
   test: {
     globalSetup: ['test/helpers/global-setup.ts'],
     env: { USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
     maxWorkers: 3,
+    sequence: { sequencer: LongestFirst },
     testTimeout: 30_000,
     hookTimeout: 60_000,
     teardownTimeout: 30_000,
