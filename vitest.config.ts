@@ -43,6 +43,14 @@ class LongestFirst extends BaseSequencer {
   }
 }
 
+/** A project: its files, run on `engine` (spawned proxies read the same variable), in group `groupOrder`. */
+function project(name: string, engine: 'js' | 'native', groupOrder: number, files: { include: string[]; exclude?: string[]; isolate?: boolean }) {
+  return {
+    extends: true as const,
+    test: { name, ...files, env: { USERLAND_PROXY_ENGINE: engine, USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET }, sequence: { groupOrder } },
+  };
+}
+
 export default defineConfig({
   test: {
     globalSetup: ['test/helpers/global-setup.ts'],
@@ -53,38 +61,11 @@ export default defineConfig({
     hookTimeout: 60_000,
     teardownTimeout: 30_000,
     projects: [
-      {
-        // Pure functions of src/: one worker process runs many files (a fresh process per file
-        // cost about 0.7 s of CPU each, for no isolation they need).
-        extends: true,
-        test: {
-          name: 'unit',
-          include: ['test/unit/**/*.test.ts'],
-          isolate: false,
-          env: { USERLAND_PROXY_ENGINE: 'js', USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
-          sequence: { groupOrder: 0 },
-        },
-      },
-      {
-        extends: true,
-        test: {
-          name: 'js',
-          include: ['test/**/*.test.ts'],
-          exclude: ['test/unit/**', 'test/integration/native-engine.test.ts'],
-          env: { USERLAND_PROXY_ENGINE: 'js', USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
-          sequence: { groupOrder: 0 },
-        },
-      },
-      {
-        extends: true,
-        test: {
-          name: 'native',
-          include: ['test/integration/**/*.test.ts'],
-          exclude: ONCE,
-          env: { USERLAND_PROXY_ENGINE: 'native', USERLAND_PROXY_ENGINE_SOCKET: ENGINE_SOCKET },
-          sequence: { groupOrder: 1 },
-        },
-      },
+      // Pure functions of src/: one worker process runs many files (a fresh process per file
+      // cost about 0.7 s of CPU each, for no isolation they need).
+      project('unit', 'js', 0, { include: ['test/unit/**/*.test.ts'], isolate: false }),
+      project('js', 'js', 0, { include: ['test/**/*.test.ts'], exclude: ['test/unit/**', 'test/integration/native-engine.test.ts'] }),
+      project('native', 'native', 1, { include: ['test/integration/**/*.test.ts'], exclude: ONCE }),
     ],
   },
 });

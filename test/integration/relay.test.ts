@@ -5,7 +5,7 @@
  * budget (audit M6).
  */
 import { createServer, type Server } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { relayPoolStats, relayQueuedBytes } from '../../src/data-path/relay.js';
 import { RELAY_BIG_BUFFER, RELAY_QUEUE_BUDGET } from '../../src/core/constants.js';
 import type { TcpForwarder } from '../../src/data-path/tcp-forwarder.js';
@@ -54,8 +54,9 @@ describe('relay buffers', () => {
       const data = randomBytes(4 << 20);
       expect(sha256(await roundTrip(s, data)), `round ${round}`).toBe(sha256(data));
       const before = relayPoolStats().freeBig;
-      await sleep(350); // several sweeps: both directions go back to small buffers
-      expect(relayPoolStats().freeBig - before).toBe(2);
+      // A few sweeps (100 ms each): both directions go back to small buffers. Waited for, not
+      // slept: a loaded machine (three suites at a time) runs the sweeps late.
+      await vi.waitFor(() => expect(relayPoolStats().freeBig - before).toBe(2), { timeout: 5000, interval: 50 });
       const small = Buffer.from(`small ${round}`);
       expect(await roundTrip(s, small)).toEqual(small);
     }
