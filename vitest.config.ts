@@ -8,9 +8,9 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node';
  * silently testing JavaScript twice). Unit suites (test/unit, a project of their own without
  * per-file isolation) and deploy suites (test/deploy) run once. groupOrder runs the native
  * project after the others: the same suite in both at once would fight over dockerd and fixed
- * resources. Integration suites spawn real processes and
- * namespaces, and mostly wait on them: with two files at a time the 2 cores were 48 % busy (the
- * Node 22 run); three keep them 77 % busy and end the Node 20 run in 424 s instead of 505 s.
+ * resources. Integration suites spawn real processes and namespaces, and mostly wait on them:
+ * with two files at a time the 2 cores were 48 % busy (a Node 22 run); three kept them 77 % busy
+ * and ended the Node 20 run in 424 s instead of 505 s.
  */
 /** Integration suites that run once: the JavaScript relay's internals, and the bench harness (it runs both engines itself). */
 const ONCE = ['test/integration/relay.test.ts', 'test/integration/bench-smoke.test.ts'];
@@ -27,8 +27,8 @@ process.env.USERLAND_PROXY_ENGINE_SOCKET = ENGINE_SOCKET;
 
 /**
  * The longest files (an image build and private dockerds, the reference's 90 s UDP timeout) start
- * first in their project, so that none is left running alone at its end: without the results of
- * an earlier run (a fresh clone), vitest would order by file size and start them late.
+ * first in their project, so that none of them is the last to finish: without the results of an
+ * earlier run (a fresh clone), vitest orders by file size and started the image build last.
  */
 const LONGEST = ['test/deploy/container-image.test.ts', 'test/integration/dockerd-e2e.test.ts', 'test/integration/differential.test.ts'];
 class LongestFirst extends BaseSequencer {

@@ -57,8 +57,8 @@ const files = ['test/unit', 'test/integration', 'test/deploy']
   .flatMap((dir) => readdirSync(join(root, dir)).map((f) => `${dir}/${f}`))
   .filter((f) => f.endsWith('.test.ts') && !LEFT_OUT.includes(f));
 for (const f of BETWEEN) if (!files.includes(f)) throw new Error(`run-majors.mjs: ${f} is not a suite`);
-/** The suites of `major`. */
 const ALL = process.argv.includes('--all');
+/** The suites of `major`. */
 const suitesOf = (major) => (major === '26' || ALL ? files : files.filter((f) => f.startsWith('test/unit/') || BETWEEN.includes(f)));
 let failed = 0;
 for (const major of ['22', '24', '26']) {
