@@ -4,7 +4,7 @@
  * the status bytes, and stops it with SIGINT. Every process is tracked and killed in cleanup.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { track } from './processes.js';
+import { exitOf, track } from './processes.js';
 import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -87,9 +87,7 @@ export function spawnProxy(args: readonly string[], opts: SpawnOptions = {}): Pr
   child.stdout?.on('data', (d) => {
     out += d;
   });
-  const exited = opts.keep
-    ? new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.once('exit', (code, signal) => res({ code, signal })))
-    : track(child);
+  const exited = opts.keep ? exitOf(child) : track(child);
   const status = new Promise<string>((res) => {
     if (readFd < 0) {
       res('');

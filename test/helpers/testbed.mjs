@@ -4,8 +4,8 @@
  * and a veth pair, as dockerd's bridge gives a container), private dockerds (their binaries, the
  * docker-proxy of each version, their own places, and what a dead one leaves behind), and the
  * shared engines of a run, found in /proc by their control socket's name, and the TIME_WAIT entries
- * toward a container's port. Plain JavaScript (typed
- * by JSDoc, checked by test/tsconfig.json) so that bench's .mjs scripts import it as it is.
+ * toward a container's port. Plain JavaScript (typed by JSDoc, checked by test/tsconfig.json) so
+ * that bench's .mjs scripts import it as it is.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';

@@ -13,7 +13,7 @@ import { freePort, readToEnd, randomBytes, readToClose, sha256, sleep, tcpConnec
 import { serverFd, udpHandle } from '../../src/core/node-internals.js';
 import { testEngine } from '../helpers/data-path.js';
 import { MAJOR_RERUN } from '../helpers/proxy.js';
-import { BIN, REF_PROXIES, haveReference, spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
+import { BIN, REF_PROXIES, haveReference, spawnProxy, startProxy, dockerArgv, type ProxyProc } from '../helpers/proxy.js';
 import { killTracked } from '../helpers/processes.js';
 import { DOCKER_MODES, useDockerMode } from '../helpers/shared-engines.js';
 
@@ -353,7 +353,7 @@ async function oneSided(bin: string, timeoutMs: number, opts: { env?: Record<str
   const ports = new Set<number>();
   sink.on('message', (_m, r) => ports.add(r.port));
   const c = await boundUdp(4, '127.0.0.1');
-  let proxy: Awaited<ReturnType<typeof startProxy>> | null = null;
+  let proxy: ProxyProc | null = null;
   try {
     proxy = await startProxy(argv('udp', '127.0.0.1', port, '127.0.0.1', sink.address().port), { bin, ...opts });
     let prev = 0;

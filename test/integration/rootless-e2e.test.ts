@@ -2,10 +2,11 @@
  * Rootless Docker 28.5 end to end (RootlessKit 2.0.2, slirp4netns, the builtin port driver), with
  * userland-proxy installed by deploy/docker/install.sh as the rootless dockerd's proxy, and with
  * the reference docker-proxy 28.5 under the same kind of daemon (js project; ours runs on the
- * default engine, in the native project), so that every case proves itself on it. A user of this test's own runs dockerd-rootless.sh; dockerd binds each
- * port in RootlessKit's namespace, asks RootlessKit to forward the host's port to it, and runs the
- * proxy there with -use-listen-fd. Everything made (the user, its /dev/net/tun ACL entry, the
- * daemon, its processes and files) is removed in afterAll, also on failure.
+ * default engine, in the native project), so that every case proves itself on it. A user of this
+ * test's own runs dockerd-rootless.sh; dockerd binds each port in RootlessKit's namespace, asks
+ * RootlessKit to forward the host's port to it, and runs the proxy there with -use-listen-fd.
+ * Everything made (the user, its /dev/net/tun ACL entry, the daemon, its processes and files) is
+ * removed in afterAll, also on failure.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, statSync, chmodSync } from 'node:fs';

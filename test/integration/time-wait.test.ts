@@ -14,7 +14,7 @@ import type { Socket } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startTcpForwarder } from '../helpers/data-path.js';
 import { IS_ROOT, useBackend } from '../helpers/netns.js';
-import { freePort, randomBytes, readToClose, sha256, sleep, tcpConnect } from '../helpers/net.js';
+import { freePort, randomBytes, readToClose, sha256, tcpConnect } from '../helpers/net.js';
 import { BIN, dockerArgv, startProxy } from '../helpers/proxy.js';
 import { useOwnEngines } from '../helpers/shared-engines.js';
 import { get, sample } from '../helpers/standalone.js';
@@ -93,7 +93,8 @@ describe.skipIf(!IS_ROOT)('TIME_WAIT toward the target', () => {
 
   it('a dial that finds no free local port is refused at once and counted as no_local_port', async () => {
     const ns = backend.namespace as string;
-    const sysctl = (...a: string[]): string => execFileSync('ip', ['netns', 'exec', ns, 'sysctl', ...a], { encoding: 'utf8' }).trim();
+    const inNs = (...a: string[]): string => execFileSync('ip', ['netns', 'exec', ns, ...a], { encoding: 'utf8' }).trim();
+    const sysctl = (...a: string[]): string => inNs('sysctl', ...a);
     const range = sysctl('-n', 'net.ipv4.ip_local_port_range').replace(/\s+/, ' ');
     sysctl('-w', 'net.ipv4.ip_local_port_range=40000 40001'); // two local ports toward any one target
     try {
@@ -102,7 +103,10 @@ describe.skipIf(!IS_ROOT)('TIME_WAIT toward the target', () => {
       await startProxy(['netns', 'exec', ns, BIN, ...dockerArgv('tcp', backend.ipv4, 7500, '127.0.0.1', DIGEST_ECHO)], { bin: 'ip', env });
       const held = [await tcpConnect(backend.ipv4, 7500), await tcpConnect(backend.ipv4, 7500)];
       for (const c of held) c.write('x'); // the first half of what each sends the target
-      await sleep(200); // both dials done: each holds one of the two ports toward the target
+      // Both dials done: each holds one of the two ports toward the target (waited for, not slept:
+      // a loaded machine dials late, and a third client first would take a port of the held).
+      const towardTarget = () => inNs('ss', '-Htn', 'dst', `127.0.0.1:${DIGEST_ECHO}`).split('\n').filter(Boolean).length;
+      await expect.poll(towardTarget, { timeout: 3000 }).toBe(2);
       const third = await tcpConnect(backend.ipv4, 7500);
       const r = await readToClose(third);
       expect(r.data.length).toBe(0);
