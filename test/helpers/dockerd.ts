@@ -64,7 +64,9 @@ export interface PrivateDockerd {
   docker(args: string[], seconds?: number): Promise<{ stdout: string; stderr: string; code: number }>;
   /** What the daemon printed so far (for failure messages). */
   log(): string;
-  /** Sends `signal` to dockerd itself (not its `timeout` wrapper) and waits until it exited. */
+  /** The pid of dockerd itself (not of its `timeout` wrapper), from its pid file. */
+  pid(): number;
+  /** Sends `signal` to dockerd itself and waits until it exited. */
   kill(signal: NodeJS.Signals): Promise<void>;
   /** Starts dockerd again on the same directories (with --live-restore it keeps its containers). */
   restart(): Promise<void>;
@@ -106,12 +108,13 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
     }
     return false;
   };
+  const pid = (): number => Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim());
   const kill = async (signal: NodeJS.Signals): Promise<void> => {
     const exited = new Promise((res) => child.once('exit', res));
     // Its managed containerd dies with it (Pdeathsig; a SIGTERM'd dockerd also removes the pid
     // file): a restart before that finds it half alive.
     const containerd = Number(readFileSync(join(dir, 'exec/containerd/containerd.pid'), 'utf8').trim());
-    process.kill(Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim()), signal);
+    process.kill(pid(), signal);
     await Promise.race([exited, sleep(20_000)]);
     for (let i = 0; i < 100 && existsSync(`/proc/${containerd}`); i++) await sleep(100);
   };
@@ -119,7 +122,7 @@ export async function startDockerd(extraArgs: string[], env: Record<string, stri
     launch();
     if (!(await up())) throw new Error(`dockerd did not come up again:\n${daemonLog.slice(-2000)}`);
   };
-  if (await up()) return { dir, docker, log: () => daemonLog, kill, restart, stop };
+  if (await up()) return { dir, docker, log: () => daemonLog, pid, kill, restart, stop };
   await stop();
   throw new Error(`dockerd did not come up:\n${daemonLog.slice(-2000)}`);
 }

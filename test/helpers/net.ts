@@ -12,8 +12,9 @@ import { connect, createServer, type Socket } from 'node:net';
  * its own (VITEST_POOL_ID; UPT_PORT_NEST for a vitest started by a test), so two workers never
  * hand out the same port, and a worker hands a port out again only after its whole slice. Ports
  * 20000-32767 are the benchmark harness's (bench/lib.mjs, bench/run.mjs), which CI runs too.
+ * 16 slices: pool ids 0-3 at the top, nest * 4 + 0-3 below it (nest = the parent's pool id, 1-3).
  */
-const PORT_SLICES = 12;
+const PORT_SLICES = 16;
 const portPool: number[] = (() => {
   const [lo, hi] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
   const all: number[] = [];

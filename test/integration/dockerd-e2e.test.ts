@@ -77,12 +77,28 @@ function heldGet(port: number, path: string): { resume: () => Promise<{ body: Bu
   };
 }
 
-/** The proxy processes serving a host port (a shim, a per-port Node process, or the reference), from ps. */
+/**
+ * The proxy processes the running dockerd started for a host port (a shim, a per-port Node
+ * process, or the reference), from ps as `pid ppid args`. Only dockerd's children count: another
+ * suite's proxy may serve the same port number on another address or in a namespace of its own
+ * (CI saw a second line once, without its pids).
+ */
 function proxiesFor(port: number): string[] {
-  const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
+  const parent = dockerd?.pid();
+  const out = execFileSync('ps', ['-eo', 'pid=,ppid=,args='], { encoding: 'utf8' });
   return out
     .split('\n')
-    .filter((l) => (l.includes('dist/cli.js') || l.includes('/bin/userland-proxy ') || l.includes('/docker-proxy ')) && l.includes(`-host-port ${port} `));
+    .filter((l) => (l.includes('dist/cli.js') || l.includes('/bin/userland-proxy ') || l.includes('/docker-proxy ')) && l.includes(`-host-port ${port} `))
+    .filter((l) => l.trim().split(/\s+/)[1] === String(parent));
+}
+
+/** Whether a process runs (a zombie, killed and not yet reaped, does not). */
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
 }
 
 async function httpGet(url: string): Promise<string> {
@@ -327,9 +343,11 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
         // in shared mode it carries on through the draining mapping and arrives whole.
         const download = heldGet(port, '/big');
         await sleep(300);
+        const proxies = [port, uport].flatMap(proxiesFor).map((l) => Number(l.trim().split(/\s+/)[0]));
+        expect(proxies).toHaveLength(2);
         await (dockerd as PrivateDockerd).kill(signal);
-        // Pdeathsig SIGTERM: the proxy exits and its port is free for the next dockerd to bind.
-        await vi.waitFor(() => expect(proxiesFor(port)).toEqual([]), { timeout: 5000, interval: 100 });
+        // Pdeathsig SIGTERM: the proxies exit and the port is free for the next dockerd to bind.
+        await vi.waitFor(() => expect(proxies.filter(alive)).toEqual([]), { timeout: 5000, interval: 100 });
         expect(await serves(`http://127.0.0.1:${port}/`)).toBe(false);
         if (shared === 'true') {
           // The engine relays the download on: its mapping is draining, with that connection open;
