@@ -18,7 +18,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { buildTestImage, CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
+import { buildTestImage, CAN_RUN_DOCKERD, dockerdMissing, proxiesOf, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { REF_PROXIES, ROOT, haveReference } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/data-path.js';
@@ -77,20 +77,8 @@ function heldGet(port: number, path: string): { resume: () => Promise<{ body: Bu
   };
 }
 
-/**
- * The proxy processes the running dockerd started for a host port (a shim, a per-port Node
- * process, or the reference), from ps as `pid ppid args`. Only dockerd's children count: another
- * suite's proxy may serve the same port number on another address or in a namespace of its own
- * (CI saw a second line once, without its pids).
- */
-function proxiesFor(port: number): string[] {
-  const parent = dockerd?.pid();
-  const out = execFileSync('ps', ['-eo', 'pid=,ppid=,args='], { encoding: 'utf8' });
-  return out
-    .split('\n')
-    .filter((l) => (l.includes('dist/cli.js') || l.includes('/bin/userland-proxy ') || l.includes('/docker-proxy ')) && l.includes(`-host-port ${port} `))
-    .filter((l) => l.trim().split(/\s+/)[1] === String(parent));
-}
+/** The proxies the running dockerd started for a host port. */
+const proxiesFor = (port: number): string[] => proxiesOf(dockerd?.pid(), port);
 
 /** Whether a process runs (a zombie, killed and not yet reaped, does not). */
 function alive(pid: number): boolean {

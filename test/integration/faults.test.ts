@@ -163,9 +163,10 @@ describe('hostile traffic and lifecycle (spawned, like a runtime)', () => {
       expect(await p.stop('SIGINT')).toEqual({ code: 0, signal: null });
     }
     expect(readdirSync('/proc/self/fd').length).toBeLessThanOrEqual(fdsBefore + 2);
-    const left = execFileSync('ps', ['-eo', 'args='], { encoding: 'utf8' })
+    // (This worker's children only: another suite may use the port number on another address.)
+    const left = execFileSync('ps', ['-eo', 'ppid=,args='], { encoding: 'utf8' })
       .split('\n')
-      .filter((l) => l.includes(`-host-port ${port} `));
+      .filter((l) => l.trim().startsWith(`${process.pid} `) && l.includes(`-host-port ${port} `));
     expect(left).toEqual([]);
     const again = spawnProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', t));
     expect(await again.status).toBe('0\n'); // the port is free

@@ -12,7 +12,15 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, statSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { buildTestImage, createRootlessUser, rootlessMissing, startRootlessDockerd, type RootlessDockerd, type RootlessUser } from '../helpers/dockerd.js';
+import {
+  buildTestImage,
+  createRootlessUser,
+  proxiesOf,
+  rootlessMissing,
+  startRootlessDockerd,
+  type RootlessDockerd,
+  type RootlessUser,
+} from '../helpers/dockerd.js';
 import { testEngine } from '../helpers/data-path.js';
 import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/shared-engines.js';
@@ -55,11 +63,6 @@ const engines = (): { pid: number; uid: number; netns: string }[] =>
         return [];
       }
     });
-/** The proxies serving a host port, as ps shows them. */
-const proxiesFor = (port: number): string[] =>
-  execFileSync('ps', ['-eo', 'pid=,uid=,args='], { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => /userland-proxy|docker-proxy/.test(l) && l.includes(`-host-port ${port} `));
 const serves = async (url: string): Promise<boolean> => {
   try {
     return (await (await fetch(url, { signal: AbortSignal.timeout(5000) })).text()) === 'hello from the container\n';
@@ -81,6 +84,8 @@ const RUNS = testEngine() === 'js' ? [{ mode: 'the reference docker-proxy 28.5',
 
 describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', ({ ours }) => {
   let dockerd: RootlessDockerd | null = null;
+  /** The proxies the rootless dockerd started for a host port. */
+  const proxiesFor = (port: number): string[] => proxiesOf(dockerd?.pid(), port);
   const docker = (...args: string[]) => (dockerd as RootlessDockerd).docker(args, 60);
   let rootful: RootfulEngine | null = null;
 
@@ -144,7 +149,7 @@ describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', (
     expect(proxies.length).toBeGreaterThanOrEqual(2);
     for (const l of proxies) {
       expect(l, l).toContain(' -use-listen-fd');
-      expect(Number(l.trim().split(/\s+/)[1]), l).toBe((user as RootlessUser).uid);
+      expect(Number(l.trim().split(/\s+/)[2]), l).toBe((user as RootlessUser).uid);
       if (ours) expect(l, l).toContain(join(dir, 'opt/bin/userland-proxy'));
     }
     if (ours) {
