@@ -23,7 +23,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { childrenOf, daemonArgs, DOCKERDS as TESTBED_DOCKERDS, removeDaemonLeftovers } from '../test/helpers/testbed.mjs';
+import { daemonArgs, proxiesOf, DOCKERDS as TESTBED_DOCKERDS, removeDaemonLeftovers } from '../test/helpers/testbed.mjs';
 import { enginePids, machine as machineText, median, pssMiB, REF, ROOT, sleep, stopEngines } from './lib.mjs';
 
 const args = process.argv.slice(2);
@@ -237,13 +237,7 @@ async function withDockerd(c, v, fn) {
     // The proxies are dockerd's children; ours add the engine of this dockerd's name.
     const dockerdPid = Number(readFileSync(join(dir, 'docker.pid'), 'utf8').trim());
     const proxies = () => {
-      const pids = childrenOf(dockerdPid).filter((p) => {
-        try {
-          return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('host-port');
-        } catch {
-          return false; // exited meanwhile
-        }
-      });
+      const pids = proxiesOf(dockerdPid).map((p) => p.pid);
       const engines = enginePids(name);
       return { processes: pids.length + engines.length, pssMiB: [...pids, ...engines].reduce((a, p) => a + pssMiB(p), 0) };
     };

@@ -57,18 +57,6 @@ function dockerCli(sock: string): PrivateDockerd['docker'] {
   };
 }
 
-/**
- * The proxy processes dockerd `parent` runs for a host port (a shim, a per-port Node process, or
- * the reference), as ps shows them: `pid ppid uid args`. Only its children count: ps lists every
- * namespace's processes, and another suite's proxy may serve the same port number on another
- * address or in a namespace of its own (CI once saw two lines for one port).
- */
-export function proxiesOf(parent: number | undefined, port: number): string[] {
-  return execFileSync('ps', ['-eo', 'pid=,ppid=,uid=,args='], { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => l.includes(`-host-port ${port} `) && l.trim().split(/\s+/)[1] === String(parent));
-}
-
 export interface PrivateDockerd {
   /** The temp dir holding everything of this daemon (free for the test's own files too). */
   dir: string;

@@ -144,10 +144,10 @@ export function removeDaemonLeftovers(dir) {
 }
 
 /**
- * Pids of the children of `parent` (e.g. the proxies a dockerd spawned).
+ * Pids of the children of `parent` (zombies too).
  * @param {number} parent
  */
-export function childrenOf(parent) {
+function childrenOf(parent) {
   const pids = [];
   for (const p of readdirSync('/proc')) {
     if (!/^\d+$/.test(p)) continue;
@@ -158,6 +158,28 @@ export function childrenOf(parent) {
     }
   }
   return pids;
+}
+
+/**
+ * The proxies `parent` (a dockerd) runs, for host port `port` or for any: its children whose
+ * arguments hold -host-port (a shim, a per-port Node process or a docker-proxy). Its children
+ * only: another suite's proxy may serve the same port number on another address or in a
+ * namespace of its own (counted by the port alone, CI once found two for one port).
+ * @param {number} parent
+ * @param {number} [port]
+ * @returns {{ pid: number, uid: number, args: string }[]}
+ */
+export function proxiesOf(parent, port) {
+  const flag = port === undefined ? '-host-port ' : `-host-port ${port} `;
+  return childrenOf(parent).flatMap((pid) => {
+    try {
+      const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+      const uid = Number(/^Uid:\s+\d+\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+      return args.includes(flag) ? [{ pid, uid, args }] : [];
+    } catch {
+      return []; // exited meanwhile
+    }
+  });
 }
 
 /**

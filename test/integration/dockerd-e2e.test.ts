@@ -18,11 +18,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { connect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { buildTestImage, CAN_RUN_DOCKERD, dockerdMissing, proxiesOf, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
+import { buildTestImage, CAN_RUN_DOCKERD, dockerdMissing, startDockerd, type DockerdVersion, type PrivateDockerd } from '../helpers/dockerd.js';
 import { freePort, randomBytes, sha256, sleep, udpClient, udpRequest } from '../helpers/net.js';
 import { REF_PROXIES, ROOT, haveReference } from '../helpers/proxy.js';
 import { testEngine } from '../helpers/data-path.js';
 import { killEngines, RUN_ENGINE_SOCKET } from '../helpers/shared-engines.js';
+import { proxiesOf } from '../helpers/testbed.mjs';
 
 const CAN_RUN = CAN_RUN_DOCKERD && existsSync('/bin/busybox');
 /** The image rootfs, the install prefix and the proxies' log. */
@@ -78,7 +79,7 @@ function heldGet(port: number, path: string): { resume: () => Promise<{ body: Bu
 }
 
 /** The proxies the running dockerd started for a host port. */
-const proxiesFor = (port: number): string[] => proxiesOf(dockerd?.pid(), port);
+const proxiesFor = (port: number) => proxiesOf((dockerd as PrivateDockerd).pid(), port);
 
 /** Whether a process runs (a zombie, killed and not yet reaped, does not). */
 function alive(pid: number): boolean {
@@ -177,10 +178,10 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
     }, 60_000);
 
     /** A proxy is what this mode runs: the shim (installed as bin/userland-proxy), or a Node process. */
-    const expectMode = (lines: string[]): void => {
-      for (const l of lines) expect(l.includes('dist/cli.js'), l).toBe(shared === 'false');
+    const expectMode = (proxies: { args: string }[]): void => {
+      for (const { args } of proxies) expect(args.includes('dist/cli.js'), args).toBe(shared === 'false');
       // dockerd 28 binds the port itself and hands it over: the socket that serves is its own.
-      for (const l of lines) expect(l.includes(' -use-listen-fd'), l).toBe(version !== '20.10');
+      for (const { args } of proxies) expect(args.includes(' -use-listen-fd'), args).toBe(version !== '20.10');
     };
     // (Cases of our install alone are not made for the reference, rather than skipped.)
     const ours = REF ? () => {} : it;
@@ -219,7 +220,7 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
       // dockerd started one proxy per binding: -p P2:80 gives 0.0.0.0 and :: (IPv6 front, IPv4 container).
       expect(proxiesFor(p1)).toHaveLength(1);
       expect(proxiesFor(p2)).toHaveLength(2);
-      expect(proxiesFor(p2).some((l) => l.includes('-host-ip ::'))).toBe(true);
+      expect(proxiesFor(p2).some((p) => p.args.includes('-host-ip ::'))).toBe(true);
       expectMode([...proxiesFor(p1), ...proxiesFor(p2), ...proxiesFor(p3)]);
       // One listening socket per address and port: under dockerd 28 the one it bound and handed
       // over (no second bind of ours beside it).
@@ -331,7 +332,7 @@ describe.each(RUNS.filter((r) => CAN_RUN && !r.missing))(
         // in shared mode it carries on through the draining mapping and arrives whole.
         const download = heldGet(port, '/big');
         await sleep(300);
-        const proxies = [port, uport].flatMap(proxiesFor).map((l) => Number(l.trim().split(/\s+/)[0]));
+        const proxies = [port, uport].flatMap(proxiesFor).map((p) => p.pid);
         expect(proxies).toHaveLength(2);
         await (dockerd as PrivateDockerd).kill(signal);
         // Pdeathsig SIGTERM: the proxies exit and the port is free for the next dockerd to bind.

@@ -3,7 +3,6 @@
  * (in-process forwarder, real sockets); a UDP flood from many source ports against the flow bound,
  * and 100 rapid start/stop cycles the way a runtime does them (spawned processes).
  */
-import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,6 +12,7 @@ import { spawnProxy, startProxy, dockerArgv } from '../helpers/proxy.js';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { startTcpForwarder } from '../helpers/data-path.js';
 import { killTracked } from '../helpers/processes.js';
+import { proxiesOf } from '../helpers/testbed.mjs';
 
 const servers: Server[] = [];
 afterAll(async () => {
@@ -163,11 +163,7 @@ describe('hostile traffic and lifecycle (spawned, like a runtime)', () => {
       expect(await p.stop('SIGINT')).toEqual({ code: 0, signal: null });
     }
     expect(readdirSync('/proc/self/fd').length).toBeLessThanOrEqual(fdsBefore + 2);
-    // (This worker's children only: another suite may use the port number on another address.)
-    const left = execFileSync('ps', ['-eo', 'ppid=,args='], { encoding: 'utf8' })
-      .split('\n')
-      .filter((l) => l.trim().startsWith(`${process.pid} `) && l.includes(`-host-port ${port} `));
-    expect(left).toEqual([]);
+    expect(proxiesOf(process.pid, port)).toEqual([]);
     const again = spawnProxy(dockerArgv('tcp', '127.0.0.1', port, '127.0.0.1', t));
     expect(await again.status).toBe('0\n'); // the port is free
     await again.stop();

@@ -12,18 +12,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readlinkSync, readdirSync, rmSync, statSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import {
-  buildTestImage,
-  createRootlessUser,
-  proxiesOf,
-  rootlessMissing,
-  startRootlessDockerd,
-  type RootlessDockerd,
-  type RootlessUser,
-} from '../helpers/dockerd.js';
+import { buildTestImage, createRootlessUser, rootlessMissing, startRootlessDockerd, type RootlessDockerd, type RootlessUser } from '../helpers/dockerd.js';
 import { testEngine } from '../helpers/data-path.js';
 import { freePort, sleep, tcpRoundTrip, udpClient, udpRequest } from '../helpers/net.js';
 import { enginePids, killEngines, RUN_ENGINE_SOCKET } from '../helpers/shared-engines.js';
+import { proxiesOf } from '../helpers/testbed.mjs';
 import { createServer, type AddressInfo } from 'node:net';
 import { dockerArgv, REF_PROXIES, ROOT, startProxy } from '../helpers/proxy.js';
 
@@ -85,7 +78,7 @@ const RUNS = testEngine() === 'js' ? [{ mode: 'the reference docker-proxy 28.5',
 describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', ({ ours }) => {
   let dockerd: RootlessDockerd | null = null;
   /** The proxies the rootless dockerd started for a host port. */
-  const proxiesFor = (port: number): string[] => proxiesOf(dockerd?.pid(), port);
+  const proxiesFor = (port: number) => proxiesOf((dockerd as RootlessDockerd).pid(), port);
   const docker = (...args: string[]) => (dockerd as RootlessDockerd).docker(args, 60);
   let rootful: RootfulEngine | null = null;
 
@@ -147,10 +140,10 @@ describe.each(RUNS.filter(() => !MISSING))('rootless dockerd 28.5 with $mode', (
     // dockerd ran each proxy with the port it bound in the namespace, as the rootless user.
     const proxies = [...proxiesFor(tport), ...proxiesFor(uport)];
     expect(proxies.length).toBeGreaterThanOrEqual(2);
-    for (const l of proxies) {
-      expect(l, l).toContain(' -use-listen-fd');
-      expect(Number(l.trim().split(/\s+/)[2]), l).toBe((user as RootlessUser).uid);
-      if (ours) expect(l, l).toContain(join(dir, 'opt/bin/userland-proxy'));
+    for (const { args, uid } of proxies) {
+      expect(args, args).toContain(' -use-listen-fd');
+      expect(uid, args).toBe((user as RootlessUser).uid);
+      if (ours) expect(args, args).toContain(join(dir, 'opt/bin/userland-proxy'));
     }
     if (ours) {
       // One engine, the rootless user's, in dockerd's network namespace (not the host's), and
